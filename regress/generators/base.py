@@ -1,0 +1,137 @@
+"""The generator interface every backend implements, and the seeded sampling they share.
+
+Randomness is a pure function of the sample seed: z, the view and the renderer's jitter are
+drawn on the CPU from per-seed streams, so a seed gives the same sample whatever the batch
+size, device or rank.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from regress.camera import View, ViewMixture, frontal_camera, views_to_cameras
+from regress.sample import SCHEMA_VERSION, Batch, image_to_uint8
+
+Z_STREAM = 0  # rng stream of z; views use camera.VIEW_STREAM, render jitter RENDER_STREAM
+RENDER_STREAM = 2
+
+
+def seeded_normal(seeds: Sequence[int], size: int, stream: int = Z_STREAM) -> torch.Tensor:
+    """(N, size) float32 standard normals, row i drawn from its own stream (seed, stream)."""
+    rows = [np.random.default_rng([int(s), stream]).standard_normal(size) for s in seeds]
+    return torch.from_numpy(np.stack(rows)).float()
+
+
+def seeded_uniform(seeds: Sequence[int], shape: Sequence[int], stream: int = RENDER_STREAM) -> torch.Tensor:
+    """(N, *shape) float32 uniforms in [0, 1), row i drawn from its own stream (seed, stream)."""
+    rows = [np.random.default_rng([int(s), stream]).random(tuple(shape)) for s in seeds]
+    return torch.from_numpy(np.stack(rows)).float()
+
+
+class Generator(nn.Module, abc.ABC):
+    """A 3D-aware face generator: z + camera -> w -> image, depth, mask; density for meshes.
+
+    Subclasses set `z_dim`, `num_ws`, `w_dim`, `image_resolution`, `depth_resolution`,
+    `ray_start`, `ray_end`, `box_size` (edge of the cube that holds the head, world units) and
+    `surface_level` (the density level of the surface, for marching cubes).
+    """
+
+    name: str = "generator"
+    z_dim: int
+    num_ws: int
+    w_dim: int
+    image_resolution: int
+    depth_resolution: int
+    ray_start: float
+    ray_end: float
+    box_size: float
+    surface_level: float
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        return (self.num_ws, self.w_dim)
+
+    @property
+    def device(self) -> torch.device:
+        tensor = next(iter(self.parameters()), None)
+        if tensor is None:
+            tensor = next(iter(self.buffers()))
+        return tensor.device
+
+    @abc.abstractmethod
+    def mapping(
+        self, z: torch.Tensor, camera_cond: torch.Tensor, psi: float = 1.0, cutoff: int | None = None
+    ) -> torch.Tensor:
+        """z (N, z_dim) and conditioning cameras (N, 25) -> w (N, num_ws, w_dim), truncated towards the mean."""
+
+    @abc.abstractmethod
+    def synthesis(
+        self, w: torch.Tensor, camera: torch.Tensor, noise_seeds: Sequence[int] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """w and render cameras -> `image` (N, 3, H, W) in [-1, 1], `depth` and `mask` (N, 1, R, R).
+
+        `noise_seeds` (one per sample) turns on the renderer's training-style jitter, drawn per
+        seed; None renders deterministically.
+        """
+
+    @abc.abstractmethod
+    def density(self, points: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Density at world points (N, P, 3) for latents (N, num_ws, w_dim) -> (N, P, 1)."""
+
+    @abc.abstractmethod
+    def mean_latent(self) -> torch.Tensor:
+        """The mean latent (num_ws, w_dim): the truncation centre and the regressors' starting point."""
+
+    @abc.abstractmethod
+    def identity(self) -> dict:
+        """`generator` (backend name), `checksum` (SHA-256 of weights or a version tag), `config`."""
+
+    def sample(
+        self,
+        seeds: Sequence[int],
+        views: ViewMixture | Sequence[View] | None = None,
+        psi: float = 0.7,
+        cutoff: int | None = None,
+        jitter: bool = True,
+    ) -> Batch:
+        """Sample records for seeds, on this module's device, deterministic per seed."""
+        seeds = [int(s) for s in seeds]
+        if isinstance(views, ViewMixture) or views is None:
+            views = ViewMixture.load(views).draw_many(seeds)
+        if len(views) != len(seeds):
+            raise ValueError(f"{len(seeds)} seeds but {len(views)} views")
+        device = self.device
+        z = seeded_normal(seeds, self.z_dim).to(device)
+        camera = views_to_cameras(views).to(device)
+        camera_cond = frontal_camera(len(seeds)).to(device)
+        w = self.mapping(z, camera_cond, psi=psi, cutoff=cutoff)
+        out = self.synthesis(w, camera, noise_seeds=seeds if jitter else None)
+        identity = self.identity()
+        meta = [
+            {
+                "seed": seed,
+                "generator": identity["generator"],
+                "generator_checksum": identity["checksum"],
+                "truncation_psi": psi,
+                "truncation_cutoff": cutoff,
+                "jitter": jitter,
+                "schema_version": SCHEMA_VERSION,
+                **view.as_meta(),
+            }
+            for seed, view in zip(seeds, views)
+        ]
+        return {
+            "image": image_to_uint8(out["image"]),
+            "depth": out["depth"].float(),
+            "mask": out["mask"].float(),
+            "w": w.float(),
+            "z": z,
+            "camera": camera,
+            "camera_cond": camera_cond,
+            "meta": meta,
+        }
