@@ -1,0 +1,144 @@
+"""The embedded default generator: a procedural head driven by a real latent, no weights needed.
+
+z -> w through a fixed, seeded tanh map (broadcast to num_ws rows, truncated like EG3D); the
+rows of w set the head's shape, colours, light and background (`params.py`); the head is a
+signed distance field (`head.py`) traced with EG3D's cameras (`render.py`). Images are shaded
+at `render_resolution` and resized bilinearly to `image_resolution`, as EG3D renders at 128
+and super-resolves; depth and mask are resampled to `depth_resolution` when it differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from regress.camera import camera_rays, frontal_camera
+from regress.generators import register
+from regress.generators.analytic import head, landmarks
+from regress.generators.analytic.params import read_params, readout_matrices
+from regress.generators.analytic.render import TraceSettings, lambert, render_surface
+from regress.generators.base import Generator
+
+VERSION = "analytic-v1"
+MEAN_LATENT_SAMPLES = 4096
+DENSITY_MAX = 20.0  # density = DENSITY_MAX * sigmoid(-sdf / DENSITY_SCALE): surface at level 10,
+DENSITY_SCALE = 0.01  # the level EG3D meshes use
+
+
+@register("analytic")
+class AnalyticGenerator(Generator):
+    """Procedural head generator with EG3D's interface, cameras and depth meaning; fast on a CPU."""
+
+    def __init__(
+        self,
+        z_dim: int = 64,
+        num_ws: int = 14,
+        w_dim: int = 32,
+        image_resolution: int = 512,
+        depth_resolution: int = 128,
+        render_resolution: int = 128,
+        seed: int = 0,
+        readout_gain: float = 2.0,
+        march_steps: int = 28,
+    ) -> None:
+        super().__init__()
+        for name, value in (("image_resolution", image_resolution), ("depth_resolution", depth_resolution), ("render_resolution", render_resolution)):
+            if value < 8:
+                raise ValueError(f"{name} must be at least 8 pixels, got {value}")
+        self.config = dict(
+            z_dim=z_dim, num_ws=num_ws, w_dim=w_dim, image_resolution=image_resolution,
+            depth_resolution=depth_resolution, render_resolution=render_resolution, seed=seed,
+            readout_gain=readout_gain, march_steps=march_steps,
+        )  # fmt: skip
+        self.z_dim, self.num_ws, self.w_dim = z_dim, num_ws, w_dim
+        self.image_resolution, self.depth_resolution = image_resolution, depth_resolution
+        self.render_resolution = render_resolution
+        self.ray_start, self.ray_end, self.box_size, self.surface_level = 2.25, 3.3, 1.0, DENSITY_MAX / 2
+        self.readout_gain = readout_gain
+        self.trace = TraceSettings(steps=march_steps)
+        rng = torch.Generator().manual_seed(seed)
+        self.register_buffer("z_weight", torch.randn(z_dim, w_dim, generator=rng, dtype=torch.float64) / z_dim**0.5)
+        self.register_buffer("c_weight", 0.02 * torch.randn(25, w_dim, generator=rng, dtype=torch.float64))
+        self.register_buffer("bias", 0.1 * torch.randn(w_dim, generator=rng, dtype=torch.float64))
+        for group, matrix in readout_matrices(w_dim, rng).items():
+            self.register_buffer(f"readout_{group}", matrix)
+        z = torch.randn(MEAN_LATENT_SAMPLES, z_dim, generator=rng)
+        self.register_buffer("w_avg", self.mapping(z, frontal_camera(MEAN_LATENT_SAMPLES)).mean(0)[0].float())
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Path, **kwargs) -> "AnalyticGenerator":
+        raise ValueError(f"the analytic generator has no weights; drop the checkpoint {checkpoint} or choose --generator eg3d")
+
+    def mapping(self, z: torch.Tensor, camera_cond: torch.Tensor, psi: float = 1.0, cutoff: int | None = None) -> torch.Tensor:
+        """w (N, num_ws, w_dim) = tanh(normalized z A + c C + b), in float64 so it is batch-size exact."""
+        if z.shape[1:] != (self.z_dim,) or camera_cond.shape[1:] != (25,):
+            raise ValueError(f"mapping needs z (N, {self.z_dim}) and camera_cond (N, 25), got {tuple(z.shape)} and {tuple(camera_cond.shape)}")
+        z = z.double()
+        z = z * (z.square().mean(dim=1, keepdim=True) + 1e-8).rsqrt()
+        w = torch.tanh(z @ self.z_weight + camera_cond.double() @ self.c_weight + self.bias)
+        w = w.unsqueeze(1).repeat(1, self.num_ws, 1)
+        if psi != 1:
+            rows = slice(0, self.num_ws if cutoff is None else cutoff)
+            w_avg = self.w_avg.double()
+            w[:, rows] = w_avg + psi * (w[:, rows] - w_avg)
+        return w.float()
+
+    def mean_latent(self) -> torch.Tensor:
+        return self.w_avg.unsqueeze(0).repeat(self.num_ws, 1)
+
+    def params(self, w: torch.Tensor) -> head.Params:
+        """Semantic head parameters (name -> (N, 1)) of latents w (N, num_ws, w_dim)."""
+        if w.shape[1:] != self.latent_shape:
+            raise ValueError(f"w must have shape (N, {self.num_ws}, {self.w_dim}), got {tuple(w.shape)}")
+        readout = {g: getattr(self, f"readout_{g}") for g in ("skull", "face", "colour", "scene")}
+        return read_params(w.float(), self.w_avg, readout, self.readout_gain)
+
+    def density(self, points: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """DENSITY_MAX * sigmoid(-sdf / DENSITY_SCALE) (N, P, 1): surface at `surface_level` = 10."""
+        return DENSITY_MAX * torch.sigmoid(-head.sdf(points, self.params(w)) / DENSITY_SCALE).unsqueeze(-1)
+
+    def landmarks_3d(self, w: torch.Tensor) -> torch.Tensor:
+        """World positions (N, 68, 3) of the 68 iBUG facial landmarks on the heads of w."""
+        return landmarks.landmarks_3d(self.params(w))
+
+    def synthesis(self, w: torch.Tensor, camera: torch.Tensor, noise_seeds: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+        """Trace the heads of w from cameras (N, 25). The renderer has no sampling noise: `noise_seeds` are ignored."""
+        if camera.shape != (w.shape[0], 25):
+            raise ValueError(f"camera must have shape ({w.shape[0]}, 25) to match w, got {tuple(camera.shape)}")
+        p = self.params(w)
+        n, r = w.shape[0], self.render_resolution
+        origins, directions = camera_rays(camera.float(), r)
+        surface = render_surface(lambda q: head.sdf(q, p), origins, directions, self.ray_start, self.ray_end, self.trace)
+        el, az = p["light_elevation"], p["light_azimuth"]
+        light = torch.cat([az.sin() * el.cos(), el.sin(), az.cos() * el.cos()], dim=1)
+        shaded = lambert(head.albedo(surface.points, p), surface.normals, light, p["ambient"], p["diffuse"])
+        rows = (torch.arange(r, dtype=w.dtype, device=w.device) + 0.5) / r
+        gradient = (0.5 - rows).repeat_interleave(r)[None, :, None] * p["bg_gradient"][:, :, None]
+        background = (torch.cat([p["bg_r"], p["bg_g"], p["bg_b"]], dim=1)[:, None, :] + gradient).clamp(0, 1)
+        mask = surface.mask.unsqueeze(-1)
+        image = mask * shaded + (1 - mask) * background
+        depth = surface.mask * surface.depth + (1 - surface.mask) * self.ray_end
+        image = image.transpose(1, 2).reshape(n, 3, r, r) * 2 - 1
+        depth, mask = depth.reshape(n, 1, r, r), surface.mask.reshape(n, 1, r, r)
+        return {
+            "image": self._resize(image, self.image_resolution),
+            "depth": self._resize(depth, self.depth_resolution),
+            "mask": self._resize(mask, self.depth_resolution),
+        }
+
+    @staticmethod
+    def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+        if x.shape[-1] == size:
+            return x
+        if x.shape[-1] > size:
+            return F.interpolate(x, size=(size, size), mode="area")
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+    def identity(self) -> dict:
+        text = json.dumps({"version": VERSION, **self.config}, sort_keys=True)
+        return {"generator": "analytic", "checksum": f"{VERSION}-{hashlib.sha256(text.encode()).hexdigest()[:16]}", "config": dict(self.config)}

@@ -1,0 +1,133 @@
+"""The procedural head: a signed distance function and a surface colour, both from semantic parameters.
+
+World frame of EG3D: y up, the face looks along +z, the head inside the unit box around the origin,
+nose tip at z = `nose_z` (0.37..0.42). Mirrored parts are evaluated once on |x|.
+"""
+
+from __future__ import annotations
+
+import torch
+
+Params = dict[str, torch.Tensor]  # name -> (N, 1), broadcast over the points axis
+EYEBALL_RADIUS = 0.026
+EYEBALL_Z = 0.206
+FACE_Z = 0.232  # depth of the eye-socket centres: the front of the face around the eyes
+
+
+def ellipsoid(x, y, z, cx, cy, cz, rx, ry, rz) -> torch.Tensor:
+    """Approximate signed distance to an axis-aligned ellipsoid (Quilez's k0 (k0 - 1) / k1 bound)."""
+    qx, qy, qz = (x - cx) / rx, (y - cy) / ry, (z - cz) / rz
+    k0 = (qx * qx + qy * qy + qz * qz).sqrt()
+    k1 = ((qx / rx) ** 2 + (qy / ry) ** 2 + (qz / rz) ** 2).sqrt().clamp_min(1e-6)
+    return k0 * (k0 - 1) / k1
+
+
+def sphere(x, y, z, cx, cy, cz, r) -> torch.Tensor:
+    return ((x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2).sqrt() - r
+
+
+def round_cone(x, y, z, a: tuple, b: tuple, ra, rb) -> torch.Tensor:
+    """Distance to a capsule from a to b whose radius goes linearly from ra to rb (a lower bound)."""
+    bax, bay, baz = b[0] - a[0], b[1] - a[1], b[2] - a[2]
+    pax, pay, paz = x - a[0], y - a[1], z - a[2]
+    h = ((pax * bax + pay * bay + paz * baz) / (bax * bax + bay * bay + baz * baz)).clamp(0, 1)
+    dist = ((pax - bax * h) ** 2 + (pay - bay * h) ** 2 + (paz - baz * h) ** 2).sqrt()
+    return dist - (ra + (rb - ra) * h)
+
+
+def smooth_min(a: torch.Tensor, b: torch.Tensor, k: float) -> torch.Tensor:
+    """Polynomial smooth union of two distances with blend radius k."""
+    h = (0.5 + 0.5 * (b - a) / k).clamp(0, 1)
+    return b + (a - b) * h - k * h * (1 - h)
+
+
+def smooth_max(a: torch.Tensor, b: torch.Tensor, k: float) -> torch.Tensor:
+    """Smooth intersection: -smooth_min(-a, -b)."""
+    return -smooth_min(-a, -b, k)
+
+
+def hair_region(x, y, z, p: Params) -> torch.Tensor:
+    """> 0 where the scalp carries hair: above the hairline at the forehead, lower towards the back."""
+    return y - p["hairline"] + 1.1 * (0.19 - z) - 0.8 * x * x
+
+
+def sdf(points: torch.Tensor, p: Params) -> torch.Tensor:
+    """Signed distance (N, P) of world points (N, P, 3) to the heads of parameters p (negative inside)."""
+    x, y, z = points.unbind(-1)
+    ax = x.abs()
+    rx, ry, rz = p["skull_rx"], p["skull_ry"], p["skull_rz"]
+    d = ellipsoid(x, y, z, 0.0, 0.07, 0.0, rx, ry, rz)
+    d = smooth_min(d, ellipsoid(x, y, z, 0.0, -0.06, 0.02, p["jaw_w"], p["face_len"], 0.2), 0.06)
+    chin_y, chin_z = p["chin_y"], p["chin_z"]
+    d = smooth_min(d, ellipsoid(x, y, z, 0.0, chin_y + 0.04, chin_z - 0.04, 0.045, 0.04, 0.04), 0.04)
+    cheek = p["cheek_r"]
+    d = smooth_min(d, ellipsoid(ax, y, z, 0.085, -0.02, 0.155, cheek, 0.85 * cheek, 0.9 * cheek), 0.04)
+    eye_x, eye_y = p["eye_x"], p["eye_y"]
+    brow_a, brow_b = (0.0, eye_y + 0.035, 0.225), (0.095, eye_y + 0.035, 0.19)
+    d = smooth_min(d, round_cone(ax, y, z, brow_a, brow_b, p["brow"], 0.6 * p["brow"]), 0.02)
+    d = smooth_max(d, -sphere(ax, y, z, eye_x, eye_y, FACE_Z, p["socket_r"]), 0.012)
+    d = torch.minimum(d, sphere(ax, y, z, eye_x, eye_y, EYEBALL_Z, EYEBALL_RADIUS))
+    nose_w, nose_y, nose_z = p["nose_w"], p["nose_y"], p["nose_z"]
+    bridge, tip = (0.0, eye_y - 0.005, 0.23), (0.0, nose_y, nose_z - nose_w)
+    d = smooth_min(d, round_cone(x, y, z, bridge, tip, 0.012, nose_w), 0.02)
+    d = smooth_min(d, sphere(ax, y, z, 0.9 * nose_w + 0.006, nose_y - 0.01, nose_z - 0.055, 0.75 * nose_w), 0.012)
+    lip, mouth_y = p["lip"], p["mouth_y"]
+    d = smooth_min(d, ellipsoid(x, y, z, 0.0, mouth_y, 0.225, p["mouth_w"], 1.8 * lip, 1.4 * lip), 0.015)
+    ear = p["ear_size"]
+    d = smooth_min(d, ellipsoid(ax, y, z, rx - 0.01, 0.0, -0.02, 0.015, ear, 0.55 * ear), 0.012)
+    neck = p["neck_r"]
+    d = smooth_min(d, round_cone(x, y, z, (0.0, -0.12, -0.04), (0.0, -0.65, -0.07), neck, 1.1 * neck), 0.05)
+    volume = p["hair_volume"]
+    hair = ellipsoid(x, y, z, 0.0, 0.07 + 0.5 * volume, -0.5 * volume, rx + volume, ry + volume, rz + 0.7 * volume)
+    hair = smooth_max(hair, -hair_region(x, y, z, p), 0.02)
+    return smooth_min(d, hair, 0.01)
+
+
+def mix(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return a + (b - a) * t
+
+
+def colour(c: tuple[float, float, float], like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(c, dtype=like.dtype, device=like.device)
+
+
+def palette(p: Params) -> dict[str, torch.Tensor]:
+    """Per-head colours (N, 1, 3) for skin, hair, brows, iris and lips."""
+    like = p["skin_tone"]
+    t = lambda name: p[name].unsqueeze(-1)  # noqa: E731 - (N, 1, 1) for colour blends
+    skin = mix(colour((0.95, 0.78, 0.66), like), colour((0.36, 0.22, 0.15), like), t("skin_tone"))
+    skin = skin + colour((0.06, -0.02, -0.02), like) * t("skin_red")
+    hair = mix(colour((0.82, 0.66, 0.42), like), colour((0.06, 0.05, 0.045), like), t("hair_tone"))
+    hair = hair + colour((0.22, 0.05, -0.02), like) * t("hair_red") * (1 - 0.6 * t("hair_tone"))
+    iris = mix(colour((0.36, 0.2, 0.1), like), colour((0.25, 0.45, 0.68), like), t("iris_blue"))
+    iris = mix(iris, colour((0.3, 0.48, 0.26), like), 0.6 * t("iris_green"))
+    lips = mix(skin * colour((0.85, 0.6, 0.6), like), colour((0.72, 0.24, 0.3), like), 0.6 * t("lip_red"))
+    brows = mix(skin, 0.8 * hair, 0.45 + 0.55 * t("brow_dark"))
+    return {k: v.clamp(0, 1) for k, v in dict(skin=skin, hair=hair, iris=iris, lips=lips, brows=brows).items()}
+
+
+def albedo(points: torch.Tensor, p: Params) -> torch.Tensor:
+    """Surface colour (N, P, 3) in 0..1 at world points (N, P, 3) on the heads of parameters p."""
+    x, y, z = points.unbind(-1)
+    ax = x.abs()
+    colours = palette(p)
+    eye_x, eye_y = p["eye_x"], p["eye_y"]
+    out = colours["skin"].expand(*x.shape, 3)
+    lip_shape = (x / p["mouth_w"]) ** 2 + ((y - p["mouth_y"]) / (1.7 * p["lip"])) ** 2
+    lips = torch.sigmoid((1 - lip_shape) / 0.15) * torch.sigmoid((z - 0.17) / 0.01)
+    out = mix(out, colours["lips"], lips.unsqueeze(-1))
+    slit = torch.sigmoid((0.0025 - (y - p["mouth_y"]).abs()) / 0.0008) * torch.sigmoid((0.92 - lip_shape) / 0.1)
+    out = mix(out, 0.35 * colours["lips"], (slit * lips).unsqueeze(-1))
+    brow_a, brow_b = (0.02, eye_y + 0.04, 0.24), (0.1, eye_y + 0.035, 0.2)
+    brow_line = round_cone(ax, y, z, brow_a, brow_b, 0.0, 0.0)
+    brows = torch.sigmoid((0.011 - brow_line) / 0.002)
+    out = mix(out, colours["brows"], brows.unsqueeze(-1))
+    hair = torch.sigmoid(hair_region(x, y, z, p) / 0.006)
+    out = mix(out, colours["hair"], hair.unsqueeze(-1))
+    on_eye = torch.sigmoid((0.0015 - sphere(ax, y, z, eye_x, eye_y, EYEBALL_Z, EYEBALL_RADIUS)) / 0.0008)
+    radial = ((ax - eye_x) ** 2 + (y - eye_y) ** 2).sqrt()
+    iris = torch.sigmoid((0.011 - radial) / 0.001)
+    pupil = torch.sigmoid((0.0045 - radial) / 0.0008)
+    eye = mix(colour((0.92, 0.9, 0.86), x), colours["iris"], iris.unsqueeze(-1))
+    eye = mix(eye, colour((0.03, 0.03, 0.03), x), pupil.unsqueeze(-1))
+    return mix(out, eye, on_eye.unsqueeze(-1))
