@@ -1,0 +1,1 @@
+"""GAN inversion of real photos: alignment and camera estimation (`align`), latent projection and tuning (`project`)."""
