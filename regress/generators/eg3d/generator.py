@@ -1,0 +1,157 @@
+"""The EG3D generator backend: mapping, tri-plane backbone, neural renderer and super-resolution behind one interface.
+
+Written from eg3d-generator-spec.md. `EG3DGenerator()` is the full FFHQ-512 configuration
+with random weights; `EG3DGenerator.from_checkpoint(path)` loads a released upstream pickle
+(safely) or its converted `model.safetensors` + `config.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from regress.camera import camera_rays
+from regress.generators import register
+from regress.generators.base import Generator, seeded_uniform
+from regress.generators.eg3d.backbone import TriplaneBackbone
+from regress.generators.eg3d.checkpoint import (
+    WEIGHTS_FILE,
+    file_sha256,
+    load_converted,
+    load_upstream,
+    match_state_dict,
+    save_converted,
+)
+from regress.generators.eg3d.config import EG3DConfig
+from regress.generators.eg3d.renderer import ImportanceRenderer, OSGDecoder, sample_triplanes
+from regress.generators.eg3d.superresolution import SuperResolution
+
+RANDOM_INIT = "random-init"
+DENSITY_CHUNK = 1 << 20  # points per tri-plane query in `density`
+
+
+@register("eg3d")
+class EG3DGenerator(Generator):
+    """EG3D (tri-plane GAN): z + camera -> ws -> tri-planes -> volume render at R² -> super-resolve to 512².
+
+    `depth_resolution` is the neural rendering resolution R of depth and mask; the per-ray
+    sample counts are `config.depth_resolution` (+ `config.depth_resolution_importance`).
+    Keyword arguments override fields of `EG3DConfig` (channel_base, noise_mode, ...).
+    """
+
+    surface_level = 10.0
+
+    def __init__(self, config: EG3DConfig | None = None, **overrides: Any):
+        super().__init__()
+        config = dataclasses.replace(config or EG3DConfig(), **overrides)
+        self.config = config
+        self.backbone = TriplaneBackbone(
+            config.z_dim,
+            config.c_dim,
+            config.w_dim,
+            config.backbone_resolution,
+            config.triplane_channels,
+            config.channel_base,
+            config.channel_max,
+            config.conv_clamp,
+            config.mapping_layers,
+            config.mapping_lr_multiplier,
+        )
+        self.superresolution = SuperResolution(
+            config.triplane_channels,
+            config.w_dim,
+            config.sr_input_resolution,
+            config.sr_channels,
+            conv_clamp=config.sr_conv_clamp,
+            antialias=config.sr_antialias,
+        )
+        self.decoder = OSGDecoder(config.triplane_channels, config.decoder_hidden, config.triplane_channels, config.decoder_lr_multiplier)
+        self.renderer = ImportanceRenderer(
+            config.depth_resolution,
+            config.depth_resolution_importance,
+            config.ray_start,
+            config.ray_end,
+            config.density_bias,
+            config.white_back,
+        )
+        self.z_dim, self.w_dim, self.num_ws = config.z_dim, config.w_dim, self.backbone.synthesis.num_ws
+        self.image_resolution = config.image_resolution
+        self.depth_resolution = config.neural_rendering_resolution
+        self.ray_start, self.ray_end, self.box_size = config.ray_start, config.ray_end, config.box_warp
+        self.checksum = RANDOM_INIT
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **overrides: Any) -> "EG3DGenerator":
+        """Load an upstream `.pkl` (safe loader) or a converted folder / `model.safetensors`; kwargs override rendering options."""
+        path = Path(path)
+        if path.is_dir() or path.suffix == ".safetensors":
+            config, tensors, provenance = load_converted(path)
+            weights = path / WEIGHTS_FILE if path.is_dir() else path
+            checksum = provenance.get("source_sha256") or file_sha256(weights)
+        else:
+            config, tensors = load_upstream(path)
+            checksum = file_sha256(path)
+        generator = cls(config, **overrides)
+        generator.load_state_dict(match_state_dict(generator.state_dict(), tensors, path))
+        generator.checksum = checksum
+        return generator.eval().requires_grad_(False)
+
+    def save_converted(self, out_dir: str | Path, provenance: dict[str, Any] | None = None) -> Path:
+        """Write this generator as `model.safetensors` + `config.json` (loadable by `from_checkpoint`)."""
+        provenance = {"source_sha256": None if self.checksum == RANDOM_INIT else self.checksum, **(provenance or {})}
+        return save_converted(out_dir, self.config, self.state_dict(), provenance)
+
+    def mapping(
+        self, z: torch.Tensor, camera_cond: torch.Tensor, psi: float = 1.0, cutoff: int | None = None
+    ) -> torch.Tensor:
+        c = torch.zeros_like(camera_cond) if self.config.c_gen_conditioning_zero else camera_cond
+        return self.backbone.mapping(z, c * self.config.c_scale, psi=psi, cutoff=cutoff)
+
+    def planes(self, w: torch.Tensor) -> torch.Tensor:
+        """Tri-plane features (N, 3, C, 256, 256) for latents (N, num_ws, w_dim); compute once, query often."""
+        return self.backbone.planes(w, self.config.noise_mode)
+
+    def field(self, planes: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw density (N, P, 1) and features (N, P, C) at world points (N, P, 3)."""
+        return self.decoder(sample_triplanes(planes, points, self.config.box_warp))
+
+    def density_from_planes(self, planes: torch.Tensor, points: torch.Tensor, chunk: int = DENSITY_CHUNK) -> torch.Tensor:
+        """Raw density (N, P, 1) at world points (N, P, 3), querying the given tri-planes `chunk` points at a time."""
+        return torch.cat([self.field(planes, part)[0] for part in points.split(chunk, dim=1)], dim=1)
+
+    def density(self, points: torch.Tensor, w: torch.Tensor, chunk: int = DENSITY_CHUNK) -> torch.Tensor:
+        return self.density_from_planes(self.planes(w), points, chunk)
+
+    def synthesis(
+        self, w: torch.Tensor, camera: torch.Tensor, noise_seeds: Sequence[int] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Also returns `image_raw` (N, 3, R, R), the neural render before super-resolution."""
+        n, r = w.shape[0], self.depth_resolution
+        assert camera.shape == (n, 25), f"expected cameras ({n}, 25), got {tuple(camera.shape)}"
+        planes = self.planes(w)
+        origins, directions = camera_rays(camera, r)
+        uniforms = None
+        if noise_seeds is not None:
+            if len(noise_seeds) != n:
+                raise ValueError(f"{len(noise_seeds)} noise seeds for {n} latents")
+            uniforms = seeded_uniform(noise_seeds, (r * r, self.renderer.uniforms_per_ray)).to(w.device, w.dtype)
+        out = self.renderer(lambda points: self.field(planes, points), origins, directions, uniforms)
+        feature_image = out.features.transpose(1, 2).reshape(n, -1, r, r)
+        image_raw = feature_image[:, :3]
+        image = self.superresolution(image_raw, feature_image, w, self.config.sr_noise_mode)
+        return {
+            "image": image,
+            "image_raw": image_raw,
+            "depth": out.depth.reshape(n, 1, r, r),
+            "mask": out.opacity.reshape(n, 1, r, r),
+        }
+
+    def mean_latent(self) -> torch.Tensor:
+        return self.backbone.mapping.w_avg.expand(self.num_ws, self.w_dim).clone()
+
+    def identity(self) -> dict:
+        """`checksum` is the SHA-256 of the upstream pickle (also for its converted form), or 'random-init'."""
+        return {"generator": "eg3d", "checksum": self.checksum, "config": self.config.to_dict()}
