@@ -15,13 +15,12 @@ import io
 import json
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from regress.generators.eg3d.config import EG3DConfig
 
@@ -215,10 +214,12 @@ def load_upstream(path: str | Path) -> tuple[EG3DConfig, dict[str, torch.Tensor]
         name = generator.class_name if isinstance(generator, ModuleRecord) else type(generator).__name__
         raise CheckpointError(f"{path}: G_ema is a {name}, expected an EG3D {GENERATOR_CLASS}")
     state = generator.state
+    decoder = (state.get("_modules") or {}).get("decoder")
     config = EG3DConfig.from_upstream(
         _plain(state.get("_init_kwargs") or {}),
         _plain(state.get("rendering_kwargs") or {}),
         _plain(state.get("neural_rendering_resolution")),
+        _plain(decoder.state.get("hidden_dim")) if isinstance(decoder, ModuleRecord) else None,
     )
     return config, _flatten_state(generator)
 
@@ -284,15 +285,14 @@ def save_converted(
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     document = json.dumps({"config": config.to_dict(), "provenance": provenance}, indent=2)
     for name, write in (
-        (WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"})),
-        (CONFIG_FILE, lambda tmp: Path(tmp).write_text(document)),
+        (WEIGHTS_FILE, lambda tmp: tmp.write_bytes(save(tensors, metadata={"format": "pt"}))),
+        (CONFIG_FILE, lambda tmp: tmp.write_text(document)),
     ):
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
-        os.close(fd)
+        tmp = out_dir / f".{name}.{os.getpid()}.tmp"
         try:
             write(tmp)
             os.replace(tmp, out_dir / name)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
     return out_dir

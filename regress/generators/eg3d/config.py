@@ -87,9 +87,13 @@ class EG3DConfig:
 
     @classmethod
     def from_upstream(
-        cls, init_kwargs: dict[str, Any], rendering_kwargs: dict[str, Any], neural_rendering_resolution: int | None
+        cls,
+        init_kwargs: dict[str, Any],
+        rendering_kwargs: dict[str, Any],
+        neural_rendering_resolution: int | None = None,
+        decoder_hidden: int | None = None,
     ) -> "EG3DConfig":
-        """Translate a TriPlaneGenerator's constructor and rendering kwargs into our config."""
+        """Translate a TriPlaneGenerator's constructor and rendering kwargs (and its decoder's width) into our config."""
         rendering = dict(rendering_kwargs)
         sr_module = rendering.get("superresolution_module", SUPPORTED_SUPERRESOLUTION)
         if sr_module != SUPPORTED_SUPERRESOLUTION:
@@ -117,6 +121,7 @@ class EG3DConfig:
             channel_base=init_kwargs.get("channel_base", defaults.channel_base),
             channel_max=init_kwargs.get("channel_max", defaults.channel_max),
             conv_clamp=init_kwargs.get("conv_clamp", defaults.conv_clamp),
+            decoder_hidden=decoder_hidden or defaults.decoder_hidden,
             decoder_lr_multiplier=rendering.get("decoder_lr_mul", defaults.decoder_lr_multiplier),
             neural_rendering_resolution=neural_rendering_resolution or defaults.neural_rendering_resolution,
             image_resolution=rendering.get("image_resolution", init_kwargs.get("img_resolution", defaults.image_resolution)),

@@ -1,0 +1,40 @@
+"""Convert an upstream EG3D network pickle once into `model.safetensors` + `config.json`.
+
+    python -m regress.generators.eg3d.convert ffhq512-128.pkl data/checkpoints/ffhq512-128
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from regress.generators.eg3d.checkpoint import CheckpointError
+from regress.generators.eg3d.generator import EG3DGenerator
+
+
+def convert(pickle_path: str | Path, out_dir: str | Path) -> Path:
+    """Load `pickle_path` with the safe loader, check every tensor, write the converted folder; returns it."""
+    pickle_path = Path(pickle_path)
+    generator = EG3DGenerator.from_checkpoint(pickle_path)
+    return generator.save_converted(out_dir, {"source": pickle_path.name, "converted_by": "regress.generators.eg3d.convert"})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m regress.generators.eg3d.convert", description=__doc__.splitlines()[0])
+    parser.add_argument("pickle", type=Path, help="upstream network pickle (e.g. ffhq512-128.pkl)")
+    parser.add_argument("out_dir", type=Path, help="folder to write model.safetensors and config.json into")
+    args = parser.parse_args(argv)
+    if not args.pickle.is_file():
+        parser.error(f"{args.pickle} is not a file")
+    try:
+        out = convert(args.pickle, args.out_dir)
+    except CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {out / 'model.safetensors'} and {out / 'config.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
