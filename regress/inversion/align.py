@@ -78,6 +78,8 @@ def load_image(path: str | Path, max_pixels: int = 64_000_000, min_side: int = 6
             image = np.asarray(pil.convert("RGB"))
     except FaceError:
         raise
+    except Image.DecompressionBombError as error:
+        raise FaceError(f"{path}: image is above the limit of {max_pixels / 1e6:.0f} MP ({error}); downscale it") from error
     except FileNotFoundError as error:
         raise FaceError(f"{path}: file not found") from error
     except UnidentifiedImageError as error:
@@ -206,10 +208,15 @@ def crop_ffhq(image: np.ndarray, face: Face, output_size: int = 512, supersample
     size = output_size * supersample
     warped = pil.transform((size, size), Image.Transform.QUAD, corners.flatten().tolist(), Image.Resampling.BILINEAR)
     crop = np.asarray(warped.resize((output_size, output_size), Image.Resampling.LANCZOS))
-    axis_x, axis_y = quad[3] - quad[0], quad[1] - quad[0]
-    offset = face.landmarks + 0.5 - quad[0]
-    uv = np.stack([offset @ axis_x / (axis_x @ axis_x), offset @ axis_y / (axis_y @ axis_y)], axis=1)
+    uv = quad_coordinates(face.landmarks, quad)
     return AlignedFace(image=crop, landmarks=uv * output_size - 0.5, quad=quad, face=face)
+
+
+def quad_coordinates(points: np.ndarray, quad: np.ndarray) -> np.ndarray:
+    """Source pixel positions (P, 2) to normalized coordinates in the crop of `quad` (pixel centres at (i + 0.5) / S)."""
+    axis_x, axis_y = quad[3] - quad[0], quad[1] - quad[0]
+    offset = points - quad[0]  # both in pixel-index coordinates
+    return np.stack([offset @ axis_x / (axis_x @ axis_x), offset @ axis_y / (axis_y @ axis_y)], axis=1)
 
 
 @dataclass(frozen=True)
@@ -306,14 +313,16 @@ def estimate_camera(
     landmarks_uv: np.ndarray | torch.Tensor,
     template: torch.Tensor | None = None,
     fov_deg: float = DEFAULT_FOV_DEG,
-    fit_pivot: bool = False,
+    fit_pivot: bool = True,
     contour_weight: float = 0.5,
     steps: int = 50,
 ) -> CameraFit:
     """Yaw, pitch, radius (and with `fit_pivot` the pivot's x, y) minimizing the template's reprojection error.
 
     Levenberg-Marquardt on normalized image coordinates; the jaw contour is down-weighted since
-    its points slide over the head as it turns. Roll is not modelled: FFHQ crops remove it.
+    its points slide over the head as it turns. Roll is not modelled: FFHQ crops remove it. The
+    pivot absorbs where the crop centres the face relative to the generator's head, which would
+    otherwise bias pitch and yaw.
     """
     target = torch.as_tensor(np.asarray(landmarks_uv), dtype=torch.float64).reshape(1, 68, 2)
     template = (load_template() if template is None else template).double().reshape(1, 68, 3)
