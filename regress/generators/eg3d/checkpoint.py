@@ -74,7 +74,10 @@ def _reconstruct_persistent_obj(meta: Any) -> ModuleRecord:
 def _load_storage(data: Any) -> torch.storage.TypedStorage:
     if not isinstance(data, bytes):
         raise CheckpointError(f"tensor storage must be bytes, got {type(data).__name__}")
-    storage = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    try:
+        storage = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as error:
+        raise UnsafeCheckpointError(f"a tensor storage blob was refused by torch.load(weights_only=True): {error}") from error
     if not isinstance(storage, (torch.storage.TypedStorage, torch.UntypedStorage)):
         raise CheckpointError(f"tensor storage blob holds a {type(storage).__name__}, not a storage")
     return storage

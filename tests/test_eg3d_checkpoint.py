@@ -1,0 +1,173 @@
+"""The EG3D safe checkpoint loader: refuses what it does not understand, reports bad files clearly, converts losslessly."""
+
+from __future__ import annotations
+
+import builtins
+import io
+import json
+import os
+import pickle
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from regress.generators import create_generator
+from regress.generators.eg3d import CheckpointError, EG3DGenerator, UnsafeCheckpointError
+from regress.generators.eg3d.checkpoint import read_network_pickle
+from regress.generators.eg3d.convert import main as convert_main
+
+
+class _Reduce:
+    """Pickles as `function(*args)`: how a malicious pickle makes the loader call something."""
+
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return self.function, self.args
+
+
+def _write(path, payload) -> os.PathLike:
+    path.write_bytes(pickle.dumps(payload, protocol=4))
+    return path
+
+
+@pytest.mark.parametrize(
+    "function, command, global_name",
+    [
+        (os.system, "touch {marker}", f"{os.system.__module__}.system"),
+        (builtins.eval, "open({marker!r}, 'w').write('pwned')", "builtins.eval"),
+        (builtins.exec, "open({marker!r}, 'w').write('pwned')", "builtins.exec"),
+    ],
+)
+def test_pickle_calling_a_dangerous_global_is_refused(tmp_path, function, command, global_name):
+    marker = tmp_path / "marker"
+    path = _write(tmp_path / "evil.pkl", {"G_ema": _Reduce(function, command.format(marker=str(marker)))})
+    with pytest.raises(UnsafeCheckpointError, match=global_name.replace(".", r"\.")):
+        EG3DGenerator.from_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_code_smuggled_through_module_src_is_never_executed(tmp_path, monkeypatch):
+    """A persistent object whose embedded source writes a file: the safe loader records it and runs nothing.
+
+    The control at the end loads the same file the upstream way (exec of module_src) and the file appears.
+    """
+    marker = tmp_path / "marker"
+    source = f"import pathlib\npathlib.Path({str(marker)!r}).write_text('pwned')\n"
+    persistence = types.ModuleType("torch_utils.persistence")
+
+    def _reconstruct_persistent_obj(meta):  # what upstream's persistence does with module_src
+        exec(meta["module_src"], {})
+        return meta["state"]
+
+    _reconstruct_persistent_obj.__module__ = persistence.__name__
+    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
+    persistence._reconstruct_persistent_obj = _reconstruct_persistent_obj
+    monkeypatch.setitem(sys.modules, "torch_utils", types.ModuleType("torch_utils"))
+    monkeypatch.setitem(sys.modules, "torch_utils.persistence", persistence)
+    meta = {"type": "class", "version": 6, "module_src": source, "class_name": "TriPlaneGenerator", "state": {}}
+    path = _write(tmp_path / "smuggled.pkl", {"G_ema": _Reduce(_reconstruct_persistent_obj, meta)})
+
+    record = read_network_pickle(path)["G_ema"]
+    assert record.class_name == "TriPlaneGenerator" and record.state == {}
+    with pytest.raises(CheckpointError, match="176 missing keys"):
+        EG3DGenerator.from_checkpoint(path)
+    assert not marker.exists()
+    pickle.loads(path.read_bytes())  # control: a plain unpickler runs the smuggled code
+    assert marker.read_text() == "pwned"
+
+
+def test_storage_blob_with_a_malicious_pickle_is_refused(tmp_path):
+    marker = tmp_path / "marker"
+    blob = io.BytesIO()
+    torch.save(_Reduce(os.system, f"touch {marker}"), blob, _use_new_zipfile_serialization=False)
+    path = _write(tmp_path / "blob.pkl", {"G_ema": _Reduce(torch.storage._load_from_bytes, blob.getvalue())})
+    with pytest.raises(UnsafeCheckpointError, match="weights_only"):
+        EG3DGenerator.from_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_truncated_pickle_is_reported(tmp_path, eg3d_fixture_dir):
+    data = (eg3d_fixture_dir / "network.pkl").read_bytes()
+    path = tmp_path / "truncated.pkl"
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        EG3DGenerator.from_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"definitely not a network\n", "not a pickle file"), (b"PK\x03\x04rest-of-a-zip", "zip archive"), (b"", "not a pickle file")],
+)
+def test_non_pickle_file_is_reported(tmp_path, content, message):
+    path = tmp_path / "network.pkl"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message):
+        EG3DGenerator.from_checkpoint(path)
+
+
+def test_pickle_without_g_ema_is_reported(tmp_path):
+    path = _write(tmp_path / "snapshot.pkl", {"G": None, "D": None, "training_set_kwargs": {}})
+    with pytest.raises(CheckpointError, match="no 'G_ema'.*'D', 'G'"):
+        EG3DGenerator.from_checkpoint(path)
+
+
+@pytest.fixture(scope="module")
+def converted(eg3d_fixture_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eg3d") / "converted"
+    assert convert_main([str(eg3d_fixture_dir / "network.pkl"), str(out)]) == 0
+    return out
+
+
+def test_conversion_round_trip_gives_identical_generator(eg3d_fixture_dir, converted):
+    from_pickle = EG3DGenerator.from_checkpoint(eg3d_fixture_dir / "network.pkl")
+    from_folder = create_generator("eg3d", checkpoint=converted)
+    from_file = EG3DGenerator.from_checkpoint(converted / "model.safetensors")
+    assert sorted(p.name for p in converted.iterdir()) == ["config.json", "model.safetensors"]
+    reference = from_pickle.state_dict()
+    for other in (from_folder, from_file):
+        assert other.identity() == from_pickle.identity()
+        assert all(torch.equal(reference[k], v) for k, v in other.state_dict().items())
+    with np.load(eg3d_fixture_dir / "reference.npz") as npz:
+        z, c, coords = (torch.from_numpy(npz[k][:1]) for k in ("z", "c_cond", "coords"))
+    with torch.no_grad():
+        outputs = [(g.mapping(z, c, psi=0.7), g.density(coords, g.mapping(z, c, psi=0.7))) for g in (from_pickle, from_folder)]
+    assert torch.equal(outputs[0][0], outputs[1][0]) and torch.equal(outputs[0][1], outputs[1][1])
+    assert from_pickle.identity()["checksum"] == json.loads((converted / "config.json").read_text())["provenance"]["source_sha256"]
+
+
+def test_wrong_shapes_and_keys_are_reported(converted, tmp_path):
+    tensors = load_file(str(converted / "model.safetensors"))
+    tensors["decoder.net.0.weight"] = torch.zeros(64, 31)
+    del tensors["backbone.mapping.w_avg"]
+    tensors["backbone.mapping.fc2.weight"] = torch.zeros(3)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    save_file(tensors, str(broken / "model.safetensors"))
+    (broken / "config.json").write_text((converted / "config.json").read_text())
+    with pytest.raises(CheckpointError) as error:
+        EG3DGenerator.from_checkpoint(broken)
+    message = str(error.value)
+    assert "decoder.net.0.weight: checkpoint (64, 31), model (64, 32)" in message
+    assert "1 missing keys: backbone.mapping.w_avg" in message
+    assert "1 unexpected keys: backbone.mapping.fc2.weight" in message
+
+
+def test_converted_folder_without_config_is_reported(converted, tmp_path):
+    (tmp_path / "model.safetensors").write_bytes((converted / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="config.json"):
+        EG3DGenerator.from_checkpoint(tmp_path)
+
+
+def test_full_ffhq512_config_maps_one_to_one_onto_the_released_manifest(eg3d_fixture_dir):
+    manifest = json.loads((eg3d_fixture_dir / "ffhq512-full-state-dict-manifest.json").read_text())
+    with torch.device("meta"):
+        generator = create_generator("eg3d")
+    shapes = {k: list(v.shape) for k, v in generator.state_dict().items()}
+    assert shapes == manifest
+    assert generator.num_ws == 14 and generator.z_dim == 512 and generator.w_dim == 512
