@@ -1,0 +1,326 @@
+"""python -m regress.generate: pre-generate Sample records into deterministic, resumable WebDataset shards.
+
+Ranks (torchrun's RANK / WORLD_SIZE, or an initialized torch.distributed) take the shards i with
+i % world_size == rank; a shard's seeds depend only on its index, so 1 or 8 ranks make the same
+dataset. A rerun skips shards that are complete and verified and regenerates the others; the
+last rank to finish (or any rerun) writes manifest.json. Meshes: density on the generator's
+device, marching cubes on the CPU (in `workers` processes when workers > 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+import time
+from collections import deque
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import webdataset as wds
+from tqdm import tqdm
+
+from regress.camera import ViewMixture
+from regress.generators import create_generator
+from regress.generators.base import Generator
+from regress.geometry import check_grid_fits, density_grid, grid_to_mesh, mesh_to_bytes
+from regress.sample import ARRAY_FIELDS, SCHEMA_VERSION, encode_sample
+from regress.shards import (
+    FORMAT,
+    MANIFEST,
+    PARTIAL,
+    ShardLayout,
+    ShardWriter,
+    file_sha256,
+    read_record,
+    sample_key,
+    shard_is_complete,
+    write_json,
+)
+
+
+def record_members(
+    arrays: dict[str, np.ndarray], meta: dict, image_format: str, grid: np.ndarray | None, level: float, box_size: float, keep_largest: bool
+) -> dict[str, bytes]:
+    """One sample's shard members: the Sample encoding, `mesh.ply` when a density grid is given, `meta.json` last."""
+    members = encode_sample({**{k: torch.from_numpy(v)[None] for k, v in arrays.items()}, "meta": [meta]}, 0, image_format)
+    meta_json = members.pop("meta.json")
+    if grid is not None:
+        members["mesh.ply"] = mesh_to_bytes(grid_to_mesh(grid, level, box_size, keep_largest))
+    members["meta.json"] = meta_json
+    return members
+
+
+def generate(
+    output: Path,
+    generator: str | None = None,
+    checkpoint: Path | None = None,
+    generator_options: dict | None = None,
+    num_samples: int = 1000,
+    seed_start: int = 0,
+    samples_per_shard: int = 1000,
+    name: str = "synth",
+    views: str | dict | None = "published",
+    psi: float = 0.7,
+    cutoff: int | None = None,
+    jitter: bool = True,
+    image_format: Literal["png", "jpg", "webp"] = "png",
+    with_mesh: bool = False,
+    mesh_resolution: int = 256,
+    mesh_keep_largest: bool = True,
+    batch_size: int = 8,
+    workers: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write this rank's shards of seeds [seed_start, seed_start + num_samples) to `output`; return a summary.
+
+    Args:
+        output: folder for `name-000000.tar ...`, their records and manifest.json
+        generator: backend name (`analytic`, `eg3d`); None picks eg3d with a checkpoint, else analytic
+        checkpoint: generator weights file (never downloaded)
+        generator_options: keyword overrides for the backend, e.g. {image_resolution: 64}
+        num_samples: how many seeds, from seed_start on
+        seed_start: first seed
+        samples_per_shard: seeds per shard; with seed_start it fixes every shard's seeds
+        name: shard file name prefix
+        views: view mixture: a name under configs/views, a YAML path or a mapping
+        psi: truncation psi
+        cutoff: truncation cutoff (rows of w truncated), None for all
+        jitter: the renderer's per-seed training jitter
+        image_format: png (lossless), jpg or webp
+        with_mesh: add `mesh.ply` (marching cubes of the density grid) to every sample
+        mesh_resolution: density grid points per axis for meshes
+        mesh_keep_largest: keep only the largest connected piece of each mesh
+        batch_size: samples per generator call
+        workers: processes for image/mesh encoding (0: in this process)
+        device: torch device, or auto (this rank's GPU if there is one)
+        progress: show a progress bar
+    """
+    layout = ShardLayout(name, seed_start, num_samples, samples_per_shard)
+    if batch_size < 1 or workers < 0:
+        raise ValueError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
+    max_pending = batch_size + 2 * workers
+    if with_mesh:
+        if mesh_resolution < 2:
+            raise ValueError(f"mesh_resolution must be at least 2, got {mesh_resolution}")
+        check_grid_fits(mesh_resolution, grids_in_flight=batch_size + max_pending + workers)
+    rank, world_size, _, _ = wds.utils.pytorch_worker_info()
+    mixture = ViewMixture.load(views)
+    model = create_generator(generator, checkpoint, **(generator_options or {}))
+    model.to(_device(device)).eval()
+    output = _prepare_output(Path(output))
+
+    identity = model.identity()
+    settings = {
+        "generator": identity,
+        "checkpoint_sha256": file_sha256(Path(checkpoint)) if checkpoint is not None else None,
+        "generator_options": generator_options or {},
+        "views": dataclasses.asdict(mixture),
+        "psi": psi,
+        "cutoff": cutoff,
+        "jitter": jitter,
+        "image_format": image_format,
+        "mesh": {"resolution": mesh_resolution, "keep_largest": mesh_keep_largest, "level": model.surface_level, "box_size": model.box_size} if with_mesh else None,
+        "name": name,
+        "seed_start": seed_start,
+        "samples_per_shard": samples_per_shard,
+        "batch_size": batch_size,  # backends agree across batch sizes only up to float rounding
+        "schema_version": SCHEMA_VERSION,
+    }
+    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    todo, skipped = _plan(output, layout, layout.indices_for_rank(rank, world_size), fingerprint)
+
+    start, written_bytes = time.perf_counter(), 0
+    bar = tqdm(total=sum(len(layout.seeds(i)) for i in todo), unit="sample", desc=f"rank {rank}/{world_size}", disable=not progress, dynamic_ncols=True)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers else None
+    try:
+        for index in todo:
+            bar.set_postfix_str(layout.filename(index))
+            record = _write_shard(output, layout, index, model, mixture, settings, fingerprint, batch_size, max_pending, pool, bar)
+            written_bytes += record["bytes"]
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    seconds = time.perf_counter() - start
+
+    manifest = _write_manifest_if_complete(output, layout, model, settings, fingerprint)
+    samples = sum(len(layout.seeds(i)) for i in todo)
+    summary = {
+        "output": str(output),
+        "rank": rank,
+        "world_size": world_size,
+        "written": [layout.filename(i) for i in todo],
+        "skipped": [layout.filename(i) for i in skipped],
+        "samples": samples,
+        "seconds": seconds,
+        "samples_per_second": samples / seconds if seconds > 0 else 0.0,
+        "bytes": written_bytes,
+        "manifest": str(manifest) if manifest else None,
+    }
+    _print_summary(summary, layout)
+    return summary
+
+
+def _device(device: str) -> torch.device:
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def _prepare_output(output: Path) -> Path:
+    """Create the output folder and prove it takes files, or say clearly that it cannot."""
+    probe = output / f".write-probe-{os.getpid()}"
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise OSError(error.errno, f"output folder {output} is not writable ({error.strerror or error}); choose another output folder or fix its permissions") from error
+    return output
+
+
+def _plan(output: Path, layout: ShardLayout, mine: range, fingerprint: str) -> tuple[list[int], list[int]]:
+    """Split this rank's shards into those to (re)generate and those complete and verified; drop stale partial files."""
+    todo, skipped = [], []
+    for index in mine:
+        shard = output / layout.filename(index)
+        shard.with_name(shard.name + PARTIAL).unlink(missing_ok=True)
+        record = read_record(shard)
+        if record is not None and record.get("fingerprint") != fingerprint and shard.is_file():
+            raise ValueError(
+                f"{shard} was generated with other settings than this run's; use a new output folder, "
+                "or delete the shards there to regenerate them"
+            )
+        seeds = layout.seeds(index)
+        same_seeds = record is not None and record.get("seed_start") == seeds.start and record.get("count") == len(seeds)
+        if same_seeds and shard_is_complete(shard, record, verify=True):
+            skipped.append(index)
+        else:
+            if shard.is_file():
+                print(f"regress.generate: {shard.name} is incomplete or fails its checksum; regenerating it", file=sys.stderr)
+            todo.append(index)
+    return todo, skipped
+
+
+def _write_shard(
+    output: Path,
+    layout: ShardLayout,
+    index: int,
+    model: Generator,
+    mixture: ViewMixture,
+    settings: dict,
+    fingerprint: str,
+    batch_size: int,
+    max_pending: int,
+    pool: Executor | None,
+    bar: tqdm,
+) -> dict[str, Any]:
+    """Generate, encode and write one shard; on a write error remove the partial file and say why."""
+    seeds, path, mesh = layout.seeds(index), output / layout.filename(index), settings["mesh"]
+    mesh_args = (mesh["level"], mesh["box_size"], mesh["keep_largest"]) if mesh else (0.0, 0.0, False)
+    pending: deque[tuple[str, Future]] = deque()
+    try:
+        with ShardWriter(path) as writer:
+            for first in range(0, len(seeds), batch_size):
+                batch_seeds = seeds[first : first + batch_size]
+                with torch.inference_mode():
+                    batch = model.sample(batch_seeds, mixture, psi=settings["psi"], cutoff=settings["cutoff"], jitter=settings["jitter"])
+                grids = density_grid(model, batch["w"], mesh["resolution"]) if mesh else [None] * len(batch_seeds)
+                arrays = {k: batch[k].cpu().numpy() for k in ARRAY_FIELDS if k in batch}
+                for i, seed in enumerate(batch_seeds):
+                    sample = {k: v[i] for k, v in arrays.items()}
+                    job = (record_members, sample, batch["meta"][i], settings["image_format"], grids[i], *mesh_args)
+                    pending.append((sample_key(seed), pool.submit(*job) if pool else _done(*job)))
+                while len(pending) > max_pending or (pending and pending[0][1].done()):
+                    key, future = pending.popleft()
+                    writer.add(key, future.result())
+                    bar.update(1)
+            while pending:
+                key, future = pending.popleft()
+                writer.add(key, future.result())
+                bar.update(1)
+            return writer.commit({"index": index, "seed_start": seeds.start, "fingerprint": fingerprint})
+    except OSError as error:
+        raise OSError(
+            error.errno,
+            f"writing {path} failed ({error.strerror or error}): the disk may be full or a file size limit reached; "
+            "complete shards are kept, free some space and rerun the same command",
+        ) from error
+
+
+def _done(function, *args) -> Future:
+    """A finished future: the in-process stand-in for a worker pool."""
+    future: Future = Future()
+    future.set_result(function(*args))
+    return future
+
+
+def _write_manifest_if_complete(output: Path, layout: ShardLayout, model: Generator, settings: dict, fingerprint: str) -> Path | None:
+    """Gather every shard's record into manifest.json once all shards of the layout exist; None until then."""
+    records = []
+    for index in range(layout.num_shards):
+        shard = output / layout.filename(index)
+        record = read_record(shard)
+        if record is None or record.get("fingerprint") != fingerprint or not shard_is_complete(shard, record, verify=False):
+            return None
+        records.append(record)
+    manifest = {
+        "format": FORMAT,
+        "fingerprint": fingerprint,
+        "settings": settings,
+        "name": layout.name,
+        "seed_start": layout.seed_start,
+        "num_samples": layout.num_samples,
+        "samples_per_shard": layout.samples_per_shard,
+        "image_resolution": model.image_resolution,
+        "depth_resolution": model.depth_resolution,
+        "latent_shape": list(model.latent_shape),
+        "mean_latent": model.mean_latent().detach().cpu().float().tolist(),
+        "shards": records,
+    }
+    path = output / MANIFEST
+    write_json(path, manifest)
+    return path
+
+
+def _print_summary(summary: dict[str, Any], layout: ShardLayout) -> None:
+    rank = f"rank {summary['rank']}/{summary['world_size']}"
+    print(
+        f"regress.generate: {rank} wrote {len(summary['written'])} shards ({summary['samples']} samples, "
+        f"{summary['bytes'] / 2**20:.1f} MiB) in {summary['seconds']:.1f} s, {summary['samples_per_second']:.2f} samples/s; "
+        f"{len(summary['skipped'])} complete shards kept",
+        file=sys.stderr,
+    )
+    if summary["manifest"]:
+        print(f"regress.generate: {layout.num_shards} shards, {layout.num_samples} samples: {summary['manifest']}", file=sys.stderr)
+    else:
+        print(
+            f"regress.generate: other ranks' shards are still missing in {summary['output']}; the last rank to finish "
+            "writes manifest.json (or rerun the same command once they are done)",
+            file=sys.stderr,
+        )
+
+
+def main(args: list[str] | None = None) -> dict[str, Any]:
+    """Command line: options from configs/generate/*.yaml (`--config`) and flags; errors on bad input exit with code 1."""
+    from jsonargparse import CLI
+
+    try:
+        return CLI(generate, args=args, as_positional=False)
+    except (ValueError, OSError, MemoryError) as error:
+        print(f"regress.generate: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from error
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""WebDataset shards of Sample records: the seed layout, deterministic writing, the manifest, reading back.
+
+A shard `name-000123.tar` holds the samples of a fixed seed range (index * samples_per_shard on),
+each under the key `sample_key(seed)`, members in a fixed order with `meta.json` last. Tar headers
+carry no time, owner or mode of the machine, so the same samples give the same bytes. A shard is
+written to `*.partial` and renamed when complete; its record (`*.tar.json`: seeds, count, bytes,
+SHA-256, settings fingerprint) is written just before, so a shard on disk with a matching record is
+complete. `manifest.json` gathers the records once every shard exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import webdataset as wds
+
+MANIFEST = "manifest.json"
+PARTIAL = ".partial"
+RECORD = ".json"
+FORMAT = "regress-shards-v1"
+
+
+def sample_key(seed: int) -> str:
+    """The zero-padded key of a sample in its shard."""
+    return f"{seed:010d}"
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """Which seeds go in which shard: fixed by the seed range and shard size, never by the number of workers."""
+
+    name: str
+    seed_start: int
+    num_samples: int
+    samples_per_shard: int
+
+    def __post_init__(self) -> None:
+        if self.seed_start < 0 or self.num_samples < 1 or self.samples_per_shard < 1:
+            raise ValueError(
+                f"need seed_start >= 0, num_samples >= 1 and samples_per_shard >= 1, got {self.seed_start}, "
+                f"{self.num_samples} and {self.samples_per_shard}"
+            )
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ValueError(f"shard name {self.name!r} must be a plain file name prefix")
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num_samples // self.samples_per_shard)
+
+    def seeds(self, index: int) -> range:
+        start = self.seed_start + index * self.samples_per_shard
+        return range(start, min(start + self.samples_per_shard, self.seed_start + self.num_samples))
+
+    def filename(self, index: int) -> str:
+        return f"{self.name}-{index:06d}.tar"
+
+    def indices_for_rank(self, rank: int, world_size: int) -> range:
+        """Shard i goes to rank i % world_size."""
+        return range(rank, self.num_shards, world_size)
+
+
+class _HashingFile:
+    """A write-only file that hashes and counts what goes through it."""
+
+    def __init__(self, file: io.BufferedWriter) -> None:
+        self.file, self.sha256, self.size = file, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.file.write(data)
+        self.sha256.update(data)
+        self.size += len(data)
+        return len(data)
+
+
+class ShardWriter:
+    """Write one shard deterministically to `path.partial`; `commit` records it and renames it into place.
+
+    Leaving the `with` block without `commit` (an error, Ctrl-C) removes the partial file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + PARTIAL)
+        self.count = 0
+
+    def __enter__(self) -> "ShardWriter":
+        self.file = open(self.partial, "wb")
+        self.hashing = _HashingFile(self.file)
+        self.tar = tarfile.open(fileobj=self.hashing, mode="w|", format=tarfile.USTAR_FORMAT)
+        self.committed = False
+        return self
+
+    def add(self, key: str, members: dict[str, bytes]) -> None:
+        """Append one sample's members, in the given order."""
+        for member, data in members.items():
+            info = tarfile.TarInfo(f"{key}.{member}")
+            info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
+            info.uname = info.gname = ""
+            self.tar.addfile(info, io.BytesIO(data))
+        self.count += 1
+
+    def commit(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Finish the tar, write its record (count, bytes, SHA-256 added), then rename it into place."""
+        self.tar.close()
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        record = {**record, "file": self.path.name, "count": self.count, "bytes": self.hashing.size, "sha256": self.hashing.sha256.hexdigest()}
+        write_json(record_path(self.path), record)
+        self.partial.replace(self.path)
+        self.committed = True
+        return record
+
+    def __exit__(self, *exc_info) -> None:
+        if not self.committed:
+            self.file.close()
+            self.partial.unlink(missing_ok=True)
+
+
+def record_path(shard: Path) -> Path:
+    return shard.with_name(shard.name + RECORD)
+
+
+def write_json(path: Path, content: dict[str, Any]) -> None:
+    """Write JSON with sorted keys through a temporary name unique to this process, then rename."""
+    partial = path.with_name(f"{path.name}.{os.getpid()}{PARTIAL}")
+    try:
+        partial.write_text(json.dumps(content, sort_keys=True, indent=1) + "\n")
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def read_record(shard: Path) -> dict[str, Any] | None:
+    """The record written beside a complete shard, or None when there is none (or it is unreadable)."""
+    try:
+        return json.loads(record_path(shard).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def file_sha256(path: Path, block: int = 2**22) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(block):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def shard_is_complete(shard: Path, record: dict[str, Any] | None, verify: bool = True) -> bool:
+    """True when the shard exists with its record's size (and, with `verify`, its SHA-256)."""
+    if record is None or not shard.is_file() or shard.stat().st_size != record.get("bytes"):
+        return False
+    return not verify or file_sha256(shard) == record.get("sha256")
+
+
+def read_manifest(root: str | Path) -> dict[str, Any]:
+    """The manifest of a shard folder; a clear error when generation has not finished there."""
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no {MANIFEST} in {root}: shards were never generated there, or generation has not finished; "
+            "run (or rerun) python -m regress.generate with the same config"
+        )
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a regress shard manifest (format {manifest.get('format')!r}, expected {FORMAT!r})")
+    return manifest
+
+
+class ShardReadError(ValueError):
+    """A shard that cannot be read: corrupt, truncated, or not what its manifest says."""
+
+
+def iter_shard(url: str, expected: int | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, members) of each sample of a shard (a path or a WebDataset URL such as `pipe:...`), in order.
+
+    Errors name the shard and the sample where reading stopped; `expected` (the manifest's count)
+    turns a shard that ends early at a member boundary into an error too.
+    """
+    key, members, count = None, {}, 0
+    try:
+        with wds.gopen(url, "rb") as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+            for info in tar:
+                member_key, _, member = info.name.partition(".")
+                if member_key != key and key is not None:
+                    yield _complete(url, key, members)
+                    count, members = count + 1, {}
+                key = member_key
+                members[member] = tar.extractfile(info).read() if info.isfile() else b""
+    except (tarfile.TarError, EOFError, OSError) as error:
+        where = f"in sample {key}" if key is not None else "at its start"
+        raise ShardReadError(f"{url}: corrupt or truncated {where} after {count} complete samples ({error})") from error
+    if key is not None:
+        yield _complete(url, key, members)
+        count += 1
+    if expected is not None and count != expected:
+        raise ShardReadError(f"{url}: holds {count} samples, its manifest says {expected}: truncated or replaced; regenerate it")
+
+
+def _complete(url: str, key: str, members: dict[str, bytes]) -> tuple[str, dict[str, bytes]]:
+    if "meta.json" not in members:
+        raise ShardReadError(f"{url}: sample {key} is incomplete (members {sorted(members)}, no meta.json)")
+    return key, members
