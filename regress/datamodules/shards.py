@@ -1,0 +1,185 @@
+"""Training from pre-generated WebDataset shards (`--data shards`), in the batch format of the online module.
+
+Pipelines are short WebDataset chains: training resamples shards forever (each node and worker
+drawing its own shard sequence) and shuffles samples in a buffer; validation reads its shards once,
+in order, split by node and worker. The last `val_shards` shards of the manifest are validation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from functools import partial
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import lightning as L
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader
+
+from regress.datamodules.online import resize_images
+from regress.geometry import mesh_from_bytes
+from regress.sample import Batch, collate_samples, decode_sample
+from regress.shards import ShardReadError, iter_shard, read_manifest
+
+log = logging.getLogger(__name__)
+
+
+class CorruptCounter:
+    """Counts corrupt data skipped in this process and logs each skip with the running count."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def skip(self, error: Exception) -> None:
+        self.count += 1
+        log.warning("skipped corrupt shard data (%d so far in this process): %s", self.count, error)
+
+
+def read_samples(shards: Iterable[dict], counts: dict[str, int], corrupt: CorruptCounter | None) -> Iterator[dict]:
+    """Shard URLs -> raw samples {__key__, __url__, member: bytes}; a shard's bad tail is skipped when `corrupt` counts."""
+    for shard in shards:
+        url = shard["url"]
+        try:
+            for key, members in iter_shard(url, counts.get(url)):
+                yield {"__key__": key, "__url__": url, **members}
+        except ShardReadError as error:
+            if corrupt is None:
+                raise
+            corrupt.skip(error)
+
+
+def decode_samples(samples: Iterable[dict], with_mesh: bool, corrupt: CorruptCounter | None) -> Iterator[dict]:
+    """Raw samples -> Sample tensors and meta (plus `mesh` vertices/faces with `with_mesh`); errors name shard and sample."""
+    for raw in samples:
+        source = f"{raw['__url__']} sample {raw['__key__']}"
+        try:
+            members = {k: v for k, v in raw.items() if not k.startswith("__")}
+            sample = decode_sample(members, source)
+            if with_mesh:
+                if "mesh.ply" not in members:
+                    raise ValueError(f"{source}: has no mesh.ply; generate the shards with --with_mesh true")
+                mesh = mesh_from_bytes(members["mesh.ply"])
+                sample["mesh"] = {"vertices": torch.from_numpy(np.asarray(mesh.vertices, np.float32)), "faces": torch.from_numpy(np.asarray(mesh.faces))}
+        except ValueError as error:
+            if corrupt is None:
+                raise
+            corrupt.skip(error)
+            continue
+        yield sample
+
+
+def collate(samples: list[dict]) -> Batch:
+    """Samples -> a batch like the generators': stacked arrays, `meta` list, and a `mesh` list when present."""
+    batch = collate_samples(samples)
+    if samples and "mesh" in samples[0]:
+        batch["mesh"] = [s["mesh"] for s in samples]
+    return batch
+
+
+class ShardDataModule(L.LightningDataModule):
+    """Sample batches from shards written by `python -m regress.generate`; `--data shards`.
+
+    Args:
+        root: folder with the shards and their manifest.json.
+        batch_size: samples per batch and rank.
+        val_shards: how many of the last shards are kept for validation (0: no validation).
+        image_size: side of the images the model sees (resized on device); None keeps the stored size.
+        epoch_length: training samples per epoch over all ranks (training resamples forever); None: the training set's size.
+        resampled: training draws shards with replacement, endlessly; False reads each training shard once per epoch.
+        shuffle_buffer: samples held for shuffling in each training worker.
+        num_workers: loader processes.
+        seed: seed of the shard resampling and the shuffle.
+        skip_corrupt: skip (and log, with a count) unreadable samples and shard tails instead of failing.
+        with_mesh: decode each sample's mesh.ply into `batch["mesh"]` (vertices, faces).
+    """
+
+    def __init__(
+        self,
+        root: str | Path = "data/shards/analytic",
+        batch_size: int = 16,
+        val_shards: int = 1,
+        image_size: int | None = 128,
+        epoch_length: int | None = None,
+        resampled: bool = True,
+        shuffle_buffer: int = 1000,
+        num_workers: int = 2,
+        seed: int = 0,
+        skip_corrupt: bool = False,
+        with_mesh: bool = False,
+    ) -> None:
+        super().__init__()
+        self.manifest = read_manifest(root)
+        shards = sorted(self.manifest["shards"], key=lambda s: s["index"])
+        if not 0 <= val_shards < len(shards):
+            raise ValueError(f"val_shards must be in [0, {len(shards) - 1}]: {root} holds {len(shards)} shards and training needs one")
+        for name, value in (("batch_size", batch_size), ("shuffle_buffer", shuffle_buffer)):
+            if value < 1:
+                raise ValueError(f"{name} must be positive, got {value}")
+        self.save_hyperparameters()
+        self.root = Path(root)
+        urls = [str(self.root / s["file"]) for s in shards]
+        self.counts = {url: s["count"] for url, s in zip(urls, shards)}
+        self.train_urls, self.val_urls = urls[: len(urls) - val_shards], urls[len(urls) - val_shards :]
+        self.batch_size, self.image_size, self.num_workers = batch_size, image_size, num_workers
+        self.epoch_length = epoch_length or sum(self.counts[u] for u in self.train_urls)
+        self.resampled, self.shuffle_buffer, self.seed = resampled, shuffle_buffer, seed
+        self.corrupt = CorruptCounter() if skip_corrupt else None
+        self.with_mesh = with_mesh
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        return tuple(self.manifest["latent_shape"])
+
+    @property
+    def depth_resolution(self) -> int:
+        return self.manifest["depth_resolution"]
+
+    def mean_latent(self) -> torch.Tensor:
+        """The generator's mean latent (num_ws, w_dim), as recorded in the manifest."""
+        return torch.tensor(self.manifest["mean_latent"], dtype=torch.float32)
+
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
+    def train_pipeline(self) -> wds.DataPipeline:
+        """shards (resampled, or split by node and worker) -> samples -> shuffle -> decode -> batch."""
+        if self.resampled:
+            shards = [wds.ResampledShards(self.train_urls, seed=self.seed, deterministic=True)]
+        else:
+            shards = [wds.SimpleShardList(self.train_urls, seed=self.seed), wds.split_by_node, wds.split_by_worker]
+        pipeline = wds.DataPipeline(*shards, *self._decode(shuffle=True))
+        if self.resampled:
+            batches = self.epoch_length // (self._world_size() * self.batch_size)
+            pipeline = pipeline.with_epoch(max(1, math.ceil(batches / max(1, self.num_workers))))
+        return pipeline
+
+    def val_pipeline(self) -> wds.DataPipeline:
+        """Validation shards once, in order, split by node and worker -> samples -> decode -> batch."""
+        return wds.DataPipeline(wds.SimpleShardList(self.val_urls), wds.split_by_node, wds.split_by_worker, *self._decode(shuffle=False))
+
+    def _decode(self, shuffle: bool) -> list:
+        stages = [partial(read_samples, counts=self.counts, corrupt=self.corrupt)]
+        if shuffle:
+            stages.append(wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), seed=self.seed))
+        stages += [
+            partial(decode_samples, with_mesh=self.with_mesh, corrupt=self.corrupt),
+            wds.batched(self.batch_size, collation_fn=collate, partial=not shuffle),
+        ]
+        return stages
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_pipeline())
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val_pipeline()) if self.val_urls else []
+
+    def _loader(self, pipeline: wds.DataPipeline) -> DataLoader:
+        return DataLoader(pipeline, batch_size=None, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        if self.image_size is not None:
+            batch["image"] = resize_images(batch["image"], self.image_size)
+        return batch
