@@ -1,0 +1,9 @@
+"""Regressors trained on Sample batches: `DepthRegressor` (image -> depth) and `LatentRegressor` (image -> w).
+
+`python -m regress.fit --model NAME` picks `configs/model/NAME.yaml`.
+"""
+
+from regress.models.depth import DepthRegressor
+from regress.models.latent import LatentRegressor
+
+__all__ = ["DepthRegressor", "LatentRegressor"]

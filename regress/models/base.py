@@ -1,0 +1,105 @@
+"""What the depth and latent regressors share: encoder, input size, optimizer, logging of losses and metrics.
+
+Subclasses say how a batch becomes loss terms and a prediction (`losses`), which metric that
+prediction updates (`update_metrics`) and what a preview shows (`preview_columns`).
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torchmetrics import Metric
+
+from regress.models.backbones import Encoder
+from regress.models.previews import log_preview, preview_grid
+from regress.sample import Batch
+
+PREVIEW_SAMPLES = 4
+
+
+class Regressor(L.LightningModule, abc.ABC):
+    """A LightningModule around a timm encoder that trains on Sample batches from any data module.
+
+    `input_size` is the side of the images the model takes; None adopts the data module's
+    `image_size` in `setup()` and records it in the hyperparameters, so checkpoints know it.
+    """
+
+    metrics: Metric
+
+    def __init__(
+        self,
+        encoder: str,
+        encoder_weights: str | Path | None,
+        input_size: int | None,
+        lr: float,
+        weight_decay: float,
+        lr_schedule: Literal["cosine", "constant"],
+    ) -> None:
+        super().__init__()
+        self.encoder = Encoder(encoder, encoder_weights)
+        if input_size is not None:
+            self.encoder.check_image_size(input_size)
+        self.lr, self.weight_decay, self.lr_schedule = lr, weight_decay, lr_schedule
+
+    @abc.abstractmethod
+    def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Loss terms (the total under `loss`) and the prediction for a Sample batch."""
+
+    @abc.abstractmethod
+    def update_metrics(self, batch: Batch, pred: torch.Tensor) -> None:
+        """Feed one validation batch and its prediction to `self.metrics`."""
+
+    @abc.abstractmethod
+    def preview_columns(self, batch: Batch, pred: torch.Tensor) -> list[torch.Tensor]:
+        """uint8 image columns (N, 3, H, W) for the preview grid; empty for none."""
+
+    @property
+    def datamodule(self) -> Any:
+        """The trainer's data module, or None outside a trainer."""
+        trainer = self._trainer
+        return getattr(trainer, "datamodule", None) if trainer is not None else None
+
+    def setup(self, stage: str) -> None:
+        size = getattr(self.datamodule, "image_size", None)
+        if self.hparams.get("input_size") is None and size is not None:
+            self.hparams.input_size = size
+        if self.hparams.get("input_size") is not None:
+            self.encoder.check_image_size(self.hparams.input_size)
+        if size is not None and size != self.hparams.input_size:
+            raise ValueError(f"the data gives {size}-pixel images but the model takes {self.hparams.input_size}; set data.image_size to {self.hparams.input_size}")
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        parts, _ = self.losses(batch)
+        n = batch["image"].shape[0]
+        for name, value in parts.items():
+            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=n)
+        return parts["loss"]
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        parts, pred = self.losses(batch)
+        n = batch["image"].shape[0]
+        for name, value in parts.items():
+            self.log(f"val/{name}", value, prog_bar=name == "loss", sync_dist=True, batch_size=n)
+        self.update_metrics(batch, pred)
+        if batch_idx == 0 and self.trainer.is_global_zero and self.loggers:
+            first = {k: v[:PREVIEW_SAMPLES] for k, v in batch.items()}
+            columns = self.preview_columns(first, pred[:PREVIEW_SAMPLES])
+            if columns:
+                log_preview(self.loggers, "val/preview", preview_grid(columns), self.global_step)
+
+    def on_validation_epoch_end(self) -> None:
+        for name, value in self.metrics.compute().items():
+            self.log(f"val/{name}", value)
+        self.metrics.reset()
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if self.lr_schedule == "constant":
+            return optimizer
+        steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

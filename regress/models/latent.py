@@ -1,0 +1,139 @@
+"""LatentRegressor: one face image -> the generator latent w (num_ws, w_dim) that reproduces it.
+
+The head predicts an offset from the generator's mean latent (zero at initialization, so an
+untrained model answers with the mean face). The latent shape and mean latent come from the
+data module in `setup()` unless given, and are stored in the checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Sequence
+
+import torch
+from torch import nn
+
+from regress.generators import Generator
+from regress.models.base import Regressor
+from regress.models.losses import cycle_loss, latent_loss
+from regress.models.metrics import LatentMetrics
+from regress.models.previews import colormap_depth, depth_range
+from regress.sample import Batch, image_to_uint8
+
+
+class LatentHead(nn.Module):
+    """Pooled features of every pyramid level -> MLP -> (num_ws, w_dim) offsets, last layer zero."""
+
+    def __init__(self, channels: list[int], latent_shape: tuple[int, int], hidden: int = 512) -> None:
+        super().__init__()
+        self.latent_shape = tuple(latent_shape)
+        self.mlp = nn.Sequential(
+            nn.Linear(sum(channels), hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, self.latent_shape[0] * self.latent_shape[1]),
+        )
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        pooled = torch.cat([f.mean(dim=(2, 3)) for f in features], dim=1)
+        return self.mlp(pooled).view(-1, *self.latent_shape)
+
+
+class LatentRegressor(Regressor):
+    """Image -> w; trained with L1/MSE on w (rows optionally weighted) and an optional image cycle term.
+
+    Args:
+        encoder: timm model name; encoder_weights: a local weights file (None: random init).
+        input_size: side of the input images (None: the data module's image_size).
+        latent_shape: (num_ws, w_dim) (None: the data module's `latent_shape`).
+        hidden: width of the head's hidden layer.
+        loss: "l1" or "mse" on w; ws_weights: one weight per ws row (None: equal).
+        cycle_weight: weight of the L1 between the input image and the frozen generator's render of
+            the predicted w at the sample's camera (0: off; needs a data module with a `generator`).
+        lr, weight_decay, lr_schedule: AdamW, and cosine decay over the run or a constant rate.
+    """
+
+    def __init__(
+        self,
+        encoder: str = "resnet18",
+        encoder_weights: str | Path | None = None,
+        input_size: int | None = None,
+        latent_shape: tuple[int, int] | None = None,
+        hidden: int = 512,
+        loss: Literal["l1", "mse"] = "l1",
+        ws_weights: Sequence[float] | None = None,
+        cycle_weight: float = 0.0,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        lr_schedule: Literal["cosine", "constant"] = "cosine",
+    ) -> None:
+        super().__init__(encoder, encoder_weights, input_size, lr, weight_decay, lr_schedule)
+        self.save_hyperparameters()
+        self.head: LatentHead | None = None
+        self._generator: tuple[Generator, ...] = ()  # held in a tuple: frozen, not a submodule, not saved
+        self.metrics = LatentMetrics()
+        if latent_shape is not None:
+            self._build_head(tuple(latent_shape))
+
+    def _build_head(self, latent_shape: tuple[int, int]) -> None:
+        self.head = LatentHead(self.encoder.channels, latent_shape, self.hparams.hidden)
+        self.register_buffer("mean_latent", torch.zeros(latent_shape))
+        self.hparams.latent_shape = latent_shape
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        data = self.datamodule
+        if data is None or not hasattr(data, "latent_shape"):
+            if self.head is None:
+                raise ValueError("LatentRegressor needs latent_shape: give it, or use a data module that has latent_shape")
+            return
+        shape = tuple(data.latent_shape)
+        if self.head is None:
+            self._build_head(shape)
+        if shape != self.head.latent_shape:
+            raise ValueError(f"the data's latents have shape {shape} but the model predicts {self.head.latent_shape}")
+        self.mean_latent.copy_(data.mean_latent())
+        generator = getattr(data, "generator", None)
+        self._generator = (generator,) if generator is not None else ()
+        if self.hparams.cycle_weight and not self._generator:
+            raise ValueError(f"cycle_weight > 0 renders predictions, but the data module {type(data).__name__} has no generator; set cycle_weight 0")
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 images (N, 3, H, W) -> w (N, num_ws, w_dim)."""
+        if self.head is None:
+            raise RuntimeError("the latent head is not built yet: give latent_shape or run setup() with a data module")
+        return self.mean_latent + self.head(self.encoder(image))
+
+    def _generator_on(self, device: torch.device) -> Generator:
+        generator = self._generator[0]
+        if generator.device != device:
+            generator.to(device)
+        return generator
+
+    def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        pred = self(batch["image"])
+        parts = {"latent": latent_loss(pred, batch["w"], self.hparams.loss, self.hparams.ws_weights)}
+        loss = parts["latent"]
+        if self.hparams.cycle_weight:
+            parts["cycle"] = cycle_loss(self._generator_on(pred.device), pred, batch["camera"], batch["image"])
+            loss = loss + self.hparams.cycle_weight * parts["cycle"]
+        parts["loss"] = loss
+        return parts, pred
+
+    def update_metrics(self, batch: Batch, pred: torch.Tensor) -> None:
+        self.metrics.update(pred, batch["w"], self.mean_latent)
+
+    def preview_columns(self, batch: Batch, pred: torch.Tensor) -> list[torch.Tensor]:
+        """Input, the render of the predicted w at the sample's camera, true depth, the render's depth."""
+        if not self._generator:
+            return []
+        with torch.no_grad():
+            render = self._generator_on(pred.device).synthesis(pred, batch["camera"])
+        near, far = depth_range(batch["depth"], batch["mask"])
+        return [
+            batch["image"],
+            image_to_uint8(render["image"]),
+            colormap_depth(batch["depth"], batch["mask"], near, far),
+            colormap_depth(render["depth"], render["mask"], near, far),
+        ]
