@@ -17,11 +17,11 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from regress.camera import camera_rays, frontal_camera
+from regress.camera import frontal_camera
 from regress.generators import register
 from regress.generators.analytic import head, landmarks
 from regress.generators.analytic.params import read_params, readout_matrices
-from regress.generators.analytic.render import TraceSettings, lambert, render_surface
+from regress.generators.analytic.render import Surface, TraceSettings, lambert, ray_starts, render_layers
 from regress.generators.base import Generator
 
 VERSION = "analytic-v1"
@@ -92,7 +92,7 @@ class AnalyticGenerator(Generator):
         return self.w_avg.unsqueeze(0).repeat(self.num_ws, 1)
 
     def params(self, w: torch.Tensor) -> head.Params:
-        """Semantic head parameters (name -> (N, 1)) of latents w (N, num_ws, w_dim)."""
+        """Semantic head parameters (name -> (N,)) of latents w (N, num_ws, w_dim)."""
         if w.shape[1:] != self.latent_shape:
             raise ValueError(f"w must have shape (N, {self.num_ws}, {self.w_dim}), got {tuple(w.shape)}")
         readout = {g: getattr(self, f"readout_{g}") for g in ("skull", "face", "colour", "scene")}
@@ -100,36 +100,52 @@ class AnalyticGenerator(Generator):
 
     def density(self, points: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """DENSITY_MAX * sigmoid(-sdf / DENSITY_SCALE) (N, P, 1): surface at `surface_level` = 10."""
-        return DENSITY_MAX * torch.sigmoid(-head.sdf(points, self.params(w)) / DENSITY_SCALE).unsqueeze(-1)
+        p = {name: value.unsqueeze(1) for name, value in self.params(w).items()}
+        return DENSITY_MAX * torch.sigmoid(-head.sdf(points, p) / DENSITY_SCALE).unsqueeze(-1)
 
     def landmarks_3d(self, w: torch.Tensor) -> torch.Tensor:
         """World positions (N, 68, 3) of the 68 iBUG facial landmarks on the heads of w."""
         return landmarks.landmarks_3d(self.params(w))
 
-    def synthesis(self, w: torch.Tensor, camera: torch.Tensor, noise_seeds: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+    def synthesis(
+        self, w: torch.Tensor, camera: torch.Tensor, noise_seeds: Sequence[int] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Trace the heads of w from cameras (N, 25). The renderer has no sampling noise: `noise_seeds` are ignored."""
         if camera.shape != (w.shape[0], 25):
             raise ValueError(f"camera must have shape ({w.shape[0]}, 25) to match w, got {tuple(camera.shape)}")
         p = self.params(w)
         n, r = w.shape[0], self.render_resolution
-        origins, directions = camera_rays(camera.float(), r)
-        surface = render_surface(lambda q: head.sdf(q, p), origins, directions, self.ray_start, self.ray_end, self.trace)
-        el, az = p["light_elevation"], p["light_azimuth"]
-        light = torch.cat([az.sin() * el.cos(), el.sin(), az.cos() * el.cos()], dim=1)
-        shaded = lambert(head.albedo(surface.points, p), surface.normals, light, p["ambient"], p["diffuse"])
-        rows = (torch.arange(r, dtype=w.dtype, device=w.device) + 0.5) / r
-        gradient = (0.5 - rows).repeat_interleave(r)[None, :, None] * p["bg_gradient"][:, :, None]
-        background = (torch.cat([p["bg_r"], p["bg_g"], p["bg_b"]], dim=1)[:, None, :] + gradient).clamp(0, 1)
-        mask = surface.mask.unsqueeze(-1)
-        image = mask * shaded + (1 - mask) * background
-        depth = surface.mask * surface.depth + (1 - surface.mask) * self.ray_end
-        image = image.transpose(1, 2).reshape(n, 3, r, r) * 2 - 1
-        depth, mask = depth.reshape(n, 1, r, r), surface.mask.reshape(n, 1, r, r)
+        make_field = lambda samples: head.HeadField(p, samples)  # noqa: E731
+        origins, directions, start = ray_starts(make_field, camera.float(), r, self.ray_start, self.ray_end, self.trace)
+        samples = torch.arange(n, device=w.device).repeat_interleave(r * r)
+        background = self._background(p, r).reshape(-1, 3)
+        layers = render_layers(
+            make_field(samples), origins, directions, start, background, self.ray_start, self.ray_end, self.trace,
+            self._shade,
+        )  # fmt: skip
+        image, depth, mask = layers.colour, layers.depth, layers.alpha
+        image = image.reshape(n, r, r, 3).permute(0, 3, 1, 2) * 2 - 1
         return {
             "image": self._resize(image, self.image_resolution),
-            "depth": self._resize(depth, self.depth_resolution),
-            "mask": self._resize(mask, self.depth_resolution),
+            "depth": self._resize(depth.reshape(n, 1, r, r), self.depth_resolution),
+            "mask": self._resize(mask.reshape(n, 1, r, r), self.depth_resolution),
         }
+
+    @staticmethod
+    def _shade(surface: Surface) -> torch.Tensor:
+        """Lambertian colours (K, 3) of a traced surface, lit from the direction its scene rows set."""
+        q = surface.field.params
+        el, az = q["light_elevation"], q["light_azimuth"]
+        light = torch.stack([az.sin() * el.cos(), el.sin(), az.cos() * el.cos()], dim=-1)
+        return lambert(head.albedo(surface.points, q), surface.normals, light, q["ambient"], q["diffuse"])
+
+    @staticmethod
+    def _background(p: head.Params, r: int) -> torch.Tensor:
+        """A vertical colour gradient (N, r, r, 3) in screen space, set by the scene rows of w."""
+        rows = (torch.arange(r, dtype=p["bg_r"].dtype, device=p["bg_r"].device) + 0.5) / r
+        base = torch.stack([p["bg_r"], p["bg_g"], p["bg_b"]], dim=-1)[:, None, None, :]
+        shade = (0.5 - rows)[None, :, None, None] * p["bg_gradient"][:, None, None, None]
+        return (base + shade).clamp(0, 1).expand(-1, r, r, 3)
 
     @staticmethod
     def _resize(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -1,29 +1,29 @@
 """The procedural head: a signed distance function and a surface colour, both from semantic parameters.
 
 World frame of EG3D: y up, the face looks along +z, the head inside the unit box around the origin,
-nose tip at z = `nose_z` (0.37..0.42). Mirrored parts are evaluated once on |x|.
+nose tip at z = `nose_z` (0.39..0.425). Mirrored parts are evaluated once on |x|.
 """
 
 from __future__ import annotations
 
 import torch
 
-Params = dict[str, torch.Tensor]  # name -> (N, 1), broadcast over the points axis
+Params = dict[str, torch.Tensor]  # name -> a tensor that broadcasts against the points' leading shape
 EYEBALL_RADIUS = 0.026
-EYEBALL_Z = 0.206
-FACE_Z = 0.232  # depth of the eye-socket centres: the front of the face around the eyes
+EYEBALL_Z = 0.306
+FACE_Z = 0.332  # depth of the eye-socket centres: the front of the face around the eyes
 
 
 def ellipsoid(x, y, z, cx, cy, cz, rx, ry, rz) -> torch.Tensor:
     """Approximate signed distance to an axis-aligned ellipsoid (Quilez's k0 (k0 - 1) / k1 bound)."""
     qx, qy, qz = (x - cx) / rx, (y - cy) / ry, (z - cz) / rz
     k0 = (qx * qx + qy * qy + qz * qz).sqrt()
-    k1 = ((qx / rx) ** 2 + (qy / ry) ** 2 + (qz / rz) ** 2).sqrt().clamp_min(1e-6)
+    k1 = ((qx / rx).square() + (qy / ry).square() + (qz / rz).square()).sqrt().clamp_min(1e-6)
     return k0 * (k0 - 1) / k1
 
 
 def sphere(x, y, z, cx, cy, cz, r) -> torch.Tensor:
-    return ((x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2).sqrt() - r
+    return ((x - cx).square() + (y - cy).square() + (z - cz).square()).sqrt() - r
 
 
 def round_cone(x, y, z, a: tuple, b: tuple, ra, rb) -> torch.Tensor:
@@ -31,7 +31,7 @@ def round_cone(x, y, z, a: tuple, b: tuple, ra, rb) -> torch.Tensor:
     bax, bay, baz = b[0] - a[0], b[1] - a[1], b[2] - a[2]
     pax, pay, paz = x - a[0], y - a[1], z - a[2]
     h = ((pax * bax + pay * bay + paz * baz) / (bax * bax + bay * bay + baz * baz)).clamp(0, 1)
-    dist = ((pax - bax * h) ** 2 + (pay - bay * h) ** 2 + (paz - baz * h) ** 2).sqrt()
+    dist = ((pax - bax * h).square() + (pay - bay * h).square() + (paz - baz * h).square()).sqrt()
     return dist - (ra + (rb - ra) * h)
 
 
@@ -48,39 +48,66 @@ def smooth_max(a: torch.Tensor, b: torch.Tensor, k: float) -> torch.Tensor:
 
 def hair_region(x, y, z, p: Params) -> torch.Tensor:
     """> 0 where the scalp carries hair: above the hairline at the forehead, lower towards the back."""
-    return y - p["hairline"] + 1.1 * (0.19 - z) - 0.8 * x * x
+    return y - p["hairline"] + 1.1 * (0.29 - z) - 0.8 * x * x
 
 
 def sdf(points: torch.Tensor, p: Params) -> torch.Tensor:
-    """Signed distance (N, P) of world points (N, P, 3) to the heads of parameters p (negative inside)."""
-    x, y, z = points.unbind(-1)
+    """Signed distance (...) of world points (..., 3) to the heads of parameters p (negative inside)."""
+    x, y, z = points.movedim(-1, 0).contiguous()
     ax = x.abs()
     rx, ry, rz = p["skull_rx"], p["skull_ry"], p["skull_rz"]
-    d = ellipsoid(x, y, z, 0.0, 0.07, 0.0, rx, ry, rz)
-    d = smooth_min(d, ellipsoid(x, y, z, 0.0, -0.06, 0.02, p["jaw_w"], p["face_len"], 0.2), 0.06)
+    d = ellipsoid(x, y, z, 0.0, 0.07, 0.1, rx, ry, rz)
+    d = smooth_min(d, ellipsoid(x, y, z, 0.0, -0.06, 0.12, p["jaw_w"], p["face_len"], 0.2), 0.06)
     chin_y, chin_z = p["chin_y"], p["chin_z"]
     d = smooth_min(d, ellipsoid(x, y, z, 0.0, chin_y + 0.04, chin_z - 0.04, 0.045, 0.04, 0.04), 0.04)
     cheek = p["cheek_r"]
-    d = smooth_min(d, ellipsoid(ax, y, z, 0.085, -0.02, 0.155, cheek, 0.85 * cheek, 0.9 * cheek), 0.04)
+    d = smooth_min(d, ellipsoid(ax, y, z, 0.085, -0.02, 0.255, cheek, 0.85 * cheek, 0.9 * cheek), 0.04)
     eye_x, eye_y = p["eye_x"], p["eye_y"]
-    brow_a, brow_b = (0.0, eye_y + 0.035, 0.225), (0.095, eye_y + 0.035, 0.19)
+    brow_a, brow_b = (0.0, eye_y + 0.035, 0.325), (0.095, eye_y + 0.035, 0.29)
     d = smooth_min(d, round_cone(ax, y, z, brow_a, brow_b, p["brow"], 0.6 * p["brow"]), 0.02)
-    d = smooth_max(d, -sphere(ax, y, z, eye_x, eye_y, FACE_Z, p["socket_r"]), 0.012)
+    socket = p["socket_r"]
+    d = smooth_max(d, -ellipsoid(ax, y, z, eye_x, eye_y, FACE_Z, socket, 0.5 * socket, 0.8 * socket), 0.008)
     d = torch.minimum(d, sphere(ax, y, z, eye_x, eye_y, EYEBALL_Z, EYEBALL_RADIUS))
     nose_w, nose_y, nose_z = p["nose_w"], p["nose_y"], p["nose_z"]
-    bridge, tip = (0.0, eye_y - 0.005, 0.23), (0.0, nose_y, nose_z - nose_w)
+    bridge, tip = (0.0, eye_y - 0.005, 0.33), (0.0, nose_y, nose_z - nose_w)
     d = smooth_min(d, round_cone(x, y, z, bridge, tip, 0.012, nose_w), 0.02)
     d = smooth_min(d, sphere(ax, y, z, 0.9 * nose_w + 0.006, nose_y - 0.01, nose_z - 0.055, 0.75 * nose_w), 0.012)
     lip, mouth_y = p["lip"], p["mouth_y"]
-    d = smooth_min(d, ellipsoid(x, y, z, 0.0, mouth_y, 0.225, p["mouth_w"], 1.8 * lip, 1.4 * lip), 0.015)
+    d = smooth_min(d, ellipsoid(x, y, z, 0.0, mouth_y, 0.325, p["mouth_w"], 1.8 * lip, 1.4 * lip), 0.015)
     ear = p["ear_size"]
-    d = smooth_min(d, ellipsoid(ax, y, z, rx - 0.01, 0.0, -0.02, 0.015, ear, 0.55 * ear), 0.012)
+    d = smooth_min(d, ellipsoid(ax, y, z, rx - 0.01, 0.0, 0.08, 0.015, ear, 0.55 * ear), 0.012)
     neck = p["neck_r"]
-    d = smooth_min(d, round_cone(x, y, z, (0.0, -0.12, -0.04), (0.0, -0.65, -0.07), neck, 1.1 * neck), 0.05)
+    d = smooth_min(d, round_cone(x, y, z, (0.0, -0.12, 0.06), (0.0, -0.65, 0.03), neck, 1.1 * neck), 0.05)
     volume = p["hair_volume"]
-    hair = ellipsoid(x, y, z, 0.0, 0.07 + 0.5 * volume, -0.5 * volume, rx + volume, ry + volume, rz + 0.7 * volume)
+    hair = ellipsoid(x, y, z, 0.0, 0.07 + 0.5 * volume, 0.1 - 0.5 * volume, rx + volume, ry + volume, rz + 0.7 * volume)
     hair = smooth_max(hair, -hair_region(x, y, z, p), 0.02)
     return smooth_min(d, hair, 0.01)
+
+
+class HeadField:
+    """The head sdf along flattened rays: per-sample parameters (name -> (N,)) gathered per point.
+
+    Gathering is deferred to the first evaluation, so restricting a field (`take`) before using it
+    costs one small index and no parameter copies.
+    """
+
+    def __init__(self, params: Params, samples: torch.Tensor) -> None:
+        self.per_sample, self.samples = params, samples
+        self._params: Params | None = None
+
+    @property
+    def params(self) -> Params:
+        if self._params is None:
+            table = torch.stack(list(self.per_sample.values())).index_select(1, self.samples)
+            self._params = dict(zip(self.per_sample, table.unbind(0)))
+        return self._params
+
+    def __call__(self, points: torch.Tensor) -> torch.Tensor:
+        return sdf(points, self.params)
+
+    def take(self, index: torch.Tensor) -> "HeadField":
+        """The field for a subset of the points (index into this field's points)."""
+        return HeadField(self.per_sample, self.samples[index])
 
 
 def mix(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -92,9 +119,9 @@ def colour(c: tuple[float, float, float], like: torch.Tensor) -> torch.Tensor:
 
 
 def palette(p: Params) -> dict[str, torch.Tensor]:
-    """Per-head colours (N, 1, 3) for skin, hair, brows, iris and lips."""
+    """Per-head colours (..., 3) for skin, hair, brows, iris and lips."""
     like = p["skin_tone"]
-    t = lambda name: p[name].unsqueeze(-1)  # noqa: E731 - (N, 1, 1) for colour blends
+    t = lambda name: p[name].unsqueeze(-1)  # noqa: E731 - a trailing colour axis for blends
     skin = mix(colour((0.95, 0.78, 0.66), like), colour((0.36, 0.22, 0.15), like), t("skin_tone"))
     skin = skin + colour((0.06, -0.02, -0.02), like) * t("skin_red")
     hair = mix(colour((0.82, 0.66, 0.42), like), colour((0.06, 0.05, 0.045), like), t("hair_tone"))
@@ -107,18 +134,18 @@ def palette(p: Params) -> dict[str, torch.Tensor]:
 
 
 def albedo(points: torch.Tensor, p: Params) -> torch.Tensor:
-    """Surface colour (N, P, 3) in 0..1 at world points (N, P, 3) on the heads of parameters p."""
+    """Surface colour (..., 3) in 0..1 at world points (..., 3) on the heads of parameters p."""
     x, y, z = points.unbind(-1)
     ax = x.abs()
     colours = palette(p)
     eye_x, eye_y = p["eye_x"], p["eye_y"]
     out = colours["skin"].expand(*x.shape, 3)
     lip_shape = (x / p["mouth_w"]) ** 2 + ((y - p["mouth_y"]) / (1.7 * p["lip"])) ** 2
-    lips = torch.sigmoid((1 - lip_shape) / 0.15) * torch.sigmoid((z - 0.17) / 0.01)
+    lips = torch.sigmoid((1 - lip_shape) / 0.15) * torch.sigmoid((z - 0.27) / 0.01)
     out = mix(out, colours["lips"], lips.unsqueeze(-1))
     slit = torch.sigmoid((0.0025 - (y - p["mouth_y"]).abs()) / 0.0008) * torch.sigmoid((0.92 - lip_shape) / 0.1)
     out = mix(out, 0.35 * colours["lips"], (slit * lips).unsqueeze(-1))
-    brow_a, brow_b = (0.02, eye_y + 0.04, 0.24), (0.1, eye_y + 0.035, 0.2)
+    brow_a, brow_b = (0.02, eye_y + 0.04, 0.34), (0.1, eye_y + 0.035, 0.3)
     brow_line = round_cone(ax, y, z, brow_a, brow_b, 0.0, 0.0)
     brows = torch.sigmoid((0.011 - brow_line) / 0.002)
     out = mix(out, colours["brows"], brows.unsqueeze(-1))

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from regress.generators.analytic.head import Params, sdf
+from regress.generators.analytic.head import HeadField, Params
 from regress.generators.analytic.render import TraceSettings, render_surface
 
 EYE_HALF_WIDTH = 0.021
@@ -61,14 +61,17 @@ def _mouth(p: Params) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return outer + inner
 
 
-def landmarks_3d(p: Params, settings: TraceSettings = TraceSettings(steps=48)) -> torch.Tensor:
-    """World positions (N, 68, 3) of the iBUG landmarks on heads of parameters p, differentiable."""
+def landmarks_3d(p: Params, settings: TraceSettings = TraceSettings(steps=64)) -> torch.Tensor:
+    """World positions (N, 68, 3) of the iBUG landmarks on heads of parameters p (name -> (N,)), differentiable."""
     xy = _jaw(p) + _brows(p) + _nose(p) + _eyes(p) + _mouth(p)
     like = p["eye_y"]
-    x = torch.cat([torch.as_tensor(px, dtype=like.dtype).expand_as(like) for px, _ in xy], dim=1)
-    y = torch.cat([torch.as_tensor(py, dtype=like.dtype).expand_as(like) for _, py in xy], dim=1)
-    origins = torch.stack([x, y, torch.full_like(x, TRACE_FROM_Z)], dim=-1)
+    x = torch.stack([torch.as_tensor(px, dtype=like.dtype).expand_as(like) for px, _ in xy], dim=1)
+    y = torch.stack([torch.as_tensor(py, dtype=like.dtype).expand_as(like) for _, py in xy], dim=1)
+    origins = torch.stack([x, y, torch.full_like(x, TRACE_FROM_Z)], dim=-1).reshape(-1, 3)
     directions = torch.zeros_like(origins)
-    directions[..., 2] = -1.0
-    surface = render_surface(lambda q: sdf(q, p), origins, directions, 0.0, 2 * TRACE_FROM_Z, settings)
-    return surface.points
+    directions[:, 2] = -1.0
+    samples = torch.arange(len(like), device=like.device).repeat_interleave(len(xy))
+    start = torch.zeros(len(origins), dtype=origins.dtype, device=origins.device)
+    surface = render_surface(HeadField(p, samples), origins, directions, start, 0.0, 2 * TRACE_FROM_Z, settings)
+    points = origins.detach() + surface.trace_depth.unsqueeze(-1) * directions
+    return points.index_copy(0, surface.index, surface.points).reshape(len(like), len(xy), 3)

@@ -24,25 +24,25 @@ class Param:
 
 
 PARAMS: tuple[Param, ...] = (
-    Param("skull_rx", "skull", 0.165, 0.2),
+    Param("skull_rx", "skull", 0.175, 0.205),
     Param("skull_ry", "skull", 0.21, 0.245),
     Param("skull_rz", "skull", 0.21, 0.245),
-    Param("jaw_w", "skull", 0.11, 0.145),
+    Param("jaw_w", "skull", 0.12, 0.15),
     Param("face_len", "skull", 0.13, 0.165),
-    Param("chin_y", "skull", -0.235, -0.2),
-    Param("chin_z", "skull", 0.15, 0.2),
+    Param("chin_y", "skull", -0.225, -0.19),
+    Param("chin_z", "skull", 0.25, 0.3),
     Param("ear_size", "skull", 0.04, 0.06),
     Param("neck_r", "skull", 0.075, 0.1),
     Param("hair_volume", "skull", 0.0, 0.03),
-    Param("nose_z", "face", 0.37, 0.42),
+    Param("nose_z", "face", 0.39, 0.425),
     Param("nose_y", "face", -0.065, -0.035),
     Param("nose_w", "face", 0.017, 0.03),
-    Param("eye_x", "face", 0.055, 0.07),
-    Param("eye_y", "face", 0.035, 0.06),
+    Param("eye_x", "face", 0.06, 0.074),
+    Param("eye_y", "face", 0.025, 0.05),
     Param("socket_r", "face", 0.03, 0.038),
     Param("brow", "face", 0.012, 0.024),
     Param("cheek_r", "face", 0.05, 0.068),
-    Param("mouth_y", "face", -0.14, -0.115),
+    Param("mouth_y", "face", -0.135, -0.11),
     Param("mouth_w", "face", 0.036, 0.054),
     Param("lip", "face", 0.008, 0.015),
     Param("skin_tone", "colour", 0.0, 1.0),
@@ -86,7 +86,7 @@ def readout_matrices(w_dim: int, generator: torch.Generator) -> dict[str, torch.
 def read_params(
     w: torch.Tensor, w_avg: torch.Tensor, readout: dict[str, torch.Tensor], gain: float
 ) -> dict[str, torch.Tensor]:
-    """Semantic parameters (name -> (N, 1)) of latents w (N, num_ws, w_dim); w_avg gives mid-range values."""
+    """Semantic parameters (name -> (N,)) of latents w (N, num_ws, w_dim); w_avg gives mid-range values."""
     rows = group_rows(w.shape[1])
     params: dict[str, torch.Tensor] = {}
     for group in GROUPS:
@@ -95,5 +95,5 @@ def read_params(
         unit = torch.sigmoid(gain * centred @ readout[group])
         members = [p for p in PARAMS if p.group == group]
         for k, p in enumerate(members):
-            params[p.name] = (p.low + (p.high - p.low) * unit[:, k]).unsqueeze(1)
+            params[p.name] = p.low + (p.high - p.low) * unit[:, k]
     return params
