@@ -253,15 +253,12 @@ def match_state_dict(
 
 
 def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_converted(path: str | Path) -> tuple[EG3DConfig, dict[str, torch.Tensor], dict[str, Any]]:
-    """Config, state dict and provenance (`source_checksum`, ...) of a converted folder or its `model.safetensors`."""
+    """Config, state dict and provenance (`source_sha256`, ...) of a converted folder or its `model.safetensors`."""
     path = Path(path)
     weights = path / WEIGHTS_FILE if path.is_dir() else path
     config_path = weights.with_name(CONFIG_FILE)
@@ -282,20 +279,21 @@ def load_converted(path: str | Path) -> tuple[EG3DConfig, dict[str, torch.Tensor
 def save_converted(
     out_dir: str | Path, config: EG3DConfig, state_dict: dict[str, torch.Tensor], provenance: dict[str, Any]
 ) -> Path:
-    """Write `model.safetensors` + `config.json` into `out_dir`, each through a temp name and a rename."""
+    """Write `model.safetensors` + `config.json` into `out_dir`: both to temp names first, then renamed."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    document = json.dumps({"config": config.to_dict(), "provenance": provenance}, indent=2)
-    for name, write in (
-        (WEIGHTS_FILE, lambda tmp: tmp.write_bytes(save(tensors, metadata={"format": "pt"}))),
-        (CONFIG_FILE, lambda tmp: tmp.write_text(document)),
-    ):
-        tmp = out_dir / f".{name}.{os.getpid()}.tmp"
-        try:
-            write(tmp)
+    contents = {
+        WEIGHTS_FILE: save(tensors, metadata={"format": "pt"}),
+        CONFIG_FILE: json.dumps({"config": config.to_dict(), "provenance": provenance}, indent=2).encode(),
+    }
+    temps = {name: out_dir / f".{name}.{os.getpid()}.tmp" for name in contents}
+    try:
+        for name, data in contents.items():
+            temps[name].write_bytes(data)
+        for name, tmp in temps.items():
             os.replace(tmp, out_dir / name)
-        except BaseException:
+    finally:
+        for tmp in temps.values():
             tmp.unlink(missing_ok=True)
-            raise
     return out_dir

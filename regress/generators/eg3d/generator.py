@@ -46,6 +46,9 @@ class EG3DGenerator(Generator):
 
     def __init__(self, config: EG3DConfig | None = None, **overrides: Any):
         super().__init__()
+        known = {f.name for f in dataclasses.fields(EG3DConfig)}
+        if set(overrides) - known:
+            raise ValueError(f"unknown EG3D options {sorted(set(overrides) - known)}; known options: {sorted(known)}")
         config = dataclasses.replace(config or EG3DConfig(), **overrides)
         self.config = config
         self.backbone = TriplaneBackbone(
@@ -85,7 +88,10 @@ class EG3DGenerator(Generator):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **overrides: Any) -> "EG3DGenerator":
-        """Load an upstream `.pkl` (safe loader) or a converted folder / `model.safetensors`; kwargs override rendering options."""
+        """Load an upstream `.pkl` (safe loader) or a converted folder / `model.safetensors`, in eval mode and frozen.
+
+        Keyword arguments override config fields that do not change tensor shapes (noise_mode, depth_resolution, ...).
+        """
         path = Path(path)
         if path.is_dir() or path.suffix == ".safetensors":
             config, tensors, provenance = load_converted(path)
