@@ -114,6 +114,8 @@ def test_noise_modes(tiny):
     assert (planes - planes_none).abs().max() > 0
     with pytest.raises(ValueError, match="noise_mode"):
         EG3DGenerator(**TINY, noise_mode="fixed")
+    with pytest.raises(ValueError, match="unknown EG3D options \\['noise'\\]"):
+        EG3DGenerator(**TINY, noise="const")
 
 
 def test_converted_random_generator_round_trip(tiny, tmp_path):

@@ -16,7 +16,7 @@ SUPPORTED_SUPERRESOLUTION = "training.superresolution.SuperresolutionHybrid8XDC"
 
 @dataclass(frozen=True)
 class EG3DConfig:
-    """Every number the network and renderer need; `channels(r)` gives the backbone width at resolution r."""
+    """Every number the network and renderer need (backbone width at resolution r: min(channel_base // r, channel_max))."""
 
     z_dim: int = 512
     w_dim: int = 512
@@ -66,9 +66,6 @@ class EG3DConfig:
     def num_ws(self) -> int:
         """One w per backbone conv and one for the last ToRGB: 2 * log2(resolution) - 2."""
         return 2 * (self.backbone_resolution.bit_length() - 1) - 2
-
-    def channels(self, resolution: int) -> int:
-        return min(self.channel_base // resolution, self.channel_max)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
