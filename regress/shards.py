@@ -10,6 +10,7 @@ complete. `manifest.json` gathers the records once every shard exists.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -78,6 +79,9 @@ class _HashingFile:
         self.size += len(data)
         return len(data)
 
+    def tell(self) -> int:
+        return self.size
+
 
 class ShardWriter:
     """Write one shard deterministically to `path.partial`; `commit` records it and renames it into place.
@@ -93,17 +97,18 @@ class ShardWriter:
     def __enter__(self) -> "ShardWriter":
         self.file = open(self.partial, "wb")
         self.hashing = _HashingFile(self.file)
-        self.tar = tarfile.open(fileobj=self.hashing, mode="w|", format=tarfile.USTAR_FORMAT)
+        self.tar = tarfile.open(fileobj=self.hashing, mode="w", format=tarfile.USTAR_FORMAT)
         self.committed = False
         return self
 
     def add(self, key: str, members: dict[str, bytes]) -> None:
-        """Append one sample's members, in the given order."""
+        """Append one sample's members, in the given order, and hand them to the OS."""
         for member, data in members.items():
             info = tarfile.TarInfo(f"{key}.{member}")
             info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
             info.uname = info.gname = ""
             self.tar.addfile(info, io.BytesIO(data))
+        self.file.flush()
         self.count += 1
 
     def commit(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -120,7 +125,8 @@ class ShardWriter:
 
     def __exit__(self, *exc_info) -> None:
         if not self.committed:
-            self.file.close()
+            with contextlib.suppress(OSError):  # the error that got us here is the one to report
+                self.file.close()
             self.partial.unlink(missing_ok=True)
 
 

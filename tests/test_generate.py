@@ -1,0 +1,168 @@
+"""Shard pre-generation: resumable after a kill, rank-independent, refusing bad input without leftovers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from regress.generate import generate, main
+from regress.shards import MANIFEST, read_record
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = {"image_resolution": 32, "render_resolution": 16, "depth_resolution": 16}
+RUN = dict(generator="analytic", generator_options=SMALL, num_samples=5, samples_per_shard=2, views="published", batch_size=1, progress=False)
+
+
+def digests(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file in a folder, by name."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def cli_args(output: Path, **options) -> list[str]:
+    args = ["--output", str(output)]
+    for key, value in {**RUN, **options}.items():
+        args += [f"--{key}", json.dumps(value) if isinstance(value, dict) else str(value).lower() if isinstance(value, bool) else str(value)]
+    return args
+
+
+def child_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """An uninterrupted single-rank run: 3 shards (2, 2, 1 samples)."""
+    output = tmp_path_factory.mktemp("reference")
+    summary = generate(output, **RUN)
+    assert summary["written"] == [f"synth-00000{i}.tar" for i in range(3)] and summary["manifest"]
+    return output
+
+
+def test_manifest_records_every_shard_and_the_generator(reference):
+    manifest = json.loads((reference / MANIFEST).read_text())
+    assert [s["count"] for s in manifest["shards"]] == [2, 2, 1]
+    assert [s["seed_start"] for s in manifest["shards"]] == [0, 2, 4]
+    assert [s["sha256"] for s in manifest["shards"]] == [digests(reference)[f"synth-00000{i}.tar"] for i in range(3)]
+    assert manifest["settings"]["generator"]["generator"] == "analytic"
+    assert manifest["settings"]["generator"]["config"]["image_resolution"] == 32
+    assert manifest["latent_shape"] == [14, 32] and len(manifest["mean_latent"]) == 14
+    assert not list(reference.glob("*.partial"))
+
+
+def test_rerun_skips_verified_shards_and_regenerates_damaged_ones(reference, tmp_path):
+    for path in reference.iterdir():
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    damaged = tmp_path / "synth-000001.tar"
+    damaged.write_bytes(damaged.read_bytes()[:-1] + b"x")  # same size, wrong checksum
+    summary = generate(tmp_path, **RUN)
+    assert summary["skipped"] == ["synth-000000.tar", "synth-000002.tar"] and summary["written"] == ["synth-000001.tar"]
+    assert digests(tmp_path) == digests(reference)
+
+
+def test_kill_mid_shard_then_resume_gives_the_uninterrupted_shards(reference, tmp_path):
+    command = [sys.executable, "-m", "regress.generate", *cli_args(tmp_path)]
+    child = subprocess.Popen(command, cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    partial = tmp_path / "synth-000001.tar.partial"
+    deadline = time.monotonic() + 180
+    while not (partial.exists() and partial.stat().st_size > 0) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL, f"generation ended before it could be killed: {child.stderr.read().decode()}"
+    assert (tmp_path / "synth-000000.tar").is_file() and not (tmp_path / "synth-000001.tar").exists()
+    assert partial.exists() and not (tmp_path / MANIFEST).exists()  # killed inside shard 1
+
+    summary = generate(tmp_path, **RUN)
+    assert summary["skipped"] == ["synth-000000.tar"] and summary["written"] == ["synth-000001.tar", "synth-000002.tar"]
+    assert digests(tmp_path) == digests(reference)
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_two_ranks_write_disjoint_shards_identical_to_one_rank(reference, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    second = generate(tmp_path, **RUN)
+    assert second["written"] == ["synth-000001.tar"] and second["manifest"] is None  # rank 0's shards are missing
+    monkeypatch.setenv("RANK", "0")
+    first = generate(tmp_path, workers=1, **RUN)  # encoding in a worker process changes nothing
+    assert first["written"] == ["synth-000000.tar", "synth-000002.tar"] and first["manifest"]  # the last rank writes it
+    assert digests(tmp_path) == digests(reference)
+
+
+def test_other_settings_in_the_same_folder_are_refused(reference, tmp_path):
+    for path in reference.iterdir():
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    before = digests(tmp_path)
+    with pytest.raises(ValueError, match="generated with other settings.*new output folder"):
+        generate(tmp_path, **{**RUN, "psi": 0.5})
+    assert digests(tmp_path) == before
+
+
+def test_meshes_are_stored_per_sample(tmp_path):
+    summary = generate(tmp_path, with_mesh=True, mesh_resolution=20, **{**RUN, "num_samples": 2})
+    assert read_record(tmp_path / summary["written"][0])["count"] == 2
+    with tarfile.open(tmp_path / summary["written"][0]) as tar:
+        names = tar.getnames()
+        assert names == [f"{k:010d}.{m}" for k in (0, 1) for m in ("image.png", "depth.npy", "mask.npy", "w.npy", "z.npy", "camera.npy", "camera_cond.npy", "mesh.ply", "meta.json")]
+        assert all(m.mtime == 0 and m.uid == 0 and m.gid == 0 and m.uname == "" for m in tar.getmembers())
+        assert tar.extractfile(names[7]).read().startswith(b"ply\nformat binary_little_endian")
+
+
+def test_command_line_reads_a_config_file(tmp_path):
+    config = tmp_path / "generate.yaml"
+    config.write_text((REPO / "configs" / "generate" / "analytic.yaml").read_text())
+    output = tmp_path / "out"
+    summary = main(["--config", str(config), *cli_args(output, num_samples=1)])
+    assert summary["written"] == ["synth-000000.tar"] and (output / MANIFEST).is_file()
+    manifest = json.loads((output / MANIFEST).read_text())
+    assert manifest["settings"]["image_format"] == "png" and manifest["settings"]["psi"] == 0.7
+
+
+def test_unknown_generator_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(cli_args(tmp_path / "out", generator="stylegan9"))
+    assert exit_info.value.code == 1
+    assert "unknown generator 'stylegan9'; known generators: analytic" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_mesh_grid_too_large_for_memory_is_refused_up_front(tmp_path):
+    with pytest.raises(MemoryError, match=r"grid 4096\^3 need about .* GiB.*lower the mesh resolution"):
+        generate(tmp_path / "out", with_mesh=True, mesh_resolution=4096, **RUN)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_output_folder_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OSError, match=r"output folder .*a-file/shards is not writable.*choose another output folder"):
+        generate(blocker / "shards", **RUN)
+    if os.geteuid() != 0:  # root writes anywhere; then only the case above applies
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(OSError, match="is not writable"):
+            generate(locked, **RUN)
+
+
+def test_disk_full_stops_with_a_clear_error_and_no_partial_file(tmp_path):
+    """A file size limit (RLIMIT_FSIZE) makes the kernel refuse writes past 12 kB, as a full disk would."""
+    code = (
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (12000, 12000)); "
+        "from regress.generate import main; main(sys.argv[1:])"
+    )
+    args = cli_args(tmp_path, num_samples=4)
+    result = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert "regress.generate: error: [Errno 27] writing" in result.stderr and "the disk may be full" in result.stderr
+    assert "free some space and rerun the same command" in result.stderr
+    assert not list(tmp_path.glob("*.partial")) and not (tmp_path / MANIFEST).exists()
+    assert all(read_record(p) is not None for p in tmp_path.glob("*.tar"))  # any shard left is a complete one
