@@ -114,13 +114,13 @@ def generate(
     rank, world_size, _, _ = wds.utils.pytorch_worker_info()
     mixture = ViewMixture.load(views)
     model = create_generator(generator, checkpoint, **(generator_options or {}))
-    model.to(_device(device)).eval()
+    model.to(_deterministic(_device(device))).eval()
     output = _prepare_output(Path(output))
 
     identity = model.identity()
     settings = {
         "generator": identity,
-        "checkpoint_sha256": file_sha256(Path(checkpoint)) if checkpoint is not None else None,
+        "checkpoint_sha256": checkpoint_sha256(Path(checkpoint)) if checkpoint is not None else None,
         "generator_options": generator_options or {},
         "views": dataclasses.asdict(mixture),
         "psi": psi,
@@ -169,12 +169,30 @@ def generate(
     return summary
 
 
+def checkpoint_sha256(path: Path) -> str:
+    """SHA-256 of a checkpoint file, or of a converted checkpoint folder (its files' names and hashes)."""
+    if path.is_file():
+        return file_sha256(path)
+    lines = "".join(f"{p.relative_to(path)}:{file_sha256(p)}\n" for p in sorted(path.rglob("*")) if p.is_file())
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
 def _device(device: str) -> torch.device:
     if device != "auto":
         return torch.device(device)
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
+
+
+def _deterministic(device: torch.device) -> torch.device:
+    """Ask CUDA for deterministic kernels (cuDNN, cuBLAS), so a rerun writes the same bytes."""
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    return device
 
 
 def _prepare_output(output: Path) -> Path:

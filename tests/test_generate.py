@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from regress.generate import generate, main
 from regress.shards import MANIFEST, read_record
@@ -166,3 +167,18 @@ def test_disk_full_stops_with_a_clear_error_and_no_partial_file(tmp_path):
     assert "free some space and rerun the same command" in result.stderr
     assert not list(tmp_path.glob("*.partial")) and not (tmp_path / MANIFEST).exists()
     assert all(read_record(p) is not None for p in tmp_path.glob("*.tar"))  # any shard left is a complete one
+
+
+@pytest.mark.gpu
+def test_eg3d_shards_with_meshes_on_the_gpu_are_byte_identical_run_to_run(tmp_path):
+    tiny = dict(
+        z_dim=32, w_dim=32, channel_base=256, channel_max=16, backbone_resolution=32, triplane_channels=8, decoder_hidden=16,
+        neural_rendering_resolution=16, depth_resolution=12, depth_resolution_importance=12, sr_input_resolution=16,
+        image_resolution=64, sr_channels=(16, 8),
+    )  # fmt: skip
+    options = dict(generator="eg3d", generator_options=tiny, num_samples=4, samples_per_shard=2, batch_size=2, with_mesh=True, mesh_resolution=48, device="cuda", progress=False)
+    for run in ("a", "b"):
+        torch.manual_seed(0)  # random weights: the same ones for both runs
+        generate(tmp_path / run, **options)
+    assert digests(tmp_path / "a") == digests(tmp_path / "b")
+    assert json.loads((tmp_path / "a" / MANIFEST).read_text())["settings"]["generator"]["generator"] == "eg3d"

@@ -13,6 +13,11 @@ from regress.camera import camera_rays, frontal_camera, make_cameras
 from regress.generators import create_generator
 
 BOX = 1.0
+EG3D_TINY = dict(
+    z_dim=32, w_dim=32, channel_base=256, channel_max=16, backbone_resolution=32, triplane_channels=8, decoder_hidden=16,
+    neural_rendering_resolution=16, depth_resolution=12, depth_resolution_importance=12, sr_input_resolution=16,
+    image_resolution=64, sr_channels=(16, 8),
+)  # fmt: skip
 
 
 def sphere_grid(resolution: int, radius: float, center=(0.0, 0.0, 0.0), box: float = BOX) -> np.ndarray:
@@ -127,6 +132,32 @@ def test_density_grid_matches_the_generator_at_grid_points():
     direct = generator.density(points.expand(2, -1, -1), w)[..., 0].numpy()
     np.testing.assert_allclose(grid[:, [p[0] for p in ijk], [p[1] for p in ijk], [p[2] for p in ijk]], direct, rtol=1e-6)
     np.testing.assert_array_equal(geometry.density_grid(generator, w[1:], 12, chunk_points=1000)[0], grid[1])
+
+
+def eg3d_tiny(device: str = "cpu"):
+    torch.manual_seed(0)
+    generator = create_generator("eg3d", **EG3D_TINY).eval().to(device)
+    with torch.no_grad():
+        w = generator.mapping(torch.randn(2, 32, device=device), frontal_camera(2).to(device))
+    return generator, w
+
+
+def test_density_grid_of_eg3d_reads_its_tri_planes_like_density():
+    generator, w = eg3d_tiny()
+    grid = geometry.density_grid(generator, w, 10)
+    axis = geometry.grid_axis(10, generator.box_size)
+    ijk = [(0, 9, 4), (5, 5, 5), (9, 1, 7)]
+    points = torch.tensor([[axis[i], axis[j], axis[k]] for i, j, k in ijk], dtype=torch.float32)
+    with torch.no_grad():
+        direct = generator.density(points.expand(2, -1, -1), w)[..., 0].numpy()
+    np.testing.assert_allclose(grid[:, [p[0] for p in ijk], [p[1] for p in ijk], [p[2] for p in ijk]], direct, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_density_grid_on_the_gpu_matches_the_cpu():
+    cpu = geometry.density_grid(*eg3d_tiny("cpu"), 32)
+    gpu = geometry.density_grid(*eg3d_tiny("cuda"), 32)
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-3)
 
 
 def test_analytic_head_mesh_sits_inside_the_box_around_the_face():

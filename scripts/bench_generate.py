@@ -1,0 +1,122 @@
+"""Shard pre-generation and reading rates: samples/s written with and without meshes, read with 2 workers.
+
+Each write run is a fresh `regress.generate.generate` into a temporary folder; the read run
+iterates the ShardDataModule's finite training pipeline over those shards. A stage breakdown
+(sampling, density grid, marching cubes + PLY) says where mesh time goes. Prints a Markdown table.
+
+    python scripts/bench_generate.py                                   # analytic, on this CPU
+    python scripts/bench_generate.py --generator eg3d --num-samples 512 --mesh-resolution 256 \
+        --batch-size 8 --workers 14                                    # EG3D, random full-size weights, GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from regress.camera import ViewMixture
+from regress.datamodules.shards import ShardDataModule
+from regress.generate import generate
+from regress.generators import create_generator
+from regress.geometry import density_grid, grid_to_mesh, mesh_to_bytes
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"{props.name} ({props.total_memory / 2**30:.0f} GiB), {torch.get_num_threads()} CPU threads"
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def stage_times(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    """Seconds per sample of each generation stage, for one batch after a warm-up batch."""
+    model = create_generator(args.generator, args.checkpoint, **json.loads(args.generator_options)).to(device).eval()
+    mixture, seeds = ViewMixture.load("published"), list(range(args.batch_size))
+    times = {}
+    with torch.inference_mode():
+        for rep in range(2):
+            synchronize(device)
+            start = time.perf_counter()
+            batch = model.sample(seeds, mixture)
+            synchronize(device)
+            times["sample"] = (time.perf_counter() - start) / len(seeds)
+            start = time.perf_counter()
+            grids = density_grid(model, batch["w"], args.mesh_resolution)
+            times["density grid"] = (time.perf_counter() - start) / len(seeds)
+    start = time.perf_counter()
+    sizes = [len(mesh_to_bytes(grid_to_mesh(g, model.surface_level, model.box_size))) for g in grids]
+    times["marching cubes + ply (1 CPU)"] = (time.perf_counter() - start) / len(seeds)
+    times["ply MiB"] = float(np.mean(sizes)) / 2**20
+    return times
+
+
+def read_rate(root: Path, batch_size: int, workers: int, with_mesh: bool) -> tuple[int, float]:
+    """(samples, seconds) for one pass over every shard with `workers` loader processes, worker start included."""
+    module = ShardDataModule(root, batch_size=batch_size, val_shards=0, image_size=None, resampled=False, num_workers=workers, with_mesh=with_mesh)
+    start, count = time.perf_counter(), 0
+    for batch in module.train_dataloader():
+        count += len(batch["meta"])
+    return count, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--generator", default="analytic")
+    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--generator-options", default="{}", help='JSON backend options, e.g. \'{"image_resolution": 256}\'')
+    parser.add_argument("--num-samples", type=int, default=64)
+    parser.add_argument("--samples-per-shard", type=int, default=16)
+    parser.add_argument("--mesh-resolution", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=0, help="encoding/meshing processes of the write runs")
+    parser.add_argument("--read-workers", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=None, help="where to write (default: a temporary folder, removed)")
+    parser.add_argument("--target", type=int, default=50_000, help="samples to extrapolate the mesh run to")
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    root = Path(tempfile.mkdtemp(prefix="bench-generate-")) if args.output is None else args.output
+    rows = []
+    try:
+        stages = stage_times(args, device)
+        for label, mesh in (("write, no mesh", False), (f"write, {args.mesh_resolution}³ meshes", True)):
+            output = root / ("mesh" if mesh else "plain")
+            summary = generate(
+                output, generator=args.generator, checkpoint=args.checkpoint, generator_options=json.loads(args.generator_options),
+                num_samples=args.num_samples, samples_per_shard=args.samples_per_shard, with_mesh=mesh,
+                mesh_resolution=args.mesh_resolution, batch_size=args.batch_size, workers=args.workers, progress=False,
+            )  # fmt: skip
+            rows.append((label, summary["samples"], summary["seconds"], summary["bytes"] / summary["samples"] / 2**20))
+        for label, folder in (("read, no mesh", "plain"), ("read, meshes decoded", "mesh")):
+            samples, seconds = read_rate(root / folder, args.batch_size, args.read_workers, with_mesh=folder == "mesh")
+            rows.append((f"{label} ({args.read_workers} workers)", samples, seconds, float("nan")))
+    finally:
+        if args.output is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+    print(f"\n{args.generator} generator, {machine(device)}, batch {args.batch_size}, {args.workers} encoding workers, options {args.generator_options}\n")
+    print("| run | samples | seconds | samples/s | MiB/sample |\n| --- | ---: | ---: | ---: | ---: |")
+    for label, samples, seconds, size in rows:
+        print(f"| {label} | {samples} | {seconds:.1f} | {samples / seconds:.2f} | {size:.3f} |")
+    print("\n| stage (per sample) | seconds |\n| --- | ---: |")
+    for name, value in stages.items():
+        print(f"| {name} | {value:.4f} |" if name != "ply MiB" else f"| mesh.ply size (MiB) | {value:.2f} |")
+    mesh_rate = rows[1][1] / rows[1][2]
+    print(f"\n{args.target} samples with {args.mesh_resolution}³ meshes at {mesh_rate:.2f} samples/s: {args.target / mesh_rate / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
