@@ -50,7 +50,7 @@ def train_seeds(global_seed: int, epoch: int, rank: int, world_size: int, epoch_
 
 def val_seeds(start: int, size: int, rank: int = 0, world_size: int = 1) -> range:
     """One rank's share of the fixed validation seeds [start, start + size), strided over ranks."""
-    if not 0 <= start and start + size <= TRAIN_FLAG:
+    if not (0 <= start and start + size <= TRAIN_FLAG):
         raise ValueError(f"validation seeds [{start}, {start + size}) must lie in [0, 2**62), below the training seeds")
     return range(start + rank, start + size, world_size)
 

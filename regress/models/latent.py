@@ -84,16 +84,15 @@ class LatentRegressor(Regressor):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         data = self.datamodule
-        if data is None or not hasattr(data, "latent_shape"):
+        if hasattr(data, "latent_shape"):
+            shape = tuple(data.latent_shape)
             if self.head is None:
-                raise ValueError("LatentRegressor needs latent_shape: give it, or use a data module that has latent_shape")
-            return
-        shape = tuple(data.latent_shape)
-        if self.head is None:
-            self._build_head(shape)
-        if shape != self.head.latent_shape:
-            raise ValueError(f"the data's latents have shape {shape} but the model predicts {self.head.latent_shape}")
-        self.mean_latent.copy_(data.mean_latent())
+                self._build_head(shape)
+            if shape != self.head.latent_shape:
+                raise ValueError(f"the data's latents have shape {shape} but the model predicts {self.head.latent_shape}")
+            self.mean_latent.copy_(data.mean_latent())
+        elif self.head is None:
+            raise ValueError("LatentRegressor needs latent_shape: give it, or use a data module that has latent_shape")
         generator = getattr(data, "generator", None)
         self._generator = (generator,) if generator is not None else ()
         if self.hparams.cycle_weight and not self._generator:

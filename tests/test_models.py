@@ -1,0 +1,138 @@
+"""Regressor parts: encoders from local weights, losses and metrics on known values, previews, checkpoints."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import timm
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from safetensors.torch import save_file
+
+from regress.models import DepthRegressor, LatentRegressor
+from regress.models.backbones import Encoder
+from regress.models.losses import DepthLoss, cycle_loss, gradient_l1, latent_loss, masked_l1, scale_invariant_log
+from regress.models.metrics import DepthMetrics, LatentMetrics
+from regress.models.previews import colormap_depth, depth_range, log_preview, preview_grid
+
+from test_online import tiny_data
+
+
+def test_encoder_loads_a_local_weights_file_and_never_needs_the_hub(tmp_path):
+    reference = timm.create_model("test_resnet", pretrained=False)
+    path = tmp_path / "test_resnet.safetensors"
+    save_file(reference.state_dict(), path)
+    encoder = Encoder("test_resnet", weights=path)
+    assert torch.equal(encoder.body.conv1[0].weight, reference.conv1[0].weight)
+    assert not torch.equal(Encoder("test_resnet").body.conv1[0].weight, reference.conv1[0].weight)
+
+
+def test_encoder_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="encoder weights .*missing.pth do not exist"):
+        Encoder("resnet18", weights=tmp_path / "missing.pth")
+    with pytest.raises(ValueError, match="unknown encoder 'resnet_nope'"):
+        Encoder("resnet_nope")
+    with pytest.raises(ValueError, match="image size 100 does not fit encoder test_resnet.*multiple of .* 32 .*96 or 128"):
+        Encoder("test_resnet").check_image_size(100)
+    with pytest.raises(ValueError, match="image size 100"):
+        DepthRegressor(encoder="test_resnet", input_size=100)
+
+
+def test_depth_losses_on_known_values():
+    target = torch.full((1, 1, 4, 4), 2.0)
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., :2, :] = 1
+    pred = target.clone()
+    pred[..., :2, :] += 0.5  # on the mask
+    pred[..., 2:, :] += 9.0  # off the mask: must not count
+    assert masked_l1(pred, target, mask).item() == pytest.approx(0.5)
+    assert gradient_l1(pred * 0 + 3.0, target, mask).item() == pytest.approx(0.0)  # a constant offset has no gradient
+    assert scale_invariant_log(1.7 * target, target, mask, variance_focus=1.0).item() == pytest.approx(0.0, abs=1e-6)
+    parts = DepthLoss(l1=2.0, gradient=1.0)(pred, target, mask)
+    assert set(parts) == {"l1", "gradient", "loss"} and parts["loss"].item() == pytest.approx(1.0)
+
+
+def test_latent_loss_weights_rows():
+    target = torch.zeros(2, 3, 4)
+    pred = target.clone()
+    pred[:, 0] = 1.0  # only row 0 is wrong
+    assert latent_loss(pred, target).item() == pytest.approx(1 / 3)
+    assert latent_loss(pred, target, "mse", ws_weights=[2.0, 1.0, 1.0]).item() == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="one per ws row"):
+        latent_loss(pred, target, ws_weights=[1.0, 1.0])
+
+
+def test_cycle_loss_is_lowest_at_the_true_latent_and_differentiable():
+    data = tiny_data(jitter=False, image_size=32)
+    batch = data.on_after_batch_transfer(next(iter(data.train_dataloader())), 0)
+    mean = data.mean_latent().expand_as(batch["w"]).clone().requires_grad_(True)
+    at_mean = cycle_loss(data.generator, mean, batch["camera"], batch["image"])
+    at_truth = cycle_loss(data.generator, batch["w"], batch["camera"], batch["image"])
+    assert at_truth.item() < 0.5 * at_mean.item()
+    at_mean.backward()
+    assert mean.grad.abs().sum() > 0
+
+
+def test_depth_metrics_on_known_values():
+    metric = DepthMetrics()
+    target = torch.tensor([2.0, 2.0, 4.0, 5.0]).view(1, 1, 2, 2)
+    pred = torch.tensor([2.2, 1.0, 4.0, 100.0]).view(1, 1, 2, 2)
+    mask = torch.tensor([1.0, 1.0, 0.9, 0.2]).view(1, 1, 2, 2)  # the last pixel is background
+    metric.update(pred[..., :1, :], target[..., :1, :], mask[..., :1, :])  # two batches: dataset-level result
+    metric.update(pred[..., 1:, :], target[..., 1:, :], mask[..., 1:, :])
+    values = metric.compute()
+    assert values["depth_absrel"].item() == pytest.approx((0.1 + 0.5 + 0.0) / 3)
+    assert values["depth_rmse"].item() == pytest.approx(((0.04 + 1.0) / 3) ** 0.5)
+    assert values["depth_delta1"].item() == pytest.approx(2 / 3)
+
+
+def test_latent_metrics_on_known_values():
+    metric = LatentMetrics()
+    mean = torch.ones(2, 3)
+    target = torch.stack([mean + 1.0, mean - 1.0])
+    pred = torch.stack([mean + 2.0, mean + 1.0])  # same direction, then the opposite one
+    metric.update(pred, target, mean)
+    values = metric.compute()
+    assert values["latent_l1"].item() == pytest.approx(1.5)
+    assert values["latent_cosine"].item() == pytest.approx(0.0)
+
+
+def test_previews_colour_depth_and_reach_tensorboard(tmp_path):
+    depth = torch.linspace(2.0, 3.0, 16).view(1, 1, 4, 4).repeat(2, 1, 1, 1)
+    mask = torch.ones_like(depth)
+    mask[:, :, 0, 0] = 0
+    near, far = depth_range(depth, mask)
+    colours = colormap_depth(depth, mask, near, far)
+    assert colours.dtype == torch.uint8 and colours.shape == (2, 3, 4, 4)
+    assert colours[0, :, 0, 0].tolist() == [0, 0, 0]  # background
+    assert colours[0, 0, 3, 3] < colours[0, 0, 0, 1]  # far is bluer than near
+    grid = preview_grid([torch.zeros(2, 3, 8, 8, dtype=torch.uint8), colours], size=16)
+    assert grid.shape == (3, 32, 32)
+    logger = TensorBoardLogger(tmp_path)
+    log_preview([logger], "val/preview", grid, step=3)
+    logger.experiment.flush()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(logger.log_dir)
+    events.Reload()
+    assert events.Tags()["images"] == ["val/preview"]
+
+
+def test_latent_regressor_takes_shape_from_data_and_restores_from_checkpoint(tmp_path):
+    data = tiny_data(epoch_length=2)
+    model = LatentRegressor(encoder="test_resnet", hidden=16)
+    trainer = L.Trainer(max_steps=1, limit_val_batches=1, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, data)
+    assert model.hparams.latent_shape == data.latent_shape and model.hparams.input_size == 32
+    assert torch.equal(model.mean_latent, data.mean_latent())
+    trainer.save_checkpoint(tmp_path / "latent.ckpt")
+    restored = LatentRegressor.load_from_checkpoint(tmp_path / "latent.ckpt")
+    image = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    model.eval(), restored.eval()
+    assert torch.equal(restored(image), model(image))
+
+
+def test_latent_regressor_refuses_a_cycle_term_without_a_generator():
+    model = LatentRegressor(encoder="test_resnet", latent_shape=(14, 32), cycle_weight=1.0)
+    with pytest.raises(ValueError, match="cycle_weight > 0 renders predictions, but the data module NoneType has no generator"):
+        model.setup("fit")  # no data module: nothing to render with
