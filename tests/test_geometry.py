@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from skimage import measure
 
 from regress import geometry
 from regress.camera import camera_rays, frontal_camera, make_cameras
@@ -45,6 +46,15 @@ def test_marching_cubes_of_a_sphere_has_its_radius_and_volume():
     assert np.abs(distance - radius).max() < 0.25 * BOX / 63  # within a quarter voxel
     assert mesh.is_watertight
     assert mesh.volume == pytest.approx(4 / 3 * math.pi * radius**3, rel=0.01)  # positive: faces wind outwards
+
+
+def test_marching_only_around_the_inside_voxels_gives_the_full_grid_mesh():
+    values = sphere_grid(40, 0.2, (0.25, -0.1, 0.0))
+    spacing = BOX / 39
+    vertices, faces, _, _ = measure.marching_cubes(values, 0.0, spacing=(spacing,) * 3, gradient_direction="ascent")
+    mesh = geometry.grid_to_mesh(values, 0.0, BOX, keep_largest=False)
+    np.testing.assert_array_equal(mesh.faces, faces)
+    np.testing.assert_allclose(mesh.vertices, vertices - BOX / 2, atol=1e-6)
 
 
 def test_keep_largest_component_drops_the_smaller_piece():
