@@ -136,6 +136,7 @@ def generate(
     }
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     todo, skipped = _plan(output, layout, layout.indices_for_rank(rank, world_size), fingerprint)
+    _drop_stale_manifest(output, layout)
 
     start, written_bytes = time.perf_counter(), 0
     bar = tqdm(total=sum(len(layout.seeds(i)) for i in todo), unit="sample", desc=f"rank {rank}/{world_size}", disable=not progress, dynamic_ncols=True)
@@ -228,6 +229,16 @@ def _plan(output: Path, layout: ShardLayout, mine: range, fingerprint: str) -> t
                 print(f"regress.generate: {shard.name} is incomplete or fails its checksum; regenerating it", file=sys.stderr)
             todo.append(index)
     return todo, skipped
+
+
+def _drop_stale_manifest(output: Path, layout: ShardLayout) -> None:
+    """Remove a manifest of another seed range (a dataset being extended): a manifest always means complete."""
+    try:
+        manifest = json.loads((output / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return
+    if (manifest.get("seed_start"), manifest.get("num_samples")) != (layout.seed_start, layout.num_samples):
+        (output / MANIFEST).unlink(missing_ok=True)
 
 
 def _write_shard(

@@ -69,6 +69,15 @@ def test_rerun_skips_verified_shards_and_regenerates_damaged_ones(reference, tmp
     assert digests(tmp_path) == digests(reference)
 
 
+def test_extending_the_seed_range_keeps_full_shards_and_replaces_the_manifest(reference, tmp_path):
+    for path in reference.iterdir():
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    summary = generate(tmp_path, **{**RUN, "num_samples": 6})
+    assert summary["skipped"] == ["synth-000000.tar", "synth-000001.tar"] and summary["written"] == ["synth-000002.tar"]
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    assert manifest["num_samples"] == 6 and [s["count"] for s in manifest["shards"]] == [2, 2, 2]
+
+
 def test_kill_mid_shard_then_resume_gives_the_uninterrupted_shards(reference, tmp_path):
     command = [sys.executable, "-m", "regress.generate", *cli_args(tmp_path)]
     child = subprocess.Popen(command, cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
