@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from regress.camera import frontal_camera
 from regress.generators import register
 from regress.generators.analytic import head, landmarks
-from regress.generators.analytic.params import read_params, readout_matrices
+from regress.generators.analytic.params import group_rows, read_params, readout_matrices
 from regress.generators.analytic.render import Surface, TraceSettings, lambert, ray_starts, render_layers
 from regress.generators.base import Generator
 
@@ -61,6 +61,7 @@ class AnalyticGenerator(Generator):
         self.ray_start, self.ray_end, self.box_size, self.surface_level = 2.25, 3.3, 1.0, DENSITY_MAX / 2
         self.readout_gain = readout_gain
         self.trace = TraceSettings(steps=march_steps)
+        group_rows(num_ws)  # checks that every row group gets a row
         rng = torch.Generator().manual_seed(seed)
         self.register_buffer("z_weight", torch.randn(z_dim, w_dim, generator=rng, dtype=torch.float64) / z_dim**0.5)
         self.register_buffer("c_weight", 0.02 * torch.randn(25, w_dim, generator=rng, dtype=torch.float64))

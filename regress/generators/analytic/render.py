@@ -49,11 +49,15 @@ class TraceSettings:
     normal_step: float = 0.0015
 
 
-def _finished(going: torch.Tensor) -> torch.Tensor | None:
-    """Indices of the rays still `going`, or None while too few have finished to be worth a copy."""
-    if going.sum() >= 0.92 * len(going):
+def _compact(live: torch.Tensor) -> torch.Tensor | None:
+    """Indices of the `live` rays, or None while too few have finished to be worth a copy.
+
+    Finished rays that stay in the working set are frozen by `live`, so results never depend on
+    when (and so on the batch in which) a ray is dropped.
+    """
+    if live.sum() >= 0.92 * len(live):
         return None
-    return going.nonzero().squeeze(1)
+    return live.nonzero().squeeze(1)
 
 
 @torch.no_grad()
@@ -73,24 +77,22 @@ def cone_trace(
     rays = torch.arange(m, device=origins.device)
     t = torch.full_like(result, t_near)
     band = torch.full_like(result, float("inf"))
+    live = torch.ones_like(result, dtype=torch.bool)
     for _ in range(settings.cone_steps):
         gap = field(origins + t.unsqueeze(-1) * directions) - t * spread
-        band = torch.where(band.isinf() & (gap < settings.near_surface), t, band)
+        band = torch.where(live & band.isinf() & (gap < settings.near_surface), t, band)
         stopped = gap <= settings.cone_stop
-        t = (t + settings.relax * gap / (1 + spread)).clamp(max=t_far)
-        done = stopped | (t >= t_far)
+        t = torch.where(live, (t + settings.relax * gap / (1 + spread)).clamp(max=t_far), t)
+        done = live & (stopped | (t >= t_far))
         result[rays[done]] = torch.where(stopped, t, band)[done]
-        keep = _finished(~done)
+        live = live & ~done
+        keep = _compact(live)
         if keep is not None:
-            rays, t, band, origins, directions, spread, field = (
-                rays[keep], t[keep], band[keep], origins[keep], directions[keep], spread[keep], field.take(keep)
-            )
-        else:
-            t = torch.where(done, float("inf"), t)
+            rays, t, band, live = rays[keep], t[keep], band[keep], live[keep]
+            origins, directions, spread, field = origins[keep], directions[keep], spread[keep], field.take(keep)
         if len(rays) == 0:
             break
-    going = t < t_far
-    result[rays[going]] = torch.minimum(band, t)[going]
+    result[rays[live]] = torch.minimum(band, t)[live]
     return result
 
 
@@ -105,20 +107,21 @@ def sphere_trace(
     rays = (start < t_far).nonzero().squeeze(1)
     t, origins, directions, field = result_t[rays], origins[rays], directions[rays], field.take(rays)
     t_near, best_t, best_f = t.clone(), t.clone(), torch.full_like(t, float("inf"))
+    live = torch.ones_like(t, dtype=torch.bool)
     for _ in range(settings.steps):
         f = field(origins + t.unsqueeze(-1) * directions)
         size = f.abs()
-        better = size < best_f
+        better = live & (size < best_f)
         best_t, best_f = torch.where(better, t, best_t), torch.where(better, size, best_f)
         step = settings.relax * f
         moved = torch.maximum(t + torch.where(f > 0, step.clamp_min(settings.min_step), step), t_near).clamp(max=t_far)
-        going = (size > settings.converged) & (moved < t_far) & (moved != t)  # rays stuck inside at start stop
-        t = moved
-        keep = _finished(going)
+        live = live & (size > settings.converged) & (moved < t_far) & (moved != t)  # stuck inside at start: done
+        t = torch.where(live, moved, t)
+        keep = _compact(live)
         if keep is not None:
-            done = (~going).nonzero().squeeze(1)
+            done = (~live).nonzero().squeeze(1)
             result_t[rays[done]], result_f[rays[done]] = best_t[done], best_f[done]
-            rays, t, t_near, best_t, best_f = rays[keep], t[keep], t_near[keep], best_t[keep], best_f[keep]
+            rays, t, t_near, best_t, best_f, live = rays[keep], t[keep], t_near[keep], best_t[keep], best_f[keep], live[keep]
             origins, directions, field = origins[keep], directions[keep], field.take(keep)
         if len(rays) == 0:
             break

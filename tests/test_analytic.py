@@ -1,0 +1,187 @@
+"""The embedded analytic generator: geometry and depth meaning, determinism, latents, gradients, landmarks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from regress.camera import ViewMixture, frontal_camera, make_cameras
+from regress.generators import create_generator
+from regress.generators.analytic import AnalyticGenerator
+from regress.generators.analytic.head import HeadField
+from regress.sample import validate_batch
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def generator() -> AnalyticGenerator:
+    return create_generator("analytic", image_resolution=SIZE, depth_resolution=SIZE, render_resolution=SIZE)
+
+
+@pytest.fixture(scope="module")
+def published_batch(generator):
+    return generator.sample(range(12), ViewMixture.load("published"))
+
+
+def project(points: torch.Tensor, camera: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Pixel coordinates (N, P, 2) as (column, row) of world points (N, P, 3) seen by cameras (N, 25)."""
+    cam2world = camera[:, :16].reshape(-1, 4, 4)
+    rotation, origin = cam2world[:, :3, :3], cam2world[:, :3, 3]
+    local = (points - origin[:, None]) @ rotation  # world -> OpenCV camera axes
+    k = camera[:, 16:].reshape(-1, 3, 3)
+    u = k[:, None, 0, 0] * local[..., 0] / local[..., 2] + k[:, None, 0, 2]
+    v = k[:, None, 1, 1] * local[..., 1] / local[..., 2] + k[:, None, 1, 2]
+    return torch.stack([u, v], dim=-1) * resolution
+
+
+def test_sample_matches_the_schema(generator, published_batch):
+    validate_batch(published_batch)
+    assert published_batch["w"].shape == (12, 14, 32)
+    assert published_batch["image"].shape == (12, 3, SIZE, SIZE)
+    assert published_batch["depth"].shape == published_batch["mask"].shape == (12, 1, SIZE, SIZE)
+    assert published_batch["meta"][0]["generator"] == "analytic"
+    assert generator.latent_shape == (14, 32)
+
+
+def test_depth_lies_in_the_ray_range_inside_the_mask_and_corners_are_background(generator, published_batch):
+    depth, mask = published_batch["depth"], published_batch["mask"]
+    inside = mask > 0.5
+    assert inside.float().mean(dim=(1, 2, 3)).min() > 0.15  # every view shows a good part of the head
+    assert depth[inside].min() >= generator.ray_start and depth[inside].max() <= generator.ray_end
+    assert depth[inside].max() < 3.1  # the head (and neck) lie well in front of the far plane
+    for row, col in ((0, 0), (0, -1), (-1, 0), (-1, -1)):
+        if row == -1:
+            continue  # the neck reaches the bottom edge
+        assert mask[:, 0, row, col].max() < 1e-3
+        assert depth[:, 0, row, col].min() == pytest.approx(generator.ray_end)
+    assert mask.min() >= 0 and mask.max() <= 1
+
+
+def test_same_seed_gives_the_same_sample_whatever_the_batch(generator):
+    seeds = list(range(100, 107))
+    views = ViewMixture.load("published")
+    together = generator.sample(seeds, views)
+    for i in (0, 3, 6):
+        alone = generator.sample([seeds[i]], views)
+        for name in ("w", "z", "camera", "depth", "mask"):
+            torch.testing.assert_close(alone[name][0], together[name][i], atol=1e-6, rtol=0)
+        assert (alone["image"][0].int() - together["image"][i].int()).abs().max() <= 1
+
+
+def test_different_seeds_give_different_heads(generator):
+    batch = generator.sample([1, 2], None)
+    assert (batch["w"][0] - batch["w"][1]).abs().mean() > 0.1
+    depth_gap = (batch["depth"][0] - batch["depth"][1]).abs()
+    assert depth_gap[(batch["mask"] > 0.5).all(dim=0)].mean() > 0.003
+    assert (batch["image"][0].float() - batch["image"][1].float()).abs().mean() > 10
+
+
+def test_truncation_zero_gives_the_mean_latent_and_cutoff_keeps_late_rows(generator):
+    z = torch.randn(3, generator.z_dim, generator=torch.Generator().manual_seed(0))
+    c = frontal_camera(3)
+    torch.testing.assert_close(generator.mapping(z, c, psi=0.0), generator.mean_latent().expand(3, -1, -1))
+    full, cut = generator.mapping(z, c), generator.mapping(z, c, psi=0.5, cutoff=8)
+    torch.testing.assert_close(cut[:, 8:], full[:, 8:])
+    mean = generator.mean_latent()
+    torch.testing.assert_close(cut[:, :8], mean[:8] + 0.5 * (full[:, :8] - mean[:8]))
+    assert torch.equal(full[:, 0], full[:, -1])  # mapping broadcasts one w to all rows
+
+
+def test_frontal_centre_depth_is_the_distance_to_the_nose_bridge(generator):
+    """For the mean head the centre ray meets the upper nose at z = 0.363: depth 2.337 = 2.7 - 0.363."""
+    w = generator.mean_latent()[None]
+    depth = generator.synthesis(w, frontal_camera())["depth"][0, 0]
+    centre = depth[SIZE // 2 - 1 : SIZE // 2 + 1, SIZE // 2 - 1 : SIZE // 2 + 1].mean()
+    z = torch.linspace(0.5, 0.0, 5001)
+    axis = torch.stack([torch.zeros_like(z), torch.zeros_like(z), z], dim=-1)[None]
+    density = generator.density(axis, w)[0, :, 0]
+    surface_z = z[(density > generator.surface_level).nonzero()[0, 0]]
+    nose_tip = generator.params(w)["nose_z"][0]
+    assert centre.item() == pytest.approx(2.7 - surface_z.item(), abs=3e-3)
+    assert 2.7 - nose_tip < centre < 2.7 - nose_tip + 0.08
+    assert centre.item() == pytest.approx(2.337, abs=0.01)
+
+
+def test_density_is_high_inside_low_outside_and_crosses_the_surface_level(generator):
+    w = generator.mean_latent()[None]
+    corners = torch.tensor([[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)])
+    points = torch.cat([torch.zeros(1, 3), corners])[None]
+    density = generator.density(points, w)[0, :, 0]
+    assert density[0] > 0.99 * 2 * generator.surface_level
+    assert density[1:].max() < 1e-3
+    assert generator.box_size == 1.0 and generator.surface_level == 10.0
+
+
+def test_synthesis_is_differentiable_and_inversion_recovers_an_image(generator):
+    camera = make_cameras(0.3, -0.1)
+    target_w = generator.mapping(torch.randn(1, generator.z_dim, generator=torch.Generator().manual_seed(5)), frontal_camera())
+    with torch.no_grad():
+        target = generator.synthesis(target_w, camera)["image"]
+    w = generator.mean_latent()[None].clone().requires_grad_(True)
+    out = generator.synthesis(w, camera)
+    (out["image"].square().mean() + out["depth"].mean() + out["mask"].mean()).backward()
+    assert torch.isfinite(w.grad).all() and (w.grad.abs().sum(dim=-1) > 0).all()
+    optimizer = torch.optim.Adam([w], lr=0.03)
+    losses = []
+    for _ in range(40):
+        loss = (generator.synthesis(w, camera)["image"] - target).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0]
+
+
+def test_rows_control_separate_parts_like_w_plus(generator):
+    w = generator.mean_latent()[None].clone()
+    camera = frontal_camera()
+    base = generator.synthesis(w, camera)
+    scene = w.clone()
+    scene[:, 10:] += 0.5  # the scene rows: light and background
+    lit = generator.synthesis(scene, camera)
+    torch.testing.assert_close(lit["depth"], base["depth"])
+    assert (lit["image"] - base["image"]).abs().mean() > 0.05
+    shaped = w.clone()
+    shaped[:, :3] += 0.5  # the skull rows
+    assert (generator.synthesis(shaped, camera)["depth"] - base["depth"]).abs().max() > 0.02
+
+
+def test_landmarks_project_inside_the_frontal_face_in_ibug_order(generator):
+    batch = generator.sample([0, 1, 2], None, psi=1.0)
+    marks = generator.landmarks_3d(batch["w"])
+    assert marks.shape == (3, 68, 3)
+    pixels = project(marks, batch["camera"], SIZE)
+    col, row = pixels[..., 0].long(), pixels[..., 1].long()
+    inside = batch["mask"][torch.arange(3)[:, None], 0, row, col]
+    assert inside.min() > 0.5
+    z = marks[..., 2]
+    assert (z[:, 30] > z[:, 36]).all() and (z[:, 30] > z[:, 8]).all()  # the nose tip is closest to the camera
+    assert (pixels[:, 0, 0] < pixels[:, 16, 0]).all()  # jaw runs from the image's left to its right
+    assert (pixels[:, 36, 0] < pixels[:, 45, 0]).all() and (pixels[:, 39, 0] < pixels[:, 42, 0]).all()
+    eye_row, nose_row, mouth_row, chin_row = (pixels[:, i, 1] for i in (37, 30, 51, 8))
+    assert (eye_row < nose_row).all() and (nose_row < mouth_row).all() and (mouth_row < chin_row).all()
+    distance = generator.sample([0, 1, 2], None, psi=1.0)
+    assert torch.equal(distance["w"], batch["w"])
+    field = HeadField(generator.params(batch["w"]), torch.arange(3).repeat_interleave(68))
+    assert field(marks.reshape(-1, 3)).abs().max() < 5e-3  # on the surface (a fifth of a 128-pixel)
+
+
+def test_bad_configuration_and_inputs_are_explained():
+    with pytest.raises(ValueError, match="num_ws >= 4"):
+        AnalyticGenerator(num_ws=3)
+    with pytest.raises(ValueError, match="no weights"):
+        create_generator("analytic", checkpoint=__file__)
+    generator = AnalyticGenerator(image_resolution=32, depth_resolution=32, render_resolution=32)
+    with pytest.raises(ValueError, match="w must have shape"):
+        generator.synthesis(torch.zeros(1, 14, 31), frontal_camera())
+    with pytest.raises(ValueError, match="camera must have shape"):
+        generator.synthesis(torch.zeros(2, 14, 32), frontal_camera())
+
+
+def test_identity_names_the_backend_and_hashes_the_config():
+    a, b = AnalyticGenerator(), AnalyticGenerator(seed=1)
+    assert a.identity()["generator"] == "analytic"
+    assert a.identity()["checksum"] == AnalyticGenerator().identity()["checksum"]
+    assert a.identity()["checksum"] != b.identity()["checksum"]
+    assert not torch.equal(a.mean_latent(), b.mean_latent())
