@@ -29,8 +29,8 @@ from tqdm import tqdm
 from regress.camera import ViewMixture
 from regress.generators import create_generator
 from regress.generators.base import Generator
-from regress.geometry import check_grid_fits, density_grid, grid_to_mesh, mesh_to_bytes
-from regress.sample import ARRAY_FIELDS, SCHEMA_VERSION, encode_sample
+from regress.geometry import GridBlock, block_to_mesh, check_grid_fits, density_grid, mesh_to_bytes, surface_block
+from regress.sample import ARRAY_FIELDS, IMAGE_FORMATS, SCHEMA_VERSION, encode_sample
 from regress.shards import (
     FORMAT,
     MANIFEST,
@@ -46,13 +46,13 @@ from regress.shards import (
 
 
 def record_members(
-    arrays: dict[str, np.ndarray], meta: dict, image_format: str, grid: np.ndarray | None, level: float, box_size: float, keep_largest: bool
+    arrays: dict[str, np.ndarray], meta: dict, image_format: str, block: GridBlock | None, level: float, keep_largest: bool
 ) -> dict[str, bytes]:
-    """One sample's shard members: the Sample encoding, `mesh.ply` when a density grid is given, `meta.json` last."""
+    """One sample's shard members: the Sample encoding, `mesh.ply` when a density block is given, `meta.json` last."""
     members = encode_sample({**{k: torch.from_numpy(v)[None] for k, v in arrays.items()}, "meta": [meta]}, 0, image_format)
     meta_json = members.pop("meta.json")
-    if grid is not None:
-        members["mesh.ply"] = mesh_to_bytes(grid_to_mesh(grid, level, box_size, keep_largest))
+    if block is not None:
+        members["mesh.ply"] = mesh_to_bytes(block_to_mesh(block, level, keep_largest))
     members["meta.json"] = meta_json
     return members
 
@@ -106,12 +106,16 @@ def generate(
     layout = ShardLayout(name, seed_start, num_samples, samples_per_shard)
     if batch_size < 1 or workers < 0:
         raise ValueError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"unknown image format {image_format!r}; choose one of {IMAGE_FORMATS}")
     max_pending = batch_size + 2 * workers
     if with_mesh:
         if mesh_resolution < 2:
             raise ValueError(f"mesh_resolution must be at least 2, got {mesh_resolution}")
         check_grid_fits(mesh_resolution, grids_in_flight=batch_size + max_pending + workers)
     rank, world_size, _, _ = wds.utils.pytorch_worker_info()
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world size {world_size}; check the RANK and WORLD_SIZE variables")
     mixture = ViewMixture.load(views)
     model = create_generator(generator, checkpoint, **(generator_options or {}))
     model.to(_deterministic(_device(device))).eval()
@@ -256,7 +260,7 @@ def _write_shard(
 ) -> dict[str, Any]:
     """Generate, encode and write one shard; on a write error remove the partial file and say why."""
     seeds, path, mesh = layout.seeds(index), output / layout.filename(index), settings["mesh"]
-    mesh_args = (mesh["level"], mesh["box_size"], mesh["keep_largest"]) if mesh else (0.0, 0.0, False)
+    mesh_args = (mesh["level"], mesh["keep_largest"]) if mesh else (0.0, False)
     pending: deque[tuple[str, Future]] = deque()
     try:
         with ShardWriter(path) as writer:
@@ -264,11 +268,15 @@ def _write_shard(
                 batch_seeds = seeds[first : first + batch_size]
                 with torch.inference_mode():
                     batch = model.sample(batch_seeds, mixture, psi=settings["psi"], cutoff=settings["cutoff"], jitter=settings["jitter"])
-                grids = density_grid(model, batch["w"], mesh["resolution"]) if mesh else [None] * len(batch_seeds)
+                if mesh:  # only the block around each surface leaves the device
+                    grids = density_grid(model, batch["w"], mesh["resolution"])
+                    blocks = [surface_block(grid, mesh["level"], mesh["box_size"]) for grid in grids]
+                else:
+                    blocks = [None] * len(batch_seeds)
                 arrays = {k: batch[k].cpu().numpy() for k in ARRAY_FIELDS if k in batch}
                 for i, seed in enumerate(batch_seeds):
                     sample = {k: v[i] for k, v in arrays.items()}
-                    job = (record_members, sample, batch["meta"][i], settings["image_format"], grids[i], *mesh_args)
+                    job = (record_members, sample, batch["meta"][i], settings["image_format"], blocks[i], *mesh_args)
                     pending.append((sample_key(seed), pool.submit(*job) if pool else _done(*job)))
                 while len(pending) > max_pending or (pending and pending[0][1].done()):
                     key, future = pending.popleft()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -73,7 +74,7 @@ def density_grid(
     resolution: int,
     box_size: float | None = None,
     chunk_points: int = 2**20,
-) -> np.ndarray:
+) -> torch.Tensor:
     """Density (N, R, R, R) float32 on the cube grid for latents w (N, num_ws, w_dim), on w's device.
 
     Each latent is evaluated alone in fixed chunks, so a grid does not depend on the batch it came in.
@@ -89,7 +90,7 @@ def density_grid(
         points = torch.stack([axis[index // resolution**2], axis[index // resolution % resolution], axis[index % resolution]], -1)
         for i, field in enumerate(fields):
             values[i, start : start + len(index)] = field(points[None]).reshape(-1)
-    return values.reshape(-1, resolution, resolution, resolution).cpu().numpy()
+    return values.reshape(-1, resolution, resolution, resolution)
 
 
 def keep_largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
@@ -105,30 +106,62 @@ def keep_largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     return trimesh.Trimesh(np.asarray(mesh.vertices)[used].astype(np.float32), inverse.reshape(-1, 3), process=False)
 
 
-def grid_to_mesh(values: np.ndarray, level: float, box_size: float, keep_largest: bool = True) -> trimesh.Trimesh:
-    """Marching cubes of an [x, y, z] density grid at `level` (inside where density > level), in world units.
+@dataclass(frozen=True)
+class GridBlock:
+    """Density on a block of the cube grid: values [x, y, z] whose first sample is grid point `offset`."""
 
-    Only the box around the inside voxels, one voxel wider, is marched: every cell the surface
-    crosses has an inside corner, so the mesh is the same and the work is a fraction.
+    values: np.ndarray
+    offset: tuple[int, int, int]
+    resolution: int  # points per axis of the whole cube
+    box_size: float
+
+
+def surface_box(values: torch.Tensor, level: float) -> tuple[list[int], list[int]] | None:
+    """Index bounds [low, high) of the cells the surface can cross, None when there is no surface.
+
+    That is the box of the inside voxels (density > level), one voxel wider: every cell the
+    surface crosses has an inside corner.
     """
-    resolution = values.shape[0]
-    if values.ndim != 3 or values.shape != (resolution,) * 3:
-        raise ValueError(f"density grid must be a cube (R, R, R), got shape {values.shape}")
     inside = values > level
-    if not inside.any() or inside.all():
-        return trimesh.Trimesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64), process=False)
+    if not bool(inside.any()) or bool(inside.all()):
+        return None
     low, high = [], []
     for axis in range(3):
-        occupied = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis)))
-        low.append(max(occupied[0] - 1, 0))
-        high.append(min(occupied[-1] + 2, resolution))
-    spacing = box_size / (resolution - 1)
-    crop = values[low[0] : high[0], low[1] : high[1], low[2] : high[2]]
+        first, second = (a for a in (2, 1, 0) if a != axis)  # reduce the later axis first
+        occupied = inside.any(dim=first).any(dim=second).nonzero()[:, 0]
+        low.append(max(int(occupied[0]) - 1, 0))
+        high.append(min(int(occupied[-1]) + 2, values.shape[axis]))
+    return low, high
+
+
+def surface_block(values: torch.Tensor | np.ndarray, level: float, box_size: float) -> GridBlock:
+    """The block of a cube grid (R, R, R) that holds its surface, cut where the values live, then brought to the CPU."""
+    values = torch.as_tensor(values)
+    resolution = values.shape[0]
+    if values.ndim != 3 or values.shape != (resolution,) * 3:
+        raise ValueError(f"density grid must be a cube (R, R, R), got shape {tuple(values.shape)}")
+    box = surface_box(values, level)
+    low, high = box if box is not None else ([0, 0, 0], [2, 2, 2])  # no surface: any corner marches to nothing
+    block = values[low[0] : high[0], low[1] : high[1], low[2] : high[2]]
+    return GridBlock(block.cpu().numpy(), tuple(low), resolution, box_size)
+
+
+def block_to_mesh(block: GridBlock, level: float, keep_largest: bool = True) -> trimesh.Trimesh:
+    """Marching cubes of a grid block at `level` (inside where density > level), in world units."""
+    values = block.values
+    if values.ndim != 3 or min(values.shape) < 2 or not values.min() < level < values.max():
+        return trimesh.Trimesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64), process=False)
+    spacing = block.box_size / (block.resolution - 1)
     # "ascent": density grows inwards, so faces wind counter-clockwise seen from outside
-    vertices, faces, _, _ = measure.marching_cubes(crop, level, spacing=(spacing,) * 3, gradient_direction="ascent")
-    vertices = (vertices + np.asarray(low) * spacing - box_size / 2).astype(np.float32)
+    vertices, faces, _, _ = measure.marching_cubes(values, level, spacing=(spacing,) * 3, gradient_direction="ascent")
+    vertices = (vertices + np.asarray(block.offset) * spacing - block.box_size / 2).astype(np.float32)
     mesh = trimesh.Trimesh(vertices, faces.astype(np.int64), process=False)
     return keep_largest_component(mesh) if keep_largest else mesh
+
+
+def grid_to_mesh(values: torch.Tensor | np.ndarray, level: float, box_size: float, keep_largest: bool = True) -> trimesh.Trimesh:
+    """Marching cubes of a whole cube grid [x, y, z]: only its surface block is marched, the mesh is the same."""
+    return block_to_mesh(surface_block(values, level, box_size), level, keep_largest)
 
 
 def depth_to_mesh(

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from regress.camera import ViewMixture
+from regress.camera import ViewMixture, frontal_camera
 from regress.datamodules.shards import ShardDataModule
 from regress.generate import generate
 from regress.generators import create_generator
-from regress.geometry import density_grid, grid_to_mesh, mesh_to_bytes
+from regress.geometry import block_to_mesh, density_grid, mesh_to_bytes, surface_block
 
 
 def machine(device: torch.device) -> str:
@@ -42,12 +42,16 @@ def synchronize(device: torch.device) -> None:
 
 
 def stage_times(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
-    """Seconds per sample of each generation stage, for one batch after a warm-up batch."""
+    """Seconds per sample of each generation stage, for one batch after a warm-up batch.
+
+    Meshing is timed on the generator's own surfaces, or on analytic heads at the same grid
+    size when it has none (random EG3D weights have no density above the surface level).
+    """
     model = create_generator(args.generator, args.checkpoint, **json.loads(args.generator_options)).to(device).eval()
     mixture, seeds = ViewMixture.load("published"), list(range(args.batch_size))
     times = {}
     with torch.inference_mode():
-        for rep in range(2):
+        for _ in range(2):
             synchronize(device)
             start = time.perf_counter()
             batch = model.sample(seeds, mixture)
@@ -55,19 +59,32 @@ def stage_times(args: argparse.Namespace, device: torch.device) -> dict[str, flo
             times["sample"] = (time.perf_counter() - start) / len(seeds)
             start = time.perf_counter()
             grids = density_grid(model, batch["w"], args.mesh_resolution)
+            synchronize(device)
             times["density grid"] = (time.perf_counter() - start) / len(seeds)
+            start = time.perf_counter()
+            blocks = [surface_block(grid, model.surface_level, model.box_size) for grid in grids]
+            times["surface block to CPU"] = (time.perf_counter() - start) / len(seeds)
+        level = model.surface_level
+        if all(b.values.max() <= level for b in blocks):
+            head = create_generator("analytic").to(device)
+            w = head.mapping(torch.randn(len(seeds), head.z_dim, device=device), frontal_camera(len(seeds)).to(device), psi=0.7)
+            level = head.surface_level
+            blocks = [surface_block(grid, level, head.box_size) for grid in density_grid(head, w, args.mesh_resolution)]
+            times["(meshes below: analytic heads, the generator has no surface)"] = float("nan")
     start = time.perf_counter()
-    sizes = [len(mesh_to_bytes(grid_to_mesh(g, model.surface_level, model.box_size))) for g in grids]
+    sizes = [len(mesh_to_bytes(block_to_mesh(block, level))) for block in blocks]
     times["marching cubes + ply (1 CPU)"] = (time.perf_counter() - start) / len(seeds)
     times["ply MiB"] = float(np.mean(sizes)) / 2**20
     return times
 
 
-def read_rate(root: Path, batch_size: int, workers: int, with_mesh: bool) -> tuple[int, float]:
-    """(samples, seconds) for one pass over every shard with `workers` loader processes, worker start included."""
-    module = ShardDataModule(root, batch_size=batch_size, val_shards=0, image_size=None, resampled=False, num_workers=workers, with_mesh=with_mesh)
+def read_rate(root: Path, batch_size: int, workers: int, with_mesh: bool, samples: int) -> tuple[int, float]:
+    """(samples, seconds) read by the training pipeline (resampling the shards) after its first batch, so worker start is left out."""
+    module = ShardDataModule(root, batch_size=batch_size, val_shards=0, image_size=None, epoch_length=samples + batch_size, num_workers=workers, with_mesh=with_mesh)
+    batches = iter(module.train_dataloader())
+    next(batches)
     start, count = time.perf_counter(), 0
-    for batch in module.train_dataloader():
+    for batch in batches:
         count += len(batch["meta"])
     return count, time.perf_counter() - start
 
@@ -83,6 +100,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=0, help="encoding/meshing processes of the write runs")
     parser.add_argument("--read-workers", type=int, default=2)
+    parser.add_argument("--read-samples", type=int, default=1024, help="samples read per read run (shards are resampled)")
+    parser.add_argument("--read-only", action="store_true", help="only read the shards a run with --output left there")
     parser.add_argument("--output", type=Path, default=None, help="where to write (default: a temporary folder, removed)")
     parser.add_argument("--target", type=int, default=50_000, help="samples to extrapolate the mesh run to")
     args = parser.parse_args()
@@ -91,8 +110,8 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-generate-")) if args.output is None else args.output
     rows = []
     try:
-        stages = stage_times(args, device)
-        for label, mesh in (("write, no mesh", False), (f"write, {args.mesh_resolution}³ meshes", True)):
+        stages = {} if args.read_only else stage_times(args, device)
+        for label, mesh in () if args.read_only else (("write, no mesh", False), (f"write, {args.mesh_resolution}³ meshes", True)):
             output = root / ("mesh" if mesh else "plain")
             summary = generate(
                 output, generator=args.generator, checkpoint=args.checkpoint, generator_options=json.loads(args.generator_options),
@@ -101,7 +120,7 @@ def main() -> None:
             )  # fmt: skip
             rows.append((label, summary["samples"], summary["seconds"], summary["bytes"] / summary["samples"] / 2**20))
         for label, folder in (("read, no mesh", "plain"), ("read, meshes decoded", "mesh")):
-            samples, seconds = read_rate(root / folder, args.batch_size, args.read_workers, with_mesh=folder == "mesh")
+            samples, seconds = read_rate(root / folder, args.batch_size, args.read_workers, folder == "mesh", args.read_samples)
             rows.append((f"{label} ({args.read_workers} workers)", samples, seconds, float("nan")))
     finally:
         if args.output is None:
@@ -111,12 +130,15 @@ def main() -> None:
     print("| run | samples | seconds | samples/s | MiB/sample |\n| --- | ---: | ---: | ---: | ---: |")
     for label, samples, seconds, size in rows:
         print(f"| {label} | {samples} | {seconds:.1f} | {samples / seconds:.2f} | {size:.3f} |")
-    print("\n| stage (per sample) | seconds |\n| --- | ---: |")
-    for name, value in stages.items():
-        print(f"| {name} | {value:.4f} |" if name != "ply MiB" else f"| mesh.ply size (MiB) | {value:.2f} |")
-    mesh_rate = rows[1][1] / rows[1][2]
-    print(f"\n{args.target} samples with {args.mesh_resolution}³ meshes at {mesh_rate:.2f} samples/s: {args.target / mesh_rate / 60:.1f} min")
-
+    if stages:
+        print("\n| stage (per sample) | seconds |\n| --- | ---: |")
+        for name, value in stages.items():
+            print(f"| {name} | {value:.4f} |" if name != "ply MiB" else f"| mesh.ply size (MiB) | {value:.2f} |")
+        mesh_rate = rows[1][1] / rows[1][2]
+        cpu_rate = max(args.workers, 1) / (stages["marching cubes + ply (1 CPU)"] + 1e-9)
+        print(f"\nmeshing capacity of {max(args.workers, 1)} CPU processes: {cpu_rate:.1f} samples/s")
+        for label, rate in (("measured", mesh_rate), ("bounded by that meshing capacity", min(mesh_rate, cpu_rate))):
+            print(f"{args.target} samples with {args.mesh_resolution}³ meshes, {label}: {rate:.2f} samples/s, {args.target / rate / 60:.1f} min")
 
 if __name__ == "__main__":
     main()

@@ -117,13 +117,15 @@ def test_other_settings_in_the_same_folder_are_refused(reference, tmp_path):
     assert digests(tmp_path) == before
 
 
-def test_meshes_are_stored_per_sample(tmp_path):
-    summary = generate(tmp_path, with_mesh=True, mesh_resolution=20, **{**RUN, "num_samples": 2})
-    assert read_record(tmp_path / summary["written"][0])["count"] == 2
-    with tarfile.open(tmp_path / summary["written"][0]) as tar:
+def test_meshes_and_jpg_images_are_stored_per_sample(tmp_path):
+    summary = generate(tmp_path, with_mesh=True, mesh_resolution=20, image_format="jpg", **{**RUN, "num_samples": 2})
+    shard = tmp_path / summary["written"][0]
+    assert read_record(shard)["count"] == 2
+    with tarfile.open(shard) as tar:
         names = tar.getnames()
-        assert names == [f"{k:010d}.{m}" for k in (0, 1) for m in ("image.png", "depth.npy", "mask.npy", "w.npy", "z.npy", "camera.npy", "camera_cond.npy", "mesh.ply", "meta.json")]
+        assert names == [f"{k:010d}.{m}" for k in (0, 1) for m in ("image.jpg", "depth.npy", "mask.npy", "w.npy", "z.npy", "camera.npy", "camera_cond.npy", "mesh.ply", "meta.json")]
         assert all(m.mtime == 0 and m.uid == 0 and m.gid == 0 and m.uname == "" for m in tar.getmembers())
+        assert tar.extractfile(names[0]).read().startswith(b"\xff\xd8")  # JPEG
         assert tar.extractfile(names[7]).read().startswith(b"ply\nformat binary_little_endian")
 
 

@@ -52,7 +52,11 @@ def test_marching_only_around_the_inside_voxels_gives_the_full_grid_mesh():
     values = sphere_grid(40, 0.2, (0.25, -0.1, 0.0))
     spacing = BOX / 39
     vertices, faces, _, _ = measure.marching_cubes(values, 0.0, spacing=(spacing,) * 3, gradient_direction="ascent")
-    mesh = geometry.grid_to_mesh(values, 0.0, BOX, keep_largest=False)
+    block = geometry.surface_block(torch.from_numpy(values), 0.0, BOX)
+    inside_x = np.flatnonzero((values > 0).any(axis=(1, 2)))  # the sphere's x extent in grid indices
+    assert block.offset[0] == inside_x[0] - 1 and block.values.shape[0] == inside_x[-1] - inside_x[0] + 3
+    assert max(block.values.shape) < 20  # a sphere of radius 0.2 in a 40-point unit box
+    mesh = geometry.block_to_mesh(block, 0.0, keep_largest=False)
     np.testing.assert_array_equal(mesh.faces, faces)
     np.testing.assert_allclose(mesh.vertices, vertices - BOX / 2, atol=1e-6)
 
@@ -134,14 +138,14 @@ def test_preview_shows_a_shaded_sphere_where_the_camera_sees_it():
 def test_density_grid_matches_the_generator_at_grid_points():
     generator = create_generator("analytic")
     w = generator.mapping(torch.randn(2, generator.z_dim, generator=torch.Generator().manual_seed(0)), frontal_camera(2))
-    grid = geometry.density_grid(generator, w, 12, chunk_points=1000)
+    grid = geometry.density_grid(generator, w, 12, chunk_points=1000).numpy()
     assert grid.shape == (2, 12, 12, 12) and grid.dtype == np.float32
     axis = geometry.grid_axis(12, generator.box_size)
     ijk = [(0, 0, 0), (3, 7, 11), (6, 5, 6), (11, 2, 9)]
     points = torch.tensor([[axis[i], axis[j], axis[k]] for i, j, k in ijk], dtype=torch.float32)
     direct = generator.density(points.expand(2, -1, -1), w)[..., 0].numpy()
     np.testing.assert_allclose(grid[:, [p[0] for p in ijk], [p[1] for p in ijk], [p[2] for p in ijk]], direct, rtol=1e-6)
-    np.testing.assert_array_equal(geometry.density_grid(generator, w[1:], 12, chunk_points=1000)[0], grid[1])
+    np.testing.assert_array_equal(geometry.density_grid(generator, w[1:], 12, chunk_points=1000)[0].numpy(), grid[1])
 
 
 def eg3d_tiny(device: str = "cpu"):
@@ -154,7 +158,7 @@ def eg3d_tiny(device: str = "cpu"):
 
 def test_density_grid_of_eg3d_reads_its_tri_planes_like_density():
     generator, w = eg3d_tiny()
-    grid = geometry.density_grid(generator, w, 10)
+    grid = geometry.density_grid(generator, w, 10).numpy()
     axis = geometry.grid_axis(10, generator.box_size)
     ijk = [(0, 9, 4), (5, 5, 5), (9, 1, 7)]
     points = torch.tensor([[axis[i], axis[j], axis[k]] for i, j, k in ijk], dtype=torch.float32)
@@ -165,8 +169,8 @@ def test_density_grid_of_eg3d_reads_its_tri_planes_like_density():
 
 @pytest.mark.gpu
 def test_density_grid_on_the_gpu_matches_the_cpu():
-    cpu = geometry.density_grid(*eg3d_tiny("cpu"), 32)
-    gpu = geometry.density_grid(*eg3d_tiny("cuda"), 32)
+    cpu = geometry.density_grid(*eg3d_tiny("cpu"), 32).numpy()
+    gpu = geometry.density_grid(*eg3d_tiny("cuda"), 32).cpu().numpy()
     np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-3)
 
 

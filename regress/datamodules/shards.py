@@ -174,6 +174,8 @@ class ShardDataModule(L.LightningDataModule):
         return self._loader(self.train_pipeline())
 
     def val_dataloader(self) -> DataLoader | list:
+        if self.val_urls and len(self.val_urls) < self._world_size():
+            raise ValueError(f"{len(self.val_urls)} validation shards cannot feed {self._world_size()} ranks; set val_shards >= the number of ranks")
         return self._loader(self.val_pipeline()) if self.val_urls else []
 
     def _loader(self, pipeline: wds.DataPipeline) -> DataLoader:
