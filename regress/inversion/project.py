@@ -1,0 +1,185 @@
+"""GAN inversion: project images into W or W+ from the mean latent, then optionally tune a copy of the generator.
+
+The projection is the StyleGAN/EG3D projector's recipe: Adam on the latent with a learning-rate
+ramp up and cosine ramp down, and latent noise that fades out early. The image loss is pixel L2
+plus (1 - MS-SSIM), plus an LPIPS-style VGG distance when its weights are given. Pivotal tuning
+(PTI) then fits a copy of the generator's weights around the found latent.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from regress.camera import frontal_camera
+from regress.generators.base import Generator, seeded_normal
+from regress.inversion.perceptual import PerceptualDistance
+from regress.inversion.quality import ms_ssim
+
+
+@dataclass(frozen=True)
+class ProjectionConfig:
+    """Choices of the projection and of pivotal tuning (`pti_steps: 0` skips tuning)."""
+
+    space: Literal["w", "w+"] = "w"
+    steps: int = 300
+    lr: float = 0.05
+    lr_rampup: float = 0.05
+    lr_rampdown: float = 0.25
+    noise: float = 0.05
+    noise_ramp: float = 0.75
+    pixel_weight: float = 1.0
+    ssim_weight: float = 1.0
+    perceptual_weight: float = 1.0
+    loss_resolution: int = 256
+    pti_steps: int = 0
+    pti_lr: float = 3e-4
+    spread_samples: int = 1000
+    seed: int = 0
+
+
+@dataclass
+class ProjectionResult:
+    """The found latents (N, num_ws, w_dim), per-step losses (batch means), wall time, and the tuned generator if any."""
+
+    w: torch.Tensor
+    losses: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    generator: Generator | None = None
+    pti_losses: list[dict[str, float]] = field(default_factory=list)
+
+
+class ImageLoss(torch.nn.Module):
+    """Per-image loss (N,) and its parts: pixel L2, 1 - MS-SSIM, and the perceptual distance when available."""
+
+    def __init__(self, config: ProjectionConfig, perceptual: PerceptualDistance | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.perceptual = perceptual
+
+    def forward(self, image: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        size = self.config.loss_resolution
+        if image.shape[-1] > size:
+            image, target = F.interpolate(image, size=(size, size), mode="area"), F.interpolate(target, size=(size, size), mode="area")
+        parts = {
+            "pixel": (image - target).square().flatten(1).mean(1),
+            "ssim": 1 - ms_ssim(image, target),
+        }
+        weights = {"pixel": self.config.pixel_weight, "ssim": self.config.ssim_weight}
+        if self.perceptual is not None:
+            parts["perceptual"] = self.perceptual(image, target)
+            weights["perceptual"] = self.config.perceptual_weight
+        total = sum(weights[k] * v for k, v in parts.items())
+        return total, parts
+
+
+def latent_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Root mean over rows of the squared L2 distance between latents (N, num_ws, w_dim) -> (N,)."""
+    return (a - b).square().sum(-1).mean(-1).sqrt()
+
+
+@torch.no_grad()
+def latent_spread(generator: Generator, samples: int = 1000, seed: int = 0) -> float:
+    """The prior's spread: RMS `latent_distance` of untruncated mapped latents from the mean latent."""
+    z = seeded_normal(range(seed, seed + samples), generator.z_dim).to(generator.device)
+    w = generator.mapping(z, frontal_camera(samples).to(generator.device), psi=1.0)
+    return float(latent_distance(w, generator.mean_latent()[None].to(w)).square().mean().sqrt())
+
+
+def learning_rate(config: ProjectionConfig, t: float) -> float:
+    """The projector's schedule at progress t in [0, 1): linear ramp up, cosine ramp down."""
+    ramp = min(1.0, (1.0 - t) / config.lr_rampdown)
+    ramp = 0.5 - 0.5 * math.cos(ramp * math.pi)
+    return config.lr * ramp * min(1.0, t / config.lr_rampup)
+
+
+def _check(generator: Generator, target: torch.Tensor, camera: torch.Tensor) -> None:
+    expected = (3, generator.image_resolution, generator.image_resolution)
+    if target.dim() != 4 or tuple(target.shape[1:]) != expected:
+        raise ValueError(f"targets must be (N, {expected}) in [-1, 1] to match the generator, got {tuple(target.shape)}")
+    if camera.shape != (target.shape[0], 25):
+        raise ValueError(f"cameras must be ({target.shape[0]}, 25), got {tuple(camera.shape)}")
+
+
+def project(
+    generator: Generator,
+    target: torch.Tensor,
+    camera: torch.Tensor,
+    config: ProjectionConfig = ProjectionConfig(),
+    perceptual: PerceptualDistance | None = None,
+    progress: bool = False,
+) -> ProjectionResult:
+    """Latents (N, num_ws, w_dim) whose renders from `camera` (N, 25) match `target` (N, 3, H, W) in [-1, 1].
+
+    Each image gets its own latent (the loss is a sum over the batch); the generator is not changed.
+    With `config.pti_steps > 0` a tuned copy of the generator comes back in `generator`.
+    """
+    _check(generator, target, camera)
+    start = time.perf_counter()
+    device = generator.device
+    target, camera = target.to(device).float(), camera.to(device).float()
+    loss_fn = ImageLoss(config, perceptual).to(device)
+    spread = latent_spread(generator, config.spread_samples, config.seed)
+    w_avg = generator.mean_latent().to(device).float()
+    rows = 1 if config.space == "w" else generator.num_ws
+    if config.space not in ("w", "w+"):
+        raise ValueError(f"projection space must be 'w' or 'w+', got {config.space!r}")
+    latent = w_avg[:rows].repeat(target.shape[0], 1, 1).requires_grad_(True)
+    optimizer = torch.optim.Adam([latent], lr=config.lr, betas=(0.9, 0.999))
+    noise_rng = torch.Generator(device="cpu").manual_seed(config.seed)
+    losses = []
+    for step in tqdm(range(config.steps), desc="project", disable=not progress, leave=False):
+        t = step / config.steps
+        lr = learning_rate(config, t)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        noise_scale = spread * config.noise * max(0.0, 1.0 - t / config.noise_ramp) ** 2
+        noise = torch.randn(latent.shape, generator=noise_rng).to(device) * noise_scale
+        w = (latent + noise).expand(-1, generator.num_ws, -1)
+        loss, parts = loss_fn(generator.synthesis(w, camera)["image"], target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.sum().backward(inputs=[latent])
+        optimizer.step()
+        losses.append({"step": step, "lr": lr, "loss": float(loss.detach().mean()), **{k: float(v.detach().mean()) for k, v in parts.items()}})
+    w = latent.detach().expand(-1, generator.num_ws, -1).clone()
+    result = ProjectionResult(w=w, losses=losses)
+    if config.pti_steps > 0:
+        result.generator, result.pti_losses = pivotal_tuning(generator, w, target, camera, config, loss_fn, progress)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def pivotal_tuning(
+    generator: Generator,
+    w: torch.Tensor,
+    target: torch.Tensor,
+    camera: torch.Tensor,
+    config: ProjectionConfig,
+    loss_fn: ImageLoss,
+    progress: bool = False,
+) -> tuple[Generator, list[dict[str, float]]]:
+    """A copy of the generator whose weights are tuned (Adam) so the pivot latents `w` render the targets."""
+    tuned = copy.deepcopy(generator)
+    params = [p for p in tuned.parameters() if p.is_floating_point()]
+    if not params:
+        raise ValueError(
+            f"the {generator.name} generator has no weights to tune; set pti_steps: 0 (pivotal tuning needs e.g. eg3d)"
+        )
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(params, lr=config.pti_lr)
+    losses = []
+    for step in tqdm(range(config.pti_steps), desc="pivotal tuning", disable=not progress, leave=False):
+        loss, parts = loss_fn(tuned.synthesis(w, camera)["image"], target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        optimizer.step()
+        losses.append({"step": step, "loss": float(loss.detach().mean()), **{k: float(v.detach().mean()) for k, v in parts.items()}})
+    return tuned.requires_grad_(False).eval(), losses

@@ -1,0 +1,162 @@
+"""GAN inversion: self-consistency (known latent -> image -> projection), pivotal tuning, losses and quality metrics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torchvision.models.vgg import cfgs, make_layers
+
+from regress.camera import frontal_camera, make_cameras
+from regress.generators import create_generator
+from regress.generators.base import seeded_normal
+from regress.generators.eg3d import EG3DGenerator
+from regress.inversion.perceptual import CHANNELS, PerceptualDistance
+from regress.inversion.project import ProjectionConfig, latent_distance, latent_spread, learning_rate, project
+from regress.inversion.quality import ms_ssim, psnr, ssim
+
+TINY_EG3D = dict(
+    z_dim=32, w_dim=32, channel_base=256, channel_max=16, backbone_resolution=32, triplane_channels=8,
+    decoder_hidden=16, neural_rendering_resolution=16, depth_resolution=12, depth_resolution_importance=12,
+    sr_input_resolution=16, image_resolution=64, sr_channels=(16, 8),
+)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Inversion runs on tiny tensors: a second intra-op thread only adds synchronization (10x slower on a busy box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def analytic():
+    return create_generator("analytic", image_resolution=32, render_resolution=32, depth_resolution=32)
+
+
+@pytest.fixture(scope="module")
+def tiny_eg3d() -> EG3DGenerator:
+    torch.manual_seed(0)
+    return EG3DGenerator(**TINY_EG3D).eval().requires_grad_(False)
+
+
+def _known_target(generator, seed: int, yaw: float, pitch: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A latent drawn like the training data (psi 0.7), a camera, and the image it renders."""
+    w = generator.mapping(seeded_normal([seed], generator.z_dim), frontal_camera(1), psi=0.7)
+    camera = make_cameras(yaw, pitch)
+    with torch.no_grad():
+        image = generator.synthesis(w, camera)["image"]
+    return w, camera, image
+
+
+def _self_consistency(generator, config: ProjectionConfig, seed: int = 7) -> dict[str, float]:
+    w_true, camera, target = _known_target(generator, seed, 0.3, -0.1)
+    result = project(generator, target, camera, config)
+    with torch.no_grad():
+        rendered = generator.synthesis(result.w, camera)["image"]
+    spread = latent_spread(generator, 500)
+    figures = {
+        "psnr": float(psnr(rendered, target)[0]),
+        "latent_error": float(latent_distance(result.w, w_true)[0]),
+        "start_error": float(latent_distance(generator.mean_latent()[None], w_true)[0]),
+        "spread": spread,
+        "seconds": result.seconds,
+    }
+    print(f"\n{generator.name} self-consistency: {figures}")
+    assert len(result.losses) == config.steps and result.losses[-1]["loss"] < result.losses[0]["loss"]
+    return figures
+
+
+def test_analytic_inversion_recovers_image_and_latent(analytic):
+    figures = _self_consistency(analytic, ProjectionConfig(steps=80, lr=0.05, noise=0.0, spread_samples=500))
+    assert figures["psnr"] >= 30
+    assert figures["latent_error"] < 0.5 * figures["spread"]
+    assert figures["latent_error"] < 0.7 * figures["start_error"]
+
+
+def test_eg3d_inversion_recovers_image(tiny_eg3d):
+    """Random-weight EG3D: the image is recovered; its latent is barely identifiable, so only reported."""
+    figures = _self_consistency(tiny_eg3d, ProjectionConfig(space="w+", steps=300, lr=0.05, noise=0.0, spread_samples=500))
+    assert figures["psnr"] >= 30
+
+
+@pytest.mark.gpu
+def test_eg3d_fixture_inversion_recovers_image(eg3d_fixture_dir):
+    generator = create_generator("eg3d", eg3d_fixture_dir / "network.pkl").cuda()
+    figures = _self_consistency(generator, ProjectionConfig(space="w+", steps=300, lr=0.05, noise=0.0, spread_samples=1000))
+    assert figures["psnr"] >= 30
+
+
+def test_pivotal_tuning_fits_better_and_leaves_the_generator_alone(tiny_eg3d):
+    _, camera, target = _known_target(tiny_eg3d, 11, -0.2, 0.1)
+    before = {k: v.clone() for k, v in tiny_eg3d.state_dict().items()}
+    plain = project(tiny_eg3d, target, camera, ProjectionConfig(steps=20, noise=0.0, spread_samples=200))
+    tuned = project(tiny_eg3d, target, camera, ProjectionConfig(steps=20, noise=0.0, spread_samples=200, pti_steps=30, pti_lr=1e-3))
+    torch.testing.assert_close(tuned.w, plain.w)
+    assert len(tuned.pti_losses) == 30 and tuned.pti_losses[-1]["loss"] < 0.8 * plain.losses[-1]["loss"]
+    with torch.no_grad():
+        psnr_plain = psnr(tiny_eg3d.synthesis(plain.w, camera)["image"], target)
+        psnr_tuned = psnr(tuned.generator.synthesis(tuned.w, camera)["image"], target)
+    assert psnr_tuned > psnr_plain + 0.5
+    for name, value in tiny_eg3d.state_dict().items():
+        torch.testing.assert_close(value, before[name])
+
+
+def test_pivotal_tuning_needs_weights(analytic):
+    _, camera, target = _known_target(analytic, 3, 0.0, 0.0)
+    with pytest.raises(ValueError, match="no weights to tune"):
+        project(analytic, target, camera, ProjectionConfig(steps=1, pti_steps=1, spread_samples=10))
+
+
+def test_projection_rejects_mismatched_targets(analytic):
+    with pytest.raises(ValueError, match="to match the generator"):
+        project(analytic, torch.zeros(1, 3, 64, 64), frontal_camera(1), ProjectionConfig(steps=1))
+
+
+def test_learning_rate_ramps_up_then_down():
+    config = ProjectionConfig(lr=0.1, lr_rampup=0.05, lr_rampdown=0.25)
+    assert learning_rate(config, 0.0) == 0.0
+    assert learning_rate(config, 0.025) == pytest.approx(0.05)
+    assert learning_rate(config, 0.5) == pytest.approx(0.1)
+    assert learning_rate(config, 0.875) == pytest.approx(0.05)
+    assert learning_rate(config, 0.999) < 0.001
+
+
+def test_perceptual_distance_from_local_weights(tmp_path):
+    torch.manual_seed(0)
+    vgg = tmp_path / "vgg16.pth"
+    torch.save({f"features.{k}": v for k, v in make_layers(cfgs["D"]).state_dict().items()}, vgg)
+    lpips = tmp_path / "lpips_vgg.pth"
+    torch.save({f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate(CHANNELS)}, lpips)
+    a = torch.rand(2, 3, 32, 32) * 2 - 1
+    b = (a + 0.3 * torch.randn_like(a)).clamp(-1, 1)
+    for distance in (PerceptualDistance(vgg), PerceptualDistance(vgg, lpips)):
+        same, different = distance(a, a), distance(a, b)
+        assert torch.allclose(same, torch.zeros(2), atol=1e-6) and (different > 1e-4).all()
+    config = ProjectionConfig(steps=1)
+    assert config.perceptual_weight > 0
+    with pytest.raises(FileNotFoundError, match="never downloaded"):
+        PerceptualDistance(tmp_path / "missing.pth")
+    torch.save({"classifier.0.weight": torch.zeros(1)}, tmp_path / "wrong.pth")
+    with pytest.raises(ValueError, match="not a torchvision VGG16"):
+        PerceptualDistance(tmp_path / "wrong.pth")
+
+
+def test_quality_metrics_match_reference_values():
+    torchmetrics_image = pytest.importorskip("torchmetrics.functional.image")
+    torch.manual_seed(0)
+    a = torch.rand(2, 3, 192, 192)
+    b = (a + 0.1 * torch.randn_like(a)).clamp(0, 1)
+    x, y = a * 2 - 1, b * 2 - 1
+    reference_ssim = torchmetrics_image.structural_similarity_index_measure(a, b, data_range=1.0, reduction="none")
+    reference_ms = torchmetrics_image.multiscale_structural_similarity_index_measure(a, b, data_range=1.0, reduction="none")
+    torch.testing.assert_close(ssim(x, y), reference_ssim, atol=1e-3, rtol=0)
+    torch.testing.assert_close(ms_ssim(x, y), reference_ms, atol=1e-3, rtol=0)
+    mse = (a - b).square().flatten(1).mean(1)
+    torch.testing.assert_close(psnr(x, y), -10 * torch.log10(mse), atol=1e-4, rtol=0)
+    assert psnr((a * 255).to(torch.uint8), (a * 255).to(torch.uint8)).min() == 100
+    small = torch.rand(1, 3, 8, 8) * 2 - 1
+    assert math.isclose(float(ms_ssim(small, small)), 1.0, abs_tol=1e-5)
