@@ -105,11 +105,13 @@ def test_validation_with_two_workers_sees_every_sample_once(dataset):
 
 def test_training_resamples_endlessly_in_epochs_and_resizes_on_device(dataset):
     module = data_module(dataset, val_shards=1, epoch_length=12, image_size=16)
-    loader = module.train_dataloader()
+    loader, epochs = module.train_dataloader(), []
     for _ in range(2):  # two epochs of 12 samples in batches of 2
         batches = list(loader)
         assert len(batches) == 6 and all(len(b["meta"]) == 2 for b in batches)
-    assert {m["seed"] for b in batches for m in b["meta"]} <= {10, 11, 12, 13}  # training shards only
+        epochs.append([m["seed"] for b in batches for m in b["meta"]])
+    assert set(epochs[0]) | set(epochs[1]) <= {10, 11, 12, 13}  # training shards only
+    assert epochs[0] != epochs[1] and min(len(set(e)) for e in epochs) >= 3  # shuffled anew each epoch
     batch = module.on_after_batch_transfer(batches[0], 0)
     assert batch["image"].shape == (2, 3, 16, 16) and batch["image"].dtype == torch.uint8
     assert batch["depth"].shape == (2, 1, 16, 16) and batch["w"].shape == (2, 14, 32)

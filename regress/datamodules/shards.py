@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from functools import partial
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -69,6 +70,19 @@ def decode_samples(samples: Iterable[dict], with_mesh: bool, corrupt: CorruptCou
             corrupt.skip(error)
             continue
         yield sample
+
+
+class Shuffle:
+    """A buffered shuffle whose order differs by rank, loader worker and epoch, and repeats for the same seed."""
+
+    def __init__(self, bufsize: int, seed: int) -> None:
+        self.bufsize, self.seed, self.epoch = bufsize, seed, -1
+
+    def __call__(self, samples: Iterable[dict]) -> Iterator[dict]:
+        self.epoch += 1
+        rank, _, worker, _ = wds.utils.pytorch_worker_info()
+        rng = random.Random(f"{self.seed}/{rank}/{worker}/{self.epoch}")
+        return wds.shuffle(self.bufsize, initial=min(self.bufsize, 100), rng=rng)(samples)
 
 
 def collate(samples: list[dict]) -> Batch:
@@ -163,7 +177,7 @@ class ShardDataModule(L.LightningDataModule):
     def _decode(self, shuffle: bool) -> list:
         stages = [partial(read_samples, counts=self.counts, corrupt=self.corrupt)]
         if shuffle:
-            stages.append(wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), seed=self.seed))
+            stages.append(Shuffle(self.shuffle_buffer, self.seed))
         stages += [
             partial(decode_samples, with_mesh=self.with_mesh, corrupt=self.corrupt),
             wds.batched(self.batch_size, collation_fn=collate, partial=not shuffle),
