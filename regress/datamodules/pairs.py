@@ -1,0 +1,151 @@
+"""Real photos paired with their inversions (`--data pairs`), in the Sample batch format of the other data modules.
+
+`image` is the model's input: the real photo by default (the regressors are then trained or
+scored on real faces against the inversion's depth, mask and w), or the inverted render. Both
+also come as `real` and `inverted`, with the crop's `landmarks`. A set is read from its record
+folder, or from its shards when the folder is gone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from regress.datamodules.online import resize_images
+from regress.inversion.pairs import RECORDS, iter_records, read_manifest, read_record
+from regress.sample import Batch, collate_samples, decode_sample
+from regress.shards import iter_shard
+
+
+def decode_pair(members: dict[str, bytes], source: str, image: Literal["real", "inverted"] = "real") -> dict[str, Any]:
+    """One record's Sample tensors plus `real`, `inverted` (uint8 (3, H, W)) and `landmarks` (68, 2)."""
+    sample = decode_sample(members, source)
+    try:
+        with Image.open(io.BytesIO(members["real.png"])) as pil:
+            real = torch.from_numpy(np.asarray(pil.convert("RGB")).transpose(2, 0, 1).copy())
+        landmarks = torch.from_numpy(np.load(io.BytesIO(members["landmarks.npy"]), allow_pickle=False))
+    except KeyError as error:
+        raise ValueError(f"{source}: pair record lacks member {error}; rebuild it with python -m regress.evaluate pairs") from error
+    sample["inverted"], sample["real"], sample["landmarks"] = sample["image"], real, landmarks
+    sample["image"] = real if image == "real" else sample["inverted"]
+    return sample
+
+
+def collate_pairs(samples: list[dict[str, Any]]) -> Batch:
+    """Pairs -> a Sample batch, with `real`, `inverted` and `landmarks` stacked too."""
+    batch = collate_samples(samples)
+    for name in ("real", "inverted", "landmarks"):
+        batch[name] = torch.stack([s[name] for s in samples])
+    return batch
+
+
+class PairDataset(Dataset):
+    """Pair records of a pairs set, by key order; reads the record folder, or the shards when it is absent."""
+
+    def __init__(self, root: str | Path, keys: list[str] | None = None, image: Literal["real", "inverted"] = "real") -> None:
+        self.root, self.image = Path(root), image
+        self.manifest = read_manifest(root)
+        folder = self.root / RECORDS
+        if folder.is_dir():
+            self.members: dict[str, dict[str, bytes]] | None = None
+            available = [k for k, _ in iter_records(self.root)]
+        elif self.manifest.get("shards"):
+            self.members = {k: m for s in self.manifest["shards"] for k, m in iter_shard(str(self.root / s["file"]), s["count"])}
+            available = sorted(self.members)
+        else:
+            raise FileNotFoundError(f"{root} has neither {RECORDS}/ nor shards; rebuild it with python -m regress.evaluate pairs")
+        if not available:
+            raise ValueError(f"{root} holds no pair records: every photo failed (see errors.json there)")
+        self.keys = available if keys is None else [k for k in available if k in set(keys)]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        key = self.keys[index]
+        members = self.members[key] if self.members is not None else read_record(self.root / RECORDS / key)
+        sample = decode_pair(members, f"{self.root} record {key}", self.image)
+        sample["meta"]["key"] = key
+        return sample
+
+
+def is_validation(key: str, fraction: float) -> bool:
+    """A stable split by key: the same records are held out whatever else the set holds."""
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
+
+
+class PairDataModule(L.LightningDataModule):
+    """Sample batches of real-versus-inverted pairs built by `python -m regress.evaluate pairs`; `--data pairs`.
+
+    Args:
+        root: the pairs folder (records/ or shards, with manifest.json).
+        batch_size: pairs per batch.
+        val_fraction: share of records held out for validation, split by a hash of the key.
+        image_size: side of the images the model sees (resized on device); None keeps the stored size.
+        image: the model input, `real` (the aligned photo) or `inverted` (the generator's render).
+        num_workers: loader processes.
+    """
+
+    def __init__(
+        self,
+        root: str | Path = "data/pairs/analytic",
+        batch_size: int = 8,
+        val_fraction: float = 0.2,
+        image_size: int | None = 128,
+        image: Literal["real", "inverted"] = "real",
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if not 0 <= val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.save_hyperparameters()
+        self.root, self.manifest = Path(root), read_manifest(root)
+        self.batch_size, self.image_size, self.image, self.num_workers = batch_size, image_size, image, num_workers
+        self.val_fraction = val_fraction
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        return tuple(self.manifest["latent_shape"])
+
+    @property
+    def depth_resolution(self) -> int:
+        return self.manifest["depth_resolution"]
+
+    def mean_latent(self) -> torch.Tensor:
+        """The generator's mean latent (num_ws, w_dim), as recorded in the manifest."""
+        return torch.tensor(self.manifest["mean_latent"], dtype=torch.float32)
+
+    def setup(self, stage: str | None = None) -> None:
+        everything = PairDataset(self.root, image=self.image)
+        val = [k for k in everything.keys if is_validation(k, self.val_fraction)]
+        train = [k for k in everything.keys if k not in set(val)] or val
+        self.train_set = PairDataset(self.root, train, self.image)
+        self.val_set = PairDataset(self.root, val, self.image) if val else None
+        self.all_set = everything
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(dataset, self.batch_size, shuffle=shuffle, num_workers=self.num_workers, collate_fn=collate_pairs)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.all_set, shuffle=False)
+
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        if self.image_size is not None:
+            batch["image"] = resize_images(batch["image"], self.image_size)
+        return batch

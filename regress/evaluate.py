@@ -1,0 +1,172 @@
+"""`python -m regress.evaluate pairs|benchmark`: pair real photos with their inversions; score regressors on the pairs.
+
+    python -m regress.evaluate pairs --config configs/evaluate/pairs-analytic.yaml --images photos/
+    python -m regress.evaluate benchmark --config configs/evaluate/benchmark.yaml --pairs data/pairs/analytic \\
+        --depth_checkpoint depth.ckpt --latent_checkpoint latent.ckpt
+
+Options come from the YAML files under configs/evaluate/ (`--config`) and flags; bad input exits
+with status 1 and says what to fix, except bad photos, which are listed per file in errors.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from regress.generators import create_generator
+from regress.generators.base import Generator
+from regress.inversion.align import FaceAligner
+from regress.inversion.pairs import PairBuilder, build_pairs, list_images, read_manifest
+from regress.inversion.perceptual import PerceptualDistance
+from regress.inversion.project import ProjectionConfig
+
+
+def _device(device: str) -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device)
+
+
+def pairs(
+    images: str,
+    output: str = "data/pairs/analytic",
+    generator: str | None = None,
+    checkpoint: str | None = None,
+    generator_options: dict | None = None,
+    aligner: FaceAligner = FaceAligner(),
+    projection: ProjectionConfig = ProjectionConfig(),
+    vgg_weights: str | None = None,
+    lpips_weights: str | None = None,
+    fit_pivot: bool = True,
+    with_mesh: bool = False,
+    mesh_resolution: int = 128,
+    image_format: Literal["png", "jpg", "webp"] = "png",
+    resume: bool = True,
+    shards: bool = False,
+    samples_per_shard: int = 1000,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Build a pairs set: each photo's FFHQ crop, its camera, its inversion and the inversion's quality.
+
+    Args:
+        images: a folder of photos, a .txt file listing them (one path a line), or one photo
+        output: the pairs folder (records/, errors.json, manifest.json, optional shards)
+        generator: backend name (analytic, eg3d); None picks eg3d with a checkpoint, else analytic
+        checkpoint: generator weights file (never downloaded)
+        generator_options: keyword overrides for the backend, e.g. {image_resolution: 64}
+        aligner: face detection and crop options (all_faces: pair every face, not just the largest)
+        projection: inversion options (space w or w+, steps, lr, loss weights, pti_steps for pivotal tuning)
+        vgg_weights: a local torchvision VGG16 state dict; enables the perceptual loss
+        lpips_weights: the LPIPS v0.1 linear layers for VGG (vgg.pth of the lpips package); with vgg_weights
+        fit_pivot: let the camera's look-at point move in x, y to follow where the crop puts the face
+        with_mesh: add mesh.ply (marching cubes of the inverted density) to each record
+        mesh_resolution: density grid points per axis for meshes
+        image_format: encoding of the inverted image (real.png is always PNG)
+        resume: keep records already in `output` and skip their photos
+        shards: also pack the records into WebDataset shards
+        samples_per_shard: records per shard
+        device: torch device, or auto
+        progress: show progress bars
+    """
+    photos = list_images(images)
+    model = create_generator(generator, checkpoint, **(generator_options or {})).to(_device(device)).eval()
+    perceptual, name = None, "perceptual_distance"
+    if vgg_weights is not None:
+        perceptual = PerceptualDistance(vgg_weights, lpips_weights).to(model.device)
+        name = "lpips" if lpips_weights is not None else name
+    elif lpips_weights is not None:
+        raise ValueError("lpips_weights needs vgg_weights too (the VGG16 backbone they sit on)")
+    builder = PairBuilder(model, aligner, projection, perceptual, name, fit_pivot, with_mesh, mesh_resolution, image_format, progress=progress)
+    settings = {"images": str(images), "checkpoint": checkpoint, "generator_options": generator_options or {}, "fit_pivot": fit_pivot,
+                "aligner": dataclasses.asdict(aligner), "perceptual": name if perceptual else None}  # fmt: skip
+    summary = build_pairs(photos, Path(output), builder, resume, shards, samples_per_shard, settings, progress)
+    print(
+        f"regress.evaluate pairs: {summary['records']} records in {summary['output']} ({summary['built']} new, "
+        f"{summary['skipped']} photos already done, {len(summary['errors'])} failed: see errors.json)",
+        file=sys.stderr,
+    )
+    return summary
+
+
+def pairs_generator(root: str | Path, name: str | None, checkpoint: str | None, options: dict | None) -> Generator:
+    """The generator that made a pairs set: as given, or rebuilt from its manifest (analytic needs no weights)."""
+    identity = read_manifest(root)["generator"]
+    if name is None and checkpoint is None:
+        if identity["generator"] != "analytic":
+            raise ValueError(f"{root} was inverted with {identity['generator']}; give its --checkpoint to render predicted latents")
+        name, options = "analytic", {**identity["config"], **(options or {})}
+    model = create_generator(name, checkpoint, **(options or {}))
+    if model.identity()["checksum"] != identity["checksum"]:
+        print(f"regress.evaluate benchmark: warning: generator {model.identity()['checksum']} differs from the pairs' {identity['checksum']}", file=sys.stderr)
+    return model
+
+
+def benchmark(
+    pairs: str,
+    output: str = "data/benchmark",
+    depth_checkpoint: str | None = None,
+    latent_checkpoint: str | None = None,
+    generator: str | None = None,
+    checkpoint: str | None = None,
+    generator_options: dict | None = None,
+    image: Literal["real", "inverted"] = "real",
+    batch_size: int = 8,
+    examples: int = 4,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score DepthRegressor / LatentRegressor checkpoints on a pairs set; write report.json, report.md and plots/.
+
+    Args:
+        pairs: a pairs folder built by `python -m regress.evaluate pairs`
+        output: where the report and plots go
+        depth_checkpoint: a Lightning checkpoint of a DepthRegressor
+        latent_checkpoint: a Lightning checkpoint of a LatentRegressor
+        generator: backend that renders predicted latents; None: the one in the pairs' manifest (analytic)
+        checkpoint: its weights (needed for eg3d)
+        generator_options: keyword overrides for the backend
+        image: what the regressors see, the real photo or the inverted render
+        batch_size: pairs per forward pass
+        examples: pairs shown in plots/examples.png
+        device: torch device, or auto
+        progress: show a progress bar
+    """
+    from regress.datamodules.pairs import PairDataset
+    from regress.inversion.benchmark import run_benchmark
+    from regress.inversion.report import write_report
+    from regress.models import DepthRegressor, LatentRegressor
+
+    run_on = _device(device)
+    models = {}
+    for kind, path, cls in (("depth", depth_checkpoint, DepthRegressor), ("latent", latent_checkpoint, LatentRegressor)):
+        if path is not None:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"{kind} checkpoint {path} does not exist; give a .ckpt written by python -m regress.fit")
+            models[kind] = cls.load_from_checkpoint(path, map_location=run_on).eval()
+    model = pairs_generator(pairs, generator, checkpoint, generator_options).to(run_on).eval() if "latent" in models else None
+    dataset = PairDataset(pairs, image=image)
+    report, tensors = run_benchmark(dataset, models.get("depth"), models.get("latent"), model, run_on, batch_size, examples, progress)
+    report["pairs_root"] = str(pairs)
+    report["checkpoints"] = {"depth": depth_checkpoint, "latent": latent_checkpoint}
+    report["device"] = str(run_on)
+    report["outputs"] = write_report(report, tensors, output)
+    print(f"regress.evaluate benchmark: {report['pairs']} pairs; report in {report['outputs']['markdown']}", file=sys.stderr)
+    return report
+
+
+def main(args: list[str] | None = None) -> Any:
+    """Command line: subcommands `pairs` and `benchmark`; errors on bad input exit with status 1."""
+    from jsonargparse import CLI
+
+    try:
+        return CLI([pairs, benchmark], args=args, as_positional=False)
+    except (ValueError, OSError) as error:
+        print(f"regress.evaluate: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from error
+
+
+if __name__ == "__main__":
+    main()

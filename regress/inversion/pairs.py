@@ -1,0 +1,278 @@
+"""Real photos -> pair records: the aligned real crop beside its inverted Sample and the inversion's quality.
+
+A pairs set is a folder: `records/<key>/` holds one record's members in the Sample schema
+(`image.png` is the inverted render; `depth.npy`, `mask.npy`, `w.npy`, `camera.npy`,
+`camera_cond.npy`, optional `mesh.ply`, `meta.json`) plus `real.png` (the aligned photo at the
+generator's resolution), `landmarks.npy` (its 68 landmarks, pixels) and `losses.json` (per step).
+Records are written under a temporary name and renamed when complete, so a rerun skips them;
+`errors.json` lists the photos that failed and why; `manifest.json` describes the set. With
+`shards`, the records are also packed into WebDataset shards with the same members.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from regress.camera import DEFAULT_FOV_DEG, camera_to_pose, frontal_camera
+from regress.generators.base import Generator
+from regress.geometry import density_grid, grid_to_mesh, mesh_to_bytes
+from regress.inversion.align import FaceAligner, FaceError, estimate_camera, generator_template
+from regress.inversion.perceptual import PerceptualDistance
+from regress.inversion.project import ProjectionConfig, project
+from regress.inversion.quality import identity_scores, psnr, ssim
+from regress.sample import SCHEMA_VERSION, encode_image, encode_sample, image_to_float, image_to_uint8
+from regress.shards import ShardWriter, write_json
+
+PAIRS_FORMAT = "regress-pairs-v1"
+RECORDS = "records"
+MANIFEST = "manifest.json"
+ERRORS = "errors.json"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+EXTRA_MEMBERS = ("real.png", "landmarks.npy", "losses.json")
+
+
+def list_images(source: str | Path | list) -> list[Path]:
+    """Photos to pair: a folder (its image files, recursively, sorted), a text file of paths, one image, or a list."""
+    if isinstance(source, (list, tuple)):
+        return [Path(p) for p in source]
+    source = Path(source)
+    if source.is_dir():
+        found = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not found:
+            raise FileNotFoundError(f"{source} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        return found
+    if source.suffix.lower() == ".txt":
+        lines = [line.strip() for line in source.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        return [p if p.is_absolute() else source.parent / p for p in map(Path, lines)]
+    if source.is_file():
+        return [source]
+    raise FileNotFoundError(f"{source} is not a folder, a .txt list of photos or an image file")
+
+
+def record_key(path: Path, face_index: int = 0) -> str:
+    """A stable, WebDataset-safe key (no dots) from the photo's name and full path, and the face's index."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", path.stem)[:48]
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
+    return f"{stem}-{digest}" + (f"-face{face_index}" if face_index else "")
+
+
+@dataclass
+class PairBuilder:
+    """Turns one photo into pair records with a generator; the choices of every stage in one place."""
+
+    generator: Generator
+    aligner: FaceAligner = field(default_factory=FaceAligner)
+    projection: ProjectionConfig = field(default_factory=ProjectionConfig)
+    perceptual: PerceptualDistance | None = None
+    perceptual_name: str = "perceptual_distance"
+    fit_pivot: bool = True
+    with_mesh: bool = False
+    mesh_resolution: int = 128
+    image_format: str = "png"
+    fov_deg: float = DEFAULT_FOV_DEG
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        self.template = generator_template(self.generator)
+
+    def build(self, path: Path) -> list[tuple[str, dict[str, bytes]]]:
+        """(key, members) for each aligned face of a photo; FaceError when the photo cannot be paired."""
+        crops = self.aligner.align_file(path)
+        records = []
+        for index, crop in enumerate(crops):
+            records.append((record_key(path, index), self._record(path, index, crop)))
+        return records
+
+    def _record(self, path: Path, index: int, crop) -> dict[str, bytes]:
+        g = self.generator
+        size = g.image_resolution
+        fit = estimate_camera(crop.landmarks_uv, self.template, self.fov_deg, fit_pivot=self.fit_pivot)
+        real = np.asarray(Image.fromarray(crop.image).resize((size, size), Image.Resampling.LANCZOS))
+        landmarks = (crop.landmarks + 0.5) * size / crop.image.shape[0] - 0.5
+        real_t = torch.from_numpy(real.transpose(2, 0, 1).copy())[None]
+        camera = fit.camera[None].to(g.device)
+        start = time.perf_counter()
+        result = project(g, image_to_float(real_t), camera, self.projection, self.perceptual, self.progress)
+        renderer = result.generator or g
+        with torch.no_grad():
+            out = renderer.synthesis(result.w, camera)
+        seconds = time.perf_counter() - start
+        inverted = image_to_uint8(out["image"]).cpu()
+        quality = {"psnr": float(psnr(inverted, real_t)[0]), "ssim": float(ssim(inverted, real_t)[0])}
+        if self.perceptual is not None:
+            with torch.no_grad():
+                quality[self.perceptual_name] = float(self.perceptual(image_to_float(inverted), image_to_float(real_t))[0])
+        quality.update(identity_scores(real, inverted[0].permute(1, 2, 0).numpy(), landmarks))
+        pose = camera_to_pose(fit.camera[None])
+        identity = g.identity()
+        meta = {
+            "source": str(path),
+            "face_index": index,
+            "generator": identity["generator"],
+            "generator_checksum": identity["checksum"],
+            "view_category": "inverted",
+            "yaw_deg": float(np.degrees(pose.yaw[0])),
+            "pitch_deg": float(np.degrees(pose.pitch[0])),
+            "fov_deg": float(pose.fov_deg[0]),
+            "radius": float(pose.radius[0]),
+            "camera_fit": fit.as_meta(),
+            "quality": quality,
+            "inversion": {
+                "space": self.projection.space,
+                "steps": self.projection.steps,
+                "pti_steps": self.projection.pti_steps,
+                "seconds": seconds,
+                "final_loss": result.losses[-1]["loss"] if result.losses else None,
+                "tuned_generator": result.generator is not None,
+            },
+            "face_box": [float(v) for v in crop.face.box],
+            "schema_version": SCHEMA_VERSION,
+        }
+        batch = {
+            "image": inverted,
+            "depth": out["depth"].float().cpu(),
+            "mask": out["mask"].float().cpu(),
+            "w": result.w.float().cpu(),
+            "camera": fit.camera[None],
+            "camera_cond": frontal_camera(1),
+            "meta": [meta],
+        }
+        members = encode_sample(batch, 0, self.image_format)
+        meta_json = members.pop("meta.json")
+        if self.with_mesh:
+            grid = density_grid(renderer, result.w, self.mesh_resolution)[0]
+            members["mesh.ply"] = mesh_to_bytes(grid_to_mesh(grid, renderer.surface_level, renderer.box_size))
+        members["real.png"] = encode_image(real, "png")
+        members["landmarks.npy"] = _npy(landmarks.astype(np.float32))
+        members["losses.json"] = json.dumps({"projection": result.losses, "pivotal_tuning": result.pti_losses}).encode()
+        members["meta.json"] = meta_json
+        return members
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def write_record(records: Path, key: str, members: dict[str, bytes]) -> Path:
+    """Write one record's members to `records/key.partial/`, then rename it to `records/key/`."""
+    final, partial = records / key, records / f"{key}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    for name, data in members.items():
+        (partial / name).write_bytes(data)
+    partial.replace(final)
+    return final
+
+
+def read_record(folder: Path) -> dict[str, bytes]:
+    """A record folder's members (name -> bytes), meta.json last as in shards."""
+    members = {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != "meta.json"}
+    members["meta.json"] = (folder / "meta.json").read_bytes()
+    return members
+
+
+def iter_records(root: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, members) of every complete record of a pairs folder, in key order."""
+    records = Path(root) / RECORDS
+    if not records.is_dir():
+        raise FileNotFoundError(f"{root} has no {RECORDS}/ folder: build it with python -m regress.evaluate pairs")
+    for folder in sorted(p for p in records.iterdir() if p.is_dir() and not p.name.endswith(".partial")):
+        yield folder.name, read_record(folder)
+
+
+def read_manifest(root: str | Path) -> dict[str, Any]:
+    """A pairs folder's manifest; a clear error when the set was never finished."""
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"no {MANIFEST} in {root}: run (or rerun) python -m regress.evaluate pairs to finish the set")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != PAIRS_FORMAT:
+        raise ValueError(f"{path} is not a pairs manifest (format {manifest.get('format')!r}, expected {PAIRS_FORMAT!r})")
+    return manifest
+
+
+def build_pairs(
+    images: list[Path],
+    output: Path,
+    builder: PairBuilder,
+    resume: bool = True,
+    shards: bool = False,
+    samples_per_shard: int = 1000,
+    settings: dict | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Pair every photo (skipping done ones with `resume`), list failures per file, write the manifest; a summary."""
+    output = Path(output)
+    records = output / RECORDS
+    records.mkdir(parents=True, exist_ok=True)
+    errors: dict[str, str] = {}
+    errors_path = output / ERRORS
+    if resume and errors_path.is_file():
+        errors = {e["source"]: e["error"] for e in json.loads(errors_path.read_text())["errors"]}
+    done = {p.name for p in records.iterdir() if p.is_dir() and not p.name.endswith(".partial")} if resume else set()
+    built, skipped, start = 0, 0, time.perf_counter()
+    bar = tqdm(images, desc="pairs", unit="photo", disable=not progress, dynamic_ncols=True)
+    for path in bar:
+        bar.set_postfix_str(path.name[:32])
+        if record_key(path) in done:
+            skipped += 1
+            continue
+        try:
+            for key, members in reversed(builder.build(path)):  # face 0 last: its key marks the photo done
+                write_record(records, key, members)
+                built += 1
+            errors.pop(str(path), None)
+        except FaceError as error:
+            errors[str(path)] = str(error)
+            tqdm.write(f"regress.evaluate pairs: skipped {error}")
+        except Exception as error:  # noqa: BLE001 - one photo's failure must not stop the set; it is listed
+            errors[str(path)] = f"{path}: {type(error).__name__}: {error}"
+            tqdm.write(f"regress.evaluate pairs: failed on {path}: {type(error).__name__}: {error}")
+        write_json(errors_path, {"errors": [{"source": s, "error": e} for s, e in sorted(errors.items())]})
+    bar.close()
+    keys = [k for k, _ in iter_records(output)]
+    g = builder.generator
+    manifest = {
+        "format": PAIRS_FORMAT,
+        "generator": g.identity(),
+        "latent_shape": list(g.latent_shape),
+        "mean_latent": g.mean_latent().float().cpu().tolist(),
+        "image_resolution": g.image_resolution,
+        "depth_resolution": g.depth_resolution,
+        "projection": asdict(builder.projection),
+        "settings": settings or {},
+        "records": len(keys),
+        "errors": len(errors),
+        "schema_version": SCHEMA_VERSION,
+    }
+    if shards:
+        manifest["shards"] = write_shards(output, samples_per_shard)
+    write_json(output / MANIFEST, manifest)
+    return {"output": str(output), "built": built, "skipped": skipped, "records": len(keys), "errors": errors, "seconds": time.perf_counter() - start}
+
+
+def write_shards(output: Path, samples_per_shard: int = 1000) -> list[dict[str, Any]]:
+    """Pack the records of a pairs folder into `pairs-000000.tar ...` (same members); their records for the manifest."""
+    items = list(iter_records(output))
+    shards = []
+    for index, start in enumerate(range(0, len(items), samples_per_shard)):
+        with ShardWriter(output / f"pairs-{index:06d}.tar") as writer:
+            for key, members in items[start : start + samples_per_shard]:
+                writer.add(key, members)
+            shards.append(writer.commit({"index": index}))
+    return shards
