@@ -1,7 +1,7 @@
 """The procedural head: a signed distance function and a surface colour, both from semantic parameters.
 
 World frame of EG3D: y up, the face looks along +z, the head inside the unit box around the origin,
-nose tip at z = `nose_z` (0.39..0.425). Mirrored parts are evaluated once on |x|.
+nose tip at z = `nose_z` (0.385..0.415). Mirrored parts are evaluated once on |x|.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import torch
 
 Params = dict[str, torch.Tensor]  # name -> a tensor that broadcasts against the points' leading shape
 EYEBALL_RADIUS = 0.026
-EYEBALL_Z = 0.306
-FACE_Z = 0.332  # depth of the eye-socket centres: the front of the face around the eyes
+EYEBALL_Z = 0.284
+FACE_Z = 0.325  # depth of the eye-socket centres: the front of the face around the eyes
 
 
 def ellipsoid(x, y, z, cx, cy, cz, rx, ry, rz) -> torch.Tensor:
@@ -66,18 +66,18 @@ def sdf(points: torch.Tensor, p: Params) -> torch.Tensor:
     brow_a, brow_b = (0.0, eye_y + 0.035, 0.325), (0.095, eye_y + 0.035, 0.29)
     d = smooth_min(d, round_cone(ax, y, z, brow_a, brow_b, p["brow"], 0.6 * p["brow"]), 0.02)
     socket = p["socket_r"]
-    d = smooth_max(d, -ellipsoid(ax, y, z, eye_x, eye_y, FACE_Z, socket, 0.5 * socket, 0.8 * socket), 0.008)
+    d = smooth_max(d, -ellipsoid(ax, y, z, eye_x, eye_y, FACE_Z, socket, 0.45 * socket, 0.9 * socket), 0.006)
     d = torch.minimum(d, sphere(ax, y, z, eye_x, eye_y, EYEBALL_Z, EYEBALL_RADIUS))
     nose_w, nose_y, nose_z = p["nose_w"], p["nose_y"], p["nose_z"]
     bridge, tip = (0.0, eye_y - 0.005, 0.33), (0.0, nose_y, nose_z - nose_w)
     d = smooth_min(d, round_cone(x, y, z, bridge, tip, 0.012, nose_w), 0.02)
-    d = smooth_min(d, sphere(ax, y, z, 0.9 * nose_w + 0.006, nose_y - 0.01, nose_z - 0.055, 0.75 * nose_w), 0.012)
+    d = smooth_min(d, sphere(ax, y, z, 0.9 * nose_w + 0.004, nose_y - 0.008, nose_z - 0.05, 0.55 * nose_w), 0.012)
     lip, mouth_y = p["lip"], p["mouth_y"]
     d = smooth_min(d, ellipsoid(x, y, z, 0.0, mouth_y, 0.325, p["mouth_w"], 1.8 * lip, 1.4 * lip), 0.015)
     ear = p["ear_size"]
     d = smooth_min(d, ellipsoid(ax, y, z, rx - 0.01, 0.0, 0.08, 0.015, ear, 0.55 * ear), 0.012)
     neck = p["neck_r"]
-    d = smooth_min(d, round_cone(x, y, z, (0.0, -0.12, 0.06), (0.0, -0.65, 0.03), neck, 1.1 * neck), 0.05)
+    d = smooth_min(d, round_cone(x, y, z, (0.0, -0.1, 0.07), (0.0, -0.65, 0.04), neck, 1.1 * neck), 0.05)
     volume = p["hair_volume"]
     hair = ellipsoid(x, y, z, 0.0, 0.07 + 0.5 * volume, 0.1 - 0.5 * volume, rx + volume, ry + volume, rz + 0.7 * volume)
     hair = smooth_max(hair, -hair_region(x, y, z, p), 0.02)

@@ -73,5 +73,5 @@ def landmarks_3d(p: Params, settings: TraceSettings = TraceSettings(steps=64)) -
     samples = torch.arange(len(like), device=like.device).repeat_interleave(len(xy))
     start = torch.zeros(len(origins), dtype=origins.dtype, device=origins.device)
     surface = render_surface(HeadField(p, samples), origins, directions, start, 0.0, 2 * TRACE_FROM_Z, settings)
-    points = origins.detach() + surface.trace_depth.unsqueeze(-1) * directions
+    points = origins.detach() + surface.trace.depth.unsqueeze(-1) * directions
     return points.index_copy(0, surface.index, surface.points).reshape(len(like), len(xy), 3)

@@ -11,6 +11,7 @@ differentiable w.r.t. the field's parameters.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -37,11 +38,12 @@ class TraceSettings:
     cone_steps: int = 24
     cone_block: int = 4  # one cone per block x block pixels finds where their rays may start
     relax: float = 0.95
+    max_overstep: float = 4.0
     min_step: float = 0.002  # grazing rays keep moving; overshoot is walked back by negative sdf
     converged: float = 1e-3  # the Newton step of `render_surface` refines the rest
     near_surface: float = 0.02  # rays whose closest |sdf| stays above this are background (mask < 4e-4)
     cone_stop: float = 0.003
-    opaque: float = 0.99  # rays with less opacity than this see a second surface ...
+    opaque: float = 0.998  # rays with less opacity than this see a second surface ...
     behind: float = 0.03  # ... traced from this far behind the first
     inside_offset: float = 0.02  # the opacity reads the (extrapolated) sdf this far past t_c ...
     softness: float = 0.0015  # ... through sigmoid(-sdf / softness)
@@ -96,37 +98,60 @@ def cone_trace(
     return result
 
 
+@dataclass
+class Trace:
+    """Per ray (M,): the depth of the smallest |sdf| seen, that |sdf| (inf if never traced), and
+    whether the ray left through t_far (so nothing lies behind its closest approach)."""
+
+    depth: torch.Tensor
+    closest: torch.Tensor
+    exited: torch.Tensor
+
+
 @torch.no_grad()
 def sphere_trace(
     field: Field, origins: torch.Tensor, directions: torch.Tensor, start: torch.Tensor, t_far: float,
     settings: TraceSettings,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Depth (M,) of the smallest |sdf| seen along each ray from `start` to t_far, and that |sdf| (inf if none)."""
-    result_t = start.clamp(max=t_far).clone()
-    result_f = torch.full_like(result_t, float("inf"))
+) -> Trace:
+    """Sphere tracing from `start` (M,) to t_far with secant over-stepping, rays dropped as they finish.
+
+    Each step is f times the secant estimate of 1 / |d sdf / d t| (clamped to [1, max_overstep]):
+    sphere tracing's safe step near a face-on surface, and several times it on oblique ones.
+    """
+    result = Trace(start.clamp(max=t_far).clone(), torch.full_like(start, float("inf")), start >= t_far)
     rays = (start < t_far).nonzero().squeeze(1)
-    t, origins, directions, field = result_t[rays], origins[rays], directions[rays], field.take(rays)
+    t, origins, directions, field = result.depth[rays], origins[rays], directions[rays], field.take(rays)
     t_near, best_t, best_f = t.clone(), t.clone(), torch.full_like(t, float("inf"))
+    previous_t, previous_f = t.clone(), torch.full_like(t, float("nan"))
     live = torch.ones_like(t, dtype=torch.bool)
+
+    def finish(done: torch.Tensor) -> None:
+        result.depth[rays[done]], result.closest[rays[done]] = best_t[done], best_f[done]
+        result.exited[rays[done]] = t[done] >= t_far
+
     for _ in range(settings.steps):
         f = field(origins + t.unsqueeze(-1) * directions)
         size = f.abs()
         better = live & (size < best_f)
         best_t, best_f = torch.where(better, t, best_t), torch.where(better, size, best_f)
-        step = settings.relax * f
+        slope = (f - previous_f) / (t - previous_t)
+        over = torch.where(slope < -0.05, -1 / slope, 1.0).clamp(1.0, settings.max_overstep)
+        step = settings.relax * over * f
         moved = torch.maximum(t + torch.where(f > 0, step.clamp_min(settings.min_step), step), t_near).clamp(max=t_far)
-        live = live & (size > settings.converged) & (moved < t_far) & (moved != t)  # stuck inside at start: done
+        previous_t, previous_f = t, f
+        live = live & (size > settings.converged) & (moved != t)  # rays stuck inside at their start stop
         t = torch.where(live, moved, t)
+        live = live & (t < t_far)
         keep = _compact(live)
         if keep is not None:
-            done = (~live).nonzero().squeeze(1)
-            result_t[rays[done]], result_f[rays[done]] = best_t[done], best_f[done]
+            finish((~live).nonzero().squeeze(1))
             rays, t, t_near, best_t, best_f, live = rays[keep], t[keep], t_near[keep], best_t[keep], best_f[keep], live[keep]
+            previous_t, previous_f = previous_t[keep], previous_f[keep]
             origins, directions, field = origins[keep], directions[keep], field.take(keep)
         if len(rays) == 0:
             break
-    result_t[rays], result_f[rays] = best_t, best_f
-    return result_t, result_f
+    finish(torch.arange(len(rays), device=rays.device))
+    return result
 
 
 def ray_starts(
@@ -168,7 +193,7 @@ class Surface:
     depth: torch.Tensor  # (K,) surface depth (meaningful where mask > 0)
     points: torch.Tensor  # (K, 3) at the surface depth
     normals: torch.Tensor  # (K, 3) at the traced depth
-    trace_depth: torch.Tensor  # (M,) the traced depth t_c of every ray, no gradient
+    trace: Trace  # of every ray, no gradient
 
 
 def render_surface(
@@ -176,10 +201,10 @@ def render_surface(
     settings: TraceSettings,
 ) -> Surface:
     """Trace the rays (M, 3) from `start` (M,), then evaluate the field with gradient near the surface."""
-    trace_depth, closest = sphere_trace(field, origins, directions, start, t_far, settings)
-    index = (closest < settings.near_surface).nonzero().squeeze(1)
+    trace = sphere_trace(field, origins, directions, start, t_far, settings)
+    index = (trace.closest < settings.near_surface).nonzero().squeeze(1)
     field = field.take(index)
-    origins, directions, t_c = origins[index], directions[index], trace_depth[index]
+    origins, directions, t_c = origins[index], directions[index], trace.depth[index]
     traced = origins + t_c.unsqueeze(-1) * directions
     offsets = torch.tensor(TETRAHEDRON, dtype=traced.dtype, device=traced.device)
     around = [field(traced + settings.normal_step * k) for k in offsets]
@@ -187,11 +212,19 @@ def render_surface(
     gradient = sum(k * f.unsqueeze(-1) for k, f in zip(offsets, around))
     normals = torch.nn.functional.normalize(gradient, dim=-1)
     along = (gradient * directions).sum(-1) / (4 * settings.normal_step)  # d sdf / d t
-    mask = torch.sigmoid(-(f_c + settings.inside_offset * along) / settings.softness)
+    inside = f_c + settings.inside_offset * along
+    opaque_level = -settings.softness * math.log(settings.opaque / (1 - settings.opaque))
+    oblique = (inside.detach() > opaque_level).nonzero().squeeze(1)
+    if len(oblique):  # grazing rays may run along the surface: probe the sdf itself further in
+        probes = t_c[oblique, None] + settings.inside_offset * torch.tensor([1.5, 3.0], dtype=t_c.dtype, device=t_c.device)
+        points = origins[oblique, None] + probes.unsqueeze(-1) * directions[oblique, None]
+        probed = field.take(oblique.repeat_interleave(2))(points.reshape(-1, 3)).reshape(-1, 2).amin(dim=1)
+        inside = inside.index_copy(0, oblique, torch.minimum(inside[oblique], probed))
+    mask = torch.sigmoid(-inside / settings.softness)
     hit = (f_c.detach().abs() < settings.hit_tolerance).to(f_c.dtype)
     depth = (t_c - hit * f_c / along.detach().clamp(max=-0.1)).clamp(t_near, t_far)
     points = origins + depth.unsqueeze(-1) * directions
-    return Surface(index, field, mask, depth, points, normals, trace_depth)
+    return Surface(index, field, mask, depth, points, normals, trace)
 
 
 Shader = Callable[[Surface], torch.Tensor]  # a surface's K rays -> colours (K, 3)
@@ -220,11 +253,11 @@ def render_layers(
     index, mask = surface.index, surface.mask
     behind_colour, behind_depth = background[index], torch.full_like(mask, t_far)
     behind_alpha = torch.zeros_like(mask)
-    partial = (mask.detach() < settings.opaque).nonzero().squeeze(1)
+    partial = ((mask.detach() < settings.opaque) & ~surface.trace.exited[index]).nonzero().squeeze(1)
     if layers > 1 and len(partial):
         rays = index[partial]
         deeper = render_layers(
-            field.take(rays), origins[rays], directions[rays], surface.trace_depth[rays] + settings.behind,
+            field.take(rays), origins[rays], directions[rays], surface.trace.depth[rays] + settings.behind,
             background[rays], t_near, t_far, settings, shade, layers - 1,
         )  # fmt: skip
         behind_colour = behind_colour.index_copy(0, partial, deeper.colour)
