@@ -135,7 +135,7 @@ class AnalyticGenerator(Generator):
     @staticmethod
     def _shade(surface: Surface) -> torch.Tensor:
         """Lambertian colours (K, 3) of a traced surface, lit from the direction its scene rows set."""
-        q = surface.field.params
+        q = surface.field.gather(list(surface.field.per_sample))
         el, az = q["light_elevation"], q["light_azimuth"]
         light = torch.stack([az.sin() * el.cos(), el.sin(), az.cos() * el.cos()], dim=-1)
         return lambert(head.albedo(surface.points, q), surface.normals, light, q["ambient"], q["diffuse"])

@@ -6,44 +6,54 @@ nose tip at z = `nose_z` (0.385..0.415). Mirrored parts are evaluated once on |x
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
+from regress.generators.analytic.params import PARAMS, SHAPE_GROUPS
+
 Params = dict[str, torch.Tensor]  # name -> a tensor that broadcasts against the points' leading shape
+SHAPE_PARAMS = tuple(p.name for p in PARAMS if p.group in SHAPE_GROUPS)
 EYEBALL_RADIUS = 0.026
 EYEBALL_Z = 0.284
 FACE_Z = 0.325  # depth of the eye-socket centres: the front of the face around the eyes
 
 
+def _sum_of_squares(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    return (a * a).addcmul_(b, b).addcmul_(c, c)
+
+
 def ellipsoid(x, y, z, cx, cy, cz, rx, ry, rz) -> torch.Tensor:
     """Approximate signed distance to an axis-aligned ellipsoid (Quilez's k0 (k0 - 1) / k1 bound)."""
     qx, qy, qz = (x - cx) / rx, (y - cy) / ry, (z - cz) / rz
-    k0 = (qx * qx + qy * qy + qz * qz).sqrt()
-    k1 = ((qx / rx).square() + (qy / ry).square() + (qz / rz).square()).sqrt().clamp_min(1e-6)
+    k0 = _sum_of_squares(qx, qy, qz).sqrt_()
+    k1 = _sum_of_squares(qx / rx, qy / ry, qz / rz).clamp_min_(1e-12).sqrt_()
     return k0 * (k0 - 1) / k1
 
 
 def sphere(x, y, z, cx, cy, cz, r) -> torch.Tensor:
-    return ((x - cx).square() + (y - cy).square() + (z - cz).square()).sqrt() - r
+    return _sum_of_squares(x - cx, y - cy, z - cz).sqrt_() - r
 
 
 def round_cone(x, y, z, a: tuple, b: tuple, ra, rb) -> torch.Tensor:
     """Distance to a capsule from a to b whose radius goes linearly from ra to rb (a lower bound)."""
     bax, bay, baz = b[0] - a[0], b[1] - a[1], b[2] - a[2]
     pax, pay, paz = x - a[0], y - a[1], z - a[2]
-    h = ((pax * bax + pay * bay + paz * baz) / (bax * bax + bay * bay + baz * baz)).clamp(0, 1)
-    dist = ((pax - bax * h).square() + (pay - bay * h).square() + (paz - baz * h).square()).sqrt()
+    h = ((pax * bax + pay * bay + paz * baz) / (bax * bax + bay * bay + baz * baz)).clamp_(0, 1)
+    dist = _sum_of_squares(pax - bax * h, pay - bay * h, paz - baz * h).sqrt_()
     return dist - (ra + (rb - ra) * h)
 
 
 def smooth_min(a: torch.Tensor, b: torch.Tensor, k: float) -> torch.Tensor:
-    """Polynomial smooth union of two distances with blend radius k."""
-    h = (0.5 + 0.5 * (b - a) / k).clamp(0, 1)
-    return b + (a - b) * h - k * h * (1 - h)
+    """Quadratic smooth union of two distances with blend radius k: min(a, b) - max(k - |a - b|, 0)^2 / 4k."""
+    h = (k - (a - b).abs_()).clamp_min_(0)
+    return torch.minimum(a, b).addcmul_(h, h, value=-0.25 / k)
 
 
 def smooth_max(a: torch.Tensor, b: torch.Tensor, k: float) -> torch.Tensor:
-    """Smooth intersection: -smooth_min(-a, -b)."""
-    return -smooth_min(-a, -b, k)
+    """Smooth intersection: max(a, b) + max(k - |a - b|, 0)^2 / 4k."""
+    h = (k - (a - b).abs_()).clamp_min_(0)
+    return torch.maximum(a, b).addcmul_(h, h, value=0.25 / k)
 
 
 def hair_region(x, y, z, p: Params) -> torch.Tensor:
@@ -87,19 +97,23 @@ def sdf(points: torch.Tensor, p: Params) -> torch.Tensor:
 class HeadField:
     """The head sdf along flattened rays: per-sample parameters (name -> (N,)) gathered per point.
 
-    Gathering is deferred to the first evaluation, so restricting a field (`take`) before using it
-    costs one small index and no parameter copies.
+    Only the shape parameters are gathered, and only at the first evaluation, so restricting a
+    field (`take`) before using it costs one small index and no parameter copies.
     """
 
     def __init__(self, params: Params, samples: torch.Tensor) -> None:
         self.per_sample, self.samples = params, samples
         self._params: Params | None = None
 
+    def gather(self, names: Sequence[str]) -> Params:
+        """The named per-sample parameters, one value per point (name -> (M,))."""
+        table = torch.stack([self.per_sample[name] for name in names]).index_select(1, self.samples)
+        return dict(zip(names, table.unbind(0)))
+
     @property
     def params(self) -> Params:
         if self._params is None:
-            table = torch.stack(list(self.per_sample.values())).index_select(1, self.samples)
-            self._params = dict(zip(self.per_sample, table.unbind(0)))
+            self._params = self.gather(SHAPE_PARAMS)
         return self._params
 
     def __call__(self, points: torch.Tensor) -> torch.Tensor:

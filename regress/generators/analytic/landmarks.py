@@ -17,6 +17,7 @@ from regress.generators.analytic.render import TraceSettings, render_surface
 EYE_HALF_WIDTH = 0.021
 EYE_HALF_HEIGHT = 0.008
 TRACE_FROM_Z = 0.7
+NEWTON_STEPS = 3
 
 
 def _jaw(p: Params) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -72,6 +73,15 @@ def landmarks_3d(p: Params, settings: TraceSettings = TraceSettings(steps=64)) -
     directions[:, 2] = -1.0
     samples = torch.arange(len(like), device=like.device).repeat_interleave(len(xy))
     start = torch.zeros(len(origins), dtype=origins.dtype, device=origins.device)
-    surface = render_surface(HeadField(p, samples), origins, directions, start, 0.0, 2 * TRACE_FROM_Z, settings)
-    points = origins.detach() + surface.trace.depth.unsqueeze(-1) * directions
-    return points.index_copy(0, surface.index, surface.points).reshape(len(like), len(xy), 3)
+    field = HeadField(p, samples)
+    surface = render_surface(field, origins, directions, start, 0.0, 2 * TRACE_FROM_Z, settings)
+    depth = surface.trace.depth.index_copy(0, surface.index, surface.depth)
+    value = field(origins + depth.unsqueeze(-1) * directions)
+    for _ in range(NEWTON_STEPS):  # safeguarded Newton steps put landmarks on the surface, not just near it
+        ahead, behind = (field(origins + (depth + h).detach().unsqueeze(-1) * directions) for h in (1e-3, -1e-3))
+        slope = ((ahead - behind) / 2e-3).clamp(max=-0.1)
+        stepped = depth - (value / slope).clamp(-0.01, 0.01)
+        stepped_value = field(origins + stepped.unsqueeze(-1) * directions)
+        better = stepped_value.detach().abs() < value.detach().abs()
+        depth, value = torch.where(better, stepped, depth), torch.where(better, stepped_value, value)
+    return (origins + depth.unsqueeze(-1) * directions).reshape(len(like), len(xy), 3)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 GROUPS = ("skull", "face", "colour", "scene")
+SHAPE_GROUPS = ("skull", "face")  # the groups the geometry reads; colour and scene rows leave depth alone
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ PARAMS: tuple[Param, ...] = (
     Param("ear_size", "skull", 0.04, 0.06),
     Param("neck_r", "skull", 0.095, 0.12),
     Param("hair_volume", "skull", 0.0, 0.03),
+    Param("hairline", "skull", 0.1, 0.17),
     Param("nose_z", "face", 0.385, 0.415),
     Param("nose_y", "face", -0.065, -0.035),
     Param("nose_w", "face", 0.015, 0.025),
@@ -53,7 +55,6 @@ PARAMS: tuple[Param, ...] = (
     Param("iris_green", "colour", 0.0, 1.0),
     Param("lip_red", "colour", 0.0, 1.0),
     Param("brow_dark", "colour", 0.0, 1.0),
-    Param("hairline", "colour", 0.1, 0.17),
     Param("light_azimuth", "scene", -0.9, 0.9),
     Param("light_elevation", "scene", -0.1, 0.8),
     Param("ambient", "scene", 0.25, 0.5),

@@ -169,9 +169,9 @@ def ray_starts(
         start = torch.full((n * resolution * resolution,), t_near, dtype=origins.dtype, device=origins.device)
         return origins.reshape(-1, 3), directions.reshape(-1, 3), start
     coarse = resolution // block
-    cone_origins, cone_directions = camera_rays(camera, coarse)
     fine = directions.reshape(n, coarse, block, coarse, block, 3)
-    axis = cone_directions.reshape(n, coarse, 1, coarse, 1, 3)
+    axis = torch.nn.functional.normalize(fine.mean(dim=(2, 4), keepdim=True), dim=-1)
+    cone_origins, cone_directions = origins[:, :: block * block], axis.reshape(n, -1, 3)
     cosine = (fine * axis).sum(-1).amin(dim=(1, 2, 3, 4)).clamp(max=1.0)
     spread = 1.05 * (1 - cosine.square()).sqrt() / cosine
     samples = torch.arange(n, device=origins.device).repeat_interleave(coarse * coarse)
