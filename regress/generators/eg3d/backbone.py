@@ -33,13 +33,13 @@ class SynthesisNetwork(nn.Module):
             self.num_ws += block.num_ws - 1
         self.num_ws += 1
 
-    def forward(self, ws: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
+    def forward(self, ws: torch.Tensor, noise_mode: str = "const", dtype: torch.dtype = torch.float32) -> torch.Tensor:
         assert ws.shape[1:] == (self.num_ws, self.w_dim), f"expected ws (N, {self.num_ws}, {self.w_dim}), got {tuple(ws.shape)}"
         x = img = None
         start = 0
         for r in self.resolutions:
             block = getattr(self, f"b{r}")
-            x, img = block(x, img, ws[:, start : start + block.num_ws], noise_mode)
+            x, img = block(x, img, ws[:, start : start + block.num_ws], noise_mode, dtype)
             start += block.num_ws - 1
         return img
 
@@ -65,6 +65,7 @@ class TriplaneBackbone(nn.Module):
         self.synthesis = SynthesisNetwork(w_dim, resolution, 3 * triplane_channels, channel_base, channel_max, conv_clamp)
         self.mapping = MappingNetwork(z_dim, c_dim, w_dim, self.synthesis.num_ws, mapping_layers, mapping_lr_multiplier)
 
-    def planes(self, ws: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
-        img = self.synthesis(ws, noise_mode)
+    def planes(self, ws: torch.Tensor, noise_mode: str = "const", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Float32 tri-planes; the convolutions run in `dtype`."""
+        img = self.synthesis(ws, noise_mode, dtype)
         return img.reshape(len(img), 3, self.triplane_channels, *img.shape[-2:])

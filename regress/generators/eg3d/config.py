@@ -11,12 +11,19 @@ from dataclasses import dataclass
 from typing import Any
 
 NOISE_MODES = ("const", "random", "none")
+PRECISIONS = ("float32", "bfloat16", "float16")
 SUPPORTED_SUPERRESOLUTION = "training.superresolution.SuperresolutionHybrid8XDC"
 
 
 @dataclass(frozen=True)
 class EG3DConfig:
-    """Every number the network and renderer need (backbone width at resolution r: min(channel_base // r, channel_max))."""
+    """Every number the network and renderer need (backbone width at resolution r: min(channel_base // r, channel_max)).
+
+    `precision` float32 is the reference; bfloat16 runs convolutions and the decoder in bfloat16;
+    float16 runs super-resolution and the decoder in float16 (as upstream; its clamp keeps it in
+    range) and the backbone, which has no clamp, in bfloat16. `compile` wraps synthesis in
+    `torch.compile` (fixed shapes; the first call per batch size compiles).
+    """
 
     z_dim: int = 512
     w_dim: int = 512
@@ -47,8 +54,12 @@ class EG3DConfig:
     sr_conv_clamp: float | None = 256.0
     sr_antialias: bool = True
     sr_noise_mode: str = "none"
+    precision: str = "float32"
+    compile: bool = False
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         for name in ("noise_mode", "sr_noise_mode"):
             if getattr(self, name) not in NOISE_MODES:
                 raise ValueError(f"{name} must be one of {NOISE_MODES}, got {getattr(self, name)!r}")

@@ -15,7 +15,7 @@ import torch
 
 from regress.camera import camera_rays
 from regress.generators import register
-from regress.generators.base import Generator, seeded_uniform
+from regress.generators.base import RENDER_STREAM, Generator
 from regress.generators.eg3d.backbone import TriplaneBackbone
 from regress.generators.eg3d.checkpoint import (
     WEIGHTS_FILE,
@@ -26,11 +26,13 @@ from regress.generators.eg3d.checkpoint import (
     save_converted,
 )
 from regress.generators.eg3d.config import EG3DConfig
+from regress.generators.eg3d.jitter import keyed_uniform, seed_keys
 from regress.generators.eg3d.renderer import ImportanceRenderer, OSGDecoder, sample_triplanes
 from regress.generators.eg3d.superresolution import SuperResolution
 
 RANDOM_INIT = "random-init"
 DENSITY_CHUNK = 1 << 20  # points per tri-plane query in `density`
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @register("eg3d")
@@ -39,7 +41,7 @@ class EG3DGenerator(Generator):
 
     `depth_resolution` is the neural rendering resolution R of depth and mask; the per-ray
     sample counts are `config.depth_resolution` (+ `config.depth_resolution_importance`).
-    Keyword arguments override fields of `EG3DConfig` (channel_base, noise_mode, ...).
+    Keyword arguments override fields of `EG3DConfig` (channel_base, noise_mode, precision, compile, ...).
     """
 
     surface_level = 10.0
@@ -85,6 +87,9 @@ class EG3DGenerator(Generator):
         self.depth_resolution = config.neural_rendering_resolution
         self.ray_start, self.ray_end, self.box_size = config.ray_start, config.ray_end, config.box_warp
         self.checksum = RANDOM_INIT
+        self.dtype = DTYPES[config.precision]  # super-resolution and decoder
+        self.backbone_dtype = torch.float32 if config.precision == "float32" else torch.bfloat16
+        self._compiled_synthesis = None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **overrides: Any) -> "EG3DGenerator":
@@ -117,37 +122,63 @@ class EG3DGenerator(Generator):
         return self.backbone.mapping(z, c * self.config.c_scale, psi=psi, cutoff=cutoff)
 
     def planes(self, w: torch.Tensor) -> torch.Tensor:
-        """Tri-plane features (N, 3, C, 256, 256) for latents (N, num_ws, w_dim); compute once, query often."""
-        return self.backbone.planes(w, self.config.noise_mode)
+        """Tri-plane features (N, 3, C, 256, 256) float32 for latents (N, num_ws, w_dim); compute once, query often.
+
+        On the GPU they are channels-last per plane, the layout the tri-plane lookup reads fastest.
+        """
+        planes = self.backbone.planes(w, self.config.noise_mode, self.backbone_dtype)
+        if planes.device.type == "cuda":
+            n, _, c, h, r = planes.shape
+            planes = planes.reshape(n * 3, c, h, r).contiguous(memory_format=torch.channels_last).reshape(n, 3, c, h, r)
+        return planes
 
     def field(self, planes: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw density (N, P, 1) and features (N, P, C) at world points (N, P, 3)."""
-        return self.decoder(sample_triplanes(planes, points, self.config.box_warp))
+        sigma, features = self._field(planes, points)
+        return sigma[..., None], features.transpose(1, 2)
 
     def density_from_planes(self, planes: torch.Tensor, points: torch.Tensor, chunk: int = DENSITY_CHUNK) -> torch.Tensor:
         """Raw density (N, P, 1) at world points (N, P, 3), querying the given tri-planes `chunk` points at a time."""
-        return torch.cat([self.field(planes, part)[0] for part in points.split(chunk, dim=1)], dim=1)
+        return torch.cat([self._field(planes, part, with_features=False)[0] for part in points.split(chunk, dim=1)], dim=1)[..., None]
 
     def density(self, points: torch.Tensor, w: torch.Tensor, chunk: int = DENSITY_CHUNK) -> torch.Tensor:
         return self.density_from_planes(self.planes(w), points, chunk)
 
+    def _field(self, planes: torch.Tensor, points: torch.Tensor, with_features: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """sigma (N, P) float32 and features (N, C, P) in the decoder's dtype, channels first."""
+        return self.decoder(sample_triplanes(planes, points, self.config.box_warp).to(self.dtype), with_features)
+
     def synthesis(
         self, w: torch.Tensor, camera: torch.Tensor, noise_seeds: Sequence[int] | None = None
     ) -> dict[str, torch.Tensor]:
-        """Also returns `image_raw` (N, 3, R, R), the neural render before super-resolution."""
-        n, r = w.shape[0], self.depth_resolution
+        """Also returns `image_raw` (N, 3, R, R), the neural render before super-resolution.
+
+        The jitter of `noise_seeds` is a hash of (seed, sample index) made on w's device.
+        """
+        n = w.shape[0]
         assert camera.shape == (n, 25), f"expected cameras ({n}, 25), got {tuple(camera.shape)}"
-        planes = self.planes(w)
-        origins, directions = camera_rays(camera, r)
-        uniforms = None
+        keys = None
         if noise_seeds is not None:
             if len(noise_seeds) != n:
                 raise ValueError(f"{len(noise_seeds)} noise seeds for {n} latents")
-            uniforms = seeded_uniform(noise_seeds, (r * r, self.renderer.uniforms_per_ray)).to(w.device, w.dtype)
-        out = self.renderer(lambda points: self.field(planes, points), origins, directions, uniforms)
-        feature_image = out.features.transpose(1, 2).reshape(n, -1, r, r)
+            keys = seed_keys(noise_seeds, RENDER_STREAM).to(w.device)
+        if not self.config.compile:
+            return self._synthesis(w, camera, keys)
+        if self._compiled_synthesis is None:
+            self._compiled_synthesis = torch.compile(self._synthesis, dynamic=False)
+        return self._compiled_synthesis(w, camera, keys)
+
+    def _synthesis(self, w: torch.Tensor, camera: torch.Tensor, jitter_keys: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        n, r = w.shape[0], self.depth_resolution
+        planes = self.planes(w)
+        origins, directions = camera_rays(camera, r)
+        uniforms = None
+        if jitter_keys is not None:
+            uniforms = keyed_uniform(jitter_keys, r * r * self.renderer.uniforms_per_ray).reshape(n, r * r, -1)
+        out = self.renderer(lambda points: self._field(planes, points), origins, directions, uniforms)
+        feature_image = out.features.reshape(n, -1, r, r)
         image_raw = feature_image[:, :3]
-        image = self.superresolution(image_raw, feature_image, w, self.config.sr_noise_mode)
+        image = self.superresolution(image_raw, feature_image, w, self.config.sr_noise_mode, self.dtype)
         return {
             "image": image,
             "image_raw": image_raw,

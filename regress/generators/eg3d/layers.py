@@ -29,9 +29,9 @@ def fir_filter(taps: tuple[float, ...] = FIR_TAPS) -> torch.Tensor:
 def bias_act(
     x: torch.Tensor, bias: torch.Tensor | None, activation: str = "linear", gain: float = 1.0, clamp: float | None = None
 ) -> torch.Tensor:
-    """`clamp(act(x + b) * gain, -clamp, clamp)` with b broadcast over channels (dim 1)."""
+    """`clamp(act(x + b) * gain, -clamp, clamp)` with b broadcast over channels (dim 1), in x's dtype."""
     if bias is not None:
-        x = x + bias.reshape([1, -1] + [1] * (x.ndim - 2))
+        x = x + bias.to(x.dtype).reshape([1, -1] + [1] * (x.ndim - 2))
     if activation == "lrelu":
         x = F.leaky_relu(x, LRELU_SLOPE)
     elif activation != "linear":
@@ -93,6 +93,7 @@ class ModulatedConv(nn.Module):
     """Modulated 3x3 conv with demodulation, noise and lrelu (spec section 3); `up=2` doubles the resolution.
 
     Implemented by scaling activations: conv(x * s, W) * d equals conv(x, W * s * d) per sample.
+    Styles and demodulation are computed in float32; the convolution runs in x's dtype.
     """
 
     def __init__(
@@ -122,15 +123,16 @@ class ModulatedConv(nn.Module):
         styles = self.affine(w)
         # d[n, o] = 1 / sqrt(sum_i s[n, i]² sum_ab W[o, i, a, b]² + eps)
         dcoefs = (styles.square() @ self.weight.square().sum(dim=(2, 3)).t() + DEMODULATION_EPS).rsqrt()
-        x = x * styles[:, :, None, None]
+        weight = self.weight.to(x.dtype)
+        x = x * styles.to(x.dtype)[:, :, None, None]
         if self.up == 1:
-            x = F.conv2d(x, self.weight, padding=self.weight.shape[-1] // 2)
+            x = F.conv2d(x, weight, padding=weight.shape[-1] // 2)
         else:
-            x = F.conv_transpose2d(x, self.weight.transpose(0, 1), stride=2)
+            x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
             x = upfirdn2d(x, self.resample_filter, pad=(1, 1, 1, 1), gain=4)
-        x = x * dcoefs[:, :, None, None]
+        x = x * dcoefs.to(x.dtype)[:, :, None, None]
         if noise_mode == "const":
-            x = x + self.noise_const * self.noise_strength
+            x = x + (self.noise_const * self.noise_strength).to(x.dtype)
         elif noise_mode == "random":
             x = x + torch.randn(n, 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype) * self.noise_strength
         elif noise_mode != "none":
@@ -156,14 +158,15 @@ class ToRGB(nn.Module):
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         assert x.shape[1] == self.weight.shape[1], f"expected {self.weight.shape[1]} channels, got {tuple(x.shape)}"
         styles = self.affine(w) * self.weight_gain
-        x = F.conv2d(x * styles[:, :, None, None], self.weight)
+        x = F.conv2d(x * styles.to(x.dtype)[:, :, None, None], self.weight.to(x.dtype))
         return bias_act(x, self.bias, clamp=self.conv_clamp)
 
 
 class SynthesisBlock(nn.Module):
     """StyleGAN2 "skip" block at `resolution`: [const | conv0 (up 2)], conv1, torgb; img = upsample(img) + torgb(x).
 
-    `in_channels == 0` makes the 4x4 block that starts from the learned `const`.
+    `in_channels == 0` makes the 4x4 block that starts from the learned `const`. Features run in
+    `dtype` (channels-last below float32, for the tensor cores); the skip image stays float32.
     """
 
     def __init__(
@@ -187,15 +190,21 @@ class SynthesisBlock(nn.Module):
         self.num_ws = 2 if in_channels == 0 else 3
 
     def forward(
-        self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor, noise_mode: str = "const"
+        self,
+        x: torch.Tensor | None,
+        img: torch.Tensor | None,
+        ws: torch.Tensor,
+        noise_mode: str = "const",
+        dtype: torch.dtype = torch.float32,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         assert ws.shape[1] == self.num_ws, f"block {self.resolution} reads {self.num_ws} ws, got {tuple(ws.shape)}"
+        memory_format = torch.contiguous_format if dtype == torch.float32 else torch.channels_last
         if self.in_channels == 0:
-            x = self.const.unsqueeze(0).expand(ws.shape[0], -1, -1, -1)
+            x = self.const.unsqueeze(0).expand(ws.shape[0], -1, -1, -1).to(dtype=dtype, memory_format=memory_format)
             x = self.conv1(x, ws[:, 0], noise_mode)
         else:
-            x = self.conv0(x, ws[:, 0], noise_mode)
+            x = self.conv0(x.to(dtype=dtype, memory_format=memory_format), ws[:, 0], noise_mode)
             x = self.conv1(x, ws[:, 1], noise_mode)
-        y = self.torgb(x, ws[:, -1])
+        y = self.torgb(x, ws[:, -1]).to(dtype=torch.float32, memory_format=torch.contiguous_format)
         img = y if img is None else upsample2d(img, self.resample_filter) + y
         return x, img

@@ -22,11 +22,14 @@ TRANSMITTANCE_EPS = 1e-10
 SMOOTHING_BIAS = 0.01
 PDF_EPS = 1e-5
 
-Field = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # points (N, P, 3) -> sigma (N, P, 1), features (N, P, C)
+Field = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # points (N, P, 3) -> sigma (N, P), features (N, C, P)
 
 
 def sample_triplanes(planes: torch.Tensor, points: torch.Tensor, box_warp: float) -> torch.Tensor:
-    """Mean of bilinear samples of planes XY, XZ and ZX at world points: (N, 3, C, H, W), (N, P, 3) -> (N, P, C)."""
+    """Mean of bilinear samples of planes XY, XZ and ZX at world points, one grid_sample for all three: (N, 3, C, H, W), (N, P, 3) -> (N, C, P).
+
+    Channels-last planes make each corner's C channels one contiguous read.
+    """
     n, num_planes, c, h, w = planes.shape
     assert num_planes == 3 and points.shape[0] == n and points.shape[-1] == 3, f"bad planes {tuple(planes.shape)} / points {tuple(points.shape)}"
     q = points * (2 / box_warp)
@@ -35,11 +38,14 @@ def sample_triplanes(planes: torch.Tensor, points: torch.Tensor, box_warp: float
     sampled = F.grid_sample(
         planes.reshape(n * 3, c, h, w), grid.reshape(n * 3, 1, -1, 2), mode="bilinear", padding_mode="zeros", align_corners=False
     )
-    return sampled.reshape(n, 3, c, -1).mean(dim=1).transpose(1, 2)
+    return sampled.reshape(n, 3, c, -1).mean(dim=1)
 
 
 class OSGDecoder(nn.Module):
-    """Tri-plane features -> raw density and features: FC, softplus, FC; features squashed by a padded sigmoid."""
+    """Tri-plane features -> raw density and features: FC, softplus, FC; features squashed by a padded sigmoid.
+
+    Works channels-first on (N, C, P), as the plane samples come, and in the features' dtype.
+    """
 
     def __init__(self, in_features: int = 32, hidden: int = 64, out_features: int = 32, lr_multiplier: float = 1.0):
         super().__init__()
@@ -49,11 +55,22 @@ class OSGDecoder(nn.Module):
             FullyConnected(hidden, 1 + out_features, lr_multiplier=lr_multiplier),
         )
 
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n, p, c = features.shape
-        out = self.net(features.reshape(n * p, c)).reshape(n, p, -1)
-        sigma = out[..., :1]
-        return sigma, torch.sigmoid(out[..., 1:]) * (1 + 2 * FEATURE_PAD) - FEATURE_PAD
+    def forward(self, features: torch.Tensor, with_features: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(N, C, P) -> sigma (N, P) float32 and features (N, C_out, P) (None without `with_features`)."""
+        first, last = self.net[0], self.net[2]
+        hidden = F.softplus(_linear_channels_first(features, first.weight * first.weight_gain, first.bias * first.bias_gain))
+        # all output rows even for sigma alone: the same product, so density equals the field's sigma exactly
+        out = _linear_channels_first(hidden, last.weight * last.weight_gain, last.bias * last.bias_gain)
+        sigma = out[:, 0].float()
+        if not with_features:
+            return sigma, None
+        return sigma, torch.sigmoid(out[:, 1:]) * (1 + 2 * FEATURE_PAD) - FEATURE_PAD
+
+
+def _linear_channels_first(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """W x + b over the channels of x (N, I, P) -> (N, O, P), in x's dtype."""
+    weight, bias = weight.to(x.dtype), bias.to(x.dtype)
+    return torch.baddbmm(bias[:, None], weight.expand(len(x), -1, -1), x)
 
 
 def stratified_depths(
@@ -91,35 +108,54 @@ def importance_depths(depths: torch.Tensor, weights: torch.Tensor, u: torch.Tens
 
 @dataclass
 class RenderOutput:
-    """Per-ray results: composited features (N, M, C) in [-1, 1], depth and opacity (N, M), march weights (N, M, S-1)."""
+    """Per-ray results: composited features (N, C, M) in [-1, 1], depth and opacity (N, M) float32."""
 
     features: torch.Tensor
     depth: torch.Tensor
     opacity: torch.Tensor
-    weights: torch.Tensor
+
+
+def march_weights(depths: torch.Tensor, sigma: torch.Tensor, density_bias: float = -1.0) -> torch.Tensor:
+    """Alpha-compositing weights (N, M, S-1) of the midpoint intervals of sorted depths and raw sigma (N, M, S)."""
+    deltas = depths[..., 1:] - depths[..., :-1]
+    sigma_mid = (sigma[..., :-1] + sigma[..., 1:]) / 2
+    alpha = 1 - torch.exp(-F.softplus(sigma_mid + density_bias) * deltas)
+    transmittance = torch.cumprod(torch.cat([torch.ones_like(alpha[..., :1]), 1 - alpha + TRANSMITTANCE_EPS], dim=-1), dim=-1)
+    return alpha * transmittance[..., :-1]
 
 
 def march(
-    depths: torch.Tensor, sigma: torch.Tensor, features: torch.Tensor, density_bias: float = -1.0, white_back: bool = False
+    depths: torch.Tensor,
+    sigma: torch.Tensor,
+    features: list[torch.Tensor],
+    order: torch.Tensor,
+    density_bias: float = -1.0,
+    white_back: bool = False,
 ) -> RenderOutput:
-    """Midpoint alpha compositing of sorted samples: depths, raw sigma (N, M, S), features (N, M, S, C)."""
-    deltas = depths[..., 1:] - depths[..., :-1]
-    features_mid = (features[..., :-1, :] + features[..., 1:, :]) / 2
-    sigma_mid = (sigma[..., :-1] + sigma[..., 1:]) / 2
-    depths_mid = (depths[..., :-1] + depths[..., 1:]) / 2
-    alpha = 1 - torch.exp(-F.softplus(sigma_mid + density_bias) * deltas)
-    transmittance = torch.cumprod(torch.cat([torch.ones_like(alpha[..., :1]), 1 - alpha + TRANSMITTANCE_EPS], dim=-1), dim=-1)
-    weights = alpha * transmittance[..., :-1]
+    """Midpoint alpha compositing of samples sorted by depth: depths, raw sigma (N, M, S) in sorted order;
+    features as unsorted parts (N, C, M, S_i) that concatenate to the samples that `order` (N, M, S) sorts.
+
+    sum_k w_k (c_k + c_k+1) / 2 = sum_j c_j (w_j-1 + w_j) / 2, so each sample's feature weight is
+    scattered back to its unsorted place and the features are never gathered.
+    """
+    weights = march_weights(depths, sigma, density_bias)
     opacity = weights.sum(dim=-1)
-    composite = (weights[..., None] * features_mid).sum(dim=-2)
+    depths_mid = (depths[..., :-1] + depths[..., 1:]) / 2
     depth = (weights * depths_mid).sum(dim=-1) / opacity
     # clamp per sample; with shared stratified depths this equals upstream's batch-wide clamp
     lo = depths.flatten(1).amin(dim=1).reshape(-1, 1)
     hi = depths.flatten(1).amax(dim=1).reshape(-1, 1)
     depth = torch.nan_to_num(depth, nan=float("inf")).clamp(lo, hi)
+    sample_weights = (F.pad(weights, (1, 0)) + F.pad(weights, (0, 1))) / 2
+    sample_weights = torch.empty_like(sample_weights).scatter_(-1, order, sample_weights)
+    composite, start = 0, 0
+    for part in features:
+        size = part.shape[-1]
+        composite = composite + (part * sample_weights[:, None, :, start : start + size]).sum(dim=-1)
+        start += size
     if white_back:
-        composite = composite + 1 - opacity[..., None]
-    return RenderOutput(features=composite * 2 - 1, depth=depth, opacity=opacity, weights=weights)
+        composite = composite + 1 - opacity[:, None]
+    return RenderOutput(features=composite * 2 - 1, depth=depth, opacity=opacity)
 
 
 class ImportanceRenderer:
@@ -154,22 +190,20 @@ class ImportanceRenderer:
         coarse = stratified_depths((n, m), d, self.ray_start, self.ray_end, jitter, origins.device)
         sigma_coarse, features_coarse = self._evaluate(field, origins, directions, coarse)
         with torch.no_grad():
-            weights = march(coarse, sigma_coarse, features_coarse, self.density_bias, self.white_back).weights
+            weights = march_weights(coarse, sigma_coarse, self.density_bias)
             u = torch.linspace(0, 1, k, device=origins.device).expand(n, m, k) if uniforms is None else uniforms[..., d:]
             fine = importance_depths(coarse, weights, u)
         sigma_fine, features_fine = self._evaluate(field, origins, directions, fine)
         depths, order = torch.sort(torch.cat([coarse, fine], dim=-1), dim=-1)
         sigma = torch.cat([sigma_coarse, sigma_fine], dim=-1).gather(-1, order)
-        features = torch.cat([features_coarse, features_fine], dim=-2)
-        features = features.gather(-2, order[..., None].expand(-1, -1, -1, features.shape[-1]))
-        return march(depths, sigma, features, self.density_bias, self.white_back)
+        return march(depths, sigma, [features_coarse, features_fine], order, self.density_bias, self.white_back)
 
     @staticmethod
     def _evaluate(
         field: Field, origins: torch.Tensor, directions: torch.Tensor, depths: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """sigma (N, M, S) and features (N, M, S, C) at origins + depths * directions."""
+        """sigma (N, M, S) and features (N, C, M, S) at origins + depths * directions."""
         n, m, s = depths.shape
         points = origins[..., None, :] + depths[..., None] * directions[..., None, :]
         sigma, features = field(points.reshape(n, m * s, 3))
-        return sigma.reshape(n, m, s), features.reshape(n, m, s, -1)
+        return sigma.reshape(n, m, s), features.reshape(n, -1, m, s)

@@ -13,6 +13,7 @@ class SuperResolution(nn.Module):
     """(raw RGB, feature image) at the neural rendering resolution + ws -> RGB at 4x `input_resolution`.
 
     Only the last w is read; inputs at another resolution are first resized to `input_resolution`.
+    The convolutions run in `dtype` (upstream uses float16 here: the clamp of 256 keeps it in range).
     """
 
     def __init__(
@@ -30,13 +31,15 @@ class SuperResolution(nn.Module):
         self.block0 = SynthesisBlock(in_channels, channels[0], w_dim, 2 * input_resolution, img_channels, conv_clamp)
         self.block1 = SynthesisBlock(channels[0], channels[1], w_dim, 4 * input_resolution, img_channels, conv_clamp)
 
-    def forward(self, rgb: torch.Tensor, x: torch.Tensor, ws: torch.Tensor, noise_mode: str = "none") -> torch.Tensor:
+    def forward(
+        self, rgb: torch.Tensor, x: torch.Tensor, ws: torch.Tensor, noise_mode: str = "none", dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
         assert rgb.shape[-2:] == x.shape[-2:], f"rgb {tuple(rgb.shape)} and features {tuple(x.shape)} differ in size"
         ws = ws[:, -1:].expand(-1, self.block0.num_ws, -1)
         if x.shape[-1] != self.input_resolution:
             size = (self.input_resolution, self.input_resolution)
             rgb = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False, antialias=self.antialias)
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=self.antialias)
-        x, rgb = self.block0(x, rgb, ws, noise_mode)
-        _, rgb = self.block1(x, rgb, ws, noise_mode)
+        x, rgb = self.block0(x, rgb.float(), ws, noise_mode, dtype)
+        _, rgb = self.block1(x, rgb, ws, noise_mode, dtype)
         return rgb
