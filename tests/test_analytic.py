@@ -124,13 +124,13 @@ def test_synthesis_is_differentiable_and_inversion_recovers_an_image(generator):
     assert torch.isfinite(w.grad).all() and (w.grad.abs().sum(dim=-1) > 0).all()
     optimizer = torch.optim.Adam([w], lr=0.03)
     losses = []
-    for _ in range(40):
+    for _ in range(20):
         loss = (generator.synthesis(w, camera)["image"] - target).square().mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.1 * losses[0]
+    assert losses[-1] < 0.12 * losses[0]
 
 
 def test_rows_control_separate_parts_like_w_plus(generator):
@@ -185,3 +185,18 @@ def test_identity_names_the_backend_and_hashes_the_config():
     assert a.identity()["checksum"] == AnalyticGenerator().identity()["checksum"]
     assert a.identity()["checksum"] != b.identity()["checksum"]
     assert not torch.equal(a.mean_latent(), b.mean_latent())
+
+
+@pytest.mark.gpu
+def test_cuda_renders_what_the_cpu_renders(generator):
+    cuda = create_generator("analytic", image_resolution=SIZE, depth_resolution=SIZE, render_resolution=SIZE).cuda()
+    views = ViewMixture.load("published")
+    on_cpu, on_gpu = generator.sample(range(8), views), cuda.sample(range(8), views)
+    torch.testing.assert_close(on_gpu["w"].cpu(), on_cpu["w"], atol=1e-6, rtol=0)
+    inside = (on_cpu["mask"] > 0.99) & (on_gpu["mask"].cpu() > 0.99)
+    assert inside.float().mean() > 0.2
+    assert (on_gpu["depth"].cpu() - on_cpu["depth"])[inside].abs().median() < 1e-4
+    assert (on_gpu["mask"].cpu() - on_cpu["mask"]).abs().mean() < 1e-3
+    assert (on_gpu["image"].cpu().float() - on_cpu["image"].float()).abs().mean() < 0.5
+    marks = cuda.landmarks_3d(on_gpu["w"])
+    torch.testing.assert_close(marks.cpu(), generator.landmarks_3d(on_cpu["w"]), atol=1e-4, rtol=0)

@@ -66,8 +66,8 @@ def landmarks_3d(p: Params, settings: TraceSettings = TraceSettings(steps=64)) -
     """World positions (N, 68, 3) of the iBUG landmarks on heads of parameters p (name -> (N,)), differentiable."""
     xy = _jaw(p) + _brows(p) + _nose(p) + _eyes(p) + _mouth(p)
     like = p["eye_y"]
-    x = torch.stack([torch.as_tensor(px, dtype=like.dtype).expand_as(like) for px, _ in xy], dim=1)
-    y = torch.stack([torch.as_tensor(py, dtype=like.dtype).expand_as(like) for _, py in xy], dim=1)
+    x = torch.stack([torch.as_tensor(px, dtype=like.dtype, device=like.device).expand_as(like) for px, _ in xy], dim=1)
+    y = torch.stack([torch.as_tensor(py, dtype=like.dtype, device=like.device).expand_as(like) for _, py in xy], dim=1)
     origins = torch.stack([x, y, torch.full_like(x, TRACE_FROM_Z)], dim=-1).reshape(-1, 3)
     directions = torch.zeros_like(origins)
     directions[:, 2] = -1.0
