@@ -133,11 +133,14 @@ class PairDataModule(L.LightningDataModule):
         self.val_set = PairDataset(self.root, val, self.image) if val else None
         self.all_set = everything
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, self.batch_size, shuffle=shuffle, num_workers=self.num_workers, collate_fn=collate_pairs)
+    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool = False) -> DataLoader:
+        return DataLoader(
+            dataset, self.batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=self.num_workers, collate_fn=collate_pairs
+        )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        """Shuffled; a last partial batch is dropped (batch norm cannot train on one sample) unless it is the only one."""
+        return self._loader(self.train_set, shuffle=True, drop_last=len(self.train_set) >= self.batch_size)
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []

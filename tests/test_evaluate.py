@@ -1,0 +1,176 @@
+"""`python -m regress.evaluate`: pairs from real photos end to end (bad files listed, resumable, shards), the
+pairs data module under `regress.fit --data pairs`, and the benchmark's report on Lightning checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("dlib")
+skimage_data = pytest.importorskip("skimage.data")
+
+from test_align import _huge_png  # noqa: E402
+
+from regress import evaluate, fit  # noqa: E402
+from regress.datamodules.pairs import PairDataModule, PairDataset  # noqa: E402
+from regress.inversion.pairs import RECORDS, record_key  # noqa: E402
+
+GENERATOR = '{"image_resolution": 32, "render_resolution": 16, "depth_resolution": 16}'
+GOOD = ("astronaut.png", "mirrored.jpg", "grey.png", "alpha.png")
+BAD = {
+    "no_face.png": "no face found",
+    "tiny.png": "too small",
+    "truncated.png": "truncated or corrupt",
+    "not_an_image.png": "not an image file",
+    "huge.png": "above the limit",
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Inversion runs on tiny tensors: a second intra-op thread only adds synchronization (10x slower on a busy box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """Four usable photos (colour, mirrored JPEG, grey, RGBA) and five that cannot be paired."""
+    folder = tmp_path_factory.mktemp("photos")
+    astronaut = skimage_data.astronaut()
+    Image.fromarray(astronaut).save(folder / "astronaut.png")
+    Image.fromarray(np.ascontiguousarray(astronaut[:, ::-1])).save(folder / "mirrored.jpg", quality=92)
+    Image.fromarray(astronaut).convert("L").save(folder / "grey.png")
+    Image.fromarray(np.dstack([astronaut, np.full(astronaut.shape[:2], 200, np.uint8)])).save(folder / "alpha.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(folder / "no_face.png")
+    Image.fromarray(astronaut).resize((40, 40)).save(folder / "tiny.png")
+    (folder / "truncated.png").write_bytes((folder / "astronaut.png").read_bytes()[:30000])
+    (folder / "not_an_image.png").write_text("not a picture\n")
+    _huge_png(folder / "huge.png", 40000, 40000)
+    return folder
+
+
+def _pairs(photos: Path, output: Path, *extra: str) -> dict:
+    return evaluate.main([
+        "pairs", "--config", "configs/evaluate/pairs-analytic.yaml", "--images", str(photos), "--output", str(output),
+        "--generator_options", GENERATOR, "--projection.steps", "8", "--projection.spread_samples", "200",
+        "--progress", "false", "--device", "cpu", *extra,
+    ])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pair_set(photos, tmp_path_factory) -> tuple[Path, dict]:
+    output = tmp_path_factory.mktemp("pairs") / "set"
+    return output, _pairs(photos, output)
+
+
+def test_pairs_from_photos_with_per_file_errors(pair_set, photos):
+    output, summary = pair_set
+    assert summary["built"] == len(GOOD) and summary["records"] == len(GOOD)
+    errors = {Path(e["source"]).name: e["error"] for e in json.loads((output / "errors.json").read_text())["errors"]}
+    assert set(errors) == set(BAD)
+    for name, message in BAD.items():
+        assert message in errors[name] and name in errors[name]
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["records"] == len(GOOD) and manifest["errors"] == len(BAD) and manifest["latent_shape"] == [14, 32]
+
+
+def test_astronaut_record_is_a_sample_beside_the_real_crop(pair_set, photos):
+    output, _ = pair_set
+    dataset = PairDataset(output)
+    sample = dataset[dataset.keys.index(record_key(photos / "astronaut.png"))]
+    assert sample["image"].shape == sample["inverted"].shape == sample["real"].shape == (3, 32, 32)
+    assert torch.equal(sample["image"], sample["real"]) and sample["image"].dtype == torch.uint8
+    assert sample["depth"].shape == sample["mask"].shape == (1, 16, 16) and sample["w"].shape == (14, 32)
+    assert sample["camera"].shape == (25,) and sample["landmarks"].shape == (68, 2)
+    meta = sample["meta"]
+    assert abs(meta["yaw_deg"]) < 15 and abs(meta["pitch_deg"]) < 20 and 2.2 < meta["radius"] < 3.2
+    quality = meta["quality"]
+    assert 5 < quality["psnr"] < 60 and -1 <= quality["ssim"] <= 1 and 0 < quality["identity_similarity"] <= 1
+    losses = json.loads((output / RECORDS / meta["key"] / "losses.json").read_text())["projection"]
+    assert len(losses) == 8 and losses[-1]["loss"] < losses[0]["loss"]
+    assert (sample["mask"] > 0.5).float().mean() > 0.1  # the inverted head covers the face
+
+
+def test_pairs_resume_and_shards(pair_set, photos, tmp_path):
+    output, _ = pair_set
+    copy = tmp_path / "copy"
+    shutil.copytree(output, copy)
+    (copy / RECORDS / "left-behind.partial").mkdir()  # a record a killed run never finished
+    summary = _pairs(photos, copy, "--shards", "true")
+    assert summary["built"] == 0 and summary["skipped"] == len(GOOD) and summary["records"] == len(GOOD)
+    assert set(Path(s).name for s in summary["errors"]) == set(BAD)
+    shards_only = tmp_path / "shards-only"
+    shards_only.mkdir()
+    for path in copy.glob("pairs-*.tar"):
+        shutil.copy(path, shards_only)
+    shutil.copy(copy / "manifest.json", shards_only)
+    from_folder, from_shards = PairDataset(copy), PairDataset(shards_only)
+    assert from_folder.keys == from_shards.keys
+    a, b = from_folder[0], from_shards[0]
+    for name in ("image", "real", "inverted", "depth", "mask", "w", "camera", "landmarks"):
+        assert torch.equal(a[name], b[name])
+
+
+def _fit(pairs: Path, model: str, root: Path, *extra: str) -> Path:
+    fit.main([
+        "--data", "pairs", "--data.root", str(pairs), "--data.batch_size", "2", "--data.image_size", "64",
+        "--data.val_fraction", "0.5", "--model", model, "--model.encoder", "test_resnet", *extra,
+        "--trainer.max_steps", "2", "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+        "--trainer.logger.save_dir", str(root), "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
+    ])  # fmt: skip
+    return next(root.rglob("last.ckpt"))
+
+
+def test_pair_data_module_gives_sample_batches(pair_set):
+    output, _ = pair_set
+    data = PairDataModule(output, batch_size=3, image_size=64, val_fraction=0.5)
+    data.setup("fit")
+    assert len(data.train_set) + len(data.val_set) == len(GOOD)
+    batch = data.on_after_batch_transfer(next(iter(data.test_dataloader())), 0)
+    assert batch["image"].shape == (3, 3, 64, 64) and batch["real"].shape == (3, 3, 32, 32)
+    assert batch["w"].shape == (3, 14, 32) and len(batch["meta"]) == 3
+    assert data.latent_shape == (14, 32) and data.mean_latent().shape == (14, 32)
+
+
+def test_benchmark_reports_on_lightning_checkpoints(pair_set, tmp_path):
+    output, _ = pair_set
+    depth = _fit(output, "depth", tmp_path / "depth", "--model.decoder_width", "8")
+    latent = _fit(output, "latent", tmp_path / "latent", "--model.hidden", "16")
+    report_dir = tmp_path / "report"
+    report = evaluate.main([
+        "benchmark", "--config", "configs/evaluate/benchmark.yaml", "--pairs", str(output), "--output", str(report_dir),
+        "--depth_checkpoint", str(depth), "--latent_checkpoint", str(latent), "--progress", "false", "--device", "cpu",
+    ])  # fmt: skip
+    for name in ("report.json", "report.md", "plots/histograms.png", "plots/examples.png"):
+        assert (report_dir / name).is_file() and (report_dir / name).stat().st_size > 100
+    saved = json.loads((report_dir / "report.json").read_text())
+    assert saved["pairs"] == len(GOOD) and len(saved["per_pair"]) == len(GOOD)
+    for key in ("depth_absrel", "depth_rmse", "depth_delta1", "depth_absrel_median_scaled"):
+        assert math.isfinite(saved["depth"][key]) and saved["depth"][key] >= 0
+    assert 0 <= saved["depth"]["depth_delta1"] <= 1
+    assert saved["depth"]["depth_absrel_median_scaled"] <= saved["depth"]["depth_absrel"] + 0.05
+    for key in ("latent_l1", "rerender_psnr", "rerender_ssim", "rerender_identity_similarity"):
+        assert math.isfinite(saved["latent"][key])
+    timing = saved["timing"]
+    assert timing["inversion_seconds_per_image"] > timing["latent_seconds_per_image"] > 0
+    markdown = (report_dir / "report.md").read_text()
+    assert "| depth_absrel |" in markdown and "| rerender_psnr |" in markdown and record_key(Path("x")).split("-")[0] == "x"
+    assert report["outputs"]["examples"].endswith("examples.png")
+    with Image.open(report_dir / "plots" / "examples.png") as grid:
+        assert grid.width > grid.height  # five columns of examples, four rows
+
+
+def test_benchmark_needs_a_checkpoint(pair_set, tmp_path):
+    output, _ = pair_set
+    with pytest.raises(SystemExit):
+        evaluate.main(["benchmark", "--pairs", str(output), "--output", str(tmp_path), "--depth_checkpoint", str(tmp_path / "none.ckpt")])
