@@ -68,6 +68,7 @@ def sdf(points: torch.Tensor, p: Params) -> torch.Tensor:
     rx, ry, rz = p["skull_rx"], p["skull_ry"], p["skull_rz"]
     d = ellipsoid(x, y, z, 0.0, 0.07, 0.1, rx, ry, rz)
     d = smooth_min(d, ellipsoid(x, y, z, 0.0, -0.06, 0.12, p["jaw_w"], p["face_len"], 0.2), 0.06)
+    d = smooth_min(d, ellipsoid(x, y, z, 0.0, -0.085, 0.23, 0.07, 0.085, 0.105), 0.04)  # the muzzle under the nose
     chin_y, chin_z = p["chin_y"], p["chin_z"]
     d = smooth_min(d, ellipsoid(x, y, z, 0.0, chin_y + 0.04, chin_z - 0.04, 0.045, 0.04, 0.04), 0.04)
     cheek = p["cheek_r"]
