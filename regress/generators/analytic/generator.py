@@ -1,10 +1,13 @@
 """The embedded default generator: a procedural head driven by a real latent, no weights needed.
 
-z -> w through a fixed, seeded tanh map (broadcast to num_ws rows, truncated like EG3D); the
-rows of w set the head's shape, colours, light and background (`params.py`); the head is a
-signed distance field (`head.py`) traced with EG3D's cameras (`render.py`). Images are shaded
-at `render_resolution` and resized bilinearly to `image_resolution`, as EG3D renders at 128
-and super-resolves; depth and mask are resampled to `depth_resolution` when it differs.
+z -> w through a fixed, seeded tanh map (broadcast to num_ws rows, truncated towards the mean
+like EG3D); row groups of w set the head's shape, colours, light and background (`params.py`);
+the head is a signed distance field (`head.py`) traced with EG3D's cameras (`render.py`).
+Outputs mean what EG3D's do: `depth` is the expected ray depth in world units (the part of a
+ray no surface covers counts at ray_end), `mask` the accumulated opacity. Everything is shaded
+at `render_resolution` (default: depth_resolution) and the image is resized bilinearly to
+`image_resolution`, much as EG3D renders at 128 and super-resolves to 512; depth and mask are
+area-averaged to `depth_resolution` when that is smaller.
 """
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ import torch.nn.functional as F
 from regress.camera import frontal_camera
 from regress.generators import register
 from regress.generators.analytic import head, landmarks
-from regress.generators.analytic.params import group_rows, read_params, readout_matrices
+from regress.generators.analytic.params import GROUPS, group_rows, read_params, readout_matrices
 from regress.generators.analytic.render import Surface, TraceSettings, lambert, ray_starts, render_layers
 from regress.generators.base import Generator
 
-VERSION = "analytic-v1"
+VERSION = "analytic-v1"  # bump when the head or renderer changes what a latent looks like
 MEAN_LATENT_SAMPLES = 4096
 DENSITY_MAX = 20.0  # density = DENSITY_MAX * sigmoid(-sdf / DENSITY_SCALE): surface at level 10,
 DENSITY_SCALE = 0.01  # the level EG3D meshes use
@@ -41,13 +44,15 @@ class AnalyticGenerator(Generator):
         w_dim: int = 32,
         image_resolution: int = 512,
         depth_resolution: int = 128,
-        render_resolution: int = 128,
+        render_resolution: int | None = None,
         seed: int = 0,
         readout_gain: float = 2.0,
-        march_steps: int = 28,
+        march_steps: int = 32,
     ) -> None:
         super().__init__()
-        for name, value in (("image_resolution", image_resolution), ("depth_resolution", depth_resolution), ("render_resolution", render_resolution)):
+        render_resolution = render_resolution or depth_resolution
+        sizes = dict(image_resolution=image_resolution, depth_resolution=depth_resolution, render_resolution=render_resolution)
+        for name, value in sizes.items():
             if value < 8:
                 raise ValueError(f"{name} must be at least 8 pixels, got {value}")
         self.config = dict(
@@ -73,12 +78,18 @@ class AnalyticGenerator(Generator):
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Path, **kwargs) -> "AnalyticGenerator":
-        raise ValueError(f"the analytic generator has no weights; drop the checkpoint {checkpoint} or choose --generator eg3d")
+        raise ValueError(
+            f"the analytic generator has no weights; drop the checkpoint {checkpoint} or choose --generator eg3d"
+        )
 
-    def mapping(self, z: torch.Tensor, camera_cond: torch.Tensor, psi: float = 1.0, cutoff: int | None = None) -> torch.Tensor:
+    def mapping(
+        self, z: torch.Tensor, camera_cond: torch.Tensor, psi: float = 1.0, cutoff: int | None = None
+    ) -> torch.Tensor:
         """w (N, num_ws, w_dim) = tanh(normalized z A + c C + b), in float64 so it is batch-size exact."""
-        if z.shape[1:] != (self.z_dim,) or camera_cond.shape[1:] != (25,):
-            raise ValueError(f"mapping needs z (N, {self.z_dim}) and camera_cond (N, 25), got {tuple(z.shape)} and {tuple(camera_cond.shape)}")
+        if z.shape[1:] != (self.z_dim,) or camera_cond.shape != (len(z), 25):
+            raise ValueError(
+                f"mapping needs z (N, {self.z_dim}) and camera_cond (N, 25), got {tuple(z.shape)} and {tuple(camera_cond.shape)}"
+            )
         z = z.double()
         z = z * (z.square().mean(dim=1, keepdim=True) + 1e-8).rsqrt()
         w = torch.tanh(z @ self.z_weight + camera_cond.double() @ self.c_weight + self.bias)
@@ -96,7 +107,7 @@ class AnalyticGenerator(Generator):
         """Semantic head parameters (name -> (N,)) of latents w (N, num_ws, w_dim)."""
         if w.shape[1:] != self.latent_shape:
             raise ValueError(f"w must have shape (N, {self.num_ws}, {self.w_dim}), got {tuple(w.shape)}")
-        readout = {g: getattr(self, f"readout_{g}") for g in ("skull", "face", "colour", "scene")}
+        readout = {group: getattr(self, f"readout_{group}") for group in GROUPS}
         return read_params(w.float(), self.w_avg, readout, self.readout_gain)
 
     def density(self, points: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -105,19 +116,29 @@ class AnalyticGenerator(Generator):
         return DENSITY_MAX * torch.sigmoid(-head.sdf(points, p) / DENSITY_SCALE).unsqueeze(-1)
 
     def landmarks_3d(self, w: torch.Tensor) -> torch.Tensor:
-        """World positions (N, 68, 3) of the 68 iBUG facial landmarks on the heads of w."""
+        """World positions (N, 68, 3) of the 68 iBUG facial landmarks on the heads of w (differentiable)."""
         return landmarks.landmarks_3d(self.params(w))
+
+    def landmark_template(self) -> torch.Tensor:
+        """The landmarks (68, 3) of the mean head: a 3D template for estimating cameras from 2D landmarks."""
+        with torch.no_grad():
+            return self.landmarks_3d(self.mean_latent()[None])[0]
 
     def synthesis(
         self, w: torch.Tensor, camera: torch.Tensor, noise_seeds: Sequence[int] | None = None
     ) -> dict[str, torch.Tensor]:
-        """Trace the heads of w from cameras (N, 25). The renderer has no sampling noise: `noise_seeds` are ignored."""
+        """Render the heads of w from cameras (N, 25); differentiable w.r.t. w.
+
+        The renderer has no sampling noise, so `noise_seeds` are accepted and ignored.
+        """
         if camera.shape != (w.shape[0], 25):
             raise ValueError(f"camera must have shape ({w.shape[0]}, 25) to match w, got {tuple(camera.shape)}")
         p = self.params(w)
         n, r = w.shape[0], self.render_resolution
         make_field = lambda samples: head.HeadField(p, samples)  # noqa: E731
-        origins, directions, start = ray_starts(make_field, camera.float(), r, self.ray_start, self.ray_end, self.trace)
+        origins, directions, start = ray_starts(
+            make_field, camera.float(), r, self.ray_start, self.ray_end, self.trace
+        )  # fmt: skip
         samples = torch.arange(n, device=w.device).repeat_interleave(r * r)
         background = self._background(p, r).reshape(-1, 3)
         layers = render_layers(
@@ -157,5 +178,7 @@ class AnalyticGenerator(Generator):
         return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
     def identity(self) -> dict:
+        """The backend name, a checksum of the version tag and config, and the config."""
         text = json.dumps({"version": VERSION, **self.config}, sort_keys=True)
-        return {"generator": "analytic", "checksum": f"{VERSION}-{hashlib.sha256(text.encode()).hexdigest()[:16]}", "config": dict(self.config)}
+        checksum = f"{VERSION}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+        return {"generator": "analytic", "checksum": checksum, "config": dict(self.config)}
