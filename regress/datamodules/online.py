@@ -86,8 +86,8 @@ class SeedSampler(DistributedSampler):
 class ViewDataset(Dataset):
     """Seed -> its view (drawn from the mixture by seed) as tensors: all a loader worker does."""
 
-    def __init__(self, views: ViewMixture, jitter: bool) -> None:
-        self.views, self.jitter = views, jitter
+    def __init__(self, views: ViewMixture, validation: bool) -> None:
+        self.views, self.validation = views, validation
         self.category_index = {c.name: k for k, c in enumerate(views.categories)}
 
     def __getitem__(self, seed: int) -> dict[str, torch.Tensor]:
@@ -100,7 +100,7 @@ class ViewDataset(Dataset):
             "fov_deg": torch.tensor(view.fov_deg, dtype=torch.float64),
             "radius": torch.tensor(view.radius, dtype=torch.float64),
             "pivot": torch.tensor(view.pivot, dtype=torch.float64),
-            "jitter": torch.tensor(self.jitter),
+            "validation": torch.tensor(self.validation),
         }
 
     def to_views(self, batch: dict[str, torch.Tensor]) -> list[View]:
@@ -133,6 +133,7 @@ class SynthOnlineDataModule(L.LightningDataModule):
         image_size: side of the images the model sees (resized on device from the generator's).
         psi, cutoff: truncation of w towards the mean latent.
         jitter: the renderer's training jitter for training batches (validation never jitters).
+        cache_val: keep rendered validation batches on the device (they are the same every epoch).
         seed: global seed of the training stream.
         num_workers: loader processes (they only draw views).
     """
@@ -151,6 +152,7 @@ class SynthOnlineDataModule(L.LightningDataModule):
         psi: float = 0.7,
         cutoff: int | None = None,
         jitter: bool = True,
+        cache_val: bool = True,
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
@@ -168,7 +170,9 @@ class SynthOnlineDataModule(L.LightningDataModule):
         self.epoch_length, self.batch_size, self.val_size = epoch_length, batch_size, val_size
         self.val_seed_start, self.image_size, self.seed = val_seed_start, image_size, seed
         self.psi, self.cutoff, self.jitter, self.num_workers = psi, cutoff, jitter, num_workers
-        self._dataset = ViewDataset(self.views, jitter=False)
+        self.cache_val = cache_val
+        self._dataset = ViewDataset(self.views, validation=True)
+        self._val_cache: dict[tuple[int, ...], Batch] = {}
         self._train_sampler: SeedSampler | None = None
         self._resume: dict[str, int] | None = None
 
@@ -206,7 +210,7 @@ class SynthOnlineDataModule(L.LightningDataModule):
             sampler.resume(**self._resume)
             self._resume = None
         self._train_sampler = sampler
-        return self._loader(ViewDataset(self.views, jitter=self.jitter), sampler)
+        return self._loader(ViewDataset(self.views, validation=False), sampler)
 
     def val_dataloader(self) -> DataLoader:
         seeds = self.val_seeds(*self._rank())
@@ -218,15 +222,20 @@ class SynthOnlineDataModule(L.LightningDataModule):
 
     def synthesize(self, batch: dict[str, torch.Tensor]) -> Batch:
         """Render a loader batch (seeds and views) into a Sample batch on the batch's device."""
-        device = batch["seed"].device
+        seeds, device = tuple(batch["seed"].tolist()), batch["seed"].device
+        validation = bool(batch["validation"].all())
+        cached = self._val_cache.get(seeds) if validation else None
+        if cached is not None and cached["image"].device == device:
+            return dict(cached)
         if self.generator.device != device:
             self.generator.to(device)
         with torch.no_grad():
             sample = self.generator.sample(
-                batch["seed"].tolist(), self._dataset.to_views(batch), psi=self.psi, cutoff=self.cutoff,
-                jitter=bool(batch["jitter"].all()),
-            )  # fmt: skip
+                seeds, self._dataset.to_views(batch), psi=self.psi, cutoff=self.cutoff, jitter=self.jitter and not validation
+            )
         sample["image"] = resize_images(sample["image"], self.image_size)
+        if validation and self.cache_val:
+            self._val_cache[seeds] = dict(sample)
         return sample
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Batch:

@@ -77,6 +77,7 @@ class Regressor(L.LightningModule, abc.ABC):
         n = batch["image"].shape[0]
         for name, value in parts.items():
             self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=n)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=n)
         return parts["loss"]
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:

@@ -74,7 +74,7 @@ class DepthRegressor(Regressor):
         depth_resolution: int = 128,
         decoder_width: int = 64,
         depth_offset: float = 2.5,
-        depth_scale: float = 0.25,
+        depth_scale: float = 0.1,
         l1_weight: float = 1.0,
         scale_invariant_weight: float = 0.0,
         gradient_weight: float = 0.0,

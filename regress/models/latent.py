@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from regress.generators import Generator
@@ -22,13 +23,18 @@ from regress.sample import Batch, image_to_uint8
 
 
 class LatentHead(nn.Module):
-    """Pooled features of every pyramid level -> MLP -> (num_ws, w_dim) offsets, last layer zero."""
+    """Every pyramid level, reduced to `reduce` channels and pooled to a grid x grid map -> MLP -> offsets.
 
-    def __init__(self, channels: list[int], latent_shape: tuple[int, int], hidden: int = 512) -> None:
+    The coarse grid keeps where things are (background, hair, face), which a global pool would
+    mix; the last layer starts at zero, so the first prediction is the mean latent.
+    """
+
+    def __init__(self, channels: list[int], latent_shape: tuple[int, int], hidden: int = 512, grid: int = 4, reduce: int = 32) -> None:
         super().__init__()
-        self.latent_shape = tuple(latent_shape)
+        self.latent_shape, self.grid = tuple(latent_shape), grid
+        self.reduce = nn.ModuleList(nn.Conv2d(c, reduce, 1) for c in channels)
         self.mlp = nn.Sequential(
-            nn.Linear(sum(channels), hidden),
+            nn.Linear(len(channels) * reduce * grid * grid, hidden),
             nn.SiLU(),
             nn.Linear(hidden, self.latent_shape[0] * self.latent_shape[1]),
         )
@@ -36,8 +42,8 @@ class LatentHead(nn.Module):
         nn.init.zeros_(self.mlp[-1].bias)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        pooled = torch.cat([f.mean(dim=(2, 3)) for f in features], dim=1)
-        return self.mlp(pooled).view(-1, *self.latent_shape)
+        pooled = [F.adaptive_avg_pool2d(reduce(f), self.grid).flatten(1) for reduce, f in zip(self.reduce, features)]
+        return self.mlp(torch.cat(pooled, dim=1)).view(-1, *self.latent_shape)
 
 
 class LatentRegressor(Regressor):

@@ -1,7 +1,8 @@
 """torchmetrics metrics for the regressors: depth errors on the face mask, latent errors.
 
 Both accumulate sums over batches (and ranks, under DDP) and compute dataset-level values, so
-the result does not depend on how the data was split into batches.
+the result does not depend on how the data was split into batches. States are replaced, not
+updated in place, so a metric reset under inference mode (trainer.validate) still trains after.
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ class DepthMetrics(Metric):
         on = mask > MASK_THRESHOLD
         pred, target = pred[on].double(), target[on].double().clamp_min(1e-6)
         ratio = torch.maximum(pred / target, target / pred.clamp_min(1e-6))
-        self.abs_rel += ((pred - target).abs() / target).sum()
-        self.squared += (pred - target).square().sum()
-        self.delta1 += (ratio < DELTA).sum()
-        self.pixels += on.sum()
+        self.abs_rel = self.abs_rel + ((pred - target).abs() / target).sum()
+        self.squared = self.squared + (pred - target).square().sum()
+        self.delta1 = self.delta1 + (ratio < DELTA).sum()
+        self.pixels = self.pixels + on.sum()
 
     def compute(self) -> dict[str, torch.Tensor]:
         pixels = self.pixels.clamp_min(1)
@@ -57,10 +58,10 @@ class LatentMetrics(Metric):
             self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, pred: torch.Tensor, target: torch.Tensor, mean_latent: torch.Tensor) -> None:
-        self.l1 += (pred - target).abs().flatten(1).mean(1).double().sum()
+        self.l1 = self.l1 + (pred - target).abs().flatten(1).mean(1).double().sum()
         cosine = F.cosine_similarity((pred - mean_latent).flatten(1), (target - mean_latent).flatten(1), dim=1, eps=1e-8)
-        self.cosine += cosine.double().sum()
-        self.samples += pred.shape[0]
+        self.cosine = self.cosine + cosine.double().sum()
+        self.samples = self.samples + pred.shape[0]
 
     def compute(self) -> dict[str, torch.Tensor]:
         samples = self.samples.clamp_min(1)

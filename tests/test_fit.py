@@ -1,0 +1,120 @@
+"""Training end to end: both regressors learn on analytic data; `python -m regress.fit` options and errors."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import lightning as L
+import pytest
+
+import regress.fit as fit
+from regress.datamodules import SynthOnlineDataModule
+from regress.models import DepthRegressor, LatentRegressor
+
+# A small analytic head (8-number latent, 16-pixel renders) so a few dozen steps show learning.
+LEARNING_GENERATOR = {"w_dim": 8, "z_dim": 16, "image_resolution": 32, "render_resolution": 16, "depth_resolution": 16}
+TINY = [
+    "--data.generator=analytic",
+    "--data.generator_kwargs={image_resolution: 32, render_resolution: 8, depth_resolution: 8}",
+    "--data.image_size=32", "--data.batch_size=2", "--data.epoch_length=4", "--data.val_size=2",
+    "--model.encoder=test_resnet",
+    "--trainer.max_steps=2", "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+]  # fmt: skip
+pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")  # pytest's own argv
+
+
+def learn(model: L.LightningModule, steps: int) -> tuple[dict, dict]:
+    """Validation metrics of the untrained model and after `steps` steps of batch 8."""
+    data = SynthOnlineDataModule(
+        generator="analytic", generator_kwargs=LEARNING_GENERATOR, epoch_length=8 * steps, batch_size=8, val_size=32, image_size=32
+    )  # fmt: skip
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    first = trainer.validate(model, data, verbose=False)[0]
+    trainer.fit(model, data)
+    return first, {k: v.item() for k, v in trainer.callback_metrics.items()}
+
+
+def test_depth_regressor_learns():
+    L.seed_everything(0)
+    first, last = learn(DepthRegressor(encoder="test_resnet", lr=3e-3), steps=24)
+    assert last["val/loss"] <= 0.7 * first["val/loss"], (first, last)
+    assert last["val/depth_absrel"] < 0.7 * first["val/depth_absrel"]
+
+
+def test_latent_regressor_learns():
+    L.seed_everything(0)
+    first, last = learn(LatentRegressor(encoder="test_resnet", lr=3e-3), steps=48)
+    assert last["val/loss"] <= 0.7 * first["val/loss"], (first, last)
+    assert first["val/latent_cosine"] == 0.0 and last["val/latent_cosine"] > 0.5  # starts at the mean latent
+
+
+def test_short_names_pick_config_files():
+    configs = fit.CONFIGS
+    args = fit.expand_arguments(["--data", "synth-online", "--trainer.max_steps=1"])
+    assert args == ["fit", "--model", str(configs / "model" / "depth.yaml"), "--data", str(configs / "data" / "synth-online.yaml"), "--trainer.max_steps=1"]
+    args = fit.expand_arguments(["validate", "--model=latent", "--data", "shards"])
+    assert args == ["validate", "--model", str(configs / "model" / "latent.yaml"), "--data", str(configs / "data" / "shards.yaml")]
+    assert fit.expand_arguments(["--model", "regress.models.DepthRegressor"])[-1] == "regress.models.DepthRegressor"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "nope"], "unknown --data 'nope'; choose one of pairs, shards, synth-online"),
+        (["--data", "synth-online", "--model", "resnet"], "unknown --model 'resnet'; choose one of depth, latent"),
+        (["--model"], "--model needs a value: one of depth, latent"),
+    ],
+)
+def test_unknown_names_are_usage_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_config_naming_a_missing_class_says_so(tmp_path, monkeypatch, capsys):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "later.yaml").write_text("class_path: regress.datamodules.later.LaterDataModule\n")
+    monkeypatch.setattr(fit, "CONFIGS", tmp_path)
+    with pytest.raises(SystemExit):
+        fit.main(["--data", "later", "--model", "regress.models.DepthRegressor"])
+    assert "--data later: its class regress.datamodules.later.LaterDataModule" in capsys.readouterr().err
+
+
+def csv_rows(log_dir: Path) -> list[dict]:
+    with open(log_dir / "metrics.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_cli_trains_with_a_logger_override_and_checkpoints(tmp_path):
+    cli = fit.main(["--data", "synth-online", "--model", "latent", *TINY, "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={tmp_path}"])
+    assert isinstance(cli.model, LatentRegressor) and isinstance(cli.datamodule, SynthOnlineDataModule)
+    assert cli.model.hparams.input_size == 32 and cli.model.hparams.latent_shape == (14, 32)
+    log_dir = Path(cli.trainer.logger.log_dir)
+    rows = csv_rows(log_dir)
+    assert any(row["train/loss"] for row in rows) and any(row["val/latent_cosine"] for row in rows)
+    assert (log_dir / "checkpoints" / "last.ckpt").is_file()
+    resumed = fit.main(["--data", "synth-online", "--model", "latent", *TINY, "--trainer.max_steps=4", "--trainer.logger=false", f"--ckpt_path={log_dir / 'checkpoints' / 'last.ckpt'}", f"--trainer.default_root_dir={tmp_path}"])
+    assert resumed.trainer.global_step == 4
+
+
+def test_default_logger_is_offline_wandb(tmp_path):
+    cli = fit.main(["--data", "synth-online", *TINY, "--trainer.max_steps=1", f"--trainer.logger.init_args.save_dir={tmp_path}"])
+    assert type(cli.trainer.logger).__name__ == "WandbLogger"
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+@pytest.mark.parametrize(
+    "args, error, message",
+    [
+        (["--data.image_size=100"], ValueError, "image size 100 does not fit encoder test_resnet"),
+        (["--ckpt_path=missing.ckpt"], FileNotFoundError, "checkpoint missing.ckpt does not exist"),
+        (["--data.checkpoint=missing.pkl"], (FileNotFoundError, ValueError), "generator checkpoint missing.pkl does not exist"),
+        (["--model.encoder_weights=missing.pth"], (FileNotFoundError, ValueError), "encoder weights missing.pth do not exist"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(args, error, message, tmp_path):
+    """Constructor errors of the model and data reach the user inside jsonargparse's report on that value."""
+    with pytest.raises(error, match=message):
+        fit.main(["--data", "synth-online", *TINY, "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}", *args])
