@@ -47,7 +47,7 @@ class AnalyticGenerator(Generator):
         render_resolution: int | None = None,
         seed: int = 0,
         readout_gain: float = 2.0,
-        march_steps: int = 32,
+        march_steps: int = 24,
     ) -> None:
         super().__init__()
         render_resolution = render_resolution or depth_resolution

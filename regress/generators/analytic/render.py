@@ -34,8 +34,8 @@ class Field(Protocol):
 class TraceSettings:
     """Sphere-tracing and soft-surface constants (world units)."""
 
-    steps: int = 32
-    cone_steps: int = 24
+    steps: int = 24
+    cone_steps: int = 16
     cone_block: int = 4  # one cone per block x block pixels finds where their rays may start
     relax: float = 0.95
     max_overstep: float = 4.0
