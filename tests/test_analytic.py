@@ -115,7 +115,8 @@ def test_density_is_high_inside_low_outside_and_crosses_the_surface_level(genera
 
 def test_synthesis_is_differentiable_and_inversion_recovers_an_image(generator):
     camera = make_cameras(0.3, -0.1)
-    target_w = generator.mapping(torch.randn(1, generator.z_dim, generator=torch.Generator().manual_seed(5)), frontal_camera())
+    z = torch.randn(1, generator.z_dim, generator=torch.Generator().manual_seed(5))
+    target_w = generator.mapping(z, frontal_camera())
     with torch.no_grad():
         target = generator.synthesis(target_w, camera)["image"]
     w = generator.mean_latent()[None].clone().requires_grad_(True)

@@ -24,7 +24,8 @@ from regress.camera import frontal_camera
 from regress.generators import register
 from regress.generators.analytic import head, landmarks
 from regress.generators.analytic.params import GROUPS, group_rows, read_params, readout_matrices
-from regress.generators.analytic.render import Surface, TraceSettings, lambert, ray_starts, render_layers
+from regress.generators.analytic.render import Surface, lambert, render_layers
+from regress.generators.analytic.trace import TraceSettings, ray_starts
 from regress.generators.base import Generator
 
 VERSION = "analytic-v1"  # bump when the head or renderer changes what a latent looks like
@@ -51,8 +52,8 @@ class AnalyticGenerator(Generator):
     ) -> None:
         super().__init__()
         render_resolution = render_resolution or depth_resolution
-        sizes = dict(image_resolution=image_resolution, depth_resolution=depth_resolution, render_resolution=render_resolution)
-        for name, value in sizes.items():
+        sizes = dict(image_resolution=image_resolution, depth_resolution=depth_resolution)
+        for name, value in dict(sizes, render_resolution=render_resolution).items():
             if value < 8:
                 raise ValueError(f"{name} must be at least 8 pixels, got {value}")
         self.config = dict(
@@ -88,7 +89,8 @@ class AnalyticGenerator(Generator):
         """w (N, num_ws, w_dim) = tanh(normalized z A + c C + b), in float64 so it is batch-size exact."""
         if z.shape[1:] != (self.z_dim,) or camera_cond.shape != (len(z), 25):
             raise ValueError(
-                f"mapping needs z (N, {self.z_dim}) and camera_cond (N, 25), got {tuple(z.shape)} and {tuple(camera_cond.shape)}"
+                f"mapping needs z (N, {self.z_dim}) and camera_cond (N, 25), "
+                f"got {tuple(z.shape)} and {tuple(camera_cond.shape)}"
             )
         z = z.double()
         z = z * (z.square().mean(dim=1, keepdim=True) + 1e-8).rsqrt()

@@ -12,7 +12,8 @@ import math
 import torch
 
 from regress.generators.analytic.head import HeadField, Params
-from regress.generators.analytic.render import TraceSettings, render_surface
+from regress.generators.analytic.render import render_surface
+from regress.generators.analytic.trace import TraceSettings
 
 EYE_HALF_WIDTH = 0.021
 EYE_HALF_HEIGHT = 0.008
