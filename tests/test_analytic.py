@@ -162,10 +162,12 @@ def test_landmarks_project_inside_the_frontal_face_in_ibug_order(generator):
     assert (pixels[:, 36, 0] < pixels[:, 45, 0]).all() and (pixels[:, 39, 0] < pixels[:, 42, 0]).all()
     eye_row, nose_row, mouth_row, chin_row = (pixels[:, i, 1] for i in (37, 30, 51, 8))
     assert (eye_row < nose_row).all() and (nose_row < mouth_row).all() and (mouth_row < chin_row).all()
-    distance = generator.sample([0, 1, 2], None, psi=1.0)
-    assert torch.equal(distance["w"], batch["w"])
     field = HeadField(generator.params(batch["w"]), torch.arange(3).repeat_interleave(68))
     assert field(marks.reshape(-1, 3)).abs().max() < 2e-3  # on the surface
+    template = generator.landmark_template()
+    assert template.shape == (68, 3)
+    for left, right in ((0, 16), (36, 45), (39, 42), (48, 54), (31, 35)):  # the mean head is mirror-symmetric
+        torch.testing.assert_close(template[left] * torch.tensor([-1.0, 1.0, 1.0]), template[right], atol=1e-4, rtol=0)
 
 
 def test_bad_configuration_and_inputs_are_explained():
