@@ -56,6 +56,8 @@ def test_depth_lies_in_the_ray_range_inside_the_mask_and_corners_are_background(
         assert mask[:, 0, row, col].max() < 1e-3
         assert depth[:, 0, row, col].min() == pytest.approx(generator.ray_end)
     assert mask.min() >= 0 and mask.max() <= 1
+    edge = (mask > 0.02) & (mask < 0.5)  # EG3D's depth is normalized by the ray's weight: edges keep the head's depth
+    assert edge.sum() > 100 and depth[edge].max() < 3.1
 
 
 def test_same_seed_gives_the_same_sample_whatever_the_batch(generator):

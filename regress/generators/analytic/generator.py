@@ -3,8 +3,8 @@
 z -> w through a fixed, seeded tanh map (broadcast to num_ws rows, truncated towards the mean
 like EG3D); row groups of w set the head's shape, colours, light and background (`params.py`);
 the head is a signed distance field (`head.py`) traced with EG3D's cameras (`render.py`).
-Outputs mean what EG3D's do: `depth` is the expected ray depth in world units (the part of a
-ray no surface covers counts at ray_end), `mask` the accumulated opacity. Everything is shaded
+Outputs mean what EG3D's do: `depth` is the expected ray depth in world units, normalized by
+the ray's total weight (ray_end where a ray meets nothing), `mask` the accumulated opacity. Everything is shaded
 at `render_resolution` (default: depth_resolution) and the image is resized bilinearly to
 `image_resolution`, much as EG3D renders at 128 and super-resolves to 512; depth and mask are
 area-averaged to `depth_resolution` when that is smaller.
@@ -147,7 +147,7 @@ class AnalyticGenerator(Generator):
             make_field(samples), origins, directions, start, background, self.ray_start, self.ray_end, self.trace,
             self._shade,
         )  # fmt: skip
-        image, depth, mask = layers.colour, layers.depth, layers.alpha
+        image, depth, mask = layers.colour, layers.expected_depth(self.ray_end), layers.alpha
         image = image.reshape(n, r, r, 3).permute(0, 3, 1, 2) * 2 - 1
         return {
             "image": self._resize(image, self.image_resolution),

@@ -72,11 +72,15 @@ Shader = Callable[[Surface], torch.Tensor]  # a surface's K rays -> colours (K, 
 
 @dataclass
 class Layers:
-    """Composited results for M rays: colour (M, 3), expected depth (M,), accumulated opacity (M,)."""
+    """Composited results for M rays: colour (M, 3), opacity-weighted depth sum (M,), accumulated opacity (M,)."""
 
     colour: torch.Tensor
-    depth: torch.Tensor
+    depth_sum: torch.Tensor
     alpha: torch.Tensor
+
+    def expected_depth(self, t_far: float, eps: float = 1e-6) -> torch.Tensor:
+        """EG3D's depth: sum of weights * depths / sum of weights, t_far where nothing is hit."""
+        return (self.depth_sum + eps * t_far) / (self.alpha + eps)
 
 
 def render_layers(
@@ -91,8 +95,7 @@ def render_layers(
     """  # fmt: skip
     surface = render_surface(field, origins, directions, start, t_near, t_far, settings)
     index, mask = surface.index, surface.mask
-    behind_colour, behind_depth = background[index], torch.full_like(mask, t_far)
-    behind_alpha = torch.zeros_like(mask)
+    behind_colour, behind_depth, behind_alpha = background[index], torch.zeros_like(mask), torch.zeros_like(mask)
     partial = ((mask.detach() < settings.opaque) & ~surface.trace.exited[index]).nonzero().squeeze(1)
     if layers > 1 and len(partial):
         rays = index[partial]
@@ -101,17 +104,17 @@ def render_layers(
             background[rays], t_near, t_far, settings, shade, layers - 1,
         )  # fmt: skip
         behind_colour = behind_colour.index_copy(0, partial, deeper.colour)
-        behind_depth = behind_depth.index_copy(0, partial, deeper.depth)
+        behind_depth = behind_depth.index_copy(0, partial, deeper.depth_sum)
         behind_alpha = behind_alpha.index_copy(0, partial, deeper.alpha)
     cover = mask.unsqueeze(-1)
     colour = cover * shade(surface) + (1 - cover) * behind_colour
     depth = mask * surface.depth + (1 - mask) * behind_depth
     alpha = mask + (1 - mask) * behind_alpha
-    far = torch.full_like(start, t_far)
+    nothing = torch.zeros_like(start)
     return Layers(
         colour=background.index_copy(0, index, colour),
-        depth=far.index_copy(0, index, depth),
-        alpha=torch.zeros_like(far).index_copy(0, index, alpha),
+        depth_sum=nothing.index_copy(0, index, depth),
+        alpha=nothing.index_copy(0, index, alpha),
     )
 
 
