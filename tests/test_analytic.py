@@ -91,7 +91,8 @@ def test_truncation_zero_gives_the_mean_latent_and_cutoff_keeps_late_rows(genera
 
 
 def test_frontal_centre_depth_is_the_distance_to_the_nose_bridge(generator):
-    """For the mean head the centre ray meets the upper nose at z = 0.363: depth 2.337 = 2.7 - 0.363."""
+    """Mean head: nose tip at z = 0.400, so its depth is 2.7 - 0.400 = 2.300, the nearest point of the
+    frontal view; the centre ray (through the pivot) meets the upper nose at depth ~2.335."""
     w = generator.mean_latent()[None]
     depth = generator.synthesis(w, frontal_camera())["depth"][0, 0]
     centre = depth[SIZE // 2 - 1 : SIZE // 2 + 1, SIZE // 2 - 1 : SIZE // 2 + 1].mean()
@@ -102,7 +103,9 @@ def test_frontal_centre_depth_is_the_distance_to_the_nose_bridge(generator):
     nose_tip = generator.params(w)["nose_z"][0]
     assert centre.item() == pytest.approx(2.7 - surface_z.item(), abs=3e-3)
     assert 2.7 - nose_tip < centre < 2.7 - nose_tip + 0.08
-    assert centre.item() == pytest.approx(2.337, abs=0.01)
+    assert centre.item() == pytest.approx(2.335, abs=0.01)
+    assert nose_tip.item() == pytest.approx(0.4, abs=1e-3)
+    assert depth.min().item() == pytest.approx(2.7 - nose_tip.item(), abs=4e-3)
 
 
 def test_density_is_high_inside_low_outside_and_crosses_the_surface_level(generator):
