@@ -46,10 +46,10 @@ def render_surface(
     origins, directions, t_c = origins[index], directions[index], trace.depth[index]
     traced = origins + t_c.unsqueeze(-1) * directions
     offsets = torch.tensor(TETRAHEDRON, dtype=traced.dtype, device=traced.device)
-    around = [field(traced + settings.normal_step * k) for k in offsets]
-    f_c = sum(around) / 4  # the tetrahedron's mean is f at its centre up to O(normal_step^2)
-    gradient = sum(k * f.unsqueeze(-1) for k, f in zip(offsets, around))
-    normals = torch.nn.functional.normalize(gradient, dim=-1)
+    a, b, c, d = (field(traced + settings.normal_step * k) for k in offsets)
+    f_c = (a + b + c + d) / 4  # the tetrahedron's mean is f at its centre up to O(normal_step^2)
+    gradient = torch.stack([a - b - c + d, -a - b + c + d, -a + b - c + d], dim=-1)  # sum of k f(x + h k)
+    normals = gradient * (gradient.square().sum(-1, keepdim=True) + 1e-20).rsqrt()
     along = (gradient * directions).sum(-1) / (4 * settings.normal_step)  # d sdf / d t
     inside = f_c + settings.inside_offset * along
     opaque_level = -settings.softness * math.log(settings.opaque / (1 - settings.opaque))
