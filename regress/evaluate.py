@@ -40,6 +40,7 @@ def pairs(
     vgg_weights: str | None = None,
     lpips_weights: str | None = None,
     fit_pivot: bool = True,
+    camera_template: str = "generator",
     with_mesh: bool = False,
     mesh_resolution: int = 128,
     image_format: Literal["png", "jpg", "webp"] = "png",
@@ -62,6 +63,8 @@ def pairs(
         vgg_weights: a local torchvision VGG16 state dict; enables the perceptual loss
         lpips_weights: the LPIPS v0.1 linear layers for VGG (vgg.pth of the lpips package); with vgg_weights
         fit_pivot: let the camera's look-at point move in x, y to follow where the crop puts the face
+        camera_template: 3D landmarks the camera is fitted to: `generator` (its own landmarks_3d if it has
+            them, else the mean face), `mean_face`, or a JSON file with 68 points in world units
         with_mesh: add mesh.ply (marching cubes of the inverted density) to each record
         mesh_resolution: density grid points per axis for meshes
         image_format: encoding of the inverted image (real.png is always PNG)
@@ -79,9 +82,11 @@ def pairs(
         name = "lpips" if lpips_weights is not None else name
     elif lpips_weights is not None:
         raise ValueError("lpips_weights needs vgg_weights too (the VGG16 backbone they sit on)")
-    builder = PairBuilder(model, aligner, projection, perceptual, name, fit_pivot, with_mesh, mesh_resolution, image_format, progress=progress)
+    builder = PairBuilder(
+        model, aligner, projection, perceptual, name, fit_pivot, camera_template, with_mesh, mesh_resolution, image_format, progress=progress
+    )
     settings = {"images": str(images), "checkpoint": checkpoint, "generator_options": generator_options or {}, "fit_pivot": fit_pivot,
-                "aligner": dataclasses.asdict(aligner), "perceptual": name if perceptual else None}  # fmt: skip
+                "camera_template": camera_template, "aligner": dataclasses.asdict(aligner), "perceptual": name if perceptual else None}  # fmt: skip
     summary = build_pairs(photos, Path(output), builder, resume, shards, samples_per_shard, settings, progress)
     print(
         f"regress.evaluate pairs: {summary['records']} records in {summary['output']} ({summary['built']} new, "

@@ -82,6 +82,17 @@ def test_astronaut_gives_one_aligned_face_and_a_near_frontal_camera(astronaut):
     assert fit.camera.shape == (25,) and fit.camera.dtype == torch.float32
 
 
+def test_largest_face_by_default_every_face_by_option(astronaut):
+    small = np.asarray(Image.fromarray(astronaut).resize((384, 384)))
+    photo = np.full((512, 512 + 384, 3), 255, np.uint8)
+    photo[:, :512], photo[64:448, 512:] = astronaut, small
+    largest = FaceAligner()(photo)
+    both = FaceAligner(all_faces=True)(photo)
+    assert len(largest) == 1 and len(both) == 2
+    assert largest[0].face.box[0] < 512 and both[1].face.box[0] > 512
+    assert both[0].face.area > both[1].face.area
+
+
 def test_default_template_is_calibrated_to_the_ffhq_crop():
     """Seen frontally from radius 2.7, the template's FFHQ square is the whole image and the fit is exact."""
     template = load_template()

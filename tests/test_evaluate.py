@@ -19,8 +19,11 @@ skimage_data = pytest.importorskip("skimage.data")
 from test_align import _huge_png  # noqa: E402
 
 from regress import evaluate, fit  # noqa: E402
-from regress.datamodules.pairs import PairDataModule, PairDataset  # noqa: E402
-from regress.inversion.pairs import RECORDS, record_key  # noqa: E402
+from regress.datamodules.pairs import PairDataModule, PairDataset, validation_keys  # noqa: E402
+from regress.generators import create_generator  # noqa: E402
+from regress.geometry import mesh_from_bytes  # noqa: E402
+from regress.inversion.pairs import RECORDS, PairBuilder, record_key  # noqa: E402
+from regress.inversion.project import ProjectionConfig  # noqa: E402
 
 GENERATOR = '{"image_resolution": 32, "render_resolution": 16, "depth_resolution": 16}'
 GOOD = ("astronaut.png", "mirrored.jpg", "grey.png", "alpha.png")
@@ -121,6 +124,16 @@ def test_pairs_resume_and_shards(pair_set, photos, tmp_path):
         assert torch.equal(a[name], b[name])
 
 
+def test_record_with_mesh(photos):
+    generator = create_generator("analytic", **json.loads(GENERATOR))
+    builder = PairBuilder(generator, projection=ProjectionConfig(steps=2, spread_samples=50), with_mesh=True, mesh_resolution=32)
+    [(key, members)] = builder.build(photos / "astronaut.png")
+    assert key == record_key(photos / "astronaut.png")
+    mesh = mesh_from_bytes(members["mesh.ply"])
+    assert len(mesh.faces) > 100 and np.abs(mesh.vertices).max() <= generator.box_size / 2 + 1e-4
+    assert list(members)[-1] == "meta.json"
+
+
 def _fit(pairs: Path, model: str, root: Path, *extra: str) -> Path:
     fit.main([
         "--data", "pairs", "--data.root", str(pairs), "--data.batch_size", "2", "--data.image_size", "64",
@@ -135,7 +148,10 @@ def test_pair_data_module_gives_sample_batches(pair_set):
     output, _ = pair_set
     data = PairDataModule(output, batch_size=3, image_size=64, val_fraction=0.5)
     data.setup("fit")
-    assert len(data.train_set) + len(data.val_set) == len(GOOD)
+    assert len(data.train_set) + len(data.val_set) == len(GOOD) and len(data.val_set) >= 1
+    assert validation_keys(["a", "b", "c", "d"], 0.0) == [] and len(validation_keys(["a", "b"], 1e-6)) == 1
+    held = validation_keys(["a", "b", "c", "d"], 0.5)
+    assert held and all(k in validation_keys([k, "x", "y"], 0.5) for k in held)
     batch = data.on_after_batch_transfer(next(iter(data.test_dataloader())), 0)
     assert batch["image"].shape == (3, 3, 64, 64) and batch["real"].shape == (3, 3, 32, 32)
     assert batch["w"].shape == (3, 14, 32) and len(batch["meta"]) == 3

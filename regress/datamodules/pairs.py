@@ -77,9 +77,17 @@ class PairDataset(Dataset):
         return sample
 
 
-def is_validation(key: str, fraction: float) -> bool:
-    """A stable split by key: the same records are held out whatever else the set holds."""
-    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
+def _key_hash(key: str) -> float:
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+def validation_keys(keys: list[str], fraction: float) -> list[str]:
+    """A stable split by a hash of the key (a record stays on its side whatever else the set holds);
+    with fraction > 0 and two or more records, at least the lowest-hash record is held out."""
+    held = [k for k in keys if _key_hash(k) < fraction]
+    if not held and fraction > 0 and len(keys) > 1:
+        held = [min(keys, key=_key_hash)]
+    return held
 
 
 class PairDataModule(L.LightningDataModule):
@@ -127,7 +135,7 @@ class PairDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         everything = PairDataset(self.root, image=self.image)
-        val = [k for k in everything.keys if is_validation(k, self.val_fraction)]
+        val = validation_keys(everything.keys, self.val_fraction)
         train = [k for k in everything.keys if k not in set(val)] or val
         self.train_set = PairDataset(self.root, train, self.image)
         self.val_set = PairDataset(self.root, val, self.image) if val else None

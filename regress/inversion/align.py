@@ -257,14 +257,22 @@ class FaceAligner:
 
 def load_template(path: str | Path = TEMPLATE_PATH) -> torch.Tensor:
     """The 68-landmark template (68, 3) in EG3D world units, float64; see the file's `source`."""
-    points = torch.tensor(json.loads(Path(path).read_text())["points"], dtype=torch.float64)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"landmark template {path} does not exist; use 'generator', 'mean_face' or a JSON file with 68 points")
+    points = torch.tensor(json.loads(path.read_text())["points"], dtype=torch.float64)
     if points.shape != (68, 3):
         raise ValueError(f"{path}: a landmark template needs 68 points of 3 coordinates, got {tuple(points.shape)}")
     return points
 
 
-def generator_template(generator: torch.nn.Module) -> torch.Tensor:
-    """The generator's own landmarks at its mean latent when it has them (`landmarks_3d`), else the default template."""
+def generator_template(generator: torch.nn.Module, spec: str = "generator") -> torch.Tensor:
+    """The camera fit's template (68, 3): `generator` (its own `landmarks_3d` at the mean latent when it has
+    them, else the mean face), `mean_face` (the packaged human mean face), or a JSON file like it."""
+    if spec == "mean_face":
+        return load_template()
+    if spec != "generator":
+        return load_template(spec)
     if hasattr(generator, "landmarks_3d"):
         with torch.no_grad():
             w = generator.mean_latent()[None].to(generator.device)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import re
 import shutil
 import time
@@ -79,6 +80,7 @@ class PairBuilder:
     perceptual: PerceptualDistance | None = None
     perceptual_name: str = "perceptual_distance"
     fit_pivot: bool = True
+    camera_template: str = "generator"
     with_mesh: bool = False
     mesh_resolution: int = 128
     image_format: str = "png"
@@ -86,7 +88,7 @@ class PairBuilder:
     progress: bool = False
 
     def __post_init__(self) -> None:
-        self.template = generator_template(self.generator)
+        self.template = generator_template(self.generator, self.camera_template)
 
     def build(self, path: Path) -> list[tuple[str, dict[str, bytes]]]:
         """(key, members) for each aligned face of a photo; FaceError when the photo cannot be paired."""
@@ -124,8 +126,8 @@ class PairBuilder:
             "generator": identity["generator"],
             "generator_checksum": identity["checksum"],
             "view_category": "inverted",
-            "yaw_deg": float(np.degrees(pose.yaw[0])),
-            "pitch_deg": float(np.degrees(pose.pitch[0])),
+            "yaw_deg": math.degrees(float(pose.yaw[0])),
+            "pitch_deg": math.degrees(float(pose.pitch[0])),
             "fov_deg": float(pose.fov_deg[0]),
             "radius": float(pose.radius[0]),
             "camera_fit": fit.as_meta(),
