@@ -85,7 +85,7 @@ def pairs(
     builder = PairBuilder(
         model, aligner, projection, perceptual, name, fit_pivot, camera_template, with_mesh, mesh_resolution, image_format, progress=progress
     )
-    settings = {"images": str(images), "checkpoint": checkpoint, "generator_options": generator_options or {}, "fit_pivot": fit_pivot,
+    settings = {"checkpoint": checkpoint, "generator_options": generator_options or {}, "fit_pivot": fit_pivot,
                 "camera_template": camera_template, "aligner": dataclasses.asdict(aligner), "perceptual": name if perceptual else None}  # fmt: skip
     summary = build_pairs(photos, Path(output), builder, resume, shards, samples_per_shard, settings, progress)
     print(

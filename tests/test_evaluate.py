@@ -112,6 +112,8 @@ def test_pairs_resume_and_shards(pair_set, photos, tmp_path):
     summary = _pairs(photos, copy, "--shards", "true")
     assert summary["built"] == 0 and summary["skipped"] == len(GOOD) and summary["records"] == len(GOOD)
     assert set(Path(s).name for s in summary["errors"]) == set(BAD)
+    with pytest.raises(SystemExit):  # other settings must not be mixed into this set
+        _pairs(photos, copy, "--projection.space", "w+")
     shards_only = tmp_path / "shards-only"
     shards_only.mkdir()
     for path in copy.glob("pairs-*.tar"):

@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from regress.datamodules.online import resize_images
-from regress.inversion.pairs import RECORDS, iter_records, read_manifest, read_record
+from regress.inversion.pairs import RECORDS, read_manifest, read_record, record_keys
 from regress.sample import Batch, collate_samples, decode_sample
 from regress.shards import iter_shard
 
@@ -56,7 +56,7 @@ class PairDataset(Dataset):
         folder = self.root / RECORDS
         if folder.is_dir():
             self.members: dict[str, dict[str, bytes]] | None = None
-            available = [k for k, _ in iter_records(self.root)]
+            available = record_keys(self.root)
         elif self.manifest.get("shards"):
             self.members = {k: m for s in self.manifest["shards"] for k, m in iter_shard(str(self.root / s["file"]), s["count"])}
             available = sorted(self.members)

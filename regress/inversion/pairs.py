@@ -5,7 +5,8 @@ A pairs set is a folder: `records/<key>/` holds one record's members in the Samp
 `camera_cond.npy`, optional `mesh.ply`, `meta.json`) plus `real.png` (the aligned photo at the
 generator's resolution), `landmarks.npy` (its 68 landmarks, pixels) and `losses.json` (per step).
 Records are written under a temporary name and renamed when complete, so a rerun skips them;
-`errors.json` lists the photos that failed and why; `manifest.json` describes the set. With
+`errors.json` lists the photos that failed and why; `settings.json` guards a resumed run against
+other settings; `manifest.json` describes the finished set. With
 `shards`, the records are also packed into WebDataset shards with the same members.
 """
 
@@ -30,7 +31,7 @@ from tqdm import tqdm
 from regress.camera import DEFAULT_FOV_DEG, camera_to_pose, frontal_camera
 from regress.generators.base import Generator
 from regress.geometry import density_grid, grid_to_mesh, mesh_to_bytes
-from regress.inversion.align import FaceAligner, FaceError, estimate_camera, generator_template
+from regress.inversion.align import AlignedFace, CameraFit, FaceAligner, FaceError, estimate_camera, generator_template
 from regress.inversion.perceptual import PerceptualDistance
 from regress.inversion.project import ProjectionConfig, project
 from regress.inversion.quality import identity_scores, psnr, ssim
@@ -41,6 +42,7 @@ PAIRS_FORMAT = "regress-pairs-v1"
 RECORDS = "records"
 MANIFEST = "manifest.json"
 ERRORS = "errors.json"
+SETTINGS = "settings.json"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 EXTRA_MEMBERS = ("real.png", "landmarks.npy", "losses.json")
 
@@ -98,12 +100,13 @@ class PairBuilder:
             records.append((record_key(path, index), self._record(path, index, crop)))
         return records
 
-    def _record(self, path: Path, index: int, crop) -> dict[str, bytes]:
+    def _record(self, path: Path, index: int, crop: AlignedFace) -> dict[str, bytes]:
+        """Camera fit, inversion and quality of one aligned face, as record members (meta.json last)."""
         g = self.generator
         size = g.image_resolution
         fit = estimate_camera(crop.landmarks_uv, self.template, self.fov_deg, fit_pivot=self.fit_pivot)
         real = np.asarray(Image.fromarray(crop.image).resize((size, size), Image.Resampling.LANCZOS))
-        landmarks = (crop.landmarks + 0.5) * size / crop.image.shape[0] - 0.5
+        landmarks = ((crop.landmarks + 0.5) * size / crop.image.shape[0] - 0.5).astype(np.float32)
         real_t = torch.from_numpy(real.transpose(2, 0, 1).copy())[None]
         camera = fit.camera[None].to(g.device)
         start = time.perf_counter()
@@ -113,25 +116,12 @@ class PairBuilder:
             out = renderer.synthesis(result.w, camera)
         seconds = time.perf_counter() - start
         inverted = image_to_uint8(out["image"]).cpu()
-        quality = {"psnr": float(psnr(inverted, real_t)[0]), "ssim": float(ssim(inverted, real_t)[0])}
-        if self.perceptual is not None:
-            with torch.no_grad():
-                quality[self.perceptual_name] = float(self.perceptual(image_to_float(inverted), image_to_float(real_t))[0])
-        quality.update(identity_scores(real, inverted[0].permute(1, 2, 0).numpy(), landmarks))
-        pose = camera_to_pose(fit.camera[None])
-        identity = g.identity()
         meta = {
             "source": str(path),
             "face_index": index,
-            "generator": identity["generator"],
-            "generator_checksum": identity["checksum"],
-            "view_category": "inverted",
-            "yaw_deg": math.degrees(float(pose.yaw[0])),
-            "pitch_deg": math.degrees(float(pose.pitch[0])),
-            "fov_deg": float(pose.fov_deg[0]),
-            "radius": float(pose.radius[0]),
-            "camera_fit": fit.as_meta(),
-            "quality": quality,
+            "face_box": [float(v) for v in crop.face.box],
+            **self._pose_meta(fit),
+            "quality": self._quality(real_t, inverted, landmarks),
             "inversion": {
                 "space": self.projection.space,
                 "steps": self.projection.steps,
@@ -140,8 +130,6 @@ class PairBuilder:
                 "final_loss": result.losses[-1]["loss"] if result.losses else None,
                 "tuned_generator": result.generator is not None,
             },
-            "face_box": [float(v) for v in crop.face.box],
-            "schema_version": SCHEMA_VERSION,
         }
         batch = {
             "image": inverted,
@@ -158,10 +146,36 @@ class PairBuilder:
             grid = density_grid(renderer, result.w, self.mesh_resolution)[0]
             members["mesh.ply"] = mesh_to_bytes(grid_to_mesh(grid, renderer.surface_level, renderer.box_size))
         members["real.png"] = encode_image(real, "png")
-        members["landmarks.npy"] = _npy(landmarks.astype(np.float32))
+        members["landmarks.npy"] = _npy(landmarks)
         members["losses.json"] = json.dumps({"projection": result.losses, "pivotal_tuning": result.pti_losses}).encode()
         members["meta.json"] = meta_json
         return members
+
+    def _pose_meta(self, fit: CameraFit) -> dict:
+        """The Sample meta of an inverted face: generator, pose of the fitted camera, schema version."""
+        identity, pose = self.generator.identity(), camera_to_pose(fit.camera[None])
+        return {
+            "generator": identity["generator"],
+            "generator_checksum": identity["checksum"],
+            "view_category": "inverted",
+            "yaw_deg": math.degrees(float(pose.yaw[0])),
+            "pitch_deg": math.degrees(float(pose.pitch[0])),
+            "fov_deg": float(pose.fov_deg[0]),
+            "radius": float(pose.radius[0]),
+            "camera_fit": fit.as_meta(),
+            "schema_version": SCHEMA_VERSION,
+        }
+
+    def _quality(self, real: torch.Tensor, inverted: torch.Tensor, landmarks: np.ndarray) -> dict[str, float]:
+        """PSNR, SSIM, the perceptual distance when its weights are given, and identity scores of uint8 images (1, 3, H, W)."""
+        quality = {"psnr": float(psnr(inverted, real)[0]), "ssim": float(ssim(inverted, real)[0])}
+        if self.perceptual is not None:
+            with torch.no_grad():
+                device = self.generator.device
+                distance = self.perceptual(image_to_float(inverted).to(device), image_to_float(real).to(device))
+            quality[self.perceptual_name] = float(distance[0])
+        quality.update(identity_scores(real[0].permute(1, 2, 0).numpy(), inverted[0].permute(1, 2, 0).numpy(), landmarks))
+        return quality
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -188,13 +202,33 @@ def read_record(folder: Path) -> dict[str, bytes]:
     return members
 
 
-def iter_records(root: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, members) of every complete record of a pairs folder, in key order."""
+def record_keys(root: str | Path) -> list[str]:
+    """Keys of the complete records of a pairs folder, sorted (unfinished `.partial` ones are not records)."""
     records = Path(root) / RECORDS
     if not records.is_dir():
         raise FileNotFoundError(f"{root} has no {RECORDS}/ folder: build it with python -m regress.evaluate pairs")
-    for folder in sorted(p for p in records.iterdir() if p.is_dir() and not p.name.endswith(".partial")):
-        yield folder.name, read_record(folder)
+    return sorted(p.name for p in records.iterdir() if p.is_dir() and not p.name.endswith(".partial"))
+
+
+def iter_records(root: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, members) of every complete record of a pairs folder, in key order."""
+    for key in record_keys(root):
+        yield key, read_record(Path(root) / RECORDS / key)
+
+
+def _prepare_output(output: Path, fingerprint: dict, resume: bool) -> None:
+    """Check a resumed folder was made with the same settings, or clear our files from it; record the settings."""
+    path = output / SETTINGS
+    if resume and path.is_file() and json.loads(path.read_text()) != fingerprint:
+        raise ValueError(
+            f"{output} holds pairs made with other settings (see {path}); choose another output or pass --resume false to rebuild"
+        )
+    if not resume:
+        shutil.rmtree(output / RECORDS, ignore_errors=True)
+        for stale in [output / ERRORS, output / MANIFEST, *output.glob("pairs-*.tar*")]:
+            stale.unlink(missing_ok=True)
+    (output / RECORDS).mkdir(parents=True, exist_ok=True)
+    write_json(path, fingerprint)
 
 
 def read_manifest(root: str | Path) -> dict[str, Any]:
@@ -219,14 +253,15 @@ def build_pairs(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Pair every photo (skipping done ones with `resume`), list failures per file, write the manifest; a summary."""
-    output = Path(output)
+    output, g = Path(output), builder.generator
+    fingerprint = {"generator": g.identity(), "projection": asdict(builder.projection), "settings": settings or {}}
+    _prepare_output(output, json.loads(json.dumps(fingerprint)), resume)
     records = output / RECORDS
-    records.mkdir(parents=True, exist_ok=True)
     errors: dict[str, str] = {}
     errors_path = output / ERRORS
     if resume and errors_path.is_file():
         errors = {e["source"]: e["error"] for e in json.loads(errors_path.read_text())["errors"]}
-    done = {p.name for p in records.iterdir() if p.is_dir() and not p.name.endswith(".partial")} if resume else set()
+    done = set(record_keys(output))
     built, skipped, start = 0, 0, time.perf_counter()
     bar = tqdm(images, desc="pairs", unit="photo", disable=not progress, dynamic_ncols=True)
     for path in bar:
@@ -247,8 +282,7 @@ def build_pairs(
             tqdm.write(f"regress.evaluate pairs: failed on {path}: {type(error).__name__}: {error}")
         write_json(errors_path, {"errors": [{"source": s, "error": e} for s, e in sorted(errors.items())]})
     bar.close()
-    keys = [k for k, _ in iter_records(output)]
-    g = builder.generator
+    keys = record_keys(output)
     manifest = {
         "format": PAIRS_FORMAT,
         "generator": g.identity(),
