@@ -1,4 +1,4 @@
-"""Shared fixtures: the EG3D reference fixture folder (skips when absent) and small generators."""
+"""Shared test set-up: the EG3D reference fixture (skips when absent), 2 CPU threads, GPU tests skipped without CUDA."""
 
 from __future__ import annotations
 
