@@ -11,8 +11,10 @@ import torch.nn.functional as F
 
 from regress.camera import ViewMixture, frontal_camera, make_cameras
 from regress.generators.eg3d import EG3DGenerator
+from regress.generators.eg3d.fused_field import fused_field, supported
 from regress.generators.eg3d.jitter import MASK32, ROUND, hash32, hashed_uniform, seed_keys
-from regress.generators.eg3d.renderer import OSGDecoder, march, march_weights
+from regress.generators.eg3d.layers import ToRGB
+from regress.generators.eg3d.renderer import OSGDecoder, march, march_weights, sample_triplanes
 from tests.test_eg3d_generator import TINY
 
 PSNR_MIN_DB = 40.0
@@ -99,6 +101,19 @@ def test_channels_first_decoder_equals_the_layer_stack():
     assert torch.equal(decoder(features, with_features=False)[0], sigma)
 
 
+def test_torgb_product_equals_the_scaled_1x1_conv_in_both_layouts():
+    torch.manual_seed(0)
+    torgb = ToRGB(16, 3, 8, conv_clamp=0.5)
+    x, w = torch.randn(2, 16, 6, 6), torch.randn(2, 8)
+    styles = torgb.affine(w) * torgb.weight_gain
+    expected = (F.conv2d(x * styles[:, :, None, None], torgb.weight) + torgb.bias[None, :, None, None]).clamp(-0.5, 0.5)
+    with torch.no_grad():
+        torch.testing.assert_close(torgb(x, w), expected)
+        channels_last = torgb(x.to(memory_format=torch.channels_last), w)
+    torch.testing.assert_close(channels_last, expected)
+    assert channels_last.is_contiguous(memory_format=torch.channels_last)
+
+
 @pytest.fixture(scope="module")
 def tiny_pair() -> tuple[EG3DGenerator, EG3DGenerator]:
     torch.manual_seed(0)
@@ -120,6 +135,8 @@ def test_reduced_precision_follows_float32_on_the_cpu(tiny_pair):
     assert fast.identity()["config"]["precision"] == "float16"
     with pytest.raises(ValueError, match="precision"):
         EG3DGenerator(**TINY, precision="int8")
+    with pytest.raises(ValueError, match="compile"):
+        EG3DGenerator(**TINY, compile=True)
 
 
 def test_fast_path_sample_is_deterministic_per_seed_whatever_the_batch(tiny_pair):
@@ -140,7 +157,9 @@ def fixture_inputs(eg3d_fixture_dir) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("options", [{"precision": "float16"}, {"precision": "float16", "compile": True}])
+@pytest.mark.parametrize(
+    "options", [{"precision": "float16"}, {"precision": "float16", "compile": "reduce-overhead"}, {"precision": "bfloat16"}]
+)
 def test_fast_path_fidelity_on_the_fixture(eg3d_fixture_dir, fixture_inputs, options):
     """PSNR >= 40 dB and depth within 1e-2 of the float32 path (TF32 off) on the reference weights."""
     matmul_tf32, cudnn_tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
@@ -165,13 +184,34 @@ def test_jitter_on_the_gpu_equals_the_cpu():
 
 
 @pytest.mark.gpu
+def test_fused_field_equals_plane_sampling_and_decoder():
+    torch.manual_seed(0)
+    decoder = OSGDecoder(32, 64, 32).cuda()
+    planes = (torch.randn(2, 3, 32, 64, 64, device="cuda") * 3).half()
+    planes = planes.reshape(6, 32, 64, 64).contiguous(memory_format=torch.channels_last).reshape(2, 3, 32, 64, 64)
+    points = (torch.rand(2, 5000, 3, device="cuda") - 0.5) * 1.2  # some outside the box: zero padding
+    assert supported(planes, decoder)
+    with torch.no_grad():
+        sigma, features = fused_field(planes, points, decoder, box_warp=1.0)
+        density, none = fused_field(planes, points, decoder, box_warp=1.0, with_features=False)
+        expected_sigma, expected_features = decoder(sample_triplanes(planes.float(), points, 1.0))
+    torch.testing.assert_close(sigma, expected_sigma, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(features.float(), expected_features, atol=2e-3, rtol=0)
+    assert torch.equal(density, sigma) and none is None
+
+
+@pytest.mark.gpu
 def test_compiled_fast_path_is_deterministic_per_seed_whatever_the_batch():
     torch.manual_seed(0)
-    generator = EG3DGenerator(**TINY, precision="float16", compile=True).cuda().eval()
+    options = {**TINY, "triplane_channels": 32, "decoder_hidden": 64}  # widths the fused field takes
+    generator = EG3DGenerator(**options, precision="float16", compile="reduce-overhead").cuda().eval()
     views = ViewMixture.load("published")
     with torch.no_grad():
         batch = generator.sample([31, 32, 33], views=views)
         single = generator.sample([32], views=views)
+        kept = batch["depth"].clone()
+        generator.sample([41, 42, 43], views=views)
     assert (batch["image"][1:2].int() - single["image"].int()).abs().max() <= 1
     torch.testing.assert_close(batch["depth"][1:2], single["depth"], atol=1e-4, rtol=0)
     assert F.mse_loss(batch["depth"][0], batch["depth"][1]) > 0
+    assert torch.equal(batch["depth"], kept)  # the CUDA graph's next run did not overwrite it

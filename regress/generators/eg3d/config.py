@@ -12,6 +12,7 @@ from typing import Any
 
 NOISE_MODES = ("const", "random", "none")
 PRECISIONS = ("float32", "bfloat16", "float16")
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 SUPPORTED_SUPERRESOLUTION = "training.superresolution.SuperresolutionHybrid8XDC"
 
 
@@ -19,10 +20,11 @@ SUPPORTED_SUPERRESOLUTION = "training.superresolution.SuperresolutionHybrid8XDC"
 class EG3DConfig:
     """Every number the network and renderer need (backbone width at resolution r: min(channel_base // r, channel_max)).
 
-    `precision` float32 is the reference; bfloat16 runs convolutions and the decoder in bfloat16;
-    float16 runs super-resolution and the decoder in float16 (as upstream; its clamp keeps it in
-    range) and the backbone, which has no clamp, in bfloat16. `compile` wraps synthesis in
-    `torch.compile` (fixed shapes; the first call per batch size compiles).
+    `precision` float32 is the reference; float16 runs super-resolution in float16 (as upstream: its
+    clamp keeps it in range) and the backbone, which has no clamp, in bfloat16; bfloat16 runs both in
+    bfloat16. Reduced precisions keep the tri-planes in float16 for the field (bounded values, the
+    finer mantissa) and the marcher in float32. `compile` is a `torch.compile` mode for synthesis
+    (None: eager; fixed shapes, the first call per batch size compiles; reduce-overhead adds CUDA graphs).
     """
 
     z_dim: int = 512
@@ -55,11 +57,13 @@ class EG3DConfig:
     sr_antialias: bool = True
     sr_noise_mode: str = "none"
     precision: str = "float32"
-    compile: bool = False
+    compile: str | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
         for name in ("noise_mode", "sr_noise_mode"):
             if getattr(self, name) not in NOISE_MODES:
                 raise ValueError(f"{name} must be one of {NOISE_MODES}, got {getattr(self, name)!r}")

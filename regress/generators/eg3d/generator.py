@@ -26,6 +26,7 @@ from regress.generators.eg3d.checkpoint import (
     save_converted,
 )
 from regress.generators.eg3d.config import EG3DConfig
+from regress.generators.eg3d.fused_field import fused_field, supported
 from regress.generators.eg3d.jitter import keyed_uniform, seed_keys
 from regress.generators.eg3d.renderer import ImportanceRenderer, OSGDecoder, sample_triplanes
 from regress.generators.eg3d.superresolution import SuperResolution
@@ -87,8 +88,9 @@ class EG3DGenerator(Generator):
         self.depth_resolution = config.neural_rendering_resolution
         self.ray_start, self.ray_end, self.box_size = config.ray_start, config.ray_end, config.box_warp
         self.checksum = RANDOM_INIT
-        self.dtype = DTYPES[config.precision]  # super-resolution and decoder
+        self.dtype = DTYPES[config.precision]  # super-resolution
         self.backbone_dtype = torch.float32 if config.precision == "float32" else torch.bfloat16
+        self.field_dtype = torch.float32 if config.precision == "float32" else torch.float16
         self._compiled_synthesis = None
 
     @classmethod
@@ -122,11 +124,12 @@ class EG3DGenerator(Generator):
         return self.backbone.mapping(z, c * self.config.c_scale, psi=psi, cutoff=cutoff)
 
     def planes(self, w: torch.Tensor) -> torch.Tensor:
-        """Tri-plane features (N, 3, C, 256, 256) float32 for latents (N, num_ws, w_dim); compute once, query often.
+        """Tri-plane features (N, 3, C, 256, 256) for latents (N, num_ws, w_dim); compute once, query often.
 
-        On the GPU they are channels-last per plane, the layout the tri-plane lookup reads fastest.
+        float32, or float16 in the reduced precisions; on the GPU channels-last per plane, the layout
+        the tri-plane lookup reads fastest.
         """
-        planes = self.backbone.planes(w, self.config.noise_mode, self.backbone_dtype)
+        planes = self.backbone.planes(w, self.config.noise_mode, self.backbone_dtype).to(self.field_dtype)
         if planes.device.type == "cuda":
             n, _, c, h, r = planes.shape
             planes = planes.reshape(n * 3, c, h, r).contiguous(memory_format=torch.channels_last).reshape(n, 3, c, h, r)
@@ -145,8 +148,10 @@ class EG3DGenerator(Generator):
         return self.density_from_planes(self.planes(w), points, chunk)
 
     def _field(self, planes: torch.Tensor, points: torch.Tensor, with_features: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """sigma (N, P) float32 and features (N, C, P) in the decoder's dtype, channels first."""
-        return self.decoder(sample_triplanes(planes, points, self.config.box_warp).to(self.dtype), with_features)
+        """sigma (N, P) float32 and features (N, C, P) in the planes' dtype, channels first (one fused kernel where it can)."""
+        if supported(planes, self.decoder):
+            return fused_field(planes, points, self.decoder, self.config.box_warp, with_features)
+        return self.decoder(sample_triplanes(planes.float(), points, self.config.box_warp).to(planes.dtype), with_features)
 
     def synthesis(
         self, w: torch.Tensor, camera: torch.Tensor, noise_seeds: Sequence[int] | None = None
@@ -162,11 +167,14 @@ class EG3DGenerator(Generator):
             if len(noise_seeds) != n:
                 raise ValueError(f"{len(noise_seeds)} noise seeds for {n} latents")
             keys = seed_keys(noise_seeds, RENDER_STREAM).to(w.device)
-        if not self.config.compile:
+        mode = self.config.compile
+        if mode is None:
             return self._synthesis(w, camera, keys)
         if self._compiled_synthesis is None:
-            self._compiled_synthesis = torch.compile(self._synthesis, dynamic=False)
-        return self._compiled_synthesis(w, camera, keys)
+            self._compiled_synthesis = torch.compile(self._synthesis, mode=mode, dynamic=False)
+        out = self._compiled_synthesis(w, camera, keys)
+        # CUDA graphs reuse their output buffers on the next call: hand out copies
+        return {k: v.clone() for k, v in out.items()} if mode in ("reduce-overhead", "max-autotune") else out
 
     def _synthesis(self, w: torch.Tensor, camera: torch.Tensor, jitter_keys: torch.Tensor | None) -> dict[str, torch.Tensor]:
         n, r = w.shape[0], self.depth_resolution

@@ -57,8 +57,15 @@ def upfirdn2d(
         x = F.pad(x.reshape(n, c, h, 1, w, 1), [0, up - 1, 0, 0, 0, up - 1]).reshape(n, c, h * up, w * up)
     x = F.pad(x, list(pad))
     # true convolution = correlation with the flipped filter
-    weight = (f * gain).flip([0, 1]).to(x.dtype)[None, None].expand(c, 1, *f.shape)
-    x = F.conv2d(x, weight, groups=c)
+    weight = (f * gain).flip([0, 1]).to(x.dtype)
+    if torch.compiler.is_compiling():
+        # taps as shifted slices: the compiler fuses them with what follows, where a depthwise conv would
+        # be a separate pass (and one that cuDNN runs through layout transposes on channels-last inputs)
+        kh, kw = f.shape
+        h, w = x.shape[-2] - kh + 1, x.shape[-1] - kw + 1
+        x = sum(weight[i, j] * x[..., i : i + h, j : j + w] for i in range(kh) for j in range(kw))
+    else:
+        x = F.conv2d(x, weight[None, None].expand(c, 1, *f.shape), groups=c)
     return x[:, :, ::down, ::down] if down > 1 else x
 
 
@@ -156,9 +163,17 @@ class ToRGB(nn.Module):
         self.weight_gain = 1 / math.sqrt(in_channels)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        assert x.shape[1] == self.weight.shape[1], f"expected {self.weight.shape[1]} channels, got {tuple(x.shape)}"
+        n, c, h, r = x.shape
+        assert c == self.weight.shape[1], f"expected {self.weight.shape[1]} channels, got {tuple(x.shape)}"
         styles = self.affine(w) * self.weight_gain
-        x = F.conv2d(x * styles.to(x.dtype)[:, :, None, None], self.weight.to(x.dtype))
+        # conv1x1(x * s, W) as one product with the per-sample kernel W * s: no pass over x to scale it,
+        # and no 3-channel convolution (which cuDNN runs through layout transposes on channels-last inputs)
+        weight = (self.weight[None, :, :, 0, 0] * styles[:, None, :]).to(x.dtype)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            pixels = x.permute(0, 2, 3, 1).reshape(n, h * r, c)
+            x = torch.bmm(pixels, weight.transpose(1, 2)).reshape(n, h, r, -1).permute(0, 3, 1, 2)
+        else:
+            x = torch.bmm(weight, x.reshape(n, c, h * r)).reshape(n, -1, h, r)
         return bias_act(x, self.bias, clamp=self.conv_clamp)
 
 
