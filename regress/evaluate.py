@@ -155,6 +155,7 @@ def benchmark(
     dataset = PairDataset(pairs, image=image)
     report, tensors = run_benchmark(dataset, models.get("depth"), models.get("latent"), model, run_on, batch_size, examples, progress)
     report["pairs_root"] = str(pairs)
+    report["inversion_settings"] = dataset.manifest["projection"]  # the inversion times were measured when the pairs were built
     report["checkpoints"] = {"depth": depth_checkpoint, "latent": latent_checkpoint}
     report["device"] = str(run_on)
     report["outputs"] = write_report(report, tensors, output)

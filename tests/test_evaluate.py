@@ -3,6 +3,7 @@ pairs data module under `regress.fit --data pairs`, and the benchmark's report o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -36,13 +37,28 @@ BAD = {
 }
 
 
+@contextlib.contextmanager
+def _threads(count: int):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread_for_fixtures():
+    """Inversion runs on tiny tensors: a second intra-op thread only adds synchronization (10x slower on a busy box)."""
+    with _threads(1):
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
-    """Inversion runs on tiny tensors: a second intra-op thread only adds synchronization (10x slower on a busy box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    """The same inside each test (conftest sets two threads per test)."""
+    with _threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +168,7 @@ def test_pair_data_module_gives_sample_batches(pair_set):
     data.setup("fit")
     assert len(data.train_set) + len(data.val_set) == len(GOOD) and len(data.val_set) >= 1
     assert validation_keys(["a", "b", "c", "d"], 0.0) == [] and len(validation_keys(["a", "b"], 1e-6)) == 1
+    assert len(validation_keys(["a", "b", "c", "d"], 0.99)) == 3  # one record is always left to train on
     held = validation_keys(["a", "b", "c", "d"], 0.5)
     assert held and all(k in validation_keys([k, "x", "y"], 0.5) for k in held)
     batch = data.on_after_batch_transfer(next(iter(data.test_dataloader())), 0)

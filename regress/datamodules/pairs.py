@@ -82,11 +82,14 @@ def _key_hash(key: str) -> float:
 
 
 def validation_keys(keys: list[str], fraction: float) -> list[str]:
-    """A stable split by a hash of the key (a record stays on its side whatever else the set holds);
-    with fraction > 0 and two or more records, at least the lowest-hash record is held out."""
+    """A stable split by a hash of the key (a record stays on its side whatever else the set holds); with
+    fraction > 0 and two or more records, both sides get one at least (lowest hash held out, highest kept)."""
     held = [k for k in keys if _key_hash(k) < fraction]
-    if not held and fraction > 0 and len(keys) > 1:
-        held = [min(keys, key=_key_hash)]
+    if len(keys) > 1 and fraction > 0:
+        if not held:
+            held = [min(keys, key=_key_hash)]
+        elif len(held) == len(keys):
+            held.remove(max(keys, key=_key_hash))
     return held
 
 

@@ -147,6 +147,11 @@ def detect_faces(
     return sorted(faces, key=lambda f: f.area, reverse=True)
 
 
+def eye_distance(landmarks: np.ndarray) -> float:
+    """Distance between the eye centres of 68 landmarks, in their pixels."""
+    return float(np.hypot(*(landmarks[42:48].mean(0) - landmarks[36:42].mean(0))))
+
+
 def ffhq_quad(landmarks: np.ndarray) -> np.ndarray:
     """FFHQ's crop square from 68 landmarks (4, 2): top-left, bottom-left, bottom-right, top-right.
 
@@ -221,13 +226,23 @@ def quad_coordinates(points: np.ndarray, quad: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class FaceAligner:
-    """Photo -> FFHQ-aligned face crops; the options of detection and cropping in one place."""
+    """Photo -> FFHQ-aligned face crops; the options of detection and cropping in one place.
+
+    Args:
+        output_size: side of the FFHQ crop in pixels.
+        upsample: dlib detector upsampling (1 finds faces down to about 40 px; raise for smaller).
+        min_score: detections scoring below this are ignored.
+        detect_max_side: detection runs on a copy at most this wide (landmarks on the full photo).
+        min_eye_distance: faces whose eyes are closer (pixels) are too small to pair.
+        max_pixels: larger photos are refused before decoding.
+        all_faces: a crop per face, largest first; else the largest face only.
+    """
 
     output_size: int = 512
     upsample: int = 1
     min_score: float = 0.3
     detect_max_side: int = 1024
-    min_face_px: float = 48.0
+    min_eye_distance: float = 16.0
     max_pixels: int = 64_000_000
     all_faces: bool = False
 
@@ -241,13 +256,12 @@ class FaceAligner:
             )
         crops = []
         for face in faces if self.all_faces else faces[:1]:
-            quad_px = float(np.hypot(*(ffhq_quad(face.landmarks)[3] - ffhq_quad(face.landmarks)[0])))
-            if quad_px / 4 < self.min_face_px / 2:
+            if eye_distance(face.landmarks) < self.min_eye_distance:
                 continue
             crops.append(crop_ffhq(image, face, self.output_size))
         if not crops:
             raise FaceError(
-                f"{source}: the face is too small (eye distance under {self.min_face_px / 2:.0f} px); use a larger photo"
+                f"{source}: the face is too small (eyes under {self.min_eye_distance:.0f} px apart); use a larger photo"
             )
         return crops
 

@@ -26,7 +26,20 @@ from regress.inversion.quality import ms_ssim
 
 @dataclass(frozen=True)
 class ProjectionConfig:
-    """Choices of the projection and of pivotal tuning (`pti_steps: 0` skips tuning)."""
+    """Choices of the projection and of pivotal tuning.
+
+    Args:
+        space: `w` (one row, shared by all ws) or `w+` (every row free).
+        steps: Adam steps of the projection.
+        lr: peak learning rate; ramped up over `lr_rampup` and down (cosine) over `lr_rampdown` of the steps.
+        noise: latent noise at the start, as a fraction of the prior's spread; fades to 0 by `noise_ramp`.
+        pixel_weight, ssim_weight, perceptual_weight: loss terms (the last only with perceptual weights).
+        loss_resolution: images are compared at most this large (area downsampling).
+        pti_steps: steps of pivotal tuning of a copy of the generator; 0 skips it.
+        pti_lr: Adam learning rate of pivotal tuning.
+        spread_samples: mapped latents that estimate the prior's spread.
+        seed: seed of the latent noise and of the spread's samples.
+    """
 
     space: Literal["w", "w+"] = "w"
     steps: int = 300
