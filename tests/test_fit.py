@@ -118,3 +118,13 @@ def test_bad_input_gets_a_clear_error(args, error, message, tmp_path):
     """Constructor errors of the model and data reach the user inside jsonargparse's report on that value."""
     with pytest.raises(error, match=message):
         fit.main(["--data", "synth-online", *TINY, "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}", *args])
+
+
+@pytest.mark.gpu
+def test_latent_regressor_trains_on_eg3d_synthesis_on_the_gpu(eg3d_fixture_dir, tmp_path):
+    data = SynthOnlineDataModule(checkpoint=eg3d_fixture_dir / "network.pkl", epoch_length=8, batch_size=4, val_size=4, image_size=128)
+    model = LatentRegressor(encoder="resnet18", cycle_weight=0.1)
+    trainer = L.Trainer(accelerator="gpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer.fit(model, data)
+    assert model.hparams.latent_shape == (14, 512) and trainer.global_step == 2
+    assert {"val/latent_l1", "val/latent_cosine"} <= set(trainer.callback_metrics)

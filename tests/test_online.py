@@ -112,3 +112,25 @@ def test_resumed_run_continues_the_same_stream(tmp_path):
     assert len(full) == 6 and len({s for b in full for s in b}) == 12
     assert fit_recording(tmp_path, ckpt_path=tmp_path / "step=2.ckpt") == full[2:]  # mid-epoch, then the next epoch
     assert fit_recording(tmp_path, ckpt_path=tmp_path / "step=4.ckpt") == full[4:]  # mid-epoch of epoch 1
+
+
+@pytest.mark.gpu
+def test_synthesis_follows_the_batch_to_the_gpu_and_matches_the_cpu():
+    data = tiny_data(jitter=False)
+    batch = next(iter(data.train_dataloader()))
+    on_cpu = data.on_after_batch_transfer(batch, 0)
+    on_gpu = data.on_after_batch_transfer({k: v.cuda() for k, v in batch.items()}, 0)
+    assert data.generator.device.type == "cuda" and on_gpu["image"].is_cuda and on_gpu["depth"].is_cuda
+    torch.testing.assert_close(on_gpu["w"].cpu(), on_cpu["w"], atol=1e-5, rtol=0)
+    assert (on_gpu["depth"].cpu() - on_cpu["depth"]).abs().median() < 1e-3
+
+
+@pytest.mark.gpu
+def test_fit_on_the_gpu_renders_on_the_gpu(tmp_path):
+    recorder = SeedRecorder()
+    trainer = L.Trainer(accelerator="gpu", devices=1, max_steps=2, limit_val_batches=1, logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, callbacks=[recorder], default_root_dir=tmp_path)  # fmt: skip
+    data = tiny_data()
+    trainer.fit(DepthRegressor(encoder="test_resnet", decoder_width=8), data)
+    assert trainer.global_step == 2 and data.generator.device.type == "cuda"
+    assert [s for b in recorder.seeds for s in b] == data.train_seeds(0)[:4]

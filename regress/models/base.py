@@ -94,7 +94,7 @@ class Regressor(L.LightningModule, abc.ABC):
 
     def on_validation_epoch_end(self) -> None:
         for name, value in self.metrics.compute().items():
-            self.log(f"val/{name}", value)
+            self.log(f"val/{name}", value, sync_dist=True)  # already reduced by torchmetrics; quiets the DDP warning
         self.metrics.reset()
 
     def configure_optimizers(self) -> Any:

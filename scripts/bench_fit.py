@@ -1,0 +1,116 @@
+"""Training throughput of the regressors on online synthesis: fit steps/s and samples/s.
+
+    python scripts/bench_fit.py                                   # CPU, both models, resnet18 at 128
+    python scripts/bench_fit.py --device cuda --batch-size 64 --precision bf16-mixed
+    python scripts/bench_fit.py --device cuda --checkpoint data/checkpoints/ffhq512-128.pkl --generator-kwargs null
+
+Runs the real Lightning fit loop (SynthOnlineDataModule + DepthRegressor / LatentRegressor) and
+times steps after a warm-up; then times synthesis alone on as many batches, to show its share.
+Prints one Markdown table row per model: wall-clock figures, and CPU-seconds of this process per
+step (on a shared machine the wall figures drop, the CPU figure much less).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import lightning as L
+import torch
+
+from regress.datamodules import SynthOnlineDataModule
+from regress.models import DepthRegressor, LatentRegressor
+
+from bench_synthesis import machine  # scripts/ is on sys.path when this runs as a script
+
+MODELS = {"depth": DepthRegressor, "latent": LatentRegressor}
+
+
+class StepClock(L.Callback):
+    """Wall and process times at the end of every training step (after the device finished)."""
+
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        self.wall.append(time.perf_counter())
+        self.cpu.append(time.process_time())
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def synthesis_seconds(data: SynthOnlineDataModule, device: torch.device, batches: int) -> float:
+    """Wall seconds per batch of on-device synthesis alone (after one warm-up batch)."""
+    loader = iter(data.train_dataloader())
+    moved = [{k: v.to(device) for k, v in next(loader).items()} for _ in range(batches + 1)]
+    data.synthesize(moved[0])
+    synchronize(device)
+    start = time.perf_counter()
+    for batch in moved[1:]:
+        data.synthesize(batch)
+    synchronize(device)
+    return (time.perf_counter() - start) / batches
+
+
+def bench(name: str, args: argparse.Namespace) -> dict:
+    L.seed_everything(0, verbose=False)
+    data = SynthOnlineDataModule(
+        generator=args.generator, checkpoint=args.checkpoint, generator_kwargs=args.generator_kwargs,
+        epoch_length=args.batch_size * (args.steps + args.warmup), batch_size=args.batch_size, val_size=0,
+        image_size=args.image_size, num_workers=args.num_workers,
+    )  # fmt: skip
+    model = MODELS[name](encoder=args.encoder)
+    clock = StepClock()
+    trainer = L.Trainer(
+        accelerator=args.device, devices=1, precision=args.precision, max_epochs=1, limit_val_batches=0,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
+    )  # fmt: skip
+    trainer.fit(model, data)
+    steps = len(clock.wall) - args.warmup
+    wall = (clock.wall[-1] - clock.wall[args.warmup - 1]) / steps
+    cpu = (clock.cpu[-1] - clock.cpu[args.warmup - 1]) / steps
+    synthesis = synthesis_seconds(data, model.device, min(steps, 8))
+    return {"model": name, "step_s": wall, "cpu_s": cpu, "synthesis_s": synthesis}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--encoder", default="resnet18")
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps, after the warm-up")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--precision", default="32-true")
+    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--generator", default=None, help="backend name; default: eg3d with --checkpoint, else analytic")
+    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--generator-kwargs", type=json.loads, default={"image_resolution": 128},
+                        help="JSON backend options (default: the CPU demo's analytic head); null for none")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda needs a CUDA device")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    hardware = torch.cuda.get_device_name() if args.device == "cuda" else f"{machine()}, {torch.get_num_threads()} threads"
+    print(f"# fit throughput: {hardware}, torch {torch.__version__}, encoder {args.encoder}, image {args.image_size}, "
+          f"batch {args.batch_size}, precision {args.precision}, generator options {args.generator_kwargs}\n")  # fmt: skip
+    print("| model | steps/s | samples/s | s/step | synthesis s/batch | synthesis share | CPU-s/step |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name in args.models:
+        r = bench(name, args)
+        print(f"| {r['model']} | {1 / r['step_s']:.2f} | {args.batch_size / r['step_s']:.1f} | {r['step_s']:.3f} | "
+              f"{r['synthesis_s']:.3f} | {r['synthesis_s'] / r['step_s']:.0%} | {r['cpu_s']:.2f} |", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
