@@ -77,12 +77,14 @@ def expand_arguments(args: list[str]) -> list[str]:
 
 
 class RegressCLI(LightningCLI):
-    """LightningCLI that checks a resume checkpoint exists before building the run on it."""
+    """LightningCLI that checks a checkpoint path exists before running on it."""
 
     def before_fit(self) -> None:
         ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
         if ckpt_path not in (None, "last", "best", "hpc", "registry") and not Path(ckpt_path).is_file():
-            raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist; give the path of a .ckpt file to resume from")
+            raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist; give the path of a .ckpt file")
+
+    before_validate = before_test = before_predict = before_fit
 
 
 def main(args: list[str] | None = None) -> LightningCLI:

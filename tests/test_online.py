@@ -106,7 +106,6 @@ def fit_recording(tmp_path, ckpt_path=None, every_n_steps=None) -> list[list[int
     return recorder.seeds
 
 
-@pytest.mark.filterwarnings("ignore:.*dataloader is not resumable:UserWarning")
 def test_resumed_run_continues_the_same_stream(tmp_path):
     full = fit_recording(tmp_path, every_n_steps=2)  # 3 batches per epoch, 2 epochs; checkpoints at steps 2, 4, 6
     assert len(full) == 6 and len({s for b in full for s in b}) == 12

@@ -8,6 +8,7 @@ device, so worker processes do no CUDA work.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -250,5 +251,7 @@ class SynthOnlineDataModule(L.LightningDataModule):
         return {"epoch": trainer.current_epoch, "samples_done": done * self.batch_size}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Resume the stream where a checkpoint left it (Lightning's "dataloader is not resumable" warning does not apply)."""
         if state_dict:
             self._resume = dict(state_dict)
+            warnings.filterwarnings("ignore", message=".*your dataloader is not resumable", category=UserWarning)
