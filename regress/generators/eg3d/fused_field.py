@@ -80,7 +80,7 @@ if triton is not None:
     def _triplane_field_kernel(
         planes_ptr, points_ptr, w1_ptr, b1_ptr, w2_ptr, w2_sigma_ptr, b2_ptr, sigma_ptr, features_ptr,
         P, H, W, scale, pad, threshold,
-        C: tl.constexpr, HIDDEN: tl.constexpr, BLOCK: tl.constexpr, WITH_FEATURES: tl.constexpr,
+        C: tl.constexpr, HIDDEN: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr, WITH_FEATURES: tl.constexpr,
     ):  # fmt: skip
         block, n = tl.program_id(0), tl.program_id(1)
         offsets = block * BLOCK + tl.arange(0, BLOCK)
@@ -101,13 +101,15 @@ if triton is not None:
         hidden = tl.where(hidden > threshold, hidden, tl.log(1 + tl.exp(hidden)))
         sigma = tl.sum(hidden * tl.load(w2_sigma_ptr + hidden_index)[None, :], axis=1) + tl.load(b2_ptr)
         tl.store(sigma_ptr + n * P + offsets, sigma, mask=valid)
-        if not WITH_FEATURES:
-            return
-        w2 = tl.load(w2_ptr + hidden_index[:, None] * C + channels[None, :])
-        out = tl.dot(hidden.to(w2.dtype), w2) + tl.load(b2_ptr + 1 + channels)[None, :]
-        features = tl.sigmoid(out) * (1 + 2 * pad) - pad
-        target = features_ptr + (n * C + channels[None, :]).to(tl.int64) * P + offsets[:, None]
-        tl.store(target, features.to(features_ptr.dtype.element_ty), mask=valid[:, None])
+        if WITH_FEATURES:
+            # the second product with 64 output columns (zeros past C): Triton 3.6 on Hopper reads shared
+            # memory out of bounds for a chained tl.dot with 32 output columns
+            wide = tl.arange(0, WIDE)
+            w2 = tl.load(w2_ptr + hidden_index[:, None] * C + wide[None, :], mask=wide[None, :] < C, other=0.0)
+            bias = tl.load(b2_ptr + 1 + wide, mask=wide < C, other=0.0)
+            features = tl.sigmoid(tl.dot(hidden.to(w2.dtype), w2) + bias[None, :]) * (1 + 2 * pad) - pad
+            target = features_ptr + (n * C + wide[None, :]).to(tl.int64) * P + offsets[:, None]
+            tl.store(target, features.to(features_ptr.dtype.element_ty), mask=valid[:, None] & (wide[None, :] < C))
 
     @triton_op("regress::triplane_field", mutates_args=())
     def triplane_field(
@@ -129,6 +131,6 @@ if triton is not None:
         grid = (triton.cdiv(p, BLOCK_POINTS), n)
         wrap_triton(_triplane_field_kernel)[grid](
             planes, points, w1, b1, w2, w2_sigma, b2, sigma, features, p, h, w, scale, FEATURE_PAD, SOFTPLUS_THRESHOLD,
-            C=c, HIDDEN=w1.shape[1], BLOCK=BLOCK_POINTS, WITH_FEATURES=with_features,
+            C=c, HIDDEN=w1.shape[1], WIDE=max(c, 64), BLOCK=BLOCK_POINTS, WITH_FEATURES=with_features,
         )  # fmt: skip
         return sigma, features
