@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import lightning as L
 import numpy as np
@@ -32,21 +32,25 @@ def stream_key(global_seed: int) -> int:
     return int(state) & ((1 << 62) - 1)
 
 
-def train_seed(global_seed: int, epoch: int, rank: int, index: int) -> int:
-    """The seed of training sample `index` of `rank` in `epoch`: distinct for every triple, >= 2**62."""
+def stream_counter(epoch: int, rank: int, index: int) -> int:
+    """(epoch, rank, index) packed into 62 bits; a ValueError names a part that does not fit."""
     for name, value, bits in (("epoch", epoch, EPOCH_BITS), ("rank", rank, RANK_BITS), ("index", index, INDEX_BITS)):
         if not 0 <= value < 1 << bits:
             raise ValueError(f"{name} {value} is outside the seed layout's range [0, 2**{bits})")
-    counter = (epoch << (RANK_BITS + INDEX_BITS)) | (rank << INDEX_BITS) | index
-    return TRAIN_FLAG | (counter ^ stream_key(global_seed))
+    return (epoch << (RANK_BITS + INDEX_BITS)) | (rank << INDEX_BITS) | index
+
+
+def train_seed(global_seed: int, epoch: int, rank: int, index: int) -> int:
+    """The seed of training sample `index` of `rank` in `epoch`: distinct for every triple, >= 2**62."""
+    return TRAIN_FLAG | (stream_counter(epoch, rank, index) ^ stream_key(global_seed))
 
 
 def train_seeds(global_seed: int, epoch: int, rank: int, world_size: int, epoch_length: int) -> list[int]:
     """The seeds one rank trains on in one epoch: its share (epoch_length // world_size) of the epoch."""
-    key = stream_key(global_seed)
-    train_seed(global_seed, epoch, rank, max(epoch_length // world_size - 1, 0))  # range checks
-    base = (epoch << (RANK_BITS + INDEX_BITS)) | (rank << INDEX_BITS)
-    return [TRAIN_FLAG | ((base | i) ^ key) for i in range(epoch_length // world_size)]
+    count, key = epoch_length // world_size, stream_key(global_seed)
+    first = stream_counter(epoch, rank, 0)
+    stream_counter(epoch, rank, max(count - 1, 0))  # the last index must fit too
+    return [TRAIN_FLAG | ((first | i) ^ key) for i in range(count)]
 
 
 def val_seeds(start: int, size: int, rank: int = 0, world_size: int = 1) -> range:
@@ -75,7 +79,7 @@ class SeedSampler(DistributedSampler):
         """Continue `epoch` after its first `samples_done` samples (a mid-epoch checkpoint)."""
         self.epoch, self.skip = epoch, samples_done
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         seeds = self.seeds_of_epoch(self.epoch)
         skip, self.skip = self.skip, 0
         return iter(seeds[skip:])
