@@ -27,10 +27,20 @@ def eg3d_fixture_dir() -> Path:
     return EG3D_FIXTURE
 
 
+def _threads_for(node) -> int:
+    """2 threads (what CI has), or 1 in modules marked `single_thread` (tiny tensors, where a second thread only syncs)."""
+    return 1 if node.get_closest_marker("single_thread") else min(2, os.cpu_count() or 1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _cpu_threads_for_module_fixtures(request):
+    torch.set_num_threads(_threads_for(request.node))
+    yield
+
+
 @pytest.fixture(autouse=True)
-def _cpu_threads():
-    """Keep tests to the 2 cores CI has, whatever the machine."""
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+def _cpu_threads(request):
+    torch.set_num_threads(_threads_for(request.node))
     yield
 
 

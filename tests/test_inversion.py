@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import pytest
@@ -24,28 +23,7 @@ TINY_EG3D = dict(
 )  # fmt: skip
 
 
-@contextlib.contextmanager
-def _threads(count: int):
-    saved = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread_for_fixtures():
-    """Inversion runs on tiny tensors: a second intra-op thread only adds synchronization (10x slower on a busy box)."""
-    with _threads(1):
-        yield
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The same inside each test (conftest sets two threads per test)."""
-    with _threads(1):
-        yield
+pytestmark = pytest.mark.single_thread  # tiny tensors: a second thread only adds synchronization
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from regress.datamodules.online import resize_images
+from regress.datamodules.shards import ManifestLatents
 from regress.inversion.pairs import RECORDS, read_manifest, read_record, record_keys
 from regress.sample import Batch, collate_samples, decode_sample
 from regress.shards import iter_shard
@@ -93,7 +94,7 @@ def validation_keys(keys: list[str], fraction: float) -> list[str]:
     return held
 
 
-class PairDataModule(L.LightningDataModule):
+class PairDataModule(ManifestLatents, L.LightningDataModule):
     """Sample batches of real-versus-inverted pairs built by `python -m regress.evaluate pairs`; `--data pairs`.
 
     Args:
@@ -123,18 +124,6 @@ class PairDataModule(L.LightningDataModule):
         self.root, self.manifest = Path(root), read_manifest(root)
         self.batch_size, self.image_size, self.image, self.num_workers = batch_size, image_size, image, num_workers
         self.val_fraction = val_fraction
-
-    @property
-    def latent_shape(self) -> tuple[int, int]:
-        return tuple(self.manifest["latent_shape"])
-
-    @property
-    def depth_resolution(self) -> int:
-        return self.manifest["depth_resolution"]
-
-    def mean_latent(self) -> torch.Tensor:
-        """The generator's mean latent (num_ws, w_dim), as recorded in the manifest."""
-        return torch.tensor(self.manifest["mean_latent"], dtype=torch.float32)
 
     def setup(self, stage: str | None = None) -> None:
         everything = PairDataset(self.root, image=self.image)

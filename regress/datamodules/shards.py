@@ -93,7 +93,25 @@ def collate(samples: list[dict]) -> Batch:
     return batch
 
 
-class ShardDataModule(L.LightningDataModule):
+class ManifestLatents:
+    """`latent_shape`, `depth_resolution` and `mean_latent()` of a data module read from its `manifest`."""
+
+    manifest: dict
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        return tuple(self.manifest["latent_shape"])
+
+    @property
+    def depth_resolution(self) -> int:
+        return self.manifest["depth_resolution"]
+
+    def mean_latent(self) -> torch.Tensor:
+        """The generator's mean latent (num_ws, w_dim), as recorded in the manifest."""
+        return torch.tensor(self.manifest["mean_latent"], dtype=torch.float32)
+
+
+class ShardDataModule(ManifestLatents, L.LightningDataModule):
     """Sample batches from shards written by `python -m regress.generate`; `--data shards`.
 
     Args:
@@ -142,18 +160,6 @@ class ShardDataModule(L.LightningDataModule):
         self.resampled, self.shuffle_buffer, self.seed = resampled, shuffle_buffer, seed
         self.corrupt = CorruptCounter() if skip_corrupt else None
         self.with_mesh = with_mesh
-
-    @property
-    def latent_shape(self) -> tuple[int, int]:
-        return tuple(self.manifest["latent_shape"])
-
-    @property
-    def depth_resolution(self) -> int:
-        return self.manifest["depth_resolution"]
-
-    def mean_latent(self) -> torch.Tensor:
-        """The generator's mean latent (num_ws, w_dim), as recorded in the manifest."""
-        return torch.tensor(self.manifest["mean_latent"], dtype=torch.float32)
 
     def _world_size(self) -> int:
         return self.trainer.world_size if self.trainer is not None else 1
