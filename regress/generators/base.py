@@ -1,8 +1,8 @@
 """The generator interface every backend implements, and the seeded sampling they share.
 
-Randomness is a pure function of the sample seed: z, the view and the renderer's jitter are
-drawn on the CPU from per-seed streams, so a seed gives the same sample whatever the batch
-size, device or rank.
+Randomness is a pure function of the sample seed: z and the view are drawn on the CPU from
+per-seed streams, the renderer's jitter from the seed too (EG3D hashes (seed, index) on the
+device), so a seed gives the same sample whatever the batch size, device or rank.
 """
 
 from __future__ import annotations
@@ -24,12 +24,6 @@ RENDER_STREAM = 2
 def seeded_normal(seeds: Sequence[int], size: int, stream: int = Z_STREAM) -> torch.Tensor:
     """(N, size) float32 standard normals, row i drawn from its own stream (seed, stream)."""
     rows = [np.random.default_rng([int(s), stream]).standard_normal(size) for s in seeds]
-    return torch.from_numpy(np.stack(rows)).float()
-
-
-def seeded_uniform(seeds: Sequence[int], shape: Sequence[int], stream: int = RENDER_STREAM) -> torch.Tensor:
-    """(N, *shape) float32 uniforms in [0, 1), row i drawn from its own stream (seed, stream)."""
-    rows = [np.random.default_rng([int(s), stream]).random(tuple(shape)) for s in seeds]
     return torch.from_numpy(np.stack(rows)).float()
 
 
