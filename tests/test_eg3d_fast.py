@@ -15,7 +15,7 @@ from regress.generators.eg3d.fused_field import fused_field, supported
 from regress.generators.eg3d.jitter import MASK32, ROUND, hash32, hashed_uniform, seed_keys
 from regress.generators.eg3d.layers import ToRGB
 from regress.generators.eg3d.renderer import OSGDecoder, march, march_weights, sample_triplanes
-from tests.test_eg3d_generator import TINY
+from tests.eg3d_tiny import TINY_EG3D
 
 PSNR_MIN_DB = 40.0
 DEPTH_MAX_ERROR = 1e-2
@@ -117,8 +117,8 @@ def test_torgb_product_equals_the_scaled_1x1_conv_in_both_layouts():
 @pytest.fixture(scope="module")
 def tiny_pair() -> tuple[EG3DGenerator, EG3DGenerator]:
     torch.manual_seed(0)
-    reference = EG3DGenerator(**TINY).eval()
-    fast = EG3DGenerator(**TINY, precision="float16").eval()
+    reference = EG3DGenerator(**TINY_EG3D).eval()
+    fast = EG3DGenerator(**TINY_EG3D, precision="float16").eval()
     fast.load_state_dict(reference.state_dict())
     return reference, fast
 
@@ -134,9 +134,9 @@ def test_reduced_precision_follows_float32_on_the_cpu(tiny_pair):
     assert (a["depth"] - b["depth"]).abs().max() < 1e-2
     assert fast.identity()["config"]["precision"] == "float16"
     with pytest.raises(ValueError, match="precision"):
-        EG3DGenerator(**TINY, precision="int8")
+        EG3DGenerator(**TINY_EG3D, precision="int8")
     with pytest.raises(ValueError, match="compile"):
-        EG3DGenerator(**TINY, compile=True)
+        EG3DGenerator(**TINY_EG3D, compile=True)
 
 
 def test_fast_path_sample_is_deterministic_per_seed_whatever_the_batch(tiny_pair):
@@ -201,7 +201,7 @@ def test_fused_field_equals_plane_sampling_and_decoder():
 @pytest.mark.gpu
 def test_compiled_fast_path_is_deterministic_per_seed_whatever_the_batch():
     torch.manual_seed(0)
-    options = {**TINY, "triplane_channels": 32, "decoder_hidden": 64}  # widths the fused field takes
+    options = {**TINY_EG3D, "triplane_channels": 32, "decoder_hidden": 64}  # widths the fused field takes
     generator = EG3DGenerator(**options, precision="float16", compile="reduce-overhead").cuda().eval()
     views = ViewMixture.load("published")
     with torch.no_grad():

@@ -13,28 +13,13 @@ from regress.generators import create_generator
 from regress.generators.eg3d import EG3DConfig, EG3DGenerator
 from regress.generators.eg3d.layers import ModulatedConv, fir_filter, upsample2d
 from regress.sample import FIELDS
-
-TINY = dict(
-    z_dim=32,
-    w_dim=32,
-    channel_base=256,
-    channel_max=16,
-    backbone_resolution=32,
-    triplane_channels=8,
-    decoder_hidden=16,
-    neural_rendering_resolution=16,
-    depth_resolution=12,
-    depth_resolution_importance=12,
-    sr_input_resolution=16,
-    image_resolution=64,
-    sr_channels=(16, 8),
-)
+from tests.eg3d_tiny import TINY_EG3D
 
 
 @pytest.fixture(scope="module")
 def tiny() -> EG3DGenerator:
     torch.manual_seed(0)
-    generator = EG3DGenerator(**TINY).eval()
+    generator = EG3DGenerator(**TINY_EG3D).eval()
     with torch.no_grad():
         for name, parameter in generator.named_parameters():
             if name.endswith("noise_strength"):
@@ -108,14 +93,14 @@ def test_mean_latent_and_truncation(tiny):
 
 def test_noise_modes(tiny):
     w = tiny.mapping(torch.randn(1, 32), frontal_camera(1))
-    none = EG3DGenerator(EG3DConfig(**TINY), noise_mode="none")
+    none = EG3DGenerator(EG3DConfig(**TINY_EG3D), noise_mode="none")
     none.load_state_dict(tiny.state_dict())
     planes, planes_none = tiny.planes(w), none.planes(w)
     assert (planes - planes_none).abs().max() > 0
     with pytest.raises(ValueError, match="noise_mode"):
-        EG3DGenerator(**TINY, noise_mode="fixed")
+        EG3DGenerator(**TINY_EG3D, noise_mode="fixed")
     with pytest.raises(ValueError, match="unknown EG3D options \\['noise'\\]"):
-        EG3DGenerator(**TINY, noise="const")
+        EG3DGenerator(**TINY_EG3D, noise="const")
 
 
 def test_converted_random_generator_round_trip(tiny, tmp_path):

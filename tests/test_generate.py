@@ -17,6 +17,7 @@ import torch
 
 from regress.generate import generate, main
 from regress.shards import MANIFEST, read_record
+from tests.eg3d_tiny import TINY_EG3D
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = {"image_resolution": 32, "render_resolution": 16, "depth_resolution": 16}
@@ -182,12 +183,7 @@ def test_disk_full_stops_with_a_clear_error_and_no_partial_file(tmp_path):
 
 @pytest.mark.gpu
 def test_eg3d_shards_with_meshes_on_the_gpu_are_byte_identical_run_to_run(tmp_path):
-    tiny = dict(
-        z_dim=32, w_dim=32, channel_base=256, channel_max=16, backbone_resolution=32, triplane_channels=8, decoder_hidden=16,
-        neural_rendering_resolution=16, depth_resolution=12, depth_resolution_importance=12, sr_input_resolution=16,
-        image_resolution=64, sr_channels=(16, 8),
-    )  # fmt: skip
-    options = dict(generator="eg3d", generator_options=tiny, num_samples=4, samples_per_shard=2, batch_size=2, with_mesh=True, mesh_resolution=48, device="cuda", progress=False)
+    options = dict(generator="eg3d", generator_options=TINY_EG3D, num_samples=4, samples_per_shard=2, batch_size=2, with_mesh=True, mesh_resolution=48, device="cuda", progress=False)
     for run in ("a", "b"):
         torch.manual_seed(0)  # random weights: the same ones for both runs
         generate(tmp_path / run, **options)

@@ -12,13 +12,9 @@ from skimage import measure
 from regress import geometry
 from regress.camera import camera_rays, frontal_camera, make_cameras
 from regress.generators import create_generator
+from tests.eg3d_tiny import TINY_EG3D
 
 BOX = 1.0
-EG3D_TINY = dict(
-    z_dim=32, w_dim=32, channel_base=256, channel_max=16, backbone_resolution=32, triplane_channels=8, decoder_hidden=16,
-    neural_rendering_resolution=16, depth_resolution=12, depth_resolution_importance=12, sr_input_resolution=16,
-    image_resolution=64, sr_channels=(16, 8),
-)  # fmt: skip
 
 
 def sphere_grid(resolution: int, radius: float, center=(0.0, 0.0, 0.0), box: float = BOX) -> np.ndarray:
@@ -150,7 +146,7 @@ def test_density_grid_matches_the_generator_at_grid_points():
 
 def eg3d_tiny(device: str = "cpu"):
     torch.manual_seed(0)
-    generator = create_generator("eg3d", **EG3D_TINY).eval().to(device)
+    generator = create_generator("eg3d", **TINY_EG3D).eval().to(device)
     with torch.no_grad():
         w = generator.mapping(torch.randn(2, 32, device=device), frontal_camera(2).to(device))
     return generator, w

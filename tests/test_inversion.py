@@ -15,12 +15,8 @@ from regress.generators.eg3d import EG3DGenerator
 from regress.inversion.perceptual import CHANNELS, PerceptualDistance
 from regress.inversion.project import ProjectionConfig, latent_distance, latent_spread, learning_rate, project
 from regress.inversion.quality import ms_ssim, psnr, ssim
+from tests.eg3d_tiny import TINY_EG3D
 
-TINY_EG3D = dict(
-    z_dim=32, w_dim=32, channel_base=256, channel_max=16, backbone_resolution=32, triplane_channels=8,
-    decoder_hidden=16, neural_rendering_resolution=16, depth_resolution=12, depth_resolution_importance=12,
-    sr_input_resolution=16, image_resolution=64, sr_channels=(16, 8),
-)  # fmt: skip
 
 
 pytestmark = pytest.mark.single_thread  # tiny tensors: a second thread only adds synchronization
