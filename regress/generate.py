@@ -4,7 +4,8 @@ Ranks (torchrun's RANK / WORLD_SIZE, or an initialized torch.distributed) take t
 i % world_size == rank; a shard's seeds depend only on its index, so 1 or 8 ranks make the same
 dataset. A rerun skips shards that are complete and verified and regenerates the others; the
 last rank to finish (or any rerun) writes manifest.json. Meshes: density on the generator's
-device, marching cubes on the CPU (in `workers` processes when workers > 0).
+device, marching cubes on the CPU (in `workers` processes when workers > 0). A background
+thread renders the next batches on the device while the CPU encodes and writes this one.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import hashlib
 import json
 import multiprocessing
 import os
+import queue
 import sys
+import threading
 import time
 from collections import deque
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -57,6 +60,80 @@ def record_members(
     return members
 
 
+@dataclasses.dataclass
+class RenderedBatch:
+    """One generator call's records, on the CPU: its shard, seeds, arrays (N, ...), meta and mesh blocks."""
+
+    shard: int
+    seeds: range
+    arrays: dict[str, np.ndarray]
+    meta: list[dict]
+    blocks: list[GridBlock | None]
+
+
+def render_batches(
+    model: Generator, layout: ShardLayout, shards: list[int], mixture: ViewMixture, settings: dict, batch_size: int
+) -> Iterator[RenderedBatch]:
+    """Every batch of the given shards in order; with meshes, only each surface's block leaves the device."""
+    mesh = settings["mesh"]
+    for index in shards:
+        seeds = layout.seeds(index)
+        for first in range(0, len(seeds), batch_size):
+            batch_seeds = seeds[first : first + batch_size]
+            with torch.inference_mode():
+                batch = model.sample(batch_seeds, mixture, psi=settings["psi"], cutoff=settings["cutoff"], jitter=settings["jitter"])
+                blocks: list[GridBlock | None] = [None] * len(batch_seeds)
+                if mesh:
+                    grids = density_grid(model, batch["w"], mesh["resolution"])
+                    blocks = [surface_block(grid, mesh["level"], mesh["box_size"]) for grid in grids]
+                arrays = {k: batch[k].cpu().numpy() for k in ARRAY_FIELDS if k in batch}
+            yield RenderedBatch(index, batch_seeds, arrays, batch["meta"], blocks)
+
+
+Item = TypeVar("Item")
+
+
+def in_background(items: Iterator[Item], depth: int = 2) -> Iterator[Item]:
+    """Iterate `items` in a background thread, up to `depth` items ahead; its errors surface here.
+
+    Stopping early (an error while writing, Ctrl-C) lets the thread finish its current item and end.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in items:
+                if not put(("item", item)):
+                    return
+            put(("end", None))
+        except BaseException as error:  # handed to the consumer, which raises it
+            put(("error", error))
+
+    thread = threading.Thread(target=run, name="regress-render", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = ready.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()
+
+
 def generate(
     output: Path,
     generator: str | None = None,
@@ -73,6 +150,7 @@ def generate(
     image_format: Literal["png", "jpg", "webp"] = "png",
     with_mesh: bool = False,
     mesh_resolution: int = 256,
+    mesh_level: float | None = None,
     mesh_keep_largest: bool = True,
     batch_size: int = 8,
     workers: int = 0,
@@ -97,6 +175,7 @@ def generate(
         image_format: png (lossless), jpg or webp
         with_mesh: add `mesh.ply` (marching cubes of the density grid) to every sample
         mesh_resolution: density grid points per axis for meshes
+        mesh_level: density of the surface; None takes the generator's own level
         mesh_keep_largest: keep only the largest connected piece of each mesh
         batch_size: samples per generator call
         workers: processes for image/mesh encoding (0: in this process)
@@ -112,7 +191,7 @@ def generate(
     if with_mesh:
         if mesh_resolution < 2:
             raise ValueError(f"mesh_resolution must be at least 2, got {mesh_resolution}")
-        check_grid_fits(mesh_resolution, grids_in_flight=batch_size + max_pending + workers)
+        check_grid_fits(mesh_resolution, grids_in_flight=3 * batch_size + max_pending + workers)  # 2 batches rendered ahead
     rank, world_size, _, _ = wds.utils.pytorch_worker_info()
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world size {world_size}; check the RANK and WORLD_SIZE variables")
@@ -131,7 +210,14 @@ def generate(
         "cutoff": cutoff,
         "jitter": jitter,
         "image_format": image_format,
-        "mesh": {"resolution": mesh_resolution, "keep_largest": mesh_keep_largest, "level": model.surface_level, "box_size": model.box_size} if with_mesh else None,
+        "mesh": {
+            "resolution": mesh_resolution,
+            "keep_largest": mesh_keep_largest,
+            "level": model.surface_level if mesh_level is None else mesh_level,
+            "box_size": model.box_size,
+        }
+        if with_mesh
+        else None,
         "name": name,
         "seed_start": seed_start,
         "samples_per_shard": samples_per_shard,
@@ -145,12 +231,14 @@ def generate(
     start, written_bytes = time.perf_counter(), 0
     bar = tqdm(total=sum(len(layout.seeds(i)) for i in todo), unit="sample", desc=f"rank {rank}/{world_size}", disable=not progress, dynamic_ncols=True)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers else None
+    batches = in_background(render_batches(model, layout, todo, mixture, settings, batch_size))
     try:
         for index in todo:
             bar.set_postfix_str(layout.filename(index))
-            record = _write_shard(output, layout, index, model, mixture, settings, fingerprint, batch_size, max_pending, pool, bar)
+            record = _write_shard(output, layout, index, batches, settings, fingerprint, max_pending, pool, bar)
             written_bytes += record["bytes"]
     finally:
+        batches.close()
         bar.close()
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -249,34 +337,27 @@ def _write_shard(
     output: Path,
     layout: ShardLayout,
     index: int,
-    model: Generator,
-    mixture: ViewMixture,
+    batches: Iterator[RenderedBatch],
     settings: dict,
     fingerprint: str,
-    batch_size: int,
     max_pending: int,
     pool: Executor | None,
     bar: tqdm,
 ) -> dict[str, Any]:
-    """Generate, encode and write one shard; on a write error remove the partial file and say why."""
+    """Encode and write one shard from the rendered batches; on a write error remove the partial file and say why."""
     seeds, path, mesh = layout.seeds(index), output / layout.filename(index), settings["mesh"]
     mesh_args = (mesh["level"], mesh["keep_largest"]) if mesh else (0.0, False)
     pending: deque[tuple[str, Future]] = deque()
     try:
         with ShardWriter(path) as writer:
-            for first in range(0, len(seeds), batch_size):
-                batch_seeds = seeds[first : first + batch_size]
-                with torch.inference_mode():
-                    batch = model.sample(batch_seeds, mixture, psi=settings["psi"], cutoff=settings["cutoff"], jitter=settings["jitter"])
-                if mesh:  # only the block around each surface leaves the device
-                    grids = density_grid(model, batch["w"], mesh["resolution"])
-                    blocks = [surface_block(grid, mesh["level"], mesh["box_size"]) for grid in grids]
-                else:
-                    blocks = [None] * len(batch_seeds)
-                arrays = {k: batch[k].cpu().numpy() for k in ARRAY_FIELDS if k in batch}
-                for i, seed in enumerate(batch_seeds):
-                    sample = {k: v[i] for k, v in arrays.items()}
-                    job = (record_members, sample, batch["meta"][i], settings["image_format"], blocks[i], *mesh_args)
+            done = 0
+            while done < len(seeds):
+                batch = next(batches)
+                assert batch.shard == index and batch.seeds.start == seeds.start + done, "batches out of order"
+                done += len(batch.seeds)
+                for i, seed in enumerate(batch.seeds):
+                    sample = {k: v[i] for k, v in batch.arrays.items()}
+                    job = (record_members, sample, batch.meta[i], settings["image_format"], batch.blocks[i], *mesh_args)
                     pending.append((sample_key(seed), pool.submit(*job) if pool else _done(*job)))
                 while len(pending) > max_pending or (pending and pending[0][1].done()):
                     key, future = pending.popleft()

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from regress.camera import ViewMixture, frontal_camera
+from regress.camera import ViewMixture
 from regress.datamodules.shards import ShardDataModule
 from regress.generate import generate
 from regress.generators import create_generator
@@ -41,11 +41,12 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def stage_times(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
-    """Seconds per sample of each generation stage, for one batch after a warm-up batch.
+def stage_times(args: argparse.Namespace, device: torch.device) -> tuple[dict[str, float], float]:
+    """Seconds per sample of each generation stage, for one batch after a warm-up batch, and the mesh level.
 
-    Meshing is timed on the generator's own surfaces, or on analytic heads at the same grid
-    size when it has none (random EG3D weights have no density above the surface level).
+    The level is the generator's surface level, or where it has no surface there (random EG3D
+    weights stay far below it) the `--level-quantile` of the first grid's densities, so the
+    meshing is timed, and the write run meshes, on surfaces of the generator's own field.
     """
     model = create_generator(args.generator, args.checkpoint, **json.loads(args.generator_options)).to(device).eval()
     mixture, seeds = ViewMixture.load("published"), list(range(args.batch_size))
@@ -61,21 +62,17 @@ def stage_times(args: argparse.Namespace, device: torch.device) -> dict[str, flo
             grids = density_grid(model, batch["w"], args.mesh_resolution)
             synchronize(device)
             times["density grid"] = (time.perf_counter() - start) / len(seeds)
-            start = time.perf_counter()
-            blocks = [surface_block(grid, model.surface_level, model.box_size) for grid in grids]
-            times["surface block to CPU"] = (time.perf_counter() - start) / len(seeds)
         level = model.surface_level
-        if all(b.values.max() <= level for b in blocks):
-            head = create_generator("analytic").to(device)
-            w = head.mapping(torch.randn(len(seeds), head.z_dim, device=device), frontal_camera(len(seeds)).to(device), psi=0.7)
-            level = head.surface_level
-            blocks = [surface_block(grid, level, head.box_size) for grid in density_grid(head, w, args.mesh_resolution)]
-            times["(meshes below: analytic heads, the generator has no surface)"] = float("nan")
+        if all(grid.max() <= level for grid in grids):
+            level = float(torch.quantile(grids[0].flatten()[:: max(1, grids[0].numel() // 2**24)].float(), args.level_quantile))
+        start = time.perf_counter()
+        blocks = [surface_block(grid, level, model.box_size) for grid in grids]
+        times["surface block to CPU"] = (time.perf_counter() - start) / len(seeds)
     start = time.perf_counter()
-    sizes = [len(mesh_to_bytes(block_to_mesh(block, level))) for block in blocks]
+    meshes = [mesh_to_bytes(block_to_mesh(block, level)) for block in blocks]
     times["marching cubes + ply (1 CPU)"] = (time.perf_counter() - start) / len(seeds)
-    times["ply MiB"] = float(np.mean(sizes)) / 2**20
-    return times
+    times["ply MiB"] = float(np.mean([len(m) for m in meshes])) / 2**20
+    return times, level
 
 
 def read_rate(root: Path, batch_size: int, workers: int, with_mesh: bool, samples: int) -> tuple[int, float]:
@@ -104,22 +101,27 @@ def main() -> None:
     parser.add_argument("--read-only", action="store_true", help="only read the shards a run with --output left there")
     parser.add_argument("--output", type=Path, default=None, help="where to write (default: a temporary folder, removed)")
     parser.add_argument("--target", type=int, default=50_000, help="samples to extrapolate the mesh run to")
+    parser.add_argument("--level-quantile", type=float, default=0.8, help="mesh level quantile where the generator has no surface")
+    parser.add_argument("--no-plain", action="store_true", help="skip the write run without meshes")
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     root = Path(tempfile.mkdtemp(prefix="bench-generate-")) if args.output is None else args.output
     rows = []
     try:
-        stages = {} if args.read_only else stage_times(args, device)
-        for label, mesh in () if args.read_only else (("write, no mesh", False), (f"write, {args.mesh_resolution}³ meshes", True)):
+        stages, level = ({}, None) if args.read_only else stage_times(args, device)
+        runs = [("write, no mesh", False)] * (not args.no_plain) + [(f"write, {args.mesh_resolution}³ meshes", True)]
+        for label, mesh in () if args.read_only else runs:
             output = root / ("mesh" if mesh else "plain")
             summary = generate(
                 output, generator=args.generator, checkpoint=args.checkpoint, generator_options=json.loads(args.generator_options),
                 num_samples=args.num_samples, samples_per_shard=args.samples_per_shard, with_mesh=mesh,
-                mesh_resolution=args.mesh_resolution, batch_size=args.batch_size, workers=args.workers, progress=False,
+                mesh_resolution=args.mesh_resolution, mesh_level=level, batch_size=args.batch_size, workers=args.workers, progress=False,
             )  # fmt: skip
             rows.append((label, summary["samples"], summary["seconds"], summary["bytes"] / summary["samples"] / 2**20))
         for label, folder in (("read, no mesh", "plain"), ("read, meshes decoded", "mesh")):
+            if not (root / folder).is_dir():
+                continue
             samples, seconds = read_rate(root / folder, args.batch_size, args.read_workers, folder == "mesh", args.read_samples)
             rows.append((f"{label} ({args.read_workers} workers)", samples, seconds, float("nan")))
     finally:
@@ -134,7 +136,9 @@ def main() -> None:
         print("\n| stage (per sample) | seconds |\n| --- | ---: |")
         for name, value in stages.items():
             print(f"| {name} | {value:.4f} |" if name != "ply MiB" else f"| mesh.ply size (MiB) | {value:.2f} |")
-        mesh_rate = rows[1][1] / rows[1][2]
+        print(f"\nmesh level {level:.4g}")
+        mesh_row = next(row for row in rows if "meshes" in row[0])
+        mesh_rate = mesh_row[1] / mesh_row[2]
         cpu_rate = max(args.workers, 1) / (stages["marching cubes + ply (1 CPU)"] + 1e-9)
         print(f"\nmeshing capacity of {max(args.workers, 1)} CPU processes: {cpu_rate:.1f} samples/s")
         for label, rate in (("measured", mesh_rate), ("bounded by that meshing capacity", min(mesh_rate, cpu_rate))):

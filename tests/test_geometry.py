@@ -148,7 +148,8 @@ def eg3d_tiny(device: str = "cpu"):
     torch.manual_seed(0)
     generator = create_generator("eg3d", **TINY_EG3D).eval().to(device)
     with torch.no_grad():
-        w = generator.mapping(torch.randn(2, 32, device=device), frontal_camera(2).to(device))
+        z = torch.randn(2, 32).to(device)  # drawn on the CPU: CUDA's generator gives other numbers
+        w = generator.mapping(z, frontal_camera(2).to(device))
     return generator, w
 
 

@@ -27,6 +27,17 @@ def seeded_normal(seeds: Sequence[int], size: int, stream: int = Z_STREAM) -> to
     return torch.from_numpy(np.stack(rows)).float()
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a CPU tensor to `device` without waiting for the device's queued work (pinned, non-blocking).
+
+    A plain copy from pageable memory first drains the stream, so a caller could not queue
+    the next batch while the GPU still renders this one.
+    """
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 class Generator(nn.Module, abc.ABC):
     """A 3D-aware face generator: z + camera -> w -> image, depth, mask; density for meshes.
 
@@ -100,9 +111,9 @@ class Generator(nn.Module, abc.ABC):
         if len(views) != len(seeds):
             raise ValueError(f"{len(seeds)} seeds but {len(views)} views")
         device = self.device
-        z = seeded_normal(seeds, self.z_dim).to(device)
-        camera = views_to_cameras(views).to(device)
-        camera_cond = frontal_camera(len(seeds)).to(device)
+        z = to_device(seeded_normal(seeds, self.z_dim), device)
+        camera = to_device(views_to_cameras(views), device)
+        camera_cond = to_device(frontal_camera(len(seeds)), device)
         w = self.mapping(z, camera_cond, psi=psi, cutoff=cutoff)
         out = self.synthesis(w, camera, noise_seeds=seeds if jitter else None)
         identity = self.identity()

@@ -19,7 +19,8 @@ try:
 except ImportError:  # CPU-only installs: the unfused field is used
     triton = None
 
-BLOCK_POINTS = 64
+BLOCK_POINTS = 64  # points per program; chosen with scripts/bench_field.py
+NUM_WARPS = 4
 SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus: x itself above it
 
 
@@ -131,6 +132,6 @@ if triton is not None:
         grid = (triton.cdiv(p, BLOCK_POINTS), n)
         wrap_triton(_triplane_field_kernel)[grid](
             planes, points, w1, b1, w2, w2_sigma, b2, sigma, features, p, h, w, scale, FEATURE_PAD, SOFTPLUS_THRESHOLD,
-            C=c, HIDDEN=w1.shape[1], WIDE=max(c, 64), BLOCK=BLOCK_POINTS, WITH_FEATURES=with_features,
+            C=c, HIDDEN=w1.shape[1], WIDE=max(c, 64), BLOCK=BLOCK_POINTS, WITH_FEATURES=with_features, num_warps=NUM_WARPS,
         )  # fmt: skip
         return sigma, features

@@ -15,7 +15,7 @@ import torch
 
 from regress.camera import camera_rays
 from regress.generators import register
-from regress.generators.base import RENDER_STREAM, Generator
+from regress.generators.base import RENDER_STREAM, Generator, to_device
 from regress.generators.eg3d.backbone import TriplaneBackbone
 from regress.generators.eg3d.checkpoint import (
     WEIGHTS_FILE,
@@ -166,7 +166,7 @@ class EG3DGenerator(Generator):
         if noise_seeds is not None:
             if len(noise_seeds) != n:
                 raise ValueError(f"{len(noise_seeds)} noise seeds for {n} latents")
-            keys = seed_keys(noise_seeds, RENDER_STREAM).to(w.device)
+            keys = to_device(seed_keys(noise_seeds, RENDER_STREAM), w.device)
         mode = self.config.compile
         if mode is None:
             return self._synthesis(w, camera, keys)

@@ -1,0 +1,77 @@
+"""Launch settings of the fused tri-plane field kernel: ms per image and points/s for each, on one GPU.
+
+Planes come from the full FFHQ-512 configuration with random weights (float16 fast path), the
+points are the coarse stratified samples of `published` views (128² rays x 48), features and sigma
+as the renderer asks for them, and sigma alone as the density grid does. Every setting must give
+the same numbers as the first one (the largest difference is printed).
+
+    python scripts/bench_field.py --blocks 32 64 128 --warps 2 4 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import torch
+
+from regress.camera import ViewMixture, camera_rays, views_to_cameras
+from regress.generators.base import seeded_normal
+from regress.generators.eg3d import fused_field as kernel
+from regress.generators.eg3d.generator import EG3DGenerator
+from regress.generators.eg3d.renderer import stratified_depths
+
+
+def timed(function, repeats: int) -> float:
+    """Milliseconds per call on the device, after one warm-up call."""
+    function()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        function()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--blocks", type=int, nargs="+", default=[32, 64, 128, 256])
+    parser.add_argument("--warps", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    generator = EG3DGenerator(precision="float16").cuda().eval()
+    seeds = list(range(args.batch_size))
+    with torch.no_grad():
+        z = seeded_normal(seeds, generator.z_dim).cuda()
+        camera = views_to_cameras(ViewMixture.load("published").draw_many(seeds)).cuda()
+        planes = generator.planes(generator.mapping(z, camera, psi=0.7))
+        origins, directions = camera_rays(camera, generator.depth_resolution)
+        n, m, _ = origins.shape
+        depths = stratified_depths((n, m), generator.config.depth_resolution, generator.ray_start, generator.ray_end, None, origins.device)
+        points = (origins[..., None, :] + depths[..., None] * directions[..., None, :]).reshape(n, -1, 3)
+    per_image = points.shape[1]
+    print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}; batch {n}, {per_image} points per image\n")
+    print("| block | warps | field ms/image | Gpoints/s | sigma-only ms/image | max diff vs first |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    reference = None
+    for block, warps in itertools.product(args.blocks, args.warps):
+        kernel.BLOCK_POINTS, kernel.NUM_WARPS = block, warps
+        with torch.no_grad():
+            try:
+                field = timed(lambda: generator._field(planes, points), args.repeats) / n
+                sigma_only = timed(lambda: generator._field(planes, points, with_features=False), args.repeats) / n
+            except Exception as error:  # a setting the compiler refuses (too many registers, shared memory)
+                print(f"| {block} | {warps} | failed: {type(error).__name__} | | | |")
+                continue
+            sigma, features = generator._field(planes, points)
+        if reference is None:
+            reference = sigma, features
+        diff = max((sigma - reference[0]).abs().max().item(), (features.float() - reference[1].float()).abs().max().item())
+        print(f"| {block} | {warps} | {field:.3f} | {per_image / field / 1e6:.2f} | {sigma_only:.3f} | {diff:.1e} |")
+
+
+if __name__ == "__main__":
+    main()
