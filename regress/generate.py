@@ -32,7 +32,7 @@ from tqdm import tqdm
 from regress.camera import ViewMixture
 from regress.generators import create_generator
 from regress.generators.base import Generator
-from regress.geometry import GridBlock, block_to_mesh, check_grid_fits, density_grid, mesh_to_bytes, surface_block
+from regress.geometry import PackedBlock, block_to_mesh, check_grid_fits, density_grid, mesh_to_bytes, packed_surface_block
 from regress.sample import ARRAY_FIELDS, IMAGE_FORMATS, SCHEMA_VERSION, encode_sample
 from regress.shards import (
     FORMAT,
@@ -49,13 +49,13 @@ from regress.shards import (
 
 
 def record_members(
-    arrays: dict[str, np.ndarray], meta: dict, image_format: str, block: GridBlock | None, level: float, keep_largest: bool
+    arrays: dict[str, np.ndarray], meta: dict, image_format: str, block: PackedBlock | None, level: float, keep_largest: bool
 ) -> dict[str, bytes]:
-    """One sample's shard members: the Sample encoding, `mesh.ply` when a density block is given, `meta.json` last."""
+    """One sample's shard members: the Sample encoding, `mesh.ply` when a surface block is given, `meta.json` last."""
     members = encode_sample({**{k: torch.from_numpy(v)[None] for k, v in arrays.items()}, "meta": [meta]}, 0, image_format)
     meta_json = members.pop("meta.json")
     if block is not None:
-        members["mesh.ply"] = mesh_to_bytes(block_to_mesh(block, level, keep_largest))
+        members["mesh.ply"] = mesh_to_bytes(block_to_mesh(block.unpack(), level, keep_largest))
     members["meta.json"] = meta_json
     return members
 
@@ -68,13 +68,13 @@ class RenderedBatch:
     seeds: range
     arrays: dict[str, np.ndarray]
     meta: list[dict]
-    blocks: list[GridBlock | None]
+    blocks: list[PackedBlock | None]
 
 
 def render_batches(
     model: Generator, layout: ShardLayout, shards: list[int], mixture: ViewMixture, settings: dict, batch_size: int
 ) -> Iterator[RenderedBatch]:
-    """Every batch of the given shards in order; with meshes, only each surface's block leaves the device."""
+    """Every batch of the given shards in order; with meshes, only each surface's packed block leaves the device."""
     mesh = settings["mesh"]
     for index in shards:
         seeds = layout.seeds(index)
@@ -82,10 +82,10 @@ def render_batches(
             batch_seeds = seeds[first : first + batch_size]
             with torch.inference_mode():
                 batch = model.sample(batch_seeds, mixture, psi=settings["psi"], cutoff=settings["cutoff"], jitter=settings["jitter"])
-                blocks: list[GridBlock | None] = [None] * len(batch_seeds)
+                blocks: list[PackedBlock | None] = [None] * len(batch_seeds)
                 if mesh:
                     grids = density_grid(model, batch["w"], mesh["resolution"])
-                    blocks = [surface_block(grid, mesh["level"], mesh["box_size"]) for grid in grids]
+                    blocks = [packed_surface_block(grid, mesh["level"], mesh["box_size"]) for grid in grids]
                 arrays = {k: batch[k].cpu().numpy() for k in ARRAY_FIELDS if k in batch}
             yield RenderedBatch(index, batch_seeds, arrays, batch["meta"], blocks)
 

@@ -20,6 +20,7 @@ import trimesh
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 from skimage import measure
+from torch.nn import functional as F
 
 from regress.camera import camera_rays, frontal_camera
 
@@ -110,7 +111,7 @@ def keep_largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
 class GridBlock:
     """Density on a block of the cube grid: values [x, y, z] whose first sample is grid point `offset`."""
 
-    values: np.ndarray
+    values: np.ndarray  # a tensor on the grid's device inside `surface_block_tensor`
     offset: tuple[int, int, int]
     resolution: int  # points per axis of the whole cube
     box_size: float
@@ -134,16 +135,67 @@ def surface_box(values: torch.Tensor, level: float) -> tuple[list[int], list[int
     return low, high
 
 
-def surface_block(values: torch.Tensor | np.ndarray, level: float, box_size: float) -> GridBlock:
-    """The block of a cube grid (R, R, R) that holds its surface, cut where the values live, then brought to the CPU."""
-    values = torch.as_tensor(values)
+def surface_block_tensor(values: torch.Tensor, level: float) -> GridBlock:
+    """The block of a cube grid (R, R, R) that holds its surface, still where the values live (box_size unset)."""
     resolution = values.shape[0]
     if values.ndim != 3 or values.shape != (resolution,) * 3:
         raise ValueError(f"density grid must be a cube (R, R, R), got shape {tuple(values.shape)}")
     box = surface_box(values, level)
     low, high = box if box is not None else ([0, 0, 0], [2, 2, 2])  # no surface: any corner marches to nothing
-    block = values[low[0] : high[0], low[1] : high[1], low[2] : high[2]]
-    return GridBlock(block.cpu().numpy(), tuple(low), resolution, box_size)
+    return GridBlock(values[low[0] : high[0], low[1] : high[1], low[2] : high[2]], tuple(low), resolution, float("nan"))
+
+
+def surface_block(values: torch.Tensor | np.ndarray, level: float, box_size: float) -> GridBlock:
+    """The block of a cube grid (R, R, R) that holds its surface, cut where the values live, then brought to the CPU."""
+    block = surface_block_tensor(torch.as_tensor(values), level)
+    return GridBlock(block.values.cpu().numpy(), block.offset, block.resolution, box_size)
+
+
+@dataclass(frozen=True)
+class PackedBlock:
+    """A surface block in the few bytes marching cubes reads: which samples are inside (one bit each) and
+    the exact values of the samples next to the surface; a few MiB where the dense 256³ block is 64 MiB.
+
+    Marching cubes reads values only at the corners of the cells the surface crosses, and every such
+    corner has a sample on the other side of the level among its 26 neighbours. All other samples
+    become level ± 1, on their own side, so `unpack` marches to the same mesh, bit for bit.
+    """
+
+    shape: tuple[int, int, int]
+    offset: tuple[int, int, int]
+    resolution: int
+    box_size: float
+    level: float
+    inside_bits: np.ndarray  # uint8, np.packbits of (values > level) in C order
+    near_index: np.ndarray  # int64 flat indices of the samples next to the surface
+    near_values: np.ndarray  # float32 values there
+
+    def unpack(self) -> GridBlock:
+        inside = np.unpackbits(self.inside_bits, count=int(np.prod(self.shape))).astype(bool)
+        values = np.where(inside, np.float32(self.level + 1), np.float32(self.level - 1))
+        values[self.near_index] = self.near_values
+        return GridBlock(values.reshape(self.shape), self.offset, self.resolution, self.box_size)
+
+
+def packed_surface_block(values: torch.Tensor, level: float, box_size: float) -> PackedBlock:
+    """`surface_block`, packed where the values live (the GPU) before it comes to the CPU."""
+    block = surface_block_tensor(torch.as_tensor(values), level)
+    inside = block.values > level
+    occupied = inside[None, None].float()
+    # a sample is next to the surface when its 3x3x3 neighbourhood holds both sides of the level
+    has_inside = F.max_pool3d(occupied, 3, stride=1, padding=1)[0, 0] > 0
+    has_outside = F.max_pool3d(1 - occupied, 3, stride=1, padding=1)[0, 0] > 0
+    near_index = (has_inside & has_outside).flatten().nonzero()[:, 0]
+    return PackedBlock(
+        tuple(block.values.shape),
+        block.offset,
+        block.resolution,
+        box_size,
+        level,
+        np.packbits(inside.flatten().cpu().numpy()),
+        near_index.cpu().numpy(),
+        block.values.flatten()[near_index].float().cpu().numpy(),
+    )
 
 
 def block_to_mesh(block: GridBlock, level: float, keep_largest: bool = True) -> trimesh.Trimesh:

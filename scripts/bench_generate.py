@@ -26,7 +26,7 @@ from regress.camera import ViewMixture
 from regress.datamodules.shards import ShardDataModule
 from regress.generate import generate
 from regress.generators import create_generator
-from regress.geometry import block_to_mesh, density_grid, mesh_to_bytes, surface_block
+from regress.geometry import block_to_mesh, density_grid, mesh_to_bytes, packed_surface_block
 
 
 def machine(device: torch.device) -> str:
@@ -66,12 +66,13 @@ def stage_times(args: argparse.Namespace, device: torch.device) -> tuple[dict[st
         if all(grid.max() <= level for grid in grids):
             level = float(torch.quantile(grids[0].flatten()[:: max(1, grids[0].numel() // 2**24)].float(), args.level_quantile))
         start = time.perf_counter()
-        blocks = [surface_block(grid, level, model.box_size) for grid in grids]
-        times["surface block to CPU"] = (time.perf_counter() - start) / len(seeds)
+        blocks = [packed_surface_block(grid, level, model.box_size) for grid in grids]
+        times["packed surface block to CPU"] = (time.perf_counter() - start) / len(seeds)
+    times["packed block MiB"] = float(np.mean([b.inside_bits.nbytes + b.near_index.nbytes + b.near_values.nbytes for b in blocks])) / 2**20
     start = time.perf_counter()
-    meshes = [mesh_to_bytes(block_to_mesh(block, level)) for block in blocks]
+    meshes = [mesh_to_bytes(block_to_mesh(block.unpack(), level)) for block in blocks]
     times["marching cubes + ply (1 CPU)"] = (time.perf_counter() - start) / len(seeds)
-    times["ply MiB"] = float(np.mean([len(m) for m in meshes])) / 2**20
+    times["mesh.ply MiB"] = float(np.mean([len(m) for m in meshes])) / 2**20
     return times, level
 
 
@@ -135,7 +136,7 @@ def main() -> None:
     if stages:
         print("\n| stage (per sample) | seconds |\n| --- | ---: |")
         for name, value in stages.items():
-            print(f"| {name} | {value:.4f} |" if name != "ply MiB" else f"| mesh.ply size (MiB) | {value:.2f} |")
+            print(f"| {name} | {value:.2f} |" if name.endswith("MiB") else f"| {name} | {value:.4f} |")
         print(f"\nmesh level {level:.4g}")
         mesh_row = next(row for row in rows if "meshes" in row[0])
         mesh_rate = mesh_row[1] / mesh_row[2]

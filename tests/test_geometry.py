@@ -57,6 +57,25 @@ def test_marching_only_around_the_inside_voxels_gives_the_full_grid_mesh():
     np.testing.assert_allclose(mesh.vertices, vertices - BOX / 2, atol=1e-6)
 
 
+@pytest.mark.parametrize("grid", ["sphere", "noise"])
+def test_packed_surface_block_marches_to_the_same_mesh_bit_for_bit(grid):
+    if grid == "sphere":
+        values = sphere_grid(40, 0.2, (0.25, -0.1, 0.0))
+    else:  # a rough field with many small pieces and the ambiguous cube cases
+        values = np.random.default_rng(0).standard_normal((24, 24, 24)).astype(np.float32)
+    dense = geometry.surface_block(torch.from_numpy(values), 0.0, BOX)
+    packed = geometry.packed_surface_block(torch.from_numpy(values), 0.0, BOX)
+    unpacked = packed.unpack()
+    assert unpacked.offset == dense.offset and unpacked.values.shape == dense.values.shape
+    assert not np.array_equal(unpacked.values, dense.values)  # far samples were replaced
+    a, b = geometry.block_to_mesh(dense, 0.0, keep_largest=False), geometry.block_to_mesh(unpacked, 0.0, keep_largest=False)
+    assert len(a.faces) > 100
+    np.testing.assert_array_equal(b.faces, a.faces)
+    np.testing.assert_array_equal(b.vertices, a.vertices)
+    if grid == "sphere":
+        assert packed.near_index.size < 0.5 * dense.values.size
+
+
 def test_keep_largest_component_drops_the_smaller_piece():
     values = np.maximum(sphere_grid(48, 0.2, (-0.2, 0, 0)), sphere_grid(48, 0.1, (0.3, 0, 0)))
     both = geometry.grid_to_mesh(values, 0.0, BOX, keep_largest=False)

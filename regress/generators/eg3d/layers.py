@@ -74,6 +74,26 @@ def upsample2d(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     return upfirdn2d(x, f, up=2, pad=(2, 1, 2, 1), gain=4)
 
 
+def upsampling_conv(x: torch.Tensor, weight: torch.Tensor, f: torch.Tensor, fused: bool = False) -> torch.Tensor:
+    """Transposed 3x3 conv by 2, then the FIR low-pass: (N, I, r, r) -> (N, O, 2r, 2r); weight (O, I, 3, 3).
+
+    Both steps are convolutions, so `fused` runs them as one transposed conv whose kernel is the 3x3
+    kernel convolved with the 4x4 filter (6x6, cropped by 2): the same numbers up to rounding,
+    without a pass over the (2r)² output to filter it.
+    """
+    if not fused:
+        x = F.conv_transpose2d(x, weight.to(x.dtype).transpose(0, 1), stride=2)
+        return upfirdn2d(x, f, pad=(1, 1, 1, 1), gain=4)
+    o, i, kh, kw = weight.shape
+    fh, fw = f.shape
+    exact = torch.promote_types(weight.dtype, torch.float32)
+    # full 2D convolution of every 3x3 kernel with f: correlation with the flipped filter, padded by its size - 1
+    padded = F.pad(weight.to(exact).reshape(o * i, 1, kh, kw), (fw - 1, fw - 1, fh - 1, fh - 1))
+    kernel = F.conv2d(padded, (4 * f.to(exact)).flip([0, 1])[None, None])
+    kernel = kernel.reshape(o, i, kh + fh - 1, kw + fw - 1).to(x.dtype)
+    return F.conv_transpose2d(x, kernel.transpose(0, 1), stride=2, padding=2)
+
+
 class FullyConnected(nn.Module):
     """Equalized-lr linear layer: act(x @ (W * m / sqrt(in)).T + b * m) * gain_act."""
 
@@ -134,9 +154,8 @@ class ModulatedConv(nn.Module):
         x = x * styles.to(x.dtype)[:, :, None, None]
         if self.up == 1:
             x = F.conv2d(x, weight, padding=weight.shape[-1] // 2)
-        else:
-            x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
-            x = upfirdn2d(x, self.resample_filter, pad=(1, 1, 1, 1), gain=4)
+        else:  # float32 keeps upstream's order of operations, for parity
+            x = upsampling_conv(x, self.weight, self.resample_filter, fused=x.dtype != torch.float32)
         x = x * dcoefs.to(x.dtype)[:, :, None, None]
         if noise_mode == "const":
             x = x + (self.noise_const * self.noise_strength).to(x.dtype)
