@@ -4,14 +4,15 @@ Ranks (torchrun's RANK / WORLD_SIZE, or an initialized torch.distributed) take t
 i % world_size == rank; a shard's seeds depend only on its index, so 1 or 8 ranks make the same
 dataset. A rerun skips shards that are complete and verified and regenerates the others; the
 last rank to finish (or any rerun) writes manifest.json. Meshes: density on the generator's
-device, marching cubes on the CPU (in `workers` processes when workers > 0). A background
-thread renders the next batches on the device while the CPU encodes and writes this one.
+device, marching cubes on the CPU (in `workers` processes when workers > 0). The device renders
+the next batches while a background thread encodes and writes this one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -22,7 +23,7 @@ import time
 from collections import deque
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Literal, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -90,48 +91,58 @@ def render_batches(
             yield RenderedBatch(index, batch_seeds, arrays, batch["meta"], blocks)
 
 
-Item = TypeVar("Item")
+Item, Result = TypeVar("Item"), TypeVar("Result")
+_END = object()
 
 
-def in_background(items: Iterator[Item], depth: int = 2) -> Iterator[Item]:
-    """Iterate `items` in a background thread, up to `depth` items ahead; its errors surface here.
+def consume_in_background(consume: Callable[[Iterator[Item]], Result], items: Iterable[Item], depth: int = 2) -> Result:
+    """`consume(iterator over items)` in a background thread while this thread produces `items`, up to
+    `depth` ahead; returns its result. Errors of either side are raised here, after both have stopped.
 
-    Stopping early (an error while writing, Ctrl-C) lets the thread finish its current item and end.
+    The producer stays on the calling thread: CUDA graphs (torch.compile's reduce-overhead) live there.
     """
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
+    outcome: dict[str, Any] = {}
 
-    def put(entry: tuple[str, Any]) -> bool:
-        while not stop.is_set():
+    def drain() -> Iterator[Item]:
+        while True:
             try:
-                ready.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
+                item = ready.get(timeout=0.1)
+            except queue.Empty:
+                if stop.is_set():
+                    raise RuntimeError("the producer stopped early") from None
                 continue
-        return False
+            if item is _END:
+                return
+            yield item
 
     def run() -> None:
         try:
-            for item in items:
-                if not put(("item", item)):
-                    return
-            put(("end", None))
-        except BaseException as error:  # handed to the consumer, which raises it
-            put(("error", error))
+            outcome["result"] = consume(drain())
+        except BaseException as error:  # raised on the calling thread
+            outcome["error"] = error
+        finally:
+            stop.set()
 
-    thread = threading.Thread(target=run, name="regress-render", daemon=True)
+    thread = threading.Thread(target=run, name="regress-write", daemon=True)
     thread.start()
     try:
-        while True:
-            kind, value = ready.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise value
-            yield value
+        for item in itertools.chain(items, [_END]):
+            while not stop.is_set():
+                try:
+                    ready.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if stop.is_set():
+                break
     finally:
         stop.set()
         thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def generate(
@@ -228,17 +239,20 @@ def generate(
     todo, skipped = _plan(output, layout, layout.indices_for_rank(rank, world_size), fingerprint)
     _drop_stale_manifest(output, layout)
 
-    start, written_bytes = time.perf_counter(), 0
+    start = time.perf_counter()
     bar = tqdm(total=sum(len(layout.seeds(i)) for i in todo), unit="sample", desc=f"rank {rank}/{world_size}", disable=not progress, dynamic_ncols=True)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers else None
-    batches = in_background(render_batches(model, layout, todo, mixture, settings, batch_size))
-    try:
+
+    def write_shards(batches: Iterator[RenderedBatch]) -> int:
+        written = 0
         for index in todo:
             bar.set_postfix_str(layout.filename(index))
-            record = _write_shard(output, layout, index, batches, settings, fingerprint, max_pending, pool, bar)
-            written_bytes += record["bytes"]
+            written += _write_shard(output, layout, index, batches, settings, fingerprint, max_pending, pool, bar)["bytes"]
+        return written
+
+    try:  # the device renders the next batches while a thread encodes and writes
+        written_bytes = consume_in_background(write_shards, render_batches(model, layout, todo, mixture, settings, batch_size))
     finally:
-        batches.close()
         bar.close()
         if pool is not None:
             pool.shutdown(cancel_futures=True)

@@ -111,6 +111,10 @@ def main() -> None:
     rows = []
     try:
         stages, level = ({}, None) if args.read_only else stage_times(args, device)
+        if stages:  # printed now: the write runs below take long
+            print(f"\nmesh level {level:.4g}\n\n| stage (per sample) | seconds |\n| --- | ---: |")
+            for name, value in stages.items():
+                print(f"| {name} | {value:.2f} |" if name.endswith("MiB") else f"| {name} | {value:.4f} |", flush=True)
         runs = [("write, no mesh", False)] * (not args.no_plain) + [(f"write, {args.mesh_resolution}³ meshes", True)]
         for label, mesh in () if args.read_only else runs:
             output = root / ("mesh" if mesh else "plain")
@@ -134,10 +138,6 @@ def main() -> None:
     for label, samples, seconds, size in rows:
         print(f"| {label} | {samples} | {seconds:.1f} | {samples / seconds:.2f} | {size:.3f} |")
     if stages:
-        print("\n| stage (per sample) | seconds |\n| --- | ---: |")
-        for name, value in stages.items():
-            print(f"| {name} | {value:.2f} |" if name.endswith("MiB") else f"| {name} | {value:.4f} |")
-        print(f"\nmesh level {level:.4g}")
         mesh_row = next(row for row in rows if "meshes" in row[0])
         mesh_rate = mesh_row[1] / mesh_row[2]
         cpu_rate = max(args.workers, 1) / (stages["marching cubes + ply (1 CPU)"] + 1e-9)
