@@ -250,8 +250,16 @@ def generate(
             written += _write_shard(output, layout, index, batches, settings, fingerprint, max_pending, pool, bar)["bytes"]
         return written
 
+    warmup: list[tuple[float, int]] = []  # (seconds, samples) until the first batch is rendered: compilation, cuDNN search
+
+    def rendered() -> Iterator[RenderedBatch]:
+        for batch in render_batches(model, layout, todo, mixture, settings, batch_size):
+            if not warmup:
+                warmup.append((time.perf_counter() - start, len(batch.seeds)))
+            yield batch
+
     try:  # the device renders the next batches while a thread encodes and writes
-        written_bytes = consume_in_background(write_shards, render_batches(model, layout, todo, mixture, settings, batch_size))
+        written_bytes = consume_in_background(write_shards, rendered())
     finally:
         bar.close()
         if pool is not None:
@@ -269,6 +277,8 @@ def generate(
         "samples": samples,
         "seconds": seconds,
         "samples_per_second": samples / seconds if seconds > 0 else 0.0,
+        "warmup_seconds": warmup[0][0] if warmup else 0.0,
+        "steady_samples_per_second": (samples - warmup[0][1]) / (seconds - warmup[0][0]) if warmup and samples > warmup[0][1] else None,
         "bytes": written_bytes,
         "manifest": str(manifest) if manifest else None,
     }
@@ -433,6 +443,12 @@ def _print_summary(summary: dict[str, Any], layout: ShardLayout) -> None:
         f"{len(summary['skipped'])} complete shards kept",
         file=sys.stderr,
     )
+    if summary["steady_samples_per_second"]:
+        print(
+            f"regress.generate: {rank} first batch after {summary['warmup_seconds']:.1f} s (compilation, warm-up), "
+            f"then {summary['steady_samples_per_second']:.2f} samples/s",
+            file=sys.stderr,
+        )
     if summary["manifest"]:
         print(f"regress.generate: {layout.num_shards} shards, {layout.num_samples} samples: {summary['manifest']}", file=sys.stderr)
     else:

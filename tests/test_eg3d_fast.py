@@ -13,7 +13,7 @@ from regress.camera import ViewMixture, frontal_camera, make_cameras
 from regress.generators.eg3d import EG3DGenerator
 from regress.generators.eg3d.fused_field import fused_field, supported
 from regress.generators.eg3d.jitter import MASK32, ROUND, hash32, hashed_uniform, seed_keys
-from regress.generators.eg3d.layers import ToRGB, fir_filter, upsampling_conv
+from regress.generators.eg3d.layers import ToRGB
 from regress.generators.eg3d.renderer import OSGDecoder, march, march_weights, sample_triplanes
 from tests.eg3d_tiny import TINY_EG3D
 
@@ -33,18 +33,6 @@ def python_hash32(x: int) -> int:
 def psnr(reference: torch.Tensor, other: torch.Tensor) -> float:
     """PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
     return 10 * math.log10(4 / (reference.float() - other.float()).square().mean().item())
-
-
-@pytest.mark.parametrize("taps", [(1.0, 3.0, 3.0, 1.0), (1.0, 2.0, 5.0, 1.0)])
-def test_fused_upsampling_conv_equals_transposed_conv_then_fir(taps):
-    """One 6x6 transposed conv = the 3x3 transposed conv then the FIR low-pass (an asymmetric filter checks the flips)."""
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 5, 7, 7, dtype=torch.float64, generator=generator)
-    weight = torch.randn(4, 5, 3, 3, dtype=torch.float64, generator=generator)
-    f = fir_filter(taps).double()
-    two_steps, fused = upsampling_conv(x, weight, f, fused=False), upsampling_conv(x, weight, f, fused=True)
-    assert fused.shape == (2, 4, 14, 14)
-    torch.testing.assert_close(fused, two_steps, atol=1e-12, rtol=0)
 
 
 def test_hash_is_exact_32_bit_arithmetic():

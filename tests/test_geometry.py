@@ -57,6 +57,12 @@ def test_marching_only_around_the_inside_voxels_gives_the_full_grid_mesh():
     np.testing.assert_allclose(mesh.vertices, vertices - BOX / 2, atol=1e-6)
 
 
+@pytest.mark.parametrize("count", [1, 7, 8, 13, 1001])
+def test_pack_bits_equals_numpy_packbits(count):
+    flags = torch.from_numpy(np.random.default_rng(count).random(count) > 0.5)
+    np.testing.assert_array_equal(geometry.pack_bits(flags).numpy(), np.packbits(flags.numpy()))
+
+
 @pytest.mark.parametrize("grid", ["sphere", "noise"])
 def test_packed_surface_block_marches_to_the_same_mesh_bit_for_bit(grid):
     if grid == "sphere":
@@ -68,6 +74,7 @@ def test_packed_surface_block_marches_to_the_same_mesh_bit_for_bit(grid):
     unpacked = packed.unpack()
     assert unpacked.offset == dense.offset and unpacked.values.shape == dense.values.shape
     assert not np.array_equal(unpacked.values, dense.values)  # far samples were replaced
+    assert dense.near_surface is None and 0 < unpacked.near_surface.sum() < unpacked.near_surface.size
     a, b = geometry.block_to_mesh(dense, 0.0, keep_largest=False), geometry.block_to_mesh(unpacked, 0.0, keep_largest=False)
     assert len(a.faces) > 100
     np.testing.assert_array_equal(b.faces, a.faces)

@@ -74,30 +74,6 @@ def upsample2d(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     return upfirdn2d(x, f, up=2, pad=(2, 1, 2, 1), gain=4)
 
 
-def upsampling_conv(x: torch.Tensor, weight: torch.Tensor, f: torch.Tensor, fused: bool = False) -> torch.Tensor:
-    """Transposed 3x3 conv by 2, then the FIR low-pass: (N, I, r, r) -> (N, O, 2r, 2r); weight (O, I, 3, 3).
-
-    Both steps are convolutions, so together they are one transposed conv with the 3x3 kernel
-    convolved by the 4x4 filter (6x6, cropped by 2). `fused` runs that as its four output phases:
-    one ordinary 3x3 conv to 4 x O channels and a pixel shuffle. Same numbers up to rounding, without
-    a transposed conv or a filter pass over the (2r)² output.
-    """
-    if not fused:
-        x = F.conv_transpose2d(x, weight.to(x.dtype).transpose(0, 1), stride=2)
-        return upfirdn2d(x, f, pad=(1, 1, 1, 1), gain=4)
-    o, i, kh, kw = weight.shape
-    fh, fw = f.shape
-    assert (kh, kw, fh, fw) == (3, 3, 4, 4), "the phase split below is for 3x3 kernels and 4x4 filters"
-    exact = torch.promote_types(weight.dtype, torch.float32)
-    # full 2D convolution of every 3x3 kernel with f: correlation with the flipped filter, padded by its size - 1
-    padded = F.pad(weight.to(exact).reshape(o * i, 1, kh, kw), (fw - 1, fw - 1, fh - 1, fh - 1))
-    kernel = F.conv2d(padded, (4 * f.to(exact)).flip([0, 1])[None, None]).reshape(o, i, 3, 2, 3, 2)
-    # output pixel 2m + r reads inputs m + 1, m, m - 1 through taps r, r + 2, r + 4 of the 6x6 kernel;
-    # phase (ry, rx) of output channel c becomes channel 4c + 2ry + rx, the order pixel_shuffle reads
-    phases = kernel.permute(0, 3, 5, 1, 2, 4).flip([4, 5]).reshape(4 * o, i, 3, 3)
-    return F.pixel_shuffle(F.conv2d(x, phases.to(x.dtype), padding=1), 2)
-
-
 class FullyConnected(nn.Module):
     """Equalized-lr linear layer: act(x @ (W * m / sqrt(in)).T + b * m) * gain_act."""
 
@@ -158,8 +134,9 @@ class ModulatedConv(nn.Module):
         x = x * styles.to(x.dtype)[:, :, None, None]
         if self.up == 1:
             x = F.conv2d(x, weight, padding=weight.shape[-1] // 2)
-        else:  # float32 keeps upstream's order of operations, for parity
-            x = upsampling_conv(x, self.weight, self.resample_filter, fused=x.dtype != torch.float32)
+        else:
+            x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
+            x = upfirdn2d(x, self.resample_filter, pad=(1, 1, 1, 1), gain=4)
         x = x * dcoefs.to(x.dtype)[:, :, None, None]
         if noise_mode == "const":
             x = x + (self.noise_const * self.noise_strength).to(x.dtype)
