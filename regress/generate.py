@@ -207,7 +207,9 @@ def generate(
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world size {world_size}; check the RANK and WORLD_SIZE variables")
     mixture = ViewMixture.load(views)
-    model = create_generator(generator, checkpoint, **(generator_options or {}))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # backends without a checkpoint draw random weights: the same ones on every rerun and rank
+        model = create_generator(generator, checkpoint, **(generator_options or {}))
     model.to(_deterministic(_device(device))).eval()
     output = _prepare_output(Path(output))
 

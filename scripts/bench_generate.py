@@ -48,6 +48,7 @@ def stage_times(args: argparse.Namespace, device: torch.device) -> tuple[dict[st
     weights stay far below it) the `--level-quantile` of the first grid's densities, so the
     meshing is timed, and the write run meshes, on surfaces of the generator's own field.
     """
+    torch.manual_seed(0)  # the random weights `generate` draws
     model = create_generator(args.generator, args.checkpoint, **json.loads(args.generator_options)).to(device).eval()
     mixture, seeds = ViewMixture.load("published"), list(range(args.batch_size))
     times = {}

@@ -109,6 +109,16 @@ def test_two_ranks_write_disjoint_shards_identical_to_one_rank(reference, tmp_pa
     assert digests(tmp_path) == digests(reference)
 
 
+def test_random_weights_are_the_same_on_every_run(tmp_path):
+    """A backend without a checkpoint draws its weights from a fixed seed, not from the caller's RNG state."""
+    options = dict(generator="eg3d", generator_options=TINY_EG3D, num_samples=2, samples_per_shard=2, batch_size=2, device="cpu", progress=False)
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        generate(tmp_path / str(seed), **options)
+    assert digests(tmp_path / "1") == digests(tmp_path / "2")
+    assert torch.initial_seed() == 2  # the caller's RNG is left as it was
+
+
 def test_other_settings_in_the_same_folder_are_refused(reference, tmp_path):
     for path in reference.iterdir():
         (tmp_path / path.name).write_bytes(path.read_bytes())
