@@ -33,7 +33,7 @@ from tqdm import tqdm
 from regress.camera import ViewMixture
 from regress.generators import create_generator
 from regress.generators.base import Generator
-from regress.geometry import PackedBlock, block_to_mesh, check_grid_fits, density_grid, mesh_to_bytes, packed_surface_block
+from regress.geometry import PackedBlock, block_to_mesh, check_grid_fits, density_grid, mesh_to_bytes, packed_surface_blocks
 from regress.sample import ARRAY_FIELDS, IMAGE_FORMATS, SCHEMA_VERSION, encode_sample
 from regress.shards import (
     FORMAT,
@@ -86,7 +86,7 @@ def render_batches(
                 blocks: list[PackedBlock | None] = [None] * len(batch_seeds)
                 if mesh:
                     grids = density_grid(model, batch["w"], mesh["resolution"])
-                    blocks = [packed_surface_block(grid, mesh["level"], mesh["box_size"]) for grid in grids]
+                    blocks = packed_surface_blocks(grids, mesh["level"], mesh["box_size"])
                 arrays = {k: batch[k].cpu().numpy() for k in ARRAY_FIELDS if k in batch}
             yield RenderedBatch(index, batch_seeds, arrays, batch["meta"], blocks)
 

@@ -120,37 +120,46 @@ class GridBlock:
     near_surface: np.ndarray | None = None  # bool, like values: the samples whose cells marching cubes must visit
 
 
-def surface_box(values: torch.Tensor, level: float) -> tuple[list[int], list[int]] | None:
-    """Index bounds [low, high) of the cells the surface can cross, None when there is no surface.
+Box = tuple[list[int], list[int]]  # index bounds [low, high) per axis
 
-    That is the box of the inside voxels (density > level), one voxel wider: every cell the
-    surface crosses has an inside corner.
+
+def surface_boxes(grids: torch.Tensor, level: float) -> list[Box | None]:
+    """Per cube grid of grids (N, R, R, R): bounds of the cells its surface can cross, None without a surface.
+
+    That is the box of the inside samples (density > level), one sample wider: every cell the
+    surface crosses has an inside corner. One transfer from the grids' device for the whole batch.
     """
-    inside = values > level
-    if not bool(inside.any()) or bool(inside.all()):
-        return None
-    low, high = [], []
-    for axis in range(3):
-        first, second = (a for a in (2, 1, 0) if a != axis)  # reduce the later axis first
-        occupied = inside.any(dim=first).any(dim=second).nonzero()[:, 0]
-        low.append(max(int(occupied[0]) - 1, 0))
-        high.append(min(int(occupied[-1]) + 2, values.shape[axis]))
-    return low, high
+    inside = grids > level
+    occupied = torch.stack([inside.any(3).any(2), inside.any(3).any(1), inside.any(2).any(1)], 1)  # (N, axis, R)
+    everywhere = inside.flatten(1).all(1)
+    occupied, everywhere = occupied.cpu().numpy(), everywhere.cpu().numpy()
+    boxes: list[Box | None] = []
+    for axes, full in zip(occupied, everywhere):
+        if full or not axes[0].any():
+            boxes.append(None)
+            continue
+        index = [np.flatnonzero(axis) for axis in axes]
+        boxes.append(([max(int(i[0]) - 1, 0) for i in index], [min(int(i[-1]) + 2, grids.shape[1]) for i in index]))
+    return boxes
 
 
-def surface_block_tensor(values: torch.Tensor, level: float) -> GridBlock:
-    """The block of a cube grid (R, R, R) that holds its surface, still where the values live (box_size unset)."""
+def surface_block_tensor(values: torch.Tensor, box: Box | None) -> GridBlock:
+    """The block of a cube grid (R, R, R) inside `box` (see `surface_boxes`), still where the values live (box_size unset)."""
     resolution = values.shape[0]
-    if values.ndim != 3 or values.shape != (resolution,) * 3:
-        raise ValueError(f"density grid must be a cube (R, R, R), got shape {tuple(values.shape)}")
-    box = surface_box(values, level)
     low, high = box if box is not None else ([0, 0, 0], [2, 2, 2])  # no surface: any corner marches to nothing
     return GridBlock(values[low[0] : high[0], low[1] : high[1], low[2] : high[2]], tuple(low), resolution, float("nan"))
 
 
+def _check_cubes(grids: torch.Tensor) -> None:
+    if grids.ndim != 4 or grids.shape[1:] != (grids.shape[1],) * 3:
+        raise ValueError(f"density grids must be cubes (N, R, R, R), got shape {tuple(grids.shape)}")
+
+
 def surface_block(values: torch.Tensor | np.ndarray, level: float, box_size: float) -> GridBlock:
     """The block of a cube grid (R, R, R) that holds its surface, cut where the values live, then brought to the CPU."""
-    block = surface_block_tensor(torch.as_tensor(values), level)
+    grids = torch.as_tensor(values)[None]
+    _check_cubes(grids)
+    block = surface_block_tensor(grids[0], surface_boxes(grids, level)[0])
     return GridBlock(block.values.cpu().numpy(), block.offset, block.resolution, box_size)
 
 
@@ -190,9 +199,14 @@ def pack_bits(flags: torch.Tensor) -> torch.Tensor:
     return (padded * weights).sum(dim=1, dtype=torch.uint8)
 
 
-def packed_surface_block(values: torch.Tensor, level: float, box_size: float) -> PackedBlock:
-    """`surface_block`, packed where the values live (the GPU) before it comes to the CPU."""
-    block = surface_block_tensor(torch.as_tensor(values), level)
+def packed_surface_blocks(grids: torch.Tensor, level: float, box_size: float) -> list[PackedBlock]:
+    """`surface_block` of every cube grid of grids (N, R, R, R), packed where the values live (the GPU) before they come to the CPU."""
+    grids = torch.as_tensor(grids)
+    _check_cubes(grids)
+    return [_pack(surface_block_tensor(values, box), level, box_size) for values, box in zip(grids, surface_boxes(grids, level))]
+
+
+def _pack(block: GridBlock, level: float, box_size: float) -> PackedBlock:
     inside = block.values > level
     occupied = inside[None, None].float()
     # a sample is next to the surface when its 3x3x3 neighbourhood holds both sides of the level

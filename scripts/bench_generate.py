@@ -26,7 +26,7 @@ from regress.camera import ViewMixture
 from regress.datamodules.shards import ShardDataModule
 from regress.generate import generate
 from regress.generators import create_generator
-from regress.geometry import block_to_mesh, density_grid, mesh_to_bytes, packed_surface_block
+from regress.geometry import block_to_mesh, density_grid, mesh_to_bytes, packed_surface_blocks
 
 
 def machine(device: torch.device) -> str:
@@ -67,7 +67,7 @@ def stage_times(args: argparse.Namespace, device: torch.device) -> tuple[dict[st
         if all(grid.max() <= level for grid in grids):
             level = float(torch.quantile(grids[0].flatten()[:: max(1, grids[0].numel() // 2**24)].float(), args.level_quantile))
         start = time.perf_counter()
-        blocks = [packed_surface_block(grid, level, model.box_size) for grid in grids]
+        blocks = packed_surface_blocks(grids, level, model.box_size)
         times["packed surface block to CPU"] = (time.perf_counter() - start) / len(seeds)
     times["packed block MiB"] = float(np.mean([b.inside_bits.nbytes + b.near_index.nbytes + b.near_values.nbytes for b in blocks])) / 2**20
     start = time.perf_counter()

@@ -70,7 +70,7 @@ def test_packed_surface_block_marches_to_the_same_mesh_bit_for_bit(grid):
     else:  # a rough field with many small pieces and the ambiguous cube cases
         values = np.random.default_rng(0).standard_normal((24, 24, 24)).astype(np.float32)
     dense = geometry.surface_block(torch.from_numpy(values), 0.0, BOX)
-    packed = geometry.packed_surface_block(torch.from_numpy(values), 0.0, BOX)
+    packed = geometry.packed_surface_blocks(torch.from_numpy(values)[None], 0.0, BOX)[0]
     unpacked = packed.unpack()
     assert unpacked.offset == dense.offset and unpacked.values.shape == dense.values.shape
     assert not np.array_equal(unpacked.values, dense.values)  # far samples were replaced
