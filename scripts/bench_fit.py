@@ -95,7 +95,7 @@ def fit_seconds(name: str, args: argparse.Namespace, cached: bool) -> tuple[floa
     steps = len(clock.wall) - args.warmup
     wall = (clock.wall[-1] - clock.wall[args.warmup - 1]) / steps
     cpu = (clock.cpu[-1] - clock.cpu[args.warmup - 1]) / steps
-    return wall, cpu, data, model.device
+    return wall, cpu, data, trainer.strategy.root_device  # the model itself is back on the CPU after fit
 
 
 def bench(name: str, args: argparse.Namespace) -> dict:
