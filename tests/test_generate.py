@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from regress.generate import generate, main
+from regress.generate import consume_in_background, generate, main
 from regress.shards import MANIFEST, read_record
 from tests.eg3d_tiny import TINY_EG3D
 
@@ -107,6 +107,34 @@ def test_two_ranks_write_disjoint_shards_identical_to_one_rank(reference, tmp_pa
     first = generate(tmp_path, workers=1, **RUN)  # encoding in a worker process changes nothing
     assert first["written"] == ["synth-000000.tar", "synth-000002.tar"] and first["manifest"]  # the last rank writes it
     assert digests(tmp_path) == digests(reference)
+
+
+def test_background_consumer_gets_every_item_in_order_and_errors_surface_on_either_side():
+    assert consume_in_background(list, iter(range(50))) == list(range(50))
+
+    def failing_producer():
+        yield 1
+        raise KeyError("render failed")
+
+    seen = []
+    with pytest.raises(KeyError, match="render failed"):
+        consume_in_background(lambda items: seen.extend(items), failing_producer())
+    assert seen == [1]
+
+    produced = []
+
+    def counting_producer():
+        for i in range(1000):
+            produced.append(i)
+            yield i
+
+    def failing_consumer(items):
+        next(items)
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        consume_in_background(failing_consumer, counting_producer(), depth=2)
+    assert len(produced) < 10  # the producer stopped soon after the consumer failed
 
 
 def test_random_weights_are_the_same_on_every_run(tmp_path):
