@@ -104,19 +104,19 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None, help="where to write (default: a temporary folder, removed)")
     parser.add_argument("--target", type=int, default=50_000, help="samples to extrapolate the mesh run to")
     parser.add_argument("--level-quantile", type=float, default=0.8, help="mesh level quantile where the generator has no surface")
-    parser.add_argument("--no-plain", action="store_true", help="skip the write run without meshes")
+    parser.add_argument("--runs", nargs="+", choices=("plain", "mesh"), default=["plain", "mesh"], help="write runs: without and with meshes")
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     root = Path(tempfile.mkdtemp(prefix="bench-generate-")) if args.output is None else args.output
     rows = []
     try:
-        stages, level = ({}, None) if args.read_only else stage_times(args, device)
+        stages, level = ({}, None) if args.read_only or "mesh" not in args.runs else stage_times(args, device)
         if stages:  # printed now: the write runs below take long
             print(f"\nmesh level {level:.4g}\n\n| stage (per sample) | seconds |\n| --- | ---: |")
             for name, value in stages.items():
                 print(f"| {name} | {value:.2f} |" if name.endswith("MiB") else f"| {name} | {value:.4f} |", flush=True)
-        runs = [("write, no mesh", False)] * (not args.no_plain) + [(f"write, {args.mesh_resolution}³ meshes", True)]
+        runs = [("write, no mesh", False)] * ("plain" in args.runs) + [(f"write, {args.mesh_resolution}³ meshes", True)] * ("mesh" in args.runs)
         for label, mesh in () if args.read_only else runs:
             output = root / ("mesh" if mesh else "plain")
             summary = generate(
