@@ -67,6 +67,9 @@ class ShardLayout:
         return range(rank, self.num_shards, world_size)
 
 
+MEMBER_COPY_BYTES = 1 << 28
+
+
 class _HashingFile:
     """A write-only file that hashes and counts what goes through it."""
 
@@ -97,7 +100,8 @@ class ShardWriter:
     def __enter__(self) -> "ShardWriter":
         self.file = open(self.partial, "wb")
         self.hashing = _HashingFile(self.file)
-        self.tar = tarfile.open(fileobj=self.hashing, mode="w", format=tarfile.USTAR_FORMAT)
+        # members are copied in one write each (the default 16 KiB pieces cost more than the hashing): same bytes
+        self.tar = tarfile.open(fileobj=self.hashing, mode="w", format=tarfile.USTAR_FORMAT, copybufsize=MEMBER_COPY_BYTES)
         self.committed = False
         return self
 
