@@ -33,6 +33,7 @@ from tqdm import tqdm
 from regress.camera import ViewMixture
 from regress.generators import create_generator
 from regress.generators.base import Generator
+from regress.pipes import PipeTarget
 from regress.geometry import PackedBlock, block_to_mesh, check_grid_fits, density_grid, mesh_to_bytes, packed_surface_blocks
 from regress.sample import ARRAY_FIELDS, IMAGE_FORMATS, SCHEMA_VERSION, encode_sample
 from regress.shards import (
@@ -43,6 +44,7 @@ from regress.shards import (
     ShardWriter,
     file_sha256,
     read_record,
+    record_path,
     sample_key,
     shard_is_complete,
     write_json,
@@ -146,7 +148,7 @@ def consume_in_background(consume: Callable[[Iterator[Item]], Result], items: It
 
 
 def generate(
-    output: Path,
+    output: str | Path,
     generator: str | None = None,
     checkpoint: Path | None = None,
     generator_options: dict | None = None,
@@ -167,11 +169,14 @@ def generate(
     workers: int = 0,
     device: str = "auto",
     progress: bool = True,
+    staging: Path | None = None,
+    keep_staged: bool = False,
 ) -> dict[str, Any]:
     """Write this rank's shards of seeds [seed_start, seed_start + num_samples) to `output`; return a summary.
 
     Args:
-        output: folder for `name-000000.tar ...`, their records and manifest.json
+        output: folder for `name-000000.tar ...`, their records and manifest.json, or `pipe:COMMAND` that
+            takes each finished file on stdin, `{name}` standing for its name (e.g. `pipe:aws s3 cp - s3://b/{name}`)
         generator: backend name (`analytic`, `eg3d`); None picks eg3d with a checkpoint, else analytic
         checkpoint: generator weights file (never downloaded)
         generator_options: keyword overrides for the backend, e.g. {image_resolution: 64}
@@ -192,6 +197,8 @@ def generate(
         workers: processes for image/mesh encoding (0: in this process)
         device: torch device, or auto (this rank's GPU if there is one)
         progress: show a progress bar
+        staging: local folder where shards are written and verified before a `pipe:` output takes them
+        keep_staged: keep the staged shards once piped (their records are always kept, to resume)
     """
     layout = ShardLayout(name, seed_start, num_samples, samples_per_shard)
     if batch_size < 1 or workers < 0:
@@ -211,7 +218,10 @@ def generate(
         torch.manual_seed(0)  # backends without a checkpoint draw random weights: the same ones on every rerun and rank
         model = create_generator(generator, checkpoint, **(generator_options or {}))
     model.to(_deterministic(_device(device))).eval()
-    output = _prepare_output(Path(output))
+    target = PipeTarget.parse(output)
+    if target is not None and staging is None:
+        raise ValueError("a pipe: output needs a local --staging folder, where shards are written and verified before they are piped")
+    output = _prepare_output(Path(staging if target is not None else output))
 
     identity = model.identity()
     settings = {
@@ -238,7 +248,7 @@ def generate(
         "schema_version": SCHEMA_VERSION,
     }
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-    todo, skipped = _plan(output, layout, layout.indices_for_rank(rank, world_size), fingerprint)
+    todo, skipped = _plan(output, layout, layout.indices_for_rank(rank, world_size), fingerprint, target, keep_staged)
     _drop_stale_manifest(output, layout)
 
     start = time.perf_counter()
@@ -249,7 +259,10 @@ def generate(
         written = 0
         for index in todo:
             bar.set_postfix_str(layout.filename(index))
-            written += _write_shard(output, layout, index, batches, settings, fingerprint, max_pending, pool, bar)["bytes"]
+            record = _write_shard(output, layout, index, batches, settings, fingerprint, max_pending, pool, bar)
+            if target is not None:
+                _send(output / layout.filename(index), record, target, keep_staged)
+            written += record["bytes"]
         return written
 
     warmup: list[tuple[float, int]] = []  # (seconds, samples) until the first batch is rendered: compilation, cuDNN search
@@ -268,7 +281,7 @@ def generate(
             pool.shutdown(cancel_futures=True)
     seconds = time.perf_counter() - start
 
-    manifest = _write_manifest_if_complete(output, layout, model, settings, fingerprint)
+    manifest = _write_manifest_if_complete(output, layout, model, settings, fingerprint, target)
     samples = sum(len(layout.seeds(i)) for i in todo)
     summary = {
         "output": str(output),
@@ -326,27 +339,41 @@ def _prepare_output(output: Path) -> Path:
     return output
 
 
-def _plan(output: Path, layout: ShardLayout, mine: range, fingerprint: str) -> tuple[list[int], list[int]]:
-    """Split this rank's shards into those to (re)generate and those complete and verified; drop stale partial files."""
+def _plan(
+    output: Path, layout: ShardLayout, mine: range, fingerprint: str, target: PipeTarget | None = None, keep_staged: bool = False
+) -> tuple[list[int], list[int]]:
+    """Split this rank's shards into those to (re)generate and those complete and verified (and, for a
+    pipe: output, taken by its command: complete ones not yet taken are sent now); drop stale partial files."""
     todo, skipped = [], []
     for index in mine:
         shard = output / layout.filename(index)
         shard.with_name(shard.name + PARTIAL).unlink(missing_ok=True)
         record = read_record(shard)
-        if record is not None and record.get("fingerprint") != fingerprint and shard.is_file():
+        if record is not None and record.get("fingerprint") != fingerprint and (shard.is_file() or record.get("sent_to")):
             raise ValueError(
                 f"{shard} was generated with other settings than this run's; use a new output folder, "
                 "or delete the shards there to regenerate them"
             )
         seeds = layout.seeds(index)
         same_seeds = record is not None and record.get("seed_start") == seeds.start and record.get("count") == len(seeds)
-        if same_seeds and shard_is_complete(shard, record, verify=True):
+        if same_seeds and target is not None and target.has_taken(shard.name, record):
+            skipped.append(index)
+        elif same_seeds and shard_is_complete(shard, record, verify=True):
+            if target is not None:
+                _send(shard, record, target, keep_staged)
             skipped.append(index)
         else:
             if shard.is_file():
                 print(f"regress.generate: {shard.name} is incomplete or fails its checksum; regenerating it", file=sys.stderr)
             todo.append(index)
     return todo, skipped
+
+
+def _send(shard: Path, record: dict[str, Any], target: PipeTarget, keep_staged: bool) -> None:
+    """Pipe a finished shard to the target, note it in the shard's record, then drop the staged file unless kept."""
+    write_json(record_path(shard), {**record, "sent_to": target.send(shard)})
+    if not keep_staged:
+        shard.unlink()
 
 
 def _drop_stale_manifest(output: Path, layout: ShardLayout) -> None:
@@ -409,15 +436,19 @@ def _done(function, *args) -> Future:
     return future
 
 
-def _write_manifest_if_complete(output: Path, layout: ShardLayout, model: Generator, settings: dict, fingerprint: str) -> Path | None:
+def _write_manifest_if_complete(
+    output: Path, layout: ShardLayout, model: Generator, settings: dict, fingerprint: str, target: PipeTarget | None = None
+) -> Path | None:
     """Gather every shard's record into manifest.json once all shards of the layout exist; None until then."""
     records = []
     for index in range(layout.num_shards):
         shard = output / layout.filename(index)
         record = read_record(shard)
-        if record is None or record.get("fingerprint") != fingerprint or not shard_is_complete(shard, record, verify=False):
+        if record is None or record.get("fingerprint") != fingerprint:
             return None
-        records.append(record)
+        if not (target.has_taken(shard.name, record) if target is not None else shard_is_complete(shard, record, verify=False)):
+            return None
+        records.append({k: v for k, v in record.items() if k != "sent_to"})
     manifest = {
         "format": FORMAT,
         "fingerprint": fingerprint,
@@ -434,6 +465,8 @@ def _write_manifest_if_complete(output: Path, layout: ShardLayout, model: Genera
     }
     path = output / MANIFEST
     write_json(path, manifest)
+    if target is not None:
+        target.send(path)
     return path
 
 

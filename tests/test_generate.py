@@ -147,6 +147,38 @@ def test_random_weights_are_the_same_on_every_run(tmp_path):
     assert torch.initial_seed() == 2  # the caller's RNG is left as it was
 
 
+def test_pipe_output_sends_the_same_shards_and_manifest_and_resumes_without_resending(reference, tmp_path):
+    remote, log, staging = tmp_path / "remote", tmp_path / "sent.log", tmp_path / "staging"
+    remote.mkdir()
+    output = f"pipe:cat > {remote}/{{name}} && echo {{name}} >> {log}"
+    summary = generate(output, staging=staging, **RUN)
+    tars = [f"synth-00000{i}.tar" for i in range(3)]
+    assert summary["manifest"] and log.read_text().split() == [*tars, MANIFEST]
+    assert {k: v for k, v in digests(remote).items() if k != MANIFEST} == {k: v for k, v in digests(reference).items() if k.endswith(".tar")}
+    assert json.loads((remote / MANIFEST).read_text()) == json.loads((reference / MANIFEST).read_text())
+    assert not list(staging.glob("*.tar")) and all(read_record(staging / t)["sent_to"] == output[5:].replace("{name}", t) for t in tars)
+    generate(output, staging=staging, **RUN)  # a rerun sends only the manifest again
+    assert log.read_text().split() == [*tars, MANIFEST, MANIFEST]
+
+
+def test_a_failing_pipe_command_keeps_the_shard_and_a_rerun_sends_it(tmp_path):
+    staging, remote = tmp_path / "staging", tmp_path / "remote"
+    options = {**RUN, "num_samples": 2}
+    with pytest.raises(OSError, match=r"sending synth-000000.tar with `cat > .*missing/synth-000000.tar` failed \(exit \d+: .+\); the file stays in .*staging"):
+        generate(f"pipe:cat > {tmp_path}/missing/{{name}}", staging=staging, **options)
+    assert (staging / "synth-000000.tar").is_file()
+    remote.mkdir()
+    assert generate(f"pipe:cat > {remote}/{{name}}", staging=staging, **options)["skipped"] == ["synth-000000.tar"]
+    assert sorted(p.name for p in remote.iterdir()) == [MANIFEST, "synth-000000.tar"]
+
+
+def test_pipe_output_needs_a_name_placeholder_and_a_staging_folder(tmp_path):
+    with pytest.raises(ValueError, match=r"has no \{name\}"):
+        generate("pipe:aws s3 cp - s3://bucket/data.tar", staging=tmp_path, **RUN)
+    with pytest.raises(ValueError, match="needs a local --staging folder"):
+        generate("pipe:cat > /tmp/{name}", **RUN)
+
+
 def test_other_settings_in_the_same_folder_are_refused(reference, tmp_path):
     for path in reference.iterdir():
         (tmp_path / path.name).write_bytes(path.read_bytes())
