@@ -33,7 +33,7 @@ from tqdm import tqdm
 from regress.camera import ViewMixture
 from regress.generators import create_generator
 from regress.generators.base import Generator
-from regress.pipes import PipeTarget
+from regress.pipes import PipeCommand
 from regress.geometry import PackedBlock, block_to_mesh, check_grid_fits, density_grid, mesh_to_bytes, packed_surface_blocks
 from regress.sample import ARRAY_FIELDS, IMAGE_FORMATS, SCHEMA_VERSION, encode_sample
 from regress.shards import (
@@ -218,7 +218,7 @@ def generate(
         torch.manual_seed(0)  # backends without a checkpoint draw random weights: the same ones on every rerun and rank
         model = create_generator(generator, checkpoint, **(generator_options or {}))
     model.to(_deterministic(_device(device))).eval()
-    target = PipeTarget.parse(output)
+    target = PipeCommand.parse(output)
     if target is not None and staging is None:
         raise ValueError("a pipe: output needs a local --staging folder, where shards are written and verified before they are piped")
     output = _prepare_output(Path(staging if target is not None else output))
@@ -340,7 +340,7 @@ def _prepare_output(output: Path) -> Path:
 
 
 def _plan(
-    output: Path, layout: ShardLayout, mine: range, fingerprint: str, target: PipeTarget | None = None, keep_staged: bool = False
+    output: Path, layout: ShardLayout, mine: range, fingerprint: str, target: PipeCommand | None = None, keep_staged: bool = False
 ) -> tuple[list[int], list[int]]:
     """Split this rank's shards into those to (re)generate and those complete and verified (and, for a
     pipe: output, taken by its command: complete ones not yet taken are sent now); drop stale partial files."""
@@ -369,7 +369,7 @@ def _plan(
     return todo, skipped
 
 
-def _send(shard: Path, record: dict[str, Any], target: PipeTarget, keep_staged: bool) -> None:
+def _send(shard: Path, record: dict[str, Any], target: PipeCommand, keep_staged: bool) -> None:
     """Pipe a finished shard to the target, note it in the shard's record, then drop the staged file unless kept."""
     write_json(record_path(shard), {**record, "sent_to": target.send(shard)})
     if not keep_staged:
@@ -437,7 +437,7 @@ def _done(function, *args) -> Future:
 
 
 def _write_manifest_if_complete(
-    output: Path, layout: ShardLayout, model: Generator, settings: dict, fingerprint: str, target: PipeTarget | None = None
+    output: Path, layout: ShardLayout, model: Generator, settings: dict, fingerprint: str, target: PipeCommand | None = None
 ) -> Path | None:
     """Gather every shard's record into manifest.json once all shards of the layout exist; None until then."""
     records = []

@@ -1,8 +1,10 @@
-"""Shards streamed to object storage: `pipe:COMMAND` outputs, COMMAND reading one finished file on stdin.
+"""Shards in object storage: `pipe:COMMAND` templates, `{name}` standing for a file name.
 
-Shards are written and verified in a local staging folder first, so resuming and checksums work as
-for a local output; each finished file is then piped to COMMAND with `{name}` replaced by its file
-name (`pipe:aws s3 cp - s3://bucket/faces/{name}`), and its record notes the command that took it.
+Writing (`regress.generate --output pipe:...`): shards are written and verified in a local staging
+folder first, so resuming and checksums work as for a local output; each finished file is then
+piped to COMMAND on stdin (`pipe:aws s3 cp - s3://bucket/faces/{name}`), and its record notes the
+command that took it. Reading (`ShardDataModule(root="pipe:aws s3 cp s3://bucket/faces/{name} -")`):
+each file is the COMMAND's stdout, a WebDataset `pipe:` URL.
 """
 
 from __future__ import annotations
@@ -16,27 +18,31 @@ NAME = "{name}"
 
 
 @dataclass(frozen=True)
-class PipeTarget:
-    """Where finished files go: a shell command template with `{name}` for the file name."""
+class PipeCommand:
+    """A shell command template with `{name}` for a file name: it takes a file on stdin, or gives one on stdout."""
 
     command: str
 
     @classmethod
-    def parse(cls, output: str | Path) -> "PipeTarget | None":
-        """The target of a `pipe:` output, None for a local folder; a clear error for a command without `{name}`."""
-        output = str(output)
-        if not output.startswith(PIPE):
+    def parse(cls, location: str | Path) -> "PipeCommand | None":
+        """The command of a `pipe:` location, None for a local folder; a clear error for a command without `{name}`."""
+        location = str(location)
+        if not location.startswith(PIPE):
             return None
-        command = output[len(PIPE) :].strip()
+        command = location[len(PIPE) :].strip()
         if NAME not in command:
             raise ValueError(
-                f"the pipe: output {output!r} has no {NAME} for the file name; "
-                f"write e.g. 'pipe:aws s3 cp - s3://bucket/faces/{NAME}'"
+                f"the pipe: location {location!r} has no {NAME} for the file name; write e.g. "
+                f"'pipe:aws s3 cp - s3://bucket/faces/{NAME}' to write, 'pipe:aws s3 cp s3://bucket/faces/{NAME} -' to read"
             )
         return cls(command)
 
     def command_for(self, name: str) -> str:
         return self.command.replace(NAME, name)
+
+    def url_for(self, name: str) -> str:
+        """The WebDataset URL that reads a file from the command's stdout."""
+        return PIPE + self.command_for(name)
 
     def send(self, path: Path) -> str:
         """Pipe a finished file to its command; returns the command. The file stays where it is."""
@@ -52,5 +58,5 @@ class PipeTarget:
         return command
 
     def has_taken(self, name: str, record: dict | None) -> bool:
-        """Whether a file's record says this target's command already took it."""
+        """Whether a file's record says this command already took it."""
         return record is not None and record.get("sent_to") == self.command_for(name)

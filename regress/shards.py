@@ -22,6 +22,8 @@ from typing import Any, Iterator
 
 import webdataset as wds
 
+from regress.pipes import PipeCommand
+
 MANIFEST = "manifest.json"
 PARTIAL = ".partial"
 RECORD = ".json"
@@ -171,15 +173,24 @@ def shard_is_complete(shard: Path, record: dict[str, Any] | None, verify: bool =
     return not verify or file_sha256(shard) == record.get("sha256")
 
 
+def shard_url(root: str | Path, name: str) -> str:
+    """Where a file of a shard set is read from: a path in the folder `root`, or a `pipe:` template's URL."""
+    pipe = PipeCommand.parse(root)
+    return pipe.url_for(name) if pipe is not None else str(Path(root) / name)
+
+
 def read_manifest(root: str | Path) -> dict[str, Any]:
-    """The manifest of a shard folder; a clear error when generation has not finished there."""
-    path = Path(root) / MANIFEST
-    if not path.is_file():
+    """The manifest of a shard folder (or `pipe:` template); a clear error when generation has not finished there."""
+    url = shard_url(root, MANIFEST)
+    try:
+        with wds.gopen(url, "rb") as stream:
+            text = stream.read()
+    except OSError as error:
         raise FileNotFoundError(
-            f"no {MANIFEST} in {root}: shards were never generated there, or generation has not finished; "
-            "run (or rerun) python -m regress.generate with the same config"
-        )
-    manifest = json.loads(path.read_text())
+            f"no {MANIFEST} at {url} ({error}): shards were never generated there, generation has not finished, "
+            "or the pipe: command failed; run (or rerun) python -m regress.generate with the same config"
+        ) from error
+    manifest = json.loads(text)
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path} is not a regress shard manifest (format {manifest.get('format')!r}, expected {FORMAT!r})")
     return manifest

@@ -83,6 +83,16 @@ def test_shard_reads_back_exactly_what_the_generator_samples(dataset, generator)
     assert set(batches[0]) == set(expected)  # the online module's batch layout, nothing more
 
 
+def test_a_pipe_template_reads_the_same_batches_as_the_folder(dataset, generator):
+    module = data_module(f"pipe:cat {dataset}/{{name}}", val_shards=2)
+    assert module.val_urls == [f"pipe:cat {dataset}/synth-00000{i}.tar" for i in (1, 2)]
+    batches = list(module.val_dataloader())
+    assert [[m["seed"] for m in b["meta"]] for b in batches] == [[12, 13], [14, 15]]
+    assert_batches_equal(batches[0], expected_batch(generator, [12, 13]))
+    with pytest.raises(FileNotFoundError, match=r"no manifest.json at pipe:cat .*missing/manifest.json .*pipe: command failed"):
+        data_module(f"pipe:cat {dataset}/missing/{{name}}")
+
+
 def test_manifest_gives_the_latent_shape_and_mean_latent(dataset, generator):
     module = data_module(dataset)
     assert module.latent_shape == generator.latent_shape and module.depth_resolution == 16
@@ -118,7 +128,7 @@ def test_training_resamples_endlessly_in_epochs_and_resizes_on_device(dataset):
 
 
 def test_missing_manifest_and_too_many_validation_shards_are_clear_errors(dataset, tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"no manifest.json in .*run \(or rerun\) python -m regress.generate"):
+    with pytest.raises(FileNotFoundError, match=r"no manifest.json at .*run \(or rerun\) python -m regress.generate"):
         ShardDataModule(tmp_path)
     with pytest.raises(ValueError, match="val_shards must be in \\[0, 2\\]"):
         data_module(dataset, val_shards=3)

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from regress.datamodules.online import resize_images
 from regress.geometry import mesh_from_bytes
 from regress.sample import Batch, collate_samples, decode_sample
-from regress.shards import ShardReadError, iter_shard, read_manifest
+from regress.shards import ShardReadError, iter_shard, read_manifest, shard_url
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,8 @@ class ShardDataModule(ManifestLatents, L.LightningDataModule):
     """Sample batches from shards written by `python -m regress.generate`; `--data shards`.
 
     Args:
-        root: folder with the shards and their manifest.json.
+        root: folder with the shards and their manifest.json, or a `pipe:` template that reads each file
+            to stdout, `{name}` standing for its name (e.g. `pipe:aws s3 cp s3://bucket/faces/{name} -`).
         batch_size: samples per batch and rank.
         val_shards: how many of the last shards are kept for validation (0: no validation).
         image_size: side of the images the model sees (resized on device); None keeps the stored size.
@@ -151,8 +152,7 @@ class ShardDataModule(ManifestLatents, L.LightningDataModule):
             if value < 1:
                 raise ValueError(f"{name} must be positive, got {value}")
         self.save_hyperparameters()
-        self.root = Path(root)
-        urls = [str(self.root / s["file"]) for s in shards]
+        urls = [shard_url(root, s["file"]) for s in shards]
         self.counts = {url: s["count"] for url, s in zip(urls, shards)}
         self.train_urls, self.val_urls = urls[: len(urls) - val_shards], urls[len(urls) - val_shards :]
         self.batch_size, self.image_size, self.num_workers = batch_size, image_size, num_workers
