@@ -192,7 +192,7 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
         ) from error
     manifest = json.loads(text)
     if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a regress shard manifest (format {manifest.get('format')!r}, expected {FORMAT!r})")
+        raise ValueError(f"{url} is not a regress shard manifest (format {manifest.get('format')!r}, expected {FORMAT!r})")
     return manifest
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tarfile
@@ -91,6 +92,12 @@ def test_a_pipe_template_reads_the_same_batches_as_the_folder(dataset, generator
     assert_batches_equal(batches[0], expected_batch(generator, [12, 13]))
     with pytest.raises(FileNotFoundError, match=r"no manifest.json at pipe:cat .*missing/manifest.json .*pipe: command failed"):
         data_module(f"pipe:cat {dataset}/missing/{{name}}")
+
+
+def test_a_manifest_of_another_format_is_refused_by_name(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "something-else", "shards": []}))
+    with pytest.raises(ValueError, match=r"manifest.json is not a regress shard manifest \(format 'something-else'"):
+        data_module(tmp_path)
 
 
 def test_manifest_gives_the_latent_shape_and_mean_latent(dataset, generator):

@@ -12,7 +12,7 @@ import math
 import random
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import lightning as L
 import numpy as np
