@@ -7,6 +7,7 @@ like EG3D's shape extraction. Meshes are trimesh objects in world units, float32
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from dataclasses import dataclass
@@ -143,11 +144,10 @@ def surface_boxes(grids: torch.Tensor, level: float) -> list[Box | None]:
     return boxes
 
 
-def surface_block_tensor(values: torch.Tensor, box: Box | None) -> GridBlock:
-    """The block of a cube grid (R, R, R) inside `box` (see `surface_boxes`), still where the values live (box_size unset)."""
-    resolution = values.shape[0]
+def surface_block_tensor(values: torch.Tensor, box: Box | None, box_size: float) -> GridBlock:
+    """The block of a cube grid (R, R, R) inside `box` (see `surface_boxes`), still where the values live."""
     low, high = box if box is not None else ([0, 0, 0], [2, 2, 2])  # no surface: any corner marches to nothing
-    return GridBlock(values[low[0] : high[0], low[1] : high[1], low[2] : high[2]], tuple(low), resolution, float("nan"))
+    return GridBlock(values[low[0] : high[0], low[1] : high[1], low[2] : high[2]], tuple(low), values.shape[0], box_size)
 
 
 def _check_cubes(grids: torch.Tensor) -> None:
@@ -159,8 +159,8 @@ def surface_block(values: torch.Tensor | np.ndarray, level: float, box_size: flo
     """The block of a cube grid (R, R, R) that holds its surface, cut where the values live, then brought to the CPU."""
     grids = torch.as_tensor(values)[None]
     _check_cubes(grids)
-    block = surface_block_tensor(grids[0], surface_boxes(grids, level)[0])
-    return GridBlock(block.values.cpu().numpy(), block.offset, block.resolution, box_size)
+    block = surface_block_tensor(grids[0], surface_boxes(grids, level)[0], box_size)
+    return dataclasses.replace(block, values=block.values.cpu().numpy())
 
 
 @dataclass(frozen=True)
@@ -203,10 +203,10 @@ def packed_surface_blocks(grids: torch.Tensor, level: float, box_size: float) ->
     """`surface_block` of every cube grid of grids (N, R, R, R), packed where the values live (the GPU) before they come to the CPU."""
     grids = torch.as_tensor(grids)
     _check_cubes(grids)
-    return [_pack(surface_block_tensor(values, box), level, box_size) for values, box in zip(grids, surface_boxes(grids, level))]
+    return [_pack(surface_block_tensor(values, box, box_size), level) for values, box in zip(grids, surface_boxes(grids, level))]
 
 
-def _pack(block: GridBlock, level: float, box_size: float) -> PackedBlock:
+def _pack(block: GridBlock, level: float) -> PackedBlock:
     inside = block.values > level
     occupied = inside[None, None].float()
     # a sample is next to the surface when its 3x3x3 neighbourhood holds both sides of the level
@@ -217,7 +217,7 @@ def _pack(block: GridBlock, level: float, box_size: float) -> PackedBlock:
         tuple(block.values.shape),
         block.offset,
         block.resolution,
-        box_size,
+        block.box_size,
         level,
         pack_bits(inside.flatten()).cpu().numpy(),
         near_index.cpu().numpy(),
