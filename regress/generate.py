@@ -36,6 +36,7 @@ from regress.generators.base import Generator
 from regress.pipes import PipeCommand
 from regress.geometry import PackedBlock, block_to_mesh, check_grid_fits, density_grid, mesh_to_bytes, packed_surface_blocks
 from regress.sample import ARRAY_FIELDS, IMAGE_FORMATS, SCHEMA_VERSION, encode_sample
+from regress.timing import StageClock, timed_call
 from regress.shards import (
     FORMAT,
     MANIFEST,
@@ -75,7 +76,7 @@ class RenderedBatch:
 
 
 def render_batches(
-    model: Generator, layout: ShardLayout, shards: list[int], mixture: ViewMixture, settings: dict, batch_size: int
+    model: Generator, layout: ShardLayout, shards: list[int], mixture: ViewMixture, settings: dict, batch_size: int, clock: StageClock
 ) -> Iterator[RenderedBatch]:
     """Every batch of the given shards in order; with meshes, only each surface's packed block leaves the device."""
     mesh = settings["mesh"]
@@ -84,12 +85,16 @@ def render_batches(
         for first in range(0, len(seeds), batch_size):
             batch_seeds = seeds[first : first + batch_size]
             with torch.inference_mode():
-                batch = model.sample(batch_seeds, mixture, psi=settings["psi"], cutoff=settings["cutoff"], jitter=settings["jitter"])
+                with clock("render: sample"):
+                    batch = model.sample(batch_seeds, mixture, psi=settings["psi"], cutoff=settings["cutoff"], jitter=settings["jitter"])
                 blocks: list[PackedBlock | None] = [None] * len(batch_seeds)
                 if mesh:
-                    grids = density_grid(model, batch["w"], mesh["resolution"])
-                    blocks = packed_surface_blocks(grids, mesh["level"], mesh["box_size"])
-                arrays = {k: batch[k].cpu().numpy() for k in ARRAY_FIELDS if k in batch}
+                    with clock("render: density grids"):
+                        grids = density_grid(model, batch["w"], mesh["resolution"])
+                    with clock("render: surface blocks to CPU"):
+                        blocks = packed_surface_blocks(grids, mesh["level"], mesh["box_size"])
+                with clock("render: arrays to CPU"):
+                    arrays = {k: batch[k].cpu().numpy() for k in ARRAY_FIELDS if k in batch}
             yield RenderedBatch(index, batch_seeds, arrays, batch["meta"], blocks)
 
 
@@ -97,9 +102,12 @@ Item, Result = TypeVar("Item"), TypeVar("Result")
 _END = object()
 
 
-def consume_in_background(consume: Callable[[Iterator[Item]], Result], items: Iterable[Item], depth: int = 2) -> Result:
+def consume_in_background(
+    consume: Callable[[Iterator[Item]], Result], items: Iterable[Item], depth: int = 2, clock: StageClock | None = None
+) -> Result:
     """`consume(iterator over items)` in a background thread while this thread produces `items`, up to
     `depth` ahead; returns its result. Errors of either side are raised here, after both have stopped.
+    The clock, if given, counts the time either side waits for the other.
 
     The producer stays on the calling thread: CUDA graphs (torch.compile's reduce-overhead) live there.
     """
@@ -107,10 +115,13 @@ def consume_in_background(consume: Callable[[Iterator[Item]], Result], items: It
     stop = threading.Event()
     outcome: dict[str, Any] = {}
 
+    clock = clock or StageClock()
+
     def drain() -> Iterator[Item]:
         while True:
             try:
-                item = ready.get(timeout=0.1)
+                with clock("write: waiting for renders"):
+                    item = ready.get(timeout=0.1)
             except queue.Empty:
                 if stop.is_set():
                     raise RuntimeError("the producer stopped early") from None
@@ -133,7 +144,8 @@ def consume_in_background(consume: Callable[[Iterator[Item]], Result], items: It
         for item in itertools.chain(items, [_END]):
             while not stop.is_set():
                 try:
-                    ready.put(item, timeout=0.1)
+                    with clock("render: waiting for the writer"):
+                        ready.put(item, timeout=0.1)
                     break
                 except queue.Full:
                     continue
@@ -217,7 +229,7 @@ def generate(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # backends without a checkpoint draw random weights: the same ones on every rerun and rank
         model = create_generator(generator, checkpoint, **(generator_options or {}))
-    model.to(_deterministic(_device(device))).eval()
+    model.to(deterministic_kernels(_device(device))).eval()
     target = PipeCommand.parse(output)
     if target is not None and staging is None:
         raise ValueError("a pipe: output needs a local --staging folder, where shards are written and verified before they are piped")
@@ -259,22 +271,23 @@ def generate(
         written = 0
         for index in todo:
             bar.set_postfix_str(layout.filename(index))
-            record = _write_shard(output, layout, index, batches, settings, fingerprint, max_pending, pool, bar)
+            record = _write_shard(output, layout, index, batches, settings, fingerprint, max_pending, pool, bar, clock)
             if target is not None:
                 _send(output / layout.filename(index), record, target, keep_staged)
             written += record["bytes"]
         return written
 
+    clock = StageClock()
     warmup: list[tuple[float, int]] = []  # (seconds, samples) until the first batch is rendered: compilation, cuDNN search
 
     def rendered() -> Iterator[RenderedBatch]:
-        for batch in render_batches(model, layout, todo, mixture, settings, batch_size):
+        for batch in render_batches(model, layout, todo, mixture, settings, batch_size, clock):
             if not warmup:
                 warmup.append((time.perf_counter() - start, len(batch.seeds)))
             yield batch
 
     try:  # the device renders the next batches while a thread encodes and writes
-        written_bytes = consume_in_background(write_shards, rendered())
+        written_bytes = consume_in_background(write_shards, rendered(), clock=clock)
     finally:
         bar.close()
         if pool is not None:
@@ -295,6 +308,8 @@ def generate(
         "warmup_seconds": warmup[0][0] if warmup else 0.0,
         "steady_samples_per_second": (samples - warmup[0][1]) / (seconds - warmup[0][0]) if warmup and samples > warmup[0][1] else None,
         "bytes": written_bytes,
+        "stage_seconds": dict(clock.seconds),
+        "workers": workers,
         "manifest": str(manifest) if manifest else None,
     }
     _print_summary(summary, layout)
@@ -317,7 +332,7 @@ def _device(device: str) -> torch.device:
     return torch.device("cpu")
 
 
-def _deterministic(device: torch.device) -> torch.device:
+def deterministic_kernels(device: torch.device) -> torch.device:
     """Ask CUDA for deterministic kernels (cuDNN, cuBLAS), so a rerun writes the same bytes."""
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -396,11 +411,22 @@ def _write_shard(
     max_pending: int,
     pool: Executor | None,
     bar: tqdm,
+    clock: StageClock,
 ) -> dict[str, Any]:
     """Encode and write one shard from the rendered batches; on a write error remove the partial file and say why."""
     seeds, path, mesh = layout.seeds(index), output / layout.filename(index), settings["mesh"]
     mesh_args = (mesh["level"], mesh["keep_largest"]) if mesh else (0.0, False)
     pending: deque[tuple[str, Future]] = deque()
+
+    def write_first() -> None:
+        key, future = pending.popleft()
+        with clock("write: waiting for workers"):
+            members, seconds = future.result()
+        clock.add("workers: encode + mesh (summed)", seconds)
+        with clock("write: tar + hash"):
+            writer.add(key, members)
+        bar.update(1)
+
     try:
         with ShardWriter(path) as writer:
             done = 0
@@ -408,18 +434,15 @@ def _write_shard(
                 batch = next(batches)
                 assert batch.shard == index and batch.seeds.start == seeds.start + done, "batches out of order"
                 done += len(batch.seeds)
-                for i, seed in enumerate(batch.seeds):
-                    sample = {k: v[i] for k, v in batch.arrays.items()}
-                    job = (record_members, sample, batch.meta[i], settings["image_format"], batch.blocks[i], *mesh_args)
-                    pending.append((sample_key(seed), pool.submit(*job) if pool else _done(*job)))
+                with clock("write: submit"):
+                    for i, seed in enumerate(batch.seeds):
+                        sample = {k: v[i] for k, v in batch.arrays.items()}
+                        job = (timed_call, record_members, sample, batch.meta[i], settings["image_format"], batch.blocks[i], *mesh_args)
+                        pending.append((sample_key(seed), pool.submit(*job) if pool else _done(*job)))
                 while len(pending) > max_pending or (pending and pending[0][1].done()):
-                    key, future = pending.popleft()
-                    writer.add(key, future.result())
-                    bar.update(1)
+                    write_first()
             while pending:
-                key, future = pending.popleft()
-                writer.add(key, future.result())
-                bar.update(1)
+                write_first()
             return writer.commit({"index": index, "seed_start": seeds.start, "fingerprint": fingerprint})
     except OSError as error:
         raise OSError(
@@ -484,6 +507,11 @@ def _print_summary(summary: dict[str, Any], layout: ShardLayout) -> None:
             f"then {summary['steady_samples_per_second']:.2f} samples/s",
             file=sys.stderr,
         )
+    lines = []
+    for stage, seconds in summary["stage_seconds"].items():  # shares of the wall time; the workers' of workers x wall
+        share = seconds / max(summary["seconds"] * (max(summary["workers"], 1) if stage.startswith("workers") else 1), 1e-9)
+        lines.append(f"  {stage:<34} {seconds:8.1f} s {100 * share:5.1f} %")
+    print(f"regress.generate: {rank} time by stage (the render and write threads run side by side):", *lines, sep="\n", file=sys.stderr)
     if summary["manifest"]:
         print(f"regress.generate: {layout.num_shards} shards, {layout.num_samples} samples: {summary['manifest']}", file=sys.stderr)
     else:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from regress.camera import ViewMixture, frontal_camera, views_to_cameras
+from regress.generate import deterministic_kernels
 from regress.generators import available_generators, create_generator
 from regress.generators.base import seeded_normal
 
@@ -132,6 +133,7 @@ def main() -> None:
     parser.add_argument("--views", default="published", help="view mixture: a name under configs/views or a YAML path")
     parser.add_argument("--min-seconds", type=float, default=3.0, help="time each row for at least this long")
     parser.add_argument("--no-jitter", action="store_true", help="deterministic rendering (no per-seed jitter)")
+    parser.add_argument("--deterministic", action="store_true", help="deterministic kernels, as regress.generate asks for")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls and convolutions (default: off)")
     parser.add_argument("--fidelity", default=None, metavar="CHECKPOINT", help="compare --options with float32 on these weights")
     parser.add_argument("--profile", action="store_true", help="print the top device kernels of one batch per row")
@@ -145,6 +147,8 @@ def main() -> None:
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
     torch.backends.cudnn.benchmark = True
+    if args.deterministic:
+        deterministic_kernels(device)
     versions = f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, numpy {np.__version__}"
     print(f"machine: {machine()}; device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; {versions}")
     if args.fidelity:
@@ -176,7 +180,7 @@ def main() -> None:
             print(" | ".join(row), flush=True)
             if args.profile:
                 print(profile(generator, batch_size, views, device, not args.no_jitter), flush=True)
-    print(f"\n{machine()}, TF32 {'on' if args.tf32 else 'off'}\n")
+    print(f"\n{machine()}, TF32 {'on' if args.tf32 else 'off'}{', deterministic kernels' if args.deterministic else ''}\n")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
