@@ -3,9 +3,10 @@
 Ranks (torchrun's RANK / WORLD_SIZE, or an initialized torch.distributed) take the shards i with
 i % world_size == rank; a shard's seeds depend only on its index, so 1 or 8 ranks make the same
 dataset. A rerun skips shards that are complete and verified and regenerates the others; the
-last rank to finish (or any rerun) writes manifest.json. Meshes: density on the generator's
-device, marching cubes on the CPU (in `workers` processes when workers > 0). The device renders
-the next batches while a background thread encodes and writes this one.
+last rank to finish (or any rerun) writes manifest.json. Meshes: density grid, marching cubes,
+largest piece and the PLY layout on the generator's device (`regress.marching_cubes`); images
+are compressed in `workers` processes. The device renders the next batches while a background
+thread writes this one.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from regress.camera import ViewMixture
 from regress.generators import create_generator
 from regress.generators.base import Generator
 from regress.pipes import PipeCommand
-from regress.geometry import PackedBlock, block_to_mesh, check_grid_fits, density_grid, mesh_to_bytes, packed_surface_blocks
+from regress.geometry import check_grid_fits, density_grid, grids_to_ply
 from regress.sample import ARRAY_FIELDS, IMAGE_FORMATS, SCHEMA_VERSION, encode_sample
 from regress.timing import StageClock, timed_call
 from regress.shards import (
@@ -52,33 +53,33 @@ from regress.shards import (
 )
 
 
-def record_members(
-    arrays: dict[str, np.ndarray], meta: dict, image_format: str, block: PackedBlock | None, level: float, keep_largest: bool
-) -> dict[str, bytes]:
-    """One sample's shard members: the Sample encoding, `mesh.ply` when a surface block is given, `meta.json` last."""
-    members = encode_sample({**{k: torch.from_numpy(v)[None] for k, v in arrays.items()}, "meta": [meta]}, 0, image_format)
+def record_members(arrays: dict[str, np.ndarray], meta: dict, image_format: str) -> dict[str, bytes]:
+    """One sample's Sample encoding (images compressed): the work of the encoding processes."""
+    return encode_sample({**{k: torch.from_numpy(v)[None] for k, v in arrays.items()}, "meta": [meta]}, 0, image_format)
+
+
+def with_mesh(members: dict[str, bytes], mesh: bytes | None) -> dict[str, bytes]:
+    """A sample's shard members: its encoding, `mesh.ply` when it has one, `meta.json` last."""
+    members = dict(members)
     meta_json = members.pop("meta.json")
-    if block is not None:
-        members["mesh.ply"] = mesh_to_bytes(block_to_mesh(block.unpack(), level, keep_largest))
-    members["meta.json"] = meta_json
-    return members
+    return {**members, **({"mesh.ply": mesh} if mesh is not None else {}), "meta.json": meta_json}
 
 
 @dataclasses.dataclass
 class RenderedBatch:
-    """One generator call's records, on the CPU: its shard, seeds, arrays (N, ...), meta and mesh blocks."""
+    """One generator call's records, on the CPU: its shard, seeds, arrays (N, ...), meta and PLY meshes."""
 
     shard: int
     seeds: range
     arrays: dict[str, np.ndarray]
     meta: list[dict]
-    blocks: list[PackedBlock | None]
+    meshes: list[bytes | None]
 
 
 def render_batches(
     model: Generator, layout: ShardLayout, shards: list[int], mixture: ViewMixture, settings: dict, batch_size: int, clock: StageClock
 ) -> Iterator[RenderedBatch]:
-    """Every batch of the given shards in order; with meshes, only each surface's packed block leaves the device."""
+    """Every batch of the given shards in order; meshes are marched and laid out as PLY files on the device."""
     mesh = settings["mesh"]
     for index in shards:
         seeds = layout.seeds(index)
@@ -87,15 +88,16 @@ def render_batches(
             with torch.inference_mode():
                 with clock("render: sample"):
                     batch = model.sample(batch_seeds, mixture, psi=settings["psi"], cutoff=settings["cutoff"], jitter=settings["jitter"])
-                blocks: list[PackedBlock | None] = [None] * len(batch_seeds)
+                meshes: list[bytes | None] = [None] * len(batch_seeds)
                 if mesh:
                     with clock("render: density grids"):
                         grids = density_grid(model, batch["w"], mesh["resolution"])
-                    with clock("render: surface blocks to CPU"):
-                        blocks = packed_surface_blocks(grids, mesh["level"], mesh["box_size"])
+                    with clock("render: meshes (march, piece, PLY)"):
+                        meshes = grids_to_ply(grids, mesh["level"], mesh["box_size"], mesh["keep_largest"])
+                    del grids
                 with clock("render: arrays to CPU"):
                     arrays = {k: batch[k].cpu().numpy() for k in ARRAY_FIELDS if k in batch}
-            yield RenderedBatch(index, batch_seeds, arrays, batch["meta"], blocks)
+            yield RenderedBatch(index, batch_seeds, arrays, batch["meta"], meshes)
 
 
 Item, Result = TypeVar("Item"), TypeVar("Result")
@@ -206,7 +208,7 @@ def generate(
         mesh_level: density of the surface; None takes the generator's own level
         mesh_keep_largest: keep only the largest connected piece of each mesh
         batch_size: samples per generator call
-        workers: processes for image/mesh encoding (0: in this process)
+        workers: processes for image compression (0: in this process)
         device: torch device, or auto (this rank's GPU if there is one)
         progress: show a progress bar
         staging: local folder where shards are written and verified before a `pipe:` output takes them
@@ -218,10 +220,11 @@ def generate(
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"unknown image format {image_format!r}; choose one of {IMAGE_FORMATS}")
     max_pending = batch_size + 2 * workers
+    target_device = deterministic_kernels(_device(device))
     if with_mesh:
         if mesh_resolution < 2:
             raise ValueError(f"mesh_resolution must be at least 2, got {mesh_resolution}")
-        check_grid_fits(mesh_resolution, grids_in_flight=3 * batch_size + max_pending + workers)  # 2 batches rendered ahead
+        check_grid_fits(mesh_resolution, grids_in_flight=batch_size, device=target_device)
     rank, world_size, _, _ = wds.utils.pytorch_worker_info()
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world size {world_size}; check the RANK and WORLD_SIZE variables")
@@ -229,7 +232,7 @@ def generate(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # backends without a checkpoint draw random weights: the same ones on every rerun and rank
         model = create_generator(generator, checkpoint, **(generator_options or {}))
-    model.to(deterministic_kernels(_device(device))).eval()
+    model.to(target_device).eval()
     target = PipeCommand.parse(output)
     if target is not None and staging is None:
         raise ValueError("a pipe: output needs a local --staging folder, where shards are written and verified before they are piped")
@@ -250,6 +253,7 @@ def generate(
             "keep_largest": mesh_keep_largest,
             "level": model.surface_level if mesh_level is None else mesh_level,
             "box_size": model.box_size,
+            "algorithm": "regress.marching_cubes",  # meshes of the earlier CPU marching cubes differ: never mix them
         }
         if with_mesh
         else None,
@@ -266,6 +270,8 @@ def generate(
     start = time.perf_counter()
     bar = tqdm(total=sum(len(layout.seeds(i)) for i in todo), unit="sample", desc=f"rank {rank}/{world_size}", disable=not progress, dynamic_ncols=True)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers else None
+    for _ in range(workers):  # each submission starts a process: they start (import torch) while the first batch compiles
+        pool.submit(int)
 
     def write_shards(batches: Iterator[RenderedBatch]) -> int:
         written = 0
@@ -414,17 +420,16 @@ def _write_shard(
     clock: StageClock,
 ) -> dict[str, Any]:
     """Encode and write one shard from the rendered batches; on a write error remove the partial file and say why."""
-    seeds, path, mesh = layout.seeds(index), output / layout.filename(index), settings["mesh"]
-    mesh_args = (mesh["level"], mesh["keep_largest"]) if mesh else (0.0, False)
-    pending: deque[tuple[str, Future]] = deque()
+    seeds, path = layout.seeds(index), output / layout.filename(index)
+    pending: deque[tuple[str, Future, bytes | None]] = deque()
 
     def write_first() -> None:
-        key, future = pending.popleft()
+        key, future, mesh = pending.popleft()
         with clock("write: waiting for workers"):
             members, seconds = future.result()
-        clock.add("workers: encode + mesh (summed)", seconds)
+        clock.add("workers: encode (summed)", seconds)
         with clock("write: tar + hash"):
-            writer.add(key, members)
+            writer.add(key, with_mesh(members, mesh))
         bar.update(1)
 
     try:
@@ -437,8 +442,8 @@ def _write_shard(
                 with clock("write: submit"):
                     for i, seed in enumerate(batch.seeds):
                         sample = {k: v[i] for k, v in batch.arrays.items()}
-                        job = (timed_call, record_members, sample, batch.meta[i], settings["image_format"], batch.blocks[i], *mesh_args)
-                        pending.append((sample_key(seed), pool.submit(*job) if pool else _done(*job)))
+                        job = (timed_call, record_members, sample, batch.meta[i], settings["image_format"])
+                        pending.append((sample_key(seed), pool.submit(*job) if pool else _done(*job), batch.meshes[i]))
                 while len(pending) > max_pending or (pending and pending[0][1].done()):
                     write_first()
             while pending:

@@ -7,10 +7,8 @@ like EG3D's shape extraction. Meshes are trimesh objects in world units, float32
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -18,12 +16,9 @@ import mrcfile
 import numpy as np
 import torch
 import trimesh
-from scipy import sparse
-from scipy.sparse.csgraph import connected_components
-from skimage import measure
-from torch.nn import functional as F
 
 from regress.camera import camera_rays, frontal_camera
+from regress.marching_cubes import largest_pieces, march
 
 DensityField = Callable[[torch.Tensor], torch.Tensor]  # world points (N, P, 3) -> density (N, P, 1)
 MESH_FORMATS = ("ply", "obj")
@@ -35,12 +30,15 @@ def grid_axis(resolution: int, box_size: float) -> np.ndarray:
 
 
 def grid_memory_bytes(resolution: int, grids_in_flight: int = 1) -> int:
-    """Host memory for meshing: the float32 grids held at once, plus marching cubes' own copy and mask."""
-    return 4 * resolution**3 * (grids_in_flight + 2)
+    """Memory for meshing: the float32 grids held at once and marching cubes' masks and cube codes (about 6 bytes a point)."""
+    return 10 * resolution**3 * grids_in_flight
 
 
-def available_memory_bytes() -> int:
-    """Memory the kernel can still hand out (MemAvailable), or total physical memory elsewhere."""
+def available_memory_bytes(device: torch.device | str = "cpu") -> int:
+    """Memory still free on the device; on the CPU what the kernel can hand out (MemAvailable), or all physical memory."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -50,14 +48,14 @@ def available_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_grid_fits(resolution: int, grids_in_flight: int = 1) -> None:
-    """Raise MemoryError before any work when density grids of this size would not fit in memory."""
-    needed, available = grid_memory_bytes(resolution, grids_in_flight), available_memory_bytes()
+def check_grid_fits(resolution: int, grids_in_flight: int = 1, device: torch.device | str = "cpu") -> None:
+    """Raise MemoryError before any work when density grids of this size would not fit in the device's memory."""
+    needed, available = grid_memory_bytes(resolution, grids_in_flight), available_memory_bytes(device)
     if needed > 0.8 * available:
         raise MemoryError(
-            f"meshes at grid {resolution}^3 need about {needed / 2**30:.1f} GiB of memory "
-            f"({grids_in_flight} grids in flight), only {available / 2**30:.1f} GiB are available; "
-            "lower the mesh resolution, the batch size or the number of workers"
+            f"meshes at grid {resolution}^3 need about {needed / 2**30:.1f} GiB of {torch.device(device).type} memory "
+            f"({grids_in_flight} grids at once), only {available / 2**30:.1f} GiB are available; "
+            "lower the mesh resolution or the batch size"
         )
 
 
@@ -95,153 +93,70 @@ def density_grid(
     return values.reshape(-1, resolution, resolution, resolution)
 
 
-def keep_largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
-    """The piece with the most faces (vertex-connected; ties: the lowest label), unused vertices dropped."""
-    if len(mesh.faces) == 0:
-        return mesh
-    faces = np.asarray(mesh.faces)
-    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]]])
-    graph = sparse.csr_matrix((np.ones(len(edges), np.int8), (edges[:, 0], edges[:, 1])), shape=(len(mesh.vertices),) * 2)
-    labels = connected_components(graph, directed=True, connection="weak")[1][faces[:, 0]]  # weak: no transpose
-    faces = faces[labels == np.argmax(np.bincount(labels))]
-    used = np.zeros(len(mesh.vertices), bool)
-    used[faces] = True
-    renumber = np.cumsum(used) - 1  # kept vertices keep their order
-    return trimesh.Trimesh(np.asarray(mesh.vertices)[used].astype(np.float32), renumber[faces], process=False)
+def march_grids(
+    grids: torch.Tensor, level: float, box_size: float, keep_largest: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Meshes of cube grids (N, R, R, R) at `level` (inside: density > level), computed where the grids live.
 
-
-@dataclass(frozen=True)
-class GridBlock:
-    """Density on a block of the cube grid: values [x, y, z] whose first sample is grid point `offset`."""
-
-    values: np.ndarray  # a tensor on the grid's device inside `surface_block_tensor`
-    offset: tuple[int, int, int]
-    resolution: int  # points per axis of the whole cube
-    box_size: float
-    near_surface: np.ndarray | None = None  # bool, like values: the samples whose cells marching cubes must visit
-
-
-Box = tuple[list[int], list[int]]  # index bounds [low, high) per axis
-
-
-def surface_boxes(grids: torch.Tensor, level: float) -> list[Box | None]:
-    """Per cube grid of grids (N, R, R, R): bounds of the cells its surface can cross, None without a surface.
-
-    That is the box of the inside samples (density > level), one sample wider: every cell the
-    surface crosses has an inside corner. One transfer from the grids' device for the whole batch.
+    Returns vertices (V, 3) float32 in world units, faces (F, 3) int64 numbered within their own
+    mesh, and each mesh's vertex and face counts (N,): the meshes one after the other. With
+    `keep_largest`, only each mesh's piece with the most faces is kept (unused vertices dropped).
     """
-    inside = grids > level
-    occupied = torch.stack([inside.any(3).any(2), inside.any(3).any(1), inside.any(2).any(1)], 1)  # (N, axis, R)
-    everywhere = inside.flatten(1).all(1)
-    occupied, everywhere = occupied.cpu().numpy(), everywhere.cpu().numpy()
-    boxes: list[Box | None] = []
-    for axes, full in zip(occupied, everywhere):
-        if full or not axes[0].any():
-            boxes.append(None)
-            continue
-        index = [np.flatnonzero(axis) for axis in axes]
-        boxes.append(([max(int(i[0]) - 1, 0) for i in index], [min(int(i[-1]) + 2, grids.shape[1]) for i in index]))
-    return boxes
-
-
-def surface_block_tensor(values: torch.Tensor, box: Box | None, box_size: float) -> GridBlock:
-    """The block of a cube grid (R, R, R) inside `box` (see `surface_boxes`), still where the values live."""
-    low, high = box if box is not None else ([0, 0, 0], [2, 2, 2])  # no surface: any corner marches to nothing
-    return GridBlock(values[low[0] : high[0], low[1] : high[1], low[2] : high[2]], tuple(low), values.shape[0], box_size)
-
-
-def _check_cubes(grids: torch.Tensor) -> None:
+    grids = torch.as_tensor(grids)
     if grids.ndim != 4 or grids.shape[1:] != (grids.shape[1],) * 3:
         raise ValueError(f"density grids must be cubes (N, R, R, R), got shape {tuple(grids.shape)}")
+    count = len(grids)
+    vertices, faces, vertex_grid = march(grids, level)
+    if keep_largest and len(faces):
+        faces = faces[largest_pieces(faces, vertex_grid, count)]
+        used = torch.zeros(len(vertices), dtype=torch.bool, device=faces.device)
+        used[faces.reshape(-1)] = True
+        renumber = torch.cumsum(used, 0) - 1  # kept vertices keep their order
+        vertices, vertex_grid, faces = vertices[used], vertex_grid[used], renumber[faces]
+    vertex_counts = torch.bincount(vertex_grid, minlength=count)
+    face_grid = vertex_grid[faces[:, 0]]
+    faces = faces - (torch.cumsum(vertex_counts, 0) - vertex_counts)[face_grid][:, None]
+    spacing = box_size / (grids.shape[1] - 1)
+    return vertices * spacing - box_size / 2, faces, vertex_counts, torch.bincount(face_grid, minlength=count)
 
 
-def surface_block(values: torch.Tensor | np.ndarray, level: float, box_size: float) -> GridBlock:
-    """The block of a cube grid (R, R, R) that holds its surface, cut where the values live, then brought to the CPU."""
-    grids = torch.as_tensor(values)[None]
-    _check_cubes(grids)
-    block = surface_block_tensor(grids[0], surface_boxes(grids, level)[0], box_size)
-    return dataclasses.replace(block, values=block.values.cpu().numpy())
+def grids_to_meshes(grids: torch.Tensor, level: float, box_size: float, keep_largest: bool = True) -> list[trimesh.Trimesh]:
+    """`march_grids` as one trimesh per grid (on the CPU)."""
+    vertices, faces, vertex_counts, face_counts = (t.cpu() for t in march_grids(grids, level, box_size, keep_largest))
+    return [
+        trimesh.Trimesh(v.numpy(), f.numpy(), process=False)
+        for v, f in zip(vertices.split(vertex_counts.tolist()), faces.split(face_counts.tolist()))
+    ]
 
 
-@dataclass(frozen=True)
-class PackedBlock:
-    """A surface block in the few bytes marching cubes reads: which samples are inside (one bit each) and
-    the exact values of the samples next to the surface; a few MiB where the dense 256³ block is 64 MiB.
-    The samples next to the surface also tell marching cubes which cells to visit.
-
-    Marching cubes reads values only at the corners of the cells the surface crosses, and every such
-    corner has a sample on the other side of the level among its 26 neighbours. All other samples
-    become level ± 1, on their own side, so `unpack` marches to the same mesh, bit for bit.
-    """
-
-    shape: tuple[int, int, int]
-    offset: tuple[int, int, int]
-    resolution: int
-    box_size: float
-    level: float
-    inside_bits: np.ndarray  # uint8, np.packbits of (values > level) in C order
-    near_index: np.ndarray  # int64 flat indices of the samples next to the surface
-    near_values: np.ndarray  # float32 values there
-
-    def unpack(self) -> GridBlock:
-        inside = np.unpackbits(self.inside_bits, count=int(np.prod(self.shape))).astype(bool)
-        values = np.where(inside, np.float32(self.level + 1), np.float32(self.level - 1))
-        values[self.near_index] = self.near_values
-        near_surface = np.zeros(values.shape, bool)
-        near_surface[self.near_index] = True
-        return GridBlock(values.reshape(self.shape), self.offset, self.resolution, self.box_size, near_surface.reshape(self.shape))
+def grids_to_ply(grids: torch.Tensor, level: float, box_size: float, keep_largest: bool = True) -> list[bytes]:
+    """`march_grids` as one binary PLY per grid; the file bodies are laid out where the grids live, then copied once."""
+    vertices, faces, vertex_counts, face_counts = march_grids(grids, level, box_size, keep_largest)
+    vertex_bytes, face_bytes = vertices.cpu().numpy(), _ply_face_records(faces).cpu().numpy()
+    vertex_counts, face_counts = vertex_counts.tolist(), face_counts.tolist()
+    vertex_parts = np.split(vertex_bytes, np.cumsum(vertex_counts)[:-1])
+    face_parts = np.split(face_bytes, np.cumsum(face_counts)[:-1])
+    return [_ply_header(len(v), len(f)) + v.tobytes() + f.tobytes() for v, f in zip(vertex_parts, face_parts)]
 
 
-def pack_bits(flags: torch.Tensor) -> torch.Tensor:
-    """np.packbits of a flat bool tensor, where it lives: uint8, first flag in the highest bit."""
-    padded = F.pad(flags.to(torch.uint8), (0, -len(flags) % 8)).reshape(-1, 8)
-    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=flags.device)
-    return (padded * weights).sum(dim=1, dtype=torch.uint8)
+def _ply_header(num_vertices: int, num_faces: int) -> bytes:
+    return (
+        "ply\nformat binary_little_endian 1.0\n"
+        f"element vertex {num_vertices}\nproperty float x\nproperty float y\nproperty float z\n"
+        f"element face {num_faces}\nproperty list uchar int vertex_indices\nend_header\n"
+    ).encode()
 
 
-def packed_surface_blocks(grids: torch.Tensor, level: float, box_size: float) -> list[PackedBlock]:
-    """`surface_block` of every cube grid of grids (N, R, R, R), packed where the values live (the GPU) before they come to the CPU."""
-    grids = torch.as_tensor(grids)
-    _check_cubes(grids)
-    return [_pack(surface_block_tensor(values, box, box_size), level) for values, box in zip(grids, surface_boxes(grids, level))]
+def _ply_face_records(faces: torch.Tensor) -> torch.Tensor:
+    """Binary PLY face records (F, 13) uint8: the count 3, then three little-endian int32 indices."""
+    indices = faces.to(torch.int32).reshape(-1).clone().view(torch.uint8).reshape(len(faces), 12)  # torch is little-endian everywhere
+    return torch.cat([torch.full((len(faces), 1), 3, dtype=torch.uint8, device=faces.device), indices], 1)
 
-
-def _pack(block: GridBlock, level: float) -> PackedBlock:
-    inside = block.values > level
-    occupied = inside[None, None].float()
-    # a sample is next to the surface when its 3x3x3 neighbourhood holds both sides of the level
-    has_inside = F.max_pool3d(occupied, 3, stride=1, padding=1)[0, 0] > 0
-    has_outside = F.max_pool3d(1 - occupied, 3, stride=1, padding=1)[0, 0] > 0
-    near_index = (has_inside & has_outside).flatten().nonzero()[:, 0]
-    return PackedBlock(
-        tuple(block.values.shape),
-        block.offset,
-        block.resolution,
-        block.box_size,
-        level,
-        pack_bits(inside.flatten()).cpu().numpy(),
-        near_index.cpu().numpy(),
-        block.values.flatten()[near_index].float().cpu().numpy(),
-    )
-
-
-def block_to_mesh(block: GridBlock, level: float, keep_largest: bool = True) -> trimesh.Trimesh:
-    """Marching cubes of a grid block at `level` (inside where density > level), in world units."""
-    values = block.values
-    if values.ndim != 3 or min(values.shape) < 2 or not values.min() < level < values.max():
-        return trimesh.Trimesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64), process=False)
-    spacing = block.box_size / (block.resolution - 1)
-    # "ascent": density grows inwards, so faces wind counter-clockwise seen from outside
-    # cells are visited only where `near_surface` is set (every crossed cell's first corner is): same mesh, less time
-    vertices, faces, _, _ = measure.marching_cubes(values, level, spacing=(spacing,) * 3, gradient_direction="ascent", mask=block.near_surface)
-    vertices = (vertices + np.asarray(block.offset) * spacing - block.box_size / 2).astype(np.float32)
-    mesh = trimesh.Trimesh(vertices, faces.astype(np.int64), process=False)
-    return keep_largest_component(mesh) if keep_largest else mesh
 
 
 def grid_to_mesh(values: torch.Tensor | np.ndarray, level: float, box_size: float, keep_largest: bool = True) -> trimesh.Trimesh:
-    """Marching cubes of a whole cube grid [x, y, z]: only its surface block is marched, the mesh is the same."""
-    return block_to_mesh(surface_block(values, level, box_size), level, keep_largest)
+    """Marching cubes of one cube grid [x, y, z] (where it lives), as a trimesh on the CPU."""
+    return grids_to_meshes(torch.as_tensor(values)[None], level, box_size, keep_largest)[0]
 
 
 def depth_to_mesh(
@@ -272,7 +187,8 @@ def mesh_to_bytes(mesh: trimesh.Trimesh, mesh_format: str = "ply") -> bytes:
     if mesh_format not in MESH_FORMATS:
         raise ValueError(f"unknown mesh format {mesh_format!r}; choose one of {MESH_FORMATS}")
     if mesh_format == "ply":
-        return mesh.export(file_type="ply", encoding="binary")
+        vertices, faces = np.asarray(mesh.vertices, np.float32), torch.as_tensor(np.asarray(mesh.faces, np.int64)).reshape(-1, 3)
+        return _ply_header(len(vertices), len(faces)) + vertices.astype("<f4").tobytes() + _ply_face_records(faces).numpy().tobytes()
     return mesh.export(file_type="obj", include_normals=False, include_texture=False).encode()
 
 

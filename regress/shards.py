@@ -69,9 +69,6 @@ class ShardLayout:
         return range(rank, self.num_shards, world_size)
 
 
-MEMBER_COPY_BYTES = 1 << 28
-
-
 class _HashingFile:
     """A write-only file that hashes and counts what goes through it."""
 
@@ -84,14 +81,13 @@ class _HashingFile:
         self.size += len(data)
         return len(data)
 
-    def tell(self) -> int:
-        return self.size
-
 
 class ShardWriter:
     """Write one shard deterministically to `path.partial`; `commit` records it and renames it into place.
 
-    Leaving the `with` block without `commit` (an error, Ctrl-C) removes the partial file.
+    The tar is written directly, each member as a USTAR header, its bytes (never copied) and zero
+    padding, the bytes tarfile would write. Leaving the `with` block without `commit` (an error,
+    Ctrl-C) removes the partial file.
     """
 
     def __init__(self, path: Path) -> None:
@@ -102,8 +98,6 @@ class ShardWriter:
     def __enter__(self) -> "ShardWriter":
         self.file = open(self.partial, "wb")
         self.hashing = _HashingFile(self.file)
-        # members are copied in one write each (the default 16 KiB pieces cost more than the hashing): same bytes
-        self.tar = tarfile.open(fileobj=self.hashing, mode="w", format=tarfile.USTAR_FORMAT, copybufsize=MEMBER_COPY_BYTES)
         self.committed = False
         return self
 
@@ -113,13 +107,16 @@ class ShardWriter:
             info = tarfile.TarInfo(f"{key}.{member}")
             info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
             info.uname = info.gname = ""
-            self.tar.addfile(info, io.BytesIO(data))
+            self.hashing.write(info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape"))
+            self.hashing.write(data)
+            self.hashing.write(bytes(-len(data) % tarfile.BLOCKSIZE))
         self.file.flush()
         self.count += 1
 
     def commit(self, record: dict[str, Any]) -> dict[str, Any]:
         """Finish the tar, write its record (count, bytes, SHA-256 added), then rename it into place."""
-        self.tar.close()
+        end = 2 * tarfile.BLOCKSIZE  # two zero blocks, then zeros to a whole record, as tarfile closes an archive
+        self.hashing.write(bytes(end + -(self.hashing.size + end) % tarfile.RECORDSIZE))
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()

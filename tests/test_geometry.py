@@ -7,11 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy.spatial import cKDTree
 from skimage import measure
 
 from regress import geometry
 from regress.camera import camera_rays, frontal_camera, make_cameras
 from regress.generators import create_generator
+from regress.marching_cubes import EDGES, case_table, march
 from tests.eg3d_tiny import TINY_EG3D
 
 BOX = 1.0
@@ -44,43 +46,78 @@ def test_marching_cubes_of_a_sphere_has_its_radius_and_volume():
     assert mesh.volume == pytest.approx(4 / 3 * math.pi * radius**3, rel=0.01)  # positive: faces wind outwards
 
 
-def test_marching_only_around_the_inside_voxels_gives_the_full_grid_mesh():
-    values = sphere_grid(40, 0.2, (0.25, -0.1, 0.0))
-    spacing = BOX / 39
-    vertices, faces, _, _ = measure.marching_cubes(values, 0.0, spacing=(spacing,) * 3, gradient_direction="ascent")
-    block = geometry.surface_block(torch.from_numpy(values), 0.0, BOX)
-    inside_x = np.flatnonzero((values > 0).any(axis=(1, 2)))  # the sphere's x extent in grid indices
-    assert block.offset[0] == inside_x[0] - 1 and block.values.shape[0] == inside_x[-1] - inside_x[0] + 3
-    assert max(block.values.shape) < 20  # a sphere of radius 0.2 in a 40-point unit box
-    mesh = geometry.block_to_mesh(block, 0.0, keep_largest=False)
-    np.testing.assert_array_equal(mesh.faces, faces)
-    np.testing.assert_allclose(mesh.vertices, vertices - BOX / 2, atol=1e-6)
+def padded_noise(size: int, seed: int) -> np.ndarray:
+    """Gaussian noise with an outside border: closed surfaces with many small pieces and every ambiguous cube case."""
+    values = np.random.default_rng(seed).standard_normal((size, size, size)).astype(np.float32)
+    values[[0, -1]] = values[:, [0, -1]] = values[:, :, [0, -1]] = -5.0
+    return values
 
 
-@pytest.mark.parametrize("count", [1, 7, 8, 13, 1001])
-def test_pack_bits_equals_numpy_packbits(count):
-    flags = torch.from_numpy(np.random.default_rng(count).random(count) > 0.5)
-    np.testing.assert_array_equal(geometry.pack_bits(flags).numpy(), np.packbits(flags.numpy()))
+def sorted_rows(points: np.ndarray, decimals: int = 4) -> np.ndarray:
+    return np.unique(np.round(points, decimals), axis=0)
 
 
-@pytest.mark.parametrize("grid", ["sphere", "noise"])
-def test_packed_surface_block_marches_to_the_same_mesh_bit_for_bit(grid):
-    if grid == "sphere":
-        values = sphere_grid(40, 0.2, (0.25, -0.1, 0.0))
-    else:  # a rough field with many small pieces and the ambiguous cube cases
-        values = np.random.default_rng(0).standard_normal((24, 24, 24)).astype(np.float32)
-    dense = geometry.surface_block(torch.from_numpy(values), 0.0, BOX)
-    packed = geometry.packed_surface_blocks(torch.from_numpy(values)[None], 0.0, BOX)[0]
-    unpacked = packed.unpack()
-    assert unpacked.offset == dense.offset and unpacked.values.shape == dense.values.shape
-    assert not np.array_equal(unpacked.values, dense.values)  # far samples were replaced
-    assert dense.near_surface is None and 0 < unpacked.near_surface.sum() < unpacked.near_surface.size
-    a, b = geometry.block_to_mesh(dense, 0.0, keep_largest=False), geometry.block_to_mesh(unpacked, 0.0, keep_largest=False)
-    assert len(a.faces) > 100
-    np.testing.assert_array_equal(b.faces, a.faces)
-    np.testing.assert_array_equal(b.vertices, a.vertices)
-    if grid == "sphere":
-        assert packed.near_index.size < 0.5 * dense.values.size
+def test_marching_cubes_puts_vertices_where_skimage_does_on_a_smooth_surface():
+    values = sphere_grid(40, 0.3, (0.05, -0.1, 0.0))
+    vertices, faces, _ = march(torch.from_numpy(values)[None], 0.0)
+    expected, expected_faces, _, _ = measure.marching_cubes(values, 0.0)
+    np.testing.assert_allclose(sorted_rows(vertices.numpy()), sorted_rows(expected), atol=2e-4)
+    assert len(faces) == len(expected_faces)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_marching_cubes_of_noise_is_closed_and_faces_outwards(seed):
+    values = padded_noise(18, seed)
+    mesh = geometry.grid_to_mesh(values, 0.0, BOX, keep_largest=False)
+    assert len(mesh.faces) > 5000
+    assert mesh.is_watertight and mesh.is_winding_consistent  # ambiguous faces are cut alike from both sides
+    assert mesh.volume > 0  # counter-clockwise seen from outside (lower density)
+    # every vertex is a crossing skimage finds too (it adds extra vertices inside ambiguous cells)
+    ours = (np.asarray(mesh.vertices, np.float64) + BOX / 2) / (BOX / 17)
+    theirs = measure.marching_cubes(values, 0.0)[0]
+    assert cKDTree(theirs).query(ours)[0].max() < 1e-4 and len(theirs) > len(ours)
+
+
+def test_case_table_cuts_single_corners_with_one_triangle_and_has_at_most_five():
+    table = case_table()
+    counts = (table >= 0).sum(1) // 3
+    assert counts[0] == counts[255] == 0 and counts.max() == 5
+    assert all(counts[1 << c] == 1 and counts[255 ^ 1 << c] == 1 for c in range(8))
+    for case in range(256):  # each crossed edge carries a vertex
+        inside = [case >> c & 1 for c in range(8)]
+        crossed = {e for e, (a, axis) in enumerate(EDGES) if inside[a] != inside[a | 1 << axis]}
+        assert set(table[case][table[case] >= 0].tolist()) == crossed
+
+
+def test_a_batch_of_grids_marches_like_each_grid_alone():
+    grids = torch.from_numpy(np.stack([padded_noise(12, 3), sphere_grid(12, 0.3), np.full((12, 12, 12), -1, np.float32), padded_noise(12, 4)]))
+    vertices, faces, vertex_counts, face_counts = geometry.march_grids(grids, 0.0, BOX)
+    assert vertex_counts[2] == face_counts[2] == 0
+    for grid, v, f in zip(grids, vertices.split(vertex_counts.tolist()), faces.split(face_counts.tolist())):
+        alone = geometry.march_grids(grid[None], 0.0, BOX)
+        torch.testing.assert_close(v, alone[0], rtol=0, atol=0)
+        torch.testing.assert_close(f, alone[1], rtol=0, atol=0)
+
+
+def test_ply_files_laid_out_for_a_batch_equal_the_single_mesh_writer():
+    grids = torch.from_numpy(np.stack([sphere_grid(16, 0.3), padded_noise(16, 5)]))
+    files = geometry.grids_to_ply(grids, 0.0, BOX)
+    for data, grid in zip(files, grids):
+        mesh = geometry.grid_to_mesh(grid, 0.0, BOX)
+        assert data == geometry.mesh_to_bytes(mesh)
+        parsed = geometry.mesh_from_bytes(data)
+        np.testing.assert_array_equal(parsed.vertices, mesh.vertices)
+        np.testing.assert_array_equal(parsed.faces, mesh.faces)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_marching_on_the_gpu_equals_the_cpu():
+    grids = torch.from_numpy(np.stack([padded_noise(40, 6), sphere_grid(40, 0.3)]))
+    cpu = geometry.march_grids(grids, 0.0, BOX)
+    gpu = geometry.march_grids(grids.cuda(), 0.0, BOX)
+    for a, b in zip(cpu, gpu):
+        torch.testing.assert_close(b.cpu(), a, rtol=0, atol=1e-6)
 
 
 def test_keep_largest_component_drops_the_smaller_piece():
