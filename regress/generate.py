@@ -58,7 +58,7 @@ def record_members(arrays: dict[str, np.ndarray], meta: dict, image_format: str)
     return encode_sample({**{k: torch.from_numpy(v)[None] for k, v in arrays.items()}, "meta": [meta]}, 0, image_format)
 
 
-def with_mesh(members: dict[str, bytes], mesh: bytes | None) -> dict[str, bytes]:
+def with_mesh(members: dict[str, bytes], mesh: bytes | memoryview | None) -> dict[str, bytes | memoryview]:
     """A sample's shard members: its encoding, `mesh.ply` when it has one, `meta.json` last."""
     members = dict(members)
     meta_json = members.pop("meta.json")
@@ -73,7 +73,7 @@ class RenderedBatch:
     seeds: range
     arrays: dict[str, np.ndarray]
     meta: list[dict]
-    meshes: list[bytes | None]
+    meshes: list[memoryview | None]
 
 
 def render_batches(
@@ -88,7 +88,7 @@ def render_batches(
             with torch.inference_mode():
                 with clock("render: sample"):
                     batch = model.sample(batch_seeds, mixture, psi=settings["psi"], cutoff=settings["cutoff"], jitter=settings["jitter"])
-                meshes: list[bytes | None] = [None] * len(batch_seeds)
+                meshes: list[memoryview | None] = [None] * len(batch_seeds)
                 if mesh:
                     with clock("render: density grids"):
                         grids = density_grid(model, batch["w"], mesh["resolution"])
@@ -421,7 +421,7 @@ def _write_shard(
 ) -> dict[str, Any]:
     """Encode and write one shard from the rendered batches; on a write error remove the partial file and say why."""
     seeds, path = layout.seeds(index), output / layout.filename(index)
-    pending: deque[tuple[str, Future, bytes | None]] = deque()
+    pending: deque[tuple[str, Future, memoryview | None]] = deque()
 
     def write_first() -> None:
         key, future, mesh = pending.popleft()

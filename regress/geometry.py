@@ -129,14 +129,24 @@ def grids_to_meshes(grids: torch.Tensor, level: float, box_size: float, keep_lar
     ]
 
 
-def grids_to_ply(grids: torch.Tensor, level: float, box_size: float, keep_largest: bool = True) -> list[bytes]:
-    """`march_grids` as one binary PLY per grid; the file bodies are laid out where the grids live, then copied once."""
+def grids_to_ply(grids: torch.Tensor, level: float, box_size: float, keep_largest: bool = True) -> list[memoryview]:
+    """`march_grids` as one binary PLY file per grid: the files are laid out back to back where the grids live and
+    copied to the host once (into pinned memory from a GPU); each is a zero-copy view of that buffer."""
     vertices, faces, vertex_counts, face_counts = march_grids(grids, level, box_size, keep_largest)
-    vertex_bytes, face_bytes = vertices.cpu().numpy(), _ply_face_records(faces).cpu().numpy()
     vertex_counts, face_counts = vertex_counts.tolist(), face_counts.tolist()
-    vertex_parts = np.split(vertex_bytes, np.cumsum(vertex_counts)[:-1])
-    face_parts = np.split(face_bytes, np.cumsum(face_counts)[:-1])
-    return [_ply_header(len(v), len(f)) + v.tobytes() + f.tobytes() for v, f in zip(vertex_parts, face_parts)]
+    headers = [_ply_header(v, f) for v, f in zip(vertex_counts, face_counts)]
+    header_bytes = torch.frombuffer(bytearray(b"".join(headers)), dtype=torch.uint8).to(vertices.device)
+    parts = zip(
+        header_bytes.split([len(h) for h in headers]),
+        vertices.contiguous().view(torch.uint8).reshape(-1).split([12 * v for v in vertex_counts]),
+        _ply_face_records(faces).reshape(-1).split([13 * f for f in face_counts]),
+    )
+    files = torch.cat([piece for file in parts for piece in file])
+    if files.device.type != "cpu":
+        files = torch.empty(files.shape, dtype=torch.uint8, pin_memory=True).copy_(files)
+    buffer = memoryview(files.numpy())
+    ends = np.cumsum([len(h) + 12 * v + 13 * f for h, v, f in zip(headers, vertex_counts, face_counts)]).tolist()
+    return [buffer[start:end] for start, end in zip([0] + ends[:-1], ends)]
 
 
 def _ply_header(num_vertices: int, num_faces: int) -> bytes:

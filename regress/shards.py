@@ -16,6 +16,7 @@ import io
 import json
 import os
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -69,15 +70,24 @@ class ShardLayout:
         return range(rank, self.num_shards, world_size)
 
 
+PARALLEL_HASH_BYTES = 1 << 20
+
+
 class _HashingFile:
-    """A write-only file that hashes and counts what goes through it."""
+    """A write-only file that hashes and counts what goes through it; large pieces are hashed on a second
+    thread while this one writes them (both release the interpreter lock)."""
 
-    def __init__(self, file: io.BufferedWriter) -> None:
-        self.file, self.sha256, self.size = file, hashlib.sha256(), 0
+    def __init__(self, file: io.BufferedWriter, hasher: ThreadPoolExecutor) -> None:
+        self.file, self.hasher, self.sha256, self.size = file, hasher, hashlib.sha256(), 0
 
-    def write(self, data: bytes) -> int:
-        self.file.write(data)
-        self.sha256.update(data)
+    def write(self, data: bytes | memoryview) -> int:
+        if len(data) >= PARALLEL_HASH_BYTES:
+            hashed = self.hasher.submit(self.sha256.update, data)
+            self.file.write(data)
+            hashed.result()
+        else:
+            self.file.write(data)
+            self.sha256.update(data)
         self.size += len(data)
         return len(data)
 
@@ -97,11 +107,12 @@ class ShardWriter:
 
     def __enter__(self) -> "ShardWriter":
         self.file = open(self.partial, "wb")
-        self.hashing = _HashingFile(self.file)
+        self.hasher = ThreadPoolExecutor(1, thread_name_prefix="regress-hash")
+        self.hashing = _HashingFile(self.file, self.hasher)
         self.committed = False
         return self
 
-    def add(self, key: str, members: dict[str, bytes]) -> None:
+    def add(self, key: str, members: dict[str, bytes | memoryview]) -> None:
         """Append one sample's members, in the given order, and hand them to the OS."""
         for member, data in members.items():
             info = tarfile.TarInfo(f"{key}.{member}")
@@ -127,6 +138,7 @@ class ShardWriter:
         return record
 
     def __exit__(self, *exc_info) -> None:
+        self.hasher.shutdown()
         if not self.committed:
             with contextlib.suppress(OSError):  # the error that got us here is the one to report
                 self.file.close()

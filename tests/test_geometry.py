@@ -103,7 +103,7 @@ def test_ply_files_laid_out_for_a_batch_equal_the_single_mesh_writer():
     grids = torch.from_numpy(np.stack([sphere_grid(16, 0.3), padded_noise(16, 5)]))
     files = geometry.grids_to_ply(grids, 0.0, BOX)
     for data, grid in zip(files, grids):
-        mesh = geometry.grid_to_mesh(grid, 0.0, BOX)
+        mesh, data = geometry.grid_to_mesh(grid, 0.0, BOX), bytes(data)
         assert data == geometry.mesh_to_bytes(mesh)
         parsed = geometry.mesh_from_bytes(data)
         np.testing.assert_array_equal(parsed.vertices, mesh.vertices)

@@ -35,8 +35,9 @@ def tiny_eg3d() -> EG3DGenerator:
 
 def _known_target(generator, seed: int, yaw: float, pitch: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A latent drawn like the training data (psi 0.7), a camera, and the image it renders."""
-    w = generator.mapping(seeded_normal([seed], generator.z_dim), frontal_camera(1), psi=0.7)
-    camera = make_cameras(yaw, pitch)
+    device = generator.device
+    w = generator.mapping(seeded_normal([seed], generator.z_dim).to(device), frontal_camera(1).to(device), psi=0.7)
+    camera = make_cameras(yaw, pitch).to(device)
     with torch.no_grad():
         image = generator.synthesis(w, camera)["image"]
     return w, camera, image
