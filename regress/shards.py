@@ -16,8 +16,7 @@ import io
 import json
 import os
 import tarfile
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -97,35 +96,24 @@ class ShardWriter:
     """Write one shard deterministically to `path.partial`; `commit` records it and renames it into place.
 
     The tar is written directly, each member as a USTAR header, its bytes (never copied) and zero
-    padding, the bytes tarfile would write. `add` hands a sample to a writing thread and returns,
-    up to `queued` samples ahead, so the caller prepares the next while this one goes to disk; its
-    errors are raised by a later `add` or by `commit`. Leaving the `with` block without `commit`
-    (an error, Ctrl-C) removes the partial file.
+    padding, the bytes tarfile would write. Leaving the `with` block without `commit` (an error,
+    Ctrl-C) removes the partial file.
     """
 
-    def __init__(self, path: Path, queued: int = 8) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + PARTIAL)
-        self.queued = queued
         self.count = 0
 
     def __enter__(self) -> "ShardWriter":
         self.file = open(self.partial, "wb")
         self.hasher = ThreadPoolExecutor(1, thread_name_prefix="regress-hash")
-        self.disk = ThreadPoolExecutor(1, thread_name_prefix="regress-disk")
-        self.writes: deque[Future] = deque()
         self.hashing = _HashingFile(self.file, self.hasher)
         self.committed = False
         return self
 
     def add(self, key: str, members: dict[str, bytes | memoryview]) -> None:
-        """Append one sample's members, in the given order (written in the background)."""
-        self.writes.append(self.disk.submit(self._write, key, members))
-        self.count += 1
-        while len(self.writes) > self.queued or (self.writes and self.writes[0].done()):
-            self.writes.popleft().result()
-
-    def _write(self, key: str, members: dict[str, bytes | memoryview]) -> None:
+        """Append one sample's members, in the given order, and hand them to the OS."""
         for member, data in members.items():
             info = tarfile.TarInfo(f"{key}.{member}")
             info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
@@ -134,11 +122,10 @@ class ShardWriter:
             self.hashing.write(data)
             self.hashing.write(bytes(-len(data) % tarfile.BLOCKSIZE))
         self.file.flush()
+        self.count += 1
 
     def commit(self, record: dict[str, Any]) -> dict[str, Any]:
         """Finish the tar, write its record (count, bytes, SHA-256 added), then rename it into place."""
-        while self.writes:
-            self.writes.popleft().result()
         end = 2 * tarfile.BLOCKSIZE  # two zero blocks, then zeros to a whole record, as tarfile closes an archive
         self.hashing.write(bytes(end + -(self.hashing.size + end) % tarfile.RECORDSIZE))
         self.file.flush()
@@ -151,7 +138,6 @@ class ShardWriter:
         return record
 
     def __exit__(self, *exc_info) -> None:
-        self.disk.shutdown(cancel_futures=True)  # waits for the sample being written
         self.hasher.shutdown()
         if not self.committed:
             with contextlib.suppress(OSError):  # the error that got us here is the one to report
