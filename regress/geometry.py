@@ -197,8 +197,8 @@ def mesh_to_bytes(mesh: trimesh.Trimesh, mesh_format: str = "ply") -> bytes:
     if mesh_format not in MESH_FORMATS:
         raise ValueError(f"unknown mesh format {mesh_format!r}; choose one of {MESH_FORMATS}")
     if mesh_format == "ply":
-        vertices, faces = np.asarray(mesh.vertices, np.float32), torch.as_tensor(np.asarray(mesh.faces, np.int64)).reshape(-1, 3)
-        return _ply_header(len(vertices), len(faces)) + vertices.astype("<f4").tobytes() + _ply_face_records(faces).numpy().tobytes()
+        vertices, faces = np.asarray(mesh.vertices, "<f4"), torch.as_tensor(np.asarray(mesh.faces, np.int64)).reshape(-1, 3)
+        return _ply_header(len(vertices), len(faces)) + vertices.tobytes() + _ply_face_records(faces).numpy().tobytes()
     return mesh.export(file_type="obj", include_normals=False, include_texture=False).encode()
 
 
