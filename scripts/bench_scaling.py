@@ -1,0 +1,197 @@
+"""Scaling from 1 to N GPUs of one machine: shard generation (with and without meshes) and online training.
+
+Each run is a real `torchrun` job: `regress.generate.generate` on every rank, or a Lightning DDP fit of the
+depth regressor on online synthesis. Every rank writes its figures to a JSON file; this launcher adds them
+up and prints one Markdown table: warm-up (first batch: compilation) apart from the steady rate, the
+steady share of the run, the speed-up over one GPU, and whether any seed was rendered twice across ranks.
+
+    python scripts/bench_scaling.py --gpus 1 2 --jobs plain mesh fit                    # EG3D, random full-size weights
+    python scripts/bench_scaling.py --gpus 1 2 --jobs fit --fit-steps 300 --checkpoint ffhq512-128.pkl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+FAST_PATH = '{"precision": "float16", "compile": "reduce-overhead"}'
+
+
+def _rank() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def generate_worker(args: argparse.Namespace, out: Path) -> dict:
+    """One rank of `regress.generate`: its summary, the seeds of its shards, and the shard layout."""
+    from regress.generate import generate
+
+    summary = generate(
+        out / "shards", generator=args.generator, checkpoint=args.checkpoint, generator_options=json.loads(args.generator_options),
+        num_samples=args.num_samples, samples_per_shard=args.samples_per_shard, with_mesh=args.job == "mesh",
+        mesh_resolution=args.mesh_resolution, mesh_level=args.mesh_level, batch_size=args.batch_size,
+        workers=args.workers, progress=False,
+    )  # fmt: skip
+    first = {name: int(name.rsplit("-", 1)[1].split(".")[0]) * args.samples_per_shard for name in summary["written"]}
+    seeds = [seed for start in first.values() for seed in range(start, min(start + args.samples_per_shard, args.num_samples))]
+    steady_seconds = summary["seconds"] - summary["warmup_seconds"]
+    return {
+        "samples": summary["samples"], "seconds": summary["seconds"], "warmup_seconds": summary["warmup_seconds"],
+        "steady_samples": round((summary["steady_samples_per_second"] or 0) * steady_seconds), "steady_seconds": steady_seconds,
+        "stage_seconds": summary["stage_seconds"], "seeds": seeds,
+    }  # fmt: skip
+
+
+def fit_worker(args: argparse.Namespace, out: Path) -> dict:
+    """One rank of a DDP fit on online EG3D synthesis: step times after the warm-up, and the seeds it trained on."""
+    import lightning as L
+
+    from regress.datamodules import SynthOnlineDataModule
+    from regress.models import DepthRegressor
+
+    class Clock(L.Callback):
+        def __init__(self) -> None:
+            self.wall: list[float] = []
+            self.seeds: list[int] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if pl_module.device.type == "cuda":
+                torch.cuda.synchronize(pl_module.device)
+            self.wall.append(time.perf_counter())
+            self.seeds += [int(m["seed"]) for m in batch["meta"]]
+
+    _, world_size = _rank()
+    steps = args.fit_steps + args.fit_warmup
+    L.seed_everything(0, verbose=False)
+    data = SynthOnlineDataModule(
+        generator=args.generator, checkpoint=args.checkpoint, generator_kwargs=json.loads(args.generator_options),
+        epoch_length=args.batch_size * world_size * steps, batch_size=args.batch_size, val_size=0,
+        image_size=args.image_size, num_workers=2,
+    )  # fmt: skip
+    clock = Clock()
+    start = time.perf_counter()
+    trainer = L.Trainer(
+        accelerator="gpu" if torch.cuda.is_available() else "cpu", devices=world_size, strategy="ddp" if world_size > 1 else "auto", precision="bf16-mixed",
+        max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[clock],
+    )  # fmt: skip
+    trainer.fit(DepthRegressor(encoder=args.encoder), data)
+    warm = clock.wall[args.fit_warmup - 1]
+    return {
+        "samples": len(clock.seeds), "seconds": clock.wall[-1] - start, "warmup_seconds": warm - start,
+        "steady_samples": args.batch_size * (len(clock.wall) - args.fit_warmup), "steady_seconds": clock.wall[-1] - warm,
+        "seeds": clock.seeds,
+    }  # fmt: skip
+
+
+def surface_level(args: argparse.Namespace) -> float:
+    """The generator's surface level, or where its random weights have no surface there, a density quantile."""
+    from regress.camera import ViewMixture
+    from regress.generators import create_generator
+    from regress.geometry import density_grid
+
+    torch.manual_seed(0)  # the random weights `generate` draws
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = create_generator(args.generator, args.checkpoint).to(device).eval()
+    with torch.inference_mode():
+        grid = density_grid(model, model.sample([0], ViewMixture.load("published"))["w"], args.mesh_resolution)[0]
+    level = model.surface_level
+    if grid.max() <= level:
+        level = float(torch.quantile(grid.flatten()[:: max(1, grid.numel() // 2**24)].float(), args.level_quantile))
+    del model, grid
+    torch.cuda.empty_cache()
+    return level
+
+
+def run(args: argparse.Namespace, gpus: int, out: Path) -> list[dict]:
+    """Launch one job on `gpus` GPUs with torchrun; the ranks' JSON figures."""
+    out.mkdir(parents=True)
+    worker = [arg for arg in sys.argv[1:] if arg != "--worker"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}", __file__,
+               *worker, "--worker", "--job", args.job, "--out", str(out)]  # fmt: skip
+    subprocess.run(command, check=True)
+    return [json.loads(p.read_text()) for p in sorted(out.glob("rank-*.json"))]
+
+
+def combine(ranks: list[dict]) -> dict:
+    """Figures of a whole job: ranks run side by side, so rates add up and the slowest rank's time counts."""
+    seeds = [seed for r in ranks for seed in r["seeds"]]
+    steady_rate = sum(r["steady_samples"] / r["steady_seconds"] for r in ranks)
+    seconds = max(r["seconds"] for r in ranks)
+    warmup = max(r["warmup_seconds"] for r in ranks)
+    return {
+        "samples": sum(r["samples"] for r in ranks), "seconds": seconds, "warmup_seconds": warmup,
+        "steady_rate": steady_rate, "steady_share": (seconds - warmup) / seconds,
+        "duplicated_seeds": len(seeds) - len(set(seeds)),
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpus", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--jobs", nargs="+", choices=("plain", "mesh", "fit"), default=["plain", "mesh", "fit"])
+    parser.add_argument("--generator", default="eg3d")
+    parser.add_argument("--checkpoint", default=None, help="generator weights; default: random full-size weights")
+    parser.add_argument("--generator-options", default=FAST_PATH, help="JSON backend options")
+    parser.add_argument("--num-samples", type=int, default=4096, help="samples per generation run")
+    parser.add_argument("--samples-per-shard", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=32, help="per rank, generation and training")
+    parser.add_argument("--workers", type=int, default=7, help="encoding processes per rank")
+    parser.add_argument("--mesh-resolution", type=int, default=256)
+    parser.add_argument("--mesh-level", type=float, default=None, help="iso-level (random weights have no surface at the default)")
+    parser.add_argument("--level-quantile", type=float, default=0.8, help="mesh level quantile where the generator has no surface")
+    parser.add_argument("--encoder", default="resnet50")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--fit-steps", type=int, default=200, help="timed training steps per rank, after the warm-up")
+    parser.add_argument("--fit-warmup", type=int, default=5)
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--job", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        figures = (fit_worker if args.job == "fit" else generate_worker)(args, args.out)
+        (args.out / f"rank-{_rank()[0]}.json").write_text(json.dumps(figures))
+        return
+
+    if "mesh" in args.jobs and args.mesh_level is None:
+        args.mesh_level = surface_level(args)
+        sys.argv += ["--mesh-level", repr(args.mesh_level)]  # the workers mesh at the same level
+        print(f"mesh level {args.mesh_level:.4g}", flush=True)
+    root, rows = Path(tempfile.mkdtemp(prefix="bench-scaling-")), []
+    try:
+        for job in args.jobs:
+            for gpus in args.gpus:
+                args.job = job
+                row = {"job": job, "gpus": gpus, **combine(run(args, gpus, root / f"{job}-{gpus}"))}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    hardware = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    print(f"\n{hardware} x {max(args.gpus)}, torch {torch.__version__}, {args.generator} "
+          f"{args.checkpoint or 'random full-size weights'}, options {args.generator_options}, batch {args.batch_size} per rank\n")  # fmt: skip
+    print("| job | GPUs | samples | warm-up s | run s | steady share | steady samples/s | speed-up | seeds rendered twice |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for row in rows:
+        one = next((r for r in rows if r["job"] == row["job"] and r["gpus"] == 1), None)
+        speedup = f"{row['steady_rate'] / one['steady_rate']:.2f}x" if one else "-"
+        print(f"| {row['job']} | {row['gpus']} | {row['samples']} | {row['warmup_seconds']:.1f} | {row['seconds']:.1f} | "
+              f"{row['steady_share']:.0%} | {row['steady_rate']:.1f} | {speedup} | {row['duplicated_seeds']} |")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
