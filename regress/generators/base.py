@@ -8,7 +8,8 @@ device), so a seed gives the same sample whatever the batch size, device or rank
 from __future__ import annotations
 
 import abc
-from typing import Sequence
+import functools
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -38,10 +39,33 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
+RENDERING_METHODS = ("mapping", "synthesis", "density")
+REDUCED_FLOATS = (torch.float16, torch.bfloat16)
+
+
+def in_own_precision(method: Callable) -> Callable:
+    """Run a generator method with autocast off and reduced-precision float inputs as float32.
+
+    A model's bf16 step (cycle loss, previews) calls the generator inside autocast; each backend
+    keeps its own numerics there (the analytic tracer is wrong in bf16, EG3D casts where it chooses).
+    """
+
+    def as_float32(value: Any) -> Any:
+        return value.float() if isinstance(value, torch.Tensor) and value.dtype in REDUCED_FLOATS else value
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+            return method(*map(as_float32, args), **{k: as_float32(v) for k, v in kwargs.items()})
+
+    return wrapper
+
+
 class Generator(nn.Module, abc.ABC):
     """A 3D-aware face generator: z + camera -> w -> image, depth, mask; density for meshes.
 
-    Subclasses set `z_dim`, `num_ws`, `w_dim`, `image_resolution`, `depth_resolution`,
+    `mapping`, `synthesis` and `density` of every backend run in the backend's own precision,
+    also when called inside a model's autocast (`in_own_precision` wraps them). Subclasses set `z_dim`, `num_ws`, `w_dim`, `image_resolution`, `depth_resolution`,
     `ray_start`, `ray_end`, `box_size` (edge of the cube that holds the head, world units) and
     `surface_level` (the density level of the surface, for marching cubes).
     """
@@ -56,6 +80,12 @@ class Generator(nn.Module, abc.ABC):
     ray_end: float
     box_size: float
     surface_level: float
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in RENDERING_METHODS:
+            if name in cls.__dict__ and not getattr(cls.__dict__[name], "__isabstractmethod__", False):
+                setattr(cls, name, in_own_precision(cls.__dict__[name]))
 
     @property
     def latent_shape(self) -> tuple[int, int]:
