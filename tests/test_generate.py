@@ -70,6 +70,38 @@ def test_rerun_skips_verified_shards_and_regenerates_damaged_ones(reference, tmp
     assert digests(tmp_path) == digests(reference)
 
 
+def test_verify_passes_a_clean_dataset_and_names_every_bad_shard(reference, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--verify", str(reference), "--progress", "false"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"regress.generate: verified 3 shards of {reference} against its manifest: every one has its recorded size and SHA-256\n"
+    for path in reference.iterdir():
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    with tarfile.open(tmp_path / "synth-000001.tar") as tar:
+        start = tar.getmember("0000000002.depth.npy").offset_data + 200
+    raw = bytearray((tmp_path / "synth-000001.tar").read_bytes())
+    raw[start : start + 16] = bytes(b ^ 0xFF for b in raw[start : start + 16])  # 16 bytes of a depth map inverted
+    (tmp_path / "synth-000001.tar").write_bytes(bytes(raw))
+    (tmp_path / "synth-000002.tar").unlink()
+    (tmp_path / "synth-000007.tar").write_bytes((tmp_path / "synth-000000.tar").read_bytes())
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--verify", str(tmp_path), "--progress", "false"])
+    lines = capsys.readouterr().out.splitlines()
+    assert exit_info.value.code == 1 and len(lines) == 4
+    assert lines[0].startswith(f"regress.generate: bad shard: {tmp_path}/synth-000001.tar: SHA-256 ")
+    assert "differs from its manifest's" in lines[0] and "regenerate it" in lines[0]
+    assert lines[1].startswith(f"regress.generate: bad shard: {tmp_path}/synth-000002.tar: cannot be read ([Errno 2]")
+    assert lines[2] == f"regress.generate: bad shard: {tmp_path}/synth-000007.tar: a shard its manifest does not list (another run's or seed range's); move it away"
+    assert lines[3] == f"regress.generate: verified 3 shards of {tmp_path} against its manifest: 3 bad"
+
+
+def test_verify_reads_a_pipe_template(reference, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--verify", f"pipe:cat {reference}/{{name}}", "--progress", "false"])
+    assert exit_info.value.code == 0
+    assert "verified 3 shards of pipe:cat" in capsys.readouterr().out
+
+
 def test_extending_the_seed_range_keeps_full_shards_and_replaces_the_manifest(reference, tmp_path):
     for path in reference.iterdir():
         (tmp_path / path.name).write_bytes(path.read_bytes())
