@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from regress.generate import consume_in_background, generate, main
+from regress.generators import create_generator
 from regress.shards import MANIFEST, read_record
 from tests.eg3d_tiny import TINY_EG3D
 
@@ -167,6 +168,19 @@ def test_background_consumer_gets_every_item_in_order_and_errors_surface_on_eith
     with pytest.raises(OSError, match="disk full"):
         consume_in_background(failing_consumer, counting_producer(), depth=2)
     assert len(produced) < 10  # the producer stopped soon after the consumer failed
+
+
+def test_batch_size_changes_a_sample_only_by_float_rounding():
+    """What docs/sample-schema.md promises: the same inputs, renders equal to float32 rounding (hence batch_size in the fingerprint)."""
+    generator, seeds = create_generator("analytic"), list(range(8))
+    with torch.no_grad():
+        whole = generator.sample(seeds)
+        pairs = [generator.sample(seeds[i : i + 2]) for i in range(0, 8, 2)]
+    for name in ("w", "z", "camera"):
+        assert torch.equal(torch.cat([p[name] for p in pairs]), whole[name]), name
+    for name in ("depth", "mask"):
+        assert (torch.cat([p[name] for p in pairs]) - whole[name]).abs().max() < 1e-4, name
+    assert (torch.cat([p["image"] for p in pairs]).int() - whole["image"].int()).abs().max() <= 1
 
 
 def test_random_weights_are_the_same_on_every_run(tmp_path):
