@@ -558,7 +558,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     try:
         if any(arg.split("=")[0] == "--verify" for arg in args):
             raise SystemExit(_verify_command(args))
-        return CLI(generate, args=args, as_positional=False)
+        return CLI(generate, args=args, as_positional=False, epilog="python -m regress.generate --verify DIR checks a finished dataset instead.")
     except (ValueError, OSError, MemoryError) as error:
         print(f"regress.generate: error: {error}", file=sys.stderr)
         raise SystemExit(1) from error

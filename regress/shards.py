@@ -243,8 +243,10 @@ def check_shard(
             raise ShardReadError(f"{url}: {found} bytes, its manifest says {size}: truncated or replaced; {REGENERATE}")
         with wds.gopen(url, "rb") as stream:
             found, digest = hash_stream(stream, copy_to, on_read)
+    except FileNotFoundError as error:
+        raise ShardReadError(f"{url}: missing; {REGENERATE}") from error
     except OSError as error:
-        raise ShardReadError(f"{url}: cannot be read ({error}): missing, or the pipe: command failed; {REGENERATE}") from error
+        raise ShardReadError(f"{url}: cannot be read ({error}); {REGENERATE}") from error
     if size is not None and found != size:
         raise ShardReadError(f"{url}: {found} bytes, its manifest says {size}: truncated or replaced; {REGENERATE}")
     if sha256 is not None and digest != sha256:

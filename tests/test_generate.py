@@ -17,7 +17,7 @@ import torch
 
 from regress.generate import consume_in_background, generate, main
 from regress.generators import create_generator
-from regress.shards import MANIFEST, read_record
+from regress.shards import MANIFEST, REGENERATE, read_record
 from tests.eg3d_tiny import TINY_EG3D
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,7 +91,7 @@ def test_verify_passes_a_clean_dataset_and_names_every_bad_shard(reference, tmp_
     assert exit_info.value.code == 1 and len(lines) == 4
     assert lines[0].startswith(f"regress.generate: bad shard: {tmp_path}/synth-000001.tar: SHA-256 ")
     assert "differs from its manifest's" in lines[0] and "regenerate it" in lines[0]
-    assert lines[1].startswith(f"regress.generate: bad shard: {tmp_path}/synth-000002.tar: cannot be read ([Errno 2]")
+    assert lines[1] == f"regress.generate: bad shard: {tmp_path}/synth-000002.tar: missing; {REGENERATE}"
     assert lines[2] == f"regress.generate: bad shard: {tmp_path}/synth-000007.tar: a shard its manifest does not list (another run's or seed range's); move it away"
     assert lines[3] == f"regress.generate: verified 3 shards of {tmp_path} against its manifest: 3 bad"
 
