@@ -239,21 +239,25 @@ def check_shard(
     `copy_to` as they are hashed, when given.
     """
     try:
-        if is_local(url) and size is not None and (found := os.stat(url).st_size) != size:
-            raise ShardReadError(f"{url}: {found} bytes, its manifest says {size}: truncated or replaced; {REGENERATE}")
+        if is_local(url):
+            _check_size(url, os.stat(url).st_size, size)
         with wds.gopen(url, "rb") as stream:
             found, digest = hash_stream(stream, copy_to, on_read)
     except FileNotFoundError as error:
         raise ShardReadError(f"{url}: missing; {REGENERATE}") from error
     except OSError as error:
         raise ShardReadError(f"{url}: cannot be read ({error}); {REGENERATE}") from error
-    if size is not None and found != size:
-        raise ShardReadError(f"{url}: {found} bytes, its manifest says {size}: truncated or replaced; {REGENERATE}")
+    _check_size(url, found, size)
     if sha256 is not None and digest != sha256:
         raise ShardReadError(
             f"{url}: SHA-256 {digest[:16]}... differs from its manifest's {sha256[:16]}...: corrupt (its bytes changed "
             f"on disk or in a copy); {REGENERATE}"
         )
+
+
+def _check_size(url: str, found: int, size: int | None) -> None:
+    if size is not None and found != size:
+        raise ShardReadError(f"{url}: {found} bytes, its manifest says {size}: truncated or replaced; {REGENERATE}")
 
 
 @contextlib.contextmanager
