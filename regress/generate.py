@@ -6,11 +6,12 @@ dataset. A rerun skips shards that are complete and verified and regenerates the
 last rank to finish (or any rerun) writes manifest.json. Meshes: density grid, marching cubes,
 largest piece and the PLY layout on the generator's device (`regress.marching_cubes`); images
 are compressed in `workers` processes. The device renders the next batches while a background
-thread writes this one.
+thread writes this one. `python -m regress.generate --verify DIR` checks a finished dataset.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import itertools
@@ -49,6 +50,7 @@ from regress.shards import (
     record_path,
     sample_key,
     shard_is_complete,
+    verify_dataset,
     write_json,
 )
 
@@ -527,12 +529,36 @@ def _print_summary(summary: dict[str, Any], layout: ShardLayout) -> None:
         )
 
 
+def verify(root: str, progress: bool = True) -> int:
+    """Check a finished dataset against its manifest, print one line per bad shard and a summary; 1 if any is bad, else 0."""
+    checked, problems = verify_dataset(root, progress)
+    for problem in problems:
+        print(f"regress.generate: bad shard: {problem}")
+    unlisted = " (shards it does not list cannot be looked for through a pipe: template)" if PipeCommand.parse(root) else ""
+    verdict = f"{len(problems)} bad" if problems else "every one has its recorded size and SHA-256"
+    print(f"regress.generate: verified {checked} shards of {root} against its manifest: {verdict}{unlisted}")
+    return 1 if problems else 0
+
+
+def _verify_command(args: list[str]) -> int:
+    """`--verify DIR [--progress false]`: the check of a finished dataset, instead of generating."""
+    parser = argparse.ArgumentParser(prog="python -m regress.generate", description=verify.__doc__)
+    parser.add_argument("--verify", required=True, metavar="DIR", help="shard folder, or pipe: template, with its manifest.json")
+    parser.add_argument("--progress", type=lambda text: text.lower() in ("true", "1", "yes"), default=True)
+    options = parser.parse_args(args)
+    return verify(options.verify, options.progress)
+
+
 def main(args: list[str] | None = None) -> dict[str, Any]:
-    """Command line: options from configs/generate/*.yaml (`--config`) and flags; errors on bad input exit with code 1."""
+    """Command line: options from configs/generate/*.yaml (`--config`) and flags, or `--verify DIR` to check a
+    finished dataset; errors on bad input exit with code 1."""
     from jsonargparse import CLI
 
+    args = sys.argv[1:] if args is None else args
     try:
-        return CLI(generate, args=args, as_positional=False)
+        if any(arg.split("=")[0] == "--verify" for arg in args):
+            raise SystemExit(_verify_command(args))
+        return CLI(generate, args=args, as_positional=False, epilog="python -m regress.generate --verify DIR checks a finished dataset instead.")
     except (ValueError, OSError, MemoryError) as error:
         print(f"regress.generate: error: {error}", file=sys.stderr)
         raise SystemExit(1) from error

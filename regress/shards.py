@@ -16,12 +16,15 @@ import io
 import json
 import os
 import tarfile
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
+from urllib.parse import urlparse
 
 import webdataset as wds
+from tqdm import tqdm
 
 from regress.pipes import PipeCommand
 
@@ -167,12 +170,9 @@ def read_record(shard: Path) -> dict[str, Any] | None:
         return None
 
 
-def file_sha256(path: Path, block: int = 2**22) -> str:
-    sha = hashlib.sha256()
+def file_sha256(path: Path) -> str:
     with open(path, "rb") as file:
-        while chunk := file.read(block):
-            sha.update(chunk)
-    return sha.hexdigest()
+        return hash_stream(file)[1]
 
 
 def shard_is_complete(shard: Path, record: dict[str, Any] | None, verify: bool = True) -> bool:
@@ -209,15 +209,91 @@ class ShardReadError(ValueError):
     """A shard that cannot be read: corrupt, truncated, or not what its manifest says."""
 
 
-def iter_shard(url: str, expected: int | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
+REGENERATE = "regenerate it (rerun the python -m regress.generate command that made it) or copy it again"
+
+
+def is_local(url: str) -> bool:
+    """Whether a shard URL is a plain path (else a WebDataset stream such as `pipe:...`)."""
+    return not urlparse(url).scheme
+
+
+def hash_stream(stream: BinaryIO, copy_to: BinaryIO | None = None, on_read: Callable[[int], Any] | None = None) -> tuple[int, str]:
+    """(bytes, SHA-256) of everything `stream` gives, in 4 MiB pieces; each piece also goes to `copy_to` when given."""
+    sha, size = hashlib.sha256(), 0
+    while piece := stream.read(1 << 22):
+        sha.update(piece)
+        if copy_to is not None:
+            copy_to.write(piece)
+        size += len(piece)
+        if on_read is not None:
+            on_read(len(piece))
+    return size, sha.hexdigest()
+
+
+def check_shard(
+    url: str, size: int | None, sha256: str | None, copy_to: BinaryIO | None = None, on_read: Callable[[int], Any] | None = None
+) -> None:
+    """Raise ShardReadError unless the shard at `url` has its manifest's `size` and `sha256`.
+
+    A local file's size is checked before a byte of it is read; a stream's once it ends. The bytes go to
+    `copy_to` as they are hashed, when given.
+    """
+    try:
+        if is_local(url):
+            _check_size(url, os.stat(url).st_size, size)
+        with wds.gopen(url, "rb") as stream:
+            found, digest = hash_stream(stream, copy_to, on_read)
+    except FileNotFoundError as error:
+        raise ShardReadError(f"{url}: missing; {REGENERATE}") from error
+    except OSError as error:
+        raise ShardReadError(f"{url}: cannot be read ({error}); {REGENERATE}") from error
+    _check_size(url, found, size)
+    if sha256 is not None and digest != sha256:
+        raise ShardReadError(
+            f"{url}: SHA-256 {digest[:16]}... differs from its manifest's {sha256[:16]}...: corrupt (its bytes changed "
+            f"on disk or in a copy); {REGENERATE}"
+        )
+
+
+def _check_size(url: str, found: int, size: int | None) -> None:
+    if size is not None and found != size:
+        raise ShardReadError(f"{url}: {found} bytes, its manifest says {size}: truncated or replaced; {REGENERATE}")
+
+
+@contextlib.contextmanager
+def open_shard(url: str, size: int | None = None, sha256: str | None = None) -> Iterator[BinaryIO]:
+    """A shard's bytes as a stream; with its manifest's `size` or `sha256`, checked before a byte is handed out.
+
+    A local file is hashed in a first pass (the parse that follows reads it again, usually from the page
+    cache); a stream (`pipe:`) is copied to a temporary file (in TMPDIR) while it is hashed, and read from
+    there. Either way memory stays bounded whatever the shard's size, and corrupt bytes never leave here.
+    """
+    if size is None and sha256 is None:
+        with wds.gopen(url, "rb") as stream:
+            yield stream
+    elif is_local(url):
+        check_shard(url, size, sha256)
+        with open(url, "rb") as file:
+            yield file
+    else:
+        with tempfile.TemporaryFile(prefix="regress-shard-") as spool:
+            check_shard(url, size, sha256, copy_to=spool)
+            spool.seek(0)
+            yield spool
+
+
+def iter_shard(
+    url: str, expected: int | None = None, size: int | None = None, sha256: str | None = None
+) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, members) of each sample of a shard (a path or a WebDataset URL such as `pipe:...`), in order.
 
-    Errors name the shard and the sample where reading stopped; `expected` (the manifest's count)
-    turns a shard that ends early at a member boundary into an error too.
+    With the manifest's `size` and `sha256` the whole shard is verified before its first sample is given
+    out (`open_shard`). Errors name the shard and the sample where reading stopped; `expected` (the
+    manifest's count) turns a shard that ends early at a member boundary into an error too.
     """
     key, members, count = None, {}, 0
     try:
-        with wds.gopen(url, "rb") as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+        with open_shard(url, size, sha256) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
             for info in tar:
                 member_key, _, member = info.name.partition(".")
                 if member_key != key and key is not None:
@@ -239,3 +315,23 @@ def _complete(url: str, key: str, members: dict[str, bytes]) -> tuple[str, dict[
     if "meta.json" not in members:
         raise ShardReadError(f"{url}: sample {key} is incomplete (members {sorted(members)}, no meta.json)")
     return key, members
+
+
+def verify_dataset(root: str | Path, progress: bool = True) -> tuple[int, list[str]]:
+    """(shards checked, one line per bad shard) of a dataset: each shard of its manifest present with its size and
+    SHA-256, and in a folder no shard beside them that the manifest does not list. Reads every byte once."""
+    manifest = read_manifest(root)
+    records, problems, done = manifest["shards"], [], 0
+    with tqdm(total=sum(r["bytes"] for r in records), unit="B", unit_scale=True, desc="verify", disable=not progress) as bar:
+        for record in records:
+            try:
+                check_shard(shard_url(root, record["file"]), record["bytes"], record["sha256"], on_read=bar.update)
+            except ShardReadError as error:
+                problems.append(str(error))
+            done += record["bytes"]
+            bar.update(done - bar.n)
+    if PipeCommand.parse(root) is None:
+        listed = {r["file"] for r in records}
+        extra = sorted(p for p in Path(root).glob("*.tar") if p.name not in listed)
+        problems += [f"{p}: a shard its manifest does not list (another run's or seed range's); move it away" for p in extra]
+    return len(records), problems

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import builtins
+import hashlib
 import io
 import json
 import os
 import pickle
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from regress.generators import create_generator
 from regress.generators.eg3d import CheckpointError, EG3DGenerator, UnsafeCheckpointError
-from regress.generators.eg3d.checkpoint import read_network_pickle
+from regress.generators.eg3d.checkpoint import config_sha256, read_network_pickle, save_converted
+from regress.generators.eg3d.config import EG3DConfig
 from regress.generators.eg3d.convert import main as convert_main
 
 
@@ -138,7 +141,8 @@ def test_conversion_round_trip_gives_identical_generator(eg3d_fixture_dir, conve
     with torch.no_grad():
         outputs = [(g.mapping(z, c, psi=0.7), g.density(coords, g.mapping(z, c, psi=0.7))) for g in (from_pickle, from_folder)]
     assert torch.equal(outputs[0][0], outputs[1][0]) and torch.equal(outputs[0][1], outputs[1][1])
-    assert from_pickle.identity()["checksum"] == json.loads((converted / "config.json").read_text())["provenance"]["source_sha256"]
+    provenance = json.loads((converted / "config.json").read_text())["provenance"]
+    assert provenance["source_sha256"] == hashlib.sha256((eg3d_fixture_dir / "network.pkl").read_bytes()).hexdigest()
 
 
 def test_wrong_shapes_and_keys_are_reported(converted, tmp_path):
@@ -146,10 +150,8 @@ def test_wrong_shapes_and_keys_are_reported(converted, tmp_path):
     tensors["decoder.net.0.weight"] = torch.zeros(64, 31)
     del tensors["backbone.mapping.w_avg"]
     tensors["backbone.mapping.fc2.weight"] = torch.zeros(3)
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    save_file(tensors, str(broken / "model.safetensors"))
-    (broken / "config.json").write_text((converted / "config.json").read_text())
+    config = EG3DConfig.from_dict(json.loads((converted / "config.json").read_text())["config"])
+    broken = save_converted(tmp_path / "broken", config, tensors, {})  # hashes that match: only the shapes are wrong
     with pytest.raises(CheckpointError) as error:
         EG3DGenerator.from_checkpoint(broken)
     message = str(error.value)
@@ -162,6 +164,88 @@ def test_converted_folder_without_config_is_reported(converted, tmp_path):
     (tmp_path / "model.safetensors").write_bytes((converted / "model.safetensors").read_bytes())
     with pytest.raises(CheckpointError, match="config.json"):
         EG3DGenerator.from_checkpoint(tmp_path)
+
+
+def altered_copy(converted: Path, tmp_path: Path, edit) -> Path:
+    """A copy of the converted folder whose config.json content went through `edit`."""
+    folder = tmp_path / "altered"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes((converted / "model.safetensors").read_bytes())
+    saved = json.loads((converted / "config.json").read_text())
+    edit(saved)
+    (folder / "config.json").write_text(json.dumps(saved, indent=2))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda saved: saved["config"].update(ray_end=4.5),  # every render changes
+        lambda saved: saved["provenance"].update(source_sha256="0" * 64),  # a forged origin
+    ],
+    ids=["ray_end", "provenance"],
+)
+def test_an_edited_config_json_is_refused(converted, tmp_path, edit):
+    folder = altered_copy(converted, tmp_path, edit)
+    with pytest.raises(CheckpointError, match=r"altered/config.json was altered after conversion .*reconvert it from its pickle: python -m regress.generators.eg3d.convert") as error:
+        EG3DGenerator.from_checkpoint(folder)
+    assert "\n" not in str(error.value)
+
+
+def test_altered_weights_are_refused(converted, tmp_path):
+    folder = altered_copy(converted, tmp_path, lambda saved: None)
+    raw = bytearray((folder / "model.safetensors").read_bytes())
+    raw[-100:-84] = bytes(b ^ 0xFF for b in raw[-100:-84])
+    (folder / "model.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=r"model.safetensors was altered or damaged after conversion .*weights_sha256.*reconvert"):
+        EG3DGenerator.from_checkpoint(folder)
+
+
+def test_a_folder_converted_without_hashes_is_refused_with_how_to_reconvert(converted, tmp_path):
+    folder = altered_copy(converted, tmp_path, lambda saved: [saved.pop("weights_sha256"), saved.pop("config_sha256")])
+    with pytest.raises(CheckpointError, match=r"records no SHA-256 of model.safetensors and of itself .*python -m regress.generators.eg3d.convert NETWORK.pkl .*altered"):
+        EG3DGenerator.from_checkpoint(folder)
+
+
+def test_the_checksum_in_every_sample_covers_the_config_and_the_weights(eg3d_fixture_dir, converted, tmp_path):
+    """Computed from what was loaded: a config edited and re-hashed by hand loads, but never with the original's checksum."""
+    original = EG3DGenerator.from_checkpoint(converted).identity()["checksum"]
+    assert EG3DGenerator.from_checkpoint(eg3d_fixture_dir / "network.pkl").identity()["checksum"] == original
+    assert EG3DGenerator.from_checkpoint(converted, ray_end=4.5).identity()["checksum"] != original
+
+    def forge(saved):
+        saved["config"]["ray_end"], saved["provenance"]["source_sha256"] = 4.5, "0" * 64
+        saved["config_sha256"] = config_sha256(saved)  # what a forger can redo: the hashes are not a signature
+
+    forged = EG3DGenerator.from_checkpoint(altered_copy(converted, tmp_path, forge))
+    assert forged.config.ray_end == 4.5 and forged.identity()["checksum"] not in (original, "0" * 64)
+    weights = load_file(str(converted / "model.safetensors"))
+    weights["decoder.net.0.bias"] = weights["decoder.net.0.bias"] + 1e-6
+    config = EG3DConfig.from_dict(json.loads((converted / "config.json").read_text())["config"])
+    retrained = save_converted(tmp_path / "retrained", config, weights, {"source_sha256": "0" * 64})
+    assert EG3DGenerator.from_checkpoint(retrained).identity()["checksum"] != original
+
+
+# Single bytes of the fixture pickle changed, at opcodes: each of these once escaped the loader (MemoryError with no
+# message, AttributeError, TypeError, OverflowError) or gave a message of many lines; one still loads.
+MUTATIONS = [(435, 114), (1011645, 81), (1735800, 97), (3070713, 144), (3941254, 149), (16407400, 52),
+             (17700976, 20), (17852515, 142), (19735618, 98), (21182319, 133), (24249249, 253), (32958702, 97)]  # fmt: skip
+
+
+@pytest.mark.parametrize("offset, value", MUTATIONS, ids=[f"{o}={v}" for o, v in MUTATIONS])
+def test_a_damaged_pickle_loads_or_is_one_clear_line(eg3d_fixture_dir, tmp_path, offset, value):
+    data = bytearray((eg3d_fixture_dir / "network.pkl").read_bytes())
+    data[offset] = value
+    path = tmp_path / "damaged.pkl"
+    path.write_bytes(bytes(data))
+    try:
+        generator = EG3DGenerator.from_checkpoint(path)
+    except CheckpointError as error:
+        message = str(error)
+        assert message.startswith(f"{path}: ") and len(message) > len(f"{path}: ") + 20 and "\n" not in message
+        assert len(message) < 600
+    else:
+        assert generator.num_ws == 14
 
 
 def test_full_ffhq512_config_maps_one_to_one_onto_the_released_manifest(eg3d_fixture_dir):

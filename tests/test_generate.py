@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from regress.generate import consume_in_background, generate, main
-from regress.shards import MANIFEST, read_record
+from regress.generators import create_generator
+from regress.shards import MANIFEST, REGENERATE, read_record
 from tests.eg3d_tiny import TINY_EG3D
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,6 +69,38 @@ def test_rerun_skips_verified_shards_and_regenerates_damaged_ones(reference, tmp
     summary = generate(tmp_path, **RUN)
     assert summary["skipped"] == ["synth-000000.tar", "synth-000002.tar"] and summary["written"] == ["synth-000001.tar"]
     assert digests(tmp_path) == digests(reference)
+
+
+def test_verify_passes_a_clean_dataset_and_names_every_bad_shard(reference, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--verify", str(reference), "--progress", "false"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"regress.generate: verified 3 shards of {reference} against its manifest: every one has its recorded size and SHA-256\n"
+    for path in reference.iterdir():
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    with tarfile.open(tmp_path / "synth-000001.tar") as tar:
+        start = tar.getmember("0000000002.depth.npy").offset_data + 200
+    raw = bytearray((tmp_path / "synth-000001.tar").read_bytes())
+    raw[start : start + 16] = bytes(b ^ 0xFF for b in raw[start : start + 16])  # 16 bytes of a depth map inverted
+    (tmp_path / "synth-000001.tar").write_bytes(bytes(raw))
+    (tmp_path / "synth-000002.tar").unlink()
+    (tmp_path / "synth-000007.tar").write_bytes((tmp_path / "synth-000000.tar").read_bytes())
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--verify", str(tmp_path), "--progress", "false"])
+    lines = capsys.readouterr().out.splitlines()
+    assert exit_info.value.code == 1 and len(lines) == 4
+    assert lines[0].startswith(f"regress.generate: bad shard: {tmp_path}/synth-000001.tar: SHA-256 ")
+    assert "differs from its manifest's" in lines[0] and "regenerate it" in lines[0]
+    assert lines[1] == f"regress.generate: bad shard: {tmp_path}/synth-000002.tar: missing; {REGENERATE}"
+    assert lines[2] == f"regress.generate: bad shard: {tmp_path}/synth-000007.tar: a shard its manifest does not list (another run's or seed range's); move it away"
+    assert lines[3] == f"regress.generate: verified 3 shards of {tmp_path} against its manifest: 3 bad"
+
+
+def test_verify_reads_a_pipe_template(reference, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--verify", f"pipe:cat {reference}/{{name}}", "--progress", "false"])
+    assert exit_info.value.code == 0
+    assert "verified 3 shards of pipe:cat" in capsys.readouterr().out
 
 
 def test_extending_the_seed_range_keeps_full_shards_and_replaces_the_manifest(reference, tmp_path):
@@ -135,6 +168,19 @@ def test_background_consumer_gets_every_item_in_order_and_errors_surface_on_eith
     with pytest.raises(OSError, match="disk full"):
         consume_in_background(failing_consumer, counting_producer(), depth=2)
     assert len(produced) < 10  # the producer stopped soon after the consumer failed
+
+
+def test_batch_size_changes_a_sample_only_by_float_rounding():
+    """What docs/sample-schema.md promises: the same inputs, renders equal to float32 rounding (hence batch_size in the fingerprint)."""
+    generator, seeds = create_generator("analytic"), list(range(8))
+    with torch.no_grad():
+        whole = generator.sample(seeds)
+        pairs = [generator.sample(seeds[i : i + 2]) for i in range(0, 8, 2)]
+    for name in ("w", "z", "camera"):
+        assert torch.equal(torch.cat([p[name] for p in pairs]), whole[name]), name
+    for name in ("depth", "mask"):
+        assert (torch.cat([p[name] for p in pairs]) - whole[name]).abs().max() < 1e-4, name
+    assert (torch.cat([p["image"] for p in pairs]).int() - whole["image"].int()).abs().max() <= 1
 
 
 def test_random_weights_are_the_same_on_every_run(tmp_path):

@@ -1,7 +1,9 @@
-"""Shards read back: exact round trip to the generator, the WebDataset data module, corrupt and truncated shards."""
+"""Shards read back: exact round trip to the generator, the WebDataset data module, corrupt and truncated shards
+(each checked against its manifest before use)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -147,29 +149,80 @@ def member_offsets(shard: Path) -> dict[str, tuple[int, int]]:
         return {m.name: (m.offset, m.offset_data) for m in tar.getmembers()}
 
 
-def test_truncated_shard_names_the_file_and_sample_or_is_skipped_and_counted(copy, caplog):
+def flip_bytes(shard: Path, member: str, count: int = 16) -> None:
+    """Invert `count` bytes inside a member's array data: the shard keeps its size and still reads as a tar."""
+    _, data = member_offsets(shard)[member]
+    raw = bytearray(shard.read_bytes())
+    raw[data + 200 : data + 200 + count] = bytes(b ^ 0xFF for b in raw[data + 200 : data + 200 + count])
+    shard.write_bytes(bytes(raw))
+
+
+def val_seeds(module: ShardDataModule) -> list[int]:
+    return [m["seed"] for b in module.val_dataloader() for m in b["meta"]]
+
+
+def test_flipped_bytes_in_a_member_never_reach_the_model(copy, caplog):
+    """16 bytes of a depth.npy inverted: the shard fails its manifest's SHA-256 before any of its samples is used."""
+    flip_bytes(copy / "synth-000001.tar", "0000000013.depth.npy")
+    with pytest.raises(ShardReadError, match=r"synth-000001.tar: SHA-256 \w{16}\.\.\. differs from its manifest's \w{16}\.\.\.: corrupt .*regenerate it"):
+        list(data_module(copy, val_shards=2).val_dataloader())
+    module = data_module(copy, val_shards=2, skip_corrupt=True)
+    with caplog.at_level(logging.WARNING, logger="regress.datamodules.shards"):
+        assert val_seeds(module) == [14, 15]  # seed 12, before the damage in its shard, is held back too
+    assert module.corrupt.count == 1
+    assert "skipped corrupt shard data (1 so far in this process)" in caplog.text and "synth-000001.tar: SHA-256" in caplog.text
+
+
+def test_a_pipe_shard_is_verified_before_use_too(copy):
+    flip_bytes(copy / "synth-000002.tar", "0000000014.mask.npy")
+    module = data_module(f"pipe:cat {copy}/{{name}}", val_shards=2, skip_corrupt=True)
+    assert val_seeds(module) == [12, 13] and module.corrupt.count == 1
+    (copy / "synth-000002.tar").unlink()
+    with pytest.raises(ShardReadError, match=r"pipe:cat .*synth-000002.tar: cannot be read \(.*exit 1"):
+        val_seeds(data_module(f"pipe:cat {copy}/{{name}}", val_shards=1))
+
+
+@pytest.mark.parametrize("change", ["truncate", "append"])
+def test_a_shard_of_the_wrong_size_is_refused_before_use(copy, change):
+    shard = copy / "synth-000001.tar"
+    header, data = member_offsets(shard)["0000000013.depth.npy"]
+    raw = shard.read_bytes()
+    shard.write_bytes(raw[: data + 100] if change == "truncate" else raw + bytes(1024))
+    size = shard.stat().st_size
+    with pytest.raises(ShardReadError, match=rf"synth-000001.tar: {size} bytes, its manifest says {len(raw)}: truncated or replaced"):
+        list(data_module(copy, val_shards=2).val_dataloader())
+    module = data_module(copy, val_shards=2, skip_corrupt=True)
+    assert val_seeds(module) == [14, 15] and module.corrupt.count == 1
+
+
+def test_truncated_shard_read_without_its_record_names_the_file_and_sample(copy):
+    """What a reader without the manifest's size and hash (a pairs set) still reports."""
     shard = copy / "synth-000001.tar"
     header, data = member_offsets(shard)["0000000013.depth.npy"]
     shard.write_bytes(shard.read_bytes()[: data + 100])  # cut inside sample 13's depth
     with pytest.raises(ShardReadError, match=r"synth-000001.tar: corrupt or truncated in sample 0000000013 after 1 complete samples"):
-        list(data_module(copy, val_shards=2).val_dataloader())
-    module = data_module(copy, val_shards=2, skip_corrupt=True)
-    with caplog.at_level(logging.WARNING, logger="regress.datamodules.shards"):
-        seeds = [m["seed"] for b in module.val_dataloader() for m in b["meta"]]
-    assert seeds == [12, 14, 15] and module.corrupt.count == 1
-    assert "skipped corrupt shard data (1 so far in this process)" in caplog.text and "synth-000001.tar" in caplog.text
+        list(iter_shard(str(shard), expected=2))
 
 
-def test_shard_cut_at_a_member_boundary_is_caught(copy):
+def test_shard_cut_at_a_member_boundary_is_caught_without_its_record(copy):
     shard = copy / "synth-000002.tar"
     header, _ = member_offsets(shard)["0000000015.meta.json"]
     shard.write_bytes(shard.read_bytes()[:header])  # a tar reader sees a clean end here
     with pytest.raises(ShardReadError, match=r"synth-000002.tar: sample 0000000015 is incomplete .*no meta.json"):
-        list(data_module(copy, val_shards=1).val_dataloader())
-    header, _ = member_offsets(copy / "synth-000001.tar")["0000000013.image.png"]
-    (copy / "synth-000001.tar").write_bytes((copy / "synth-000001.tar").read_bytes()[:header])  # whole sample 13 gone
+        list(iter_shard(str(shard), expected=2))
+    shard = copy / "synth-000001.tar"
+    header, _ = member_offsets(shard)["0000000013.image.png"]
+    shard.write_bytes(shard.read_bytes()[:header])  # whole sample 13 gone
     with pytest.raises(ShardReadError, match=r"synth-000001.tar: holds 1 samples, its manifest says 2"):
-        list(data_module(copy, val_shards=2).val_dataloader())
+        list(iter_shard(str(shard), expected=2))
+
+
+def record_as_is(root: Path, shard: Path) -> None:
+    """Give a shard's manifest record its current size and SHA-256: a shard that was written damaged."""
+    manifest = json.loads((root / "manifest.json").read_text())
+    record = next(r for r in manifest["shards"] if r["file"] == shard.name)
+    record["bytes"], record["sha256"] = shard.stat().st_size, hashlib.sha256(shard.read_bytes()).hexdigest()
+    (root / "manifest.json").write_text(json.dumps(manifest))
 
 
 def test_corrupt_image_names_file_sample_and_member_or_is_skipped(copy):
@@ -178,9 +231,10 @@ def test_corrupt_image_names_file_sample_and_member_or_is_skipped(copy):
     raw = bytearray(shard.read_bytes())
     raw[data + 20 : data + 60] = bytes(40)  # zero the PNG header chunk: same size, undecodable
     shard.write_bytes(bytes(raw))
+    record_as_is(copy, shard)
     with pytest.raises(ValueError, match=r"synth-000002.tar sample 0000000014: member 'image.png' cannot be decoded"):
         list(data_module(copy, val_shards=1).val_dataloader())
     module = data_module(copy, val_shards=1, skip_corrupt=True)
-    assert [m["seed"] for b in module.val_dataloader() for m in b["meta"]] == [15]
+    assert val_seeds(module) == [15]
     assert module.corrupt.count == 1
     np.testing.assert_array_equal(read_manifest(copy)["latent_shape"], [14, 32])

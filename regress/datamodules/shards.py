@@ -39,12 +39,14 @@ class CorruptCounter:
         log.warning("skipped corrupt shard data (%d so far in this process): %s", self.count, error)
 
 
-def read_samples(shards: Iterable[dict], counts: dict[str, int], corrupt: CorruptCounter | None) -> Iterator[dict]:
-    """Shard URLs -> raw samples {__key__, __url__, member: bytes}; a shard's bad tail is skipped when `corrupt` counts."""
+def read_samples(shards: Iterable[dict], records: dict[str, dict], corrupt: CorruptCounter | None) -> Iterator[dict]:
+    """Shard URLs -> raw samples {__key__, __url__, member: bytes}, each shard checked against its manifest record
+    (size, SHA-256) before its first sample; a bad shard is skipped when `corrupt` counts."""
     for shard in shards:
         url = shard["url"]
+        record = records[url]
         try:
-            for key, members in iter_shard(url, counts.get(url)):
+            for key, members in iter_shard(url, record["count"], record["bytes"], record["sha256"]):
                 yield {"__key__": key, "__url__": url, **members}
         except ShardReadError as error:
             if corrupt is None:
@@ -125,7 +127,9 @@ class ShardDataModule(ManifestLatents, L.LightningDataModule):
         shuffle_buffer: samples held for shuffling in each training worker.
         num_workers: loader processes.
         seed: seed of the shard resampling and the shuffle.
-        skip_corrupt: skip (and log, with a count) unreadable samples and shard tails instead of failing.
+        skip_corrupt: skip (and log, with a count) shards that fail their manifest's size or SHA-256, and
+            unreadable samples, instead of failing. Either way a shard is checked whole before its first
+            sample is used; a `pipe:` shard is first copied to a temporary file (TMPDIR) for that.
         with_mesh: decode each sample's mesh.ply into `batch["mesh"]` (vertices, faces).
     """
 
@@ -153,10 +157,10 @@ class ShardDataModule(ManifestLatents, L.LightningDataModule):
                 raise ValueError(f"{name} must be positive, got {value}")
         self.save_hyperparameters()
         urls = [shard_url(root, s["file"]) for s in shards]
-        self.counts = {url: s["count"] for url, s in zip(urls, shards)}
+        self.records = dict(zip(urls, shards))
         self.train_urls, self.val_urls = urls[: len(urls) - val_shards], urls[len(urls) - val_shards :]
         self.batch_size, self.image_size, self.num_workers = batch_size, image_size, num_workers
-        self.epoch_length = epoch_length or sum(self.counts[u] for u in self.train_urls)
+        self.epoch_length = epoch_length or sum(self.records[u]["count"] for u in self.train_urls)
         self.resampled, self.shuffle_buffer, self.seed = resampled, shuffle_buffer, seed
         self.corrupt = CorruptCounter() if skip_corrupt else None
         self.with_mesh = with_mesh
@@ -181,7 +185,7 @@ class ShardDataModule(ManifestLatents, L.LightningDataModule):
         return wds.DataPipeline(wds.SimpleShardList(self.val_urls), wds.split_by_node, wds.split_by_worker, *self._decode(shuffle=False))
 
     def _decode(self, shuffle: bool) -> list:
-        stages = [partial(read_samples, counts=self.counts, corrupt=self.corrupt)]
+        stages = [partial(read_samples, records=self.records, corrupt=self.corrupt)]
         if shuffle:
             stages.append(Shuffle(self.shuffle_buffer, self.seed))
         stages += [

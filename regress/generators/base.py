@@ -2,7 +2,8 @@
 
 Randomness is a pure function of the sample seed: z and the view are drawn on the CPU from
 per-seed streams, the renderer's jitter from the seed too (EG3D hashes (seed, index) on the
-device), so a seed gives the same sample whatever the batch size, device or rank.
+device), so a seed draws the same inputs whatever the batch size, device or rank; its render is
+bitwise the same for one batch size and device, and across batch sizes equal to float32 rounding.
 """
 
 from __future__ import annotations

@@ -4,7 +4,14 @@ An upstream pickle stores every network as a call to `torch_utils.persistence.
 _reconstruct_persistent_obj(meta)` whose meta carries the module's Python source. Plain
 `pickle.load` would execute that source; here a restricted unpickler resolves only the globals
 listed in eg3d-generator-spec.md section 13, to inert stand-ins that record state, and refuses
-every other global. Storages are read with `torch.load(weights_only=True)`.
+every other global. Storages are read with `torch.load(weights_only=True)`. Whatever a damaged
+pickle makes the unpickler do, the caller gets a one-line `CheckpointError`.
+
+A converted folder's `config.json` records the SHA-256 of `model.safetensors` (`weights_sha256`)
+and of its own content without the two hashes (`config_sha256`, over canonical JSON); loading
+refuses a folder whose files no longer match them, and one converted before they were recorded:
+reconvert it from the pickle. The hashes catch edits and damage, not a forger who rewrites them;
+what samples carry is `generator_checksum`, computed from the config and tensors as loaded.
 """
 
 from __future__ import annotations
@@ -20,13 +27,14 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load, save
 
 from regress.generators.eg3d.config import EG3DConfig
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 GENERATOR_CLASS = "TriPlaneGenerator"
+HASH_FIELDS = ("weights_sha256", "config_sha256")
 
 
 class CheckpointError(ValueError):
@@ -146,7 +154,7 @@ class SafeUnpickler(pickle.Unpickler):
             ) from None
 
     def persistent_load(self, pid: Any) -> Any:
-        raise UnsafeCheckpointError(f"refusing pickle persistent id {pid!r}: not used by EG3D network pickles")
+        raise UnsafeCheckpointError(f"refusing a pickle persistent id (a {type(pid).__name__}): not used by EG3D network pickles")
 
 
 def read_network_pickle(path: str | Path) -> dict:
@@ -164,15 +172,25 @@ def read_network_pickle(path: str | Path) -> dict:
         f.seek(0)
         try:
             data = SafeUnpickler(f).load()
-        except CheckpointError:
-            raise
-        except (EOFError, pickle.UnpicklingError, ValueError, TypeError, IndexError, KeyError, RuntimeError) as error:
-            raise CheckpointError(
-                f"{path} is truncated or corrupt ({type(error).__name__}: {error}); download or copy it again"
-            ) from error
+        except CheckpointError as error:
+            raise type(error)(f"{path}: {_one_line(str(error))}") from error
+        except Exception as error:  # a damaged pickle fails in any way: MemoryError, AttributeError, OverflowError, ...
+            raise _corrupt(path, error) from error
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} holds a {type(data).__name__}, expected the dict of a training snapshot")
     return data
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """`text` on one line, cut to `limit` characters: messages of damaged files can quote anything."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _corrupt(path: Path, error: Exception) -> CheckpointError:
+    """The one-line error for a checkpoint that broke the loader in a way it does not foresee."""
+    kind = f"{type(error).__name__}: {_one_line(str(error))}" if str(error).strip() else type(error).__name__
+    return CheckpointError(f"{path}: not a valid EG3D checkpoint, truncated or corrupt ({kind}); download or copy it again")
 
 
 def _flatten_state(record: ModuleRecord, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -208,7 +226,16 @@ def _plain(value: Any) -> Any:
 
 
 def load_upstream(path: str | Path) -> tuple[EG3DConfig, dict[str, torch.Tensor]]:
-    """Config and state dict (upstream names) of the `G_ema` in an upstream network pickle."""
+    """Config and state dict (upstream names) of the `G_ema` in an upstream network pickle; any failure a `CheckpointError`."""
+    try:
+        return _read_upstream(Path(path))
+    except CheckpointError:
+        raise
+    except Exception as error:  # what a damaged pickle that still unpickles does to the code below
+        raise _corrupt(Path(path), error) from error
+
+
+def _read_upstream(path: Path) -> tuple[EG3DConfig, dict[str, torch.Tensor]]:
     data = read_network_pickle(path)
     if "G_ema" not in data:
         raise CheckpointError(f"{path} has no 'G_ema' generator (keys: {sorted(map(str, data))}); is it a network snapshot?")
@@ -257,36 +284,87 @@ def file_sha256(path: str | Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def load_converted(path: str | Path) -> tuple[EG3DConfig, dict[str, torch.Tensor], dict[str, Any]]:
-    """Config, state dict and provenance (`source_sha256`, ...) of a converted folder or its `model.safetensors`."""
+def canonical_json(value: Any) -> bytes:
+    """JSON with sorted keys and no spaces: the same value always gives the same bytes."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def config_sha256(saved: dict[str, Any]) -> str:
+    """SHA-256 of a converted folder's config.json content, its hash fields left out."""
+    return hashlib.sha256(canonical_json({k: v for k, v in saved.items() if k not in HASH_FIELDS})).hexdigest()
+
+
+def generator_checksum(config: EG3DConfig, state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a generator's config and of every tensor (name, dtype, shape, bytes), from what was loaded:
+    a pickle and its conversion agree, and an edited config or a forged provenance cannot pass as the original."""
+    sha = hashlib.sha256(canonical_json(config.to_dict()))
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        sha.update(canonical_json([name, str(tensor.dtype), list(tensor.shape)]))
+        sha.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return sha.hexdigest()
+
+
+def load_converted(path: str | Path) -> tuple[EG3DConfig, dict[str, torch.Tensor]]:
+    """Config and state dict of a converted folder or its `model.safetensors`, once both files match their recorded SHA-256."""
     path = Path(path)
     weights = path / WEIGHTS_FILE if path.is_dir() else path
     config_path = weights.with_name(CONFIG_FILE)
     if not weights.is_file() or not config_path.is_file():
         raise CheckpointError(f"a converted EG3D checkpoint needs {WEIGHTS_FILE} and {CONFIG_FILE} side by side in {weights.parent}")
+    saved = _read_config_file(config_path)
+    data = weights.read_bytes()
+    _check_recorded_hashes(saved, data, weights, config_path)
     try:
-        saved = json.loads(config_path.read_text())
         config = EG3DConfig.from_dict(saved["config"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+    except (TypeError, ValueError) as error:
         raise CheckpointError(f"{config_path} is not an EG3D config written by regress.generators.eg3d.convert: {error}") from error
     try:
-        tensors = load_file(str(weights))
+        tensors = load(data)
     except Exception as error:  # safetensors raises its own error types for corrupt headers
-        raise CheckpointError(f"{weights} is not a readable safetensors file: {error}") from error
-    return config, tensors, saved.get("provenance", {})
+        raise CheckpointError(f"{weights} is not a readable safetensors file: {_one_line(str(error))}") from error
+    return config, tensors
+
+
+def _read_config_file(config_path: Path) -> dict[str, Any]:
+    try:
+        saved = json.loads(config_path.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{config_path} is not readable JSON ({_one_line(str(error))}); reconvert the checkpoint") from error
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise CheckpointError(f"{config_path} is not an EG3D config written by regress.generators.eg3d.convert (no 'config' mapping)")
+    return saved
+
+
+def _check_recorded_hashes(saved: dict[str, Any], weights: bytes, weights_path: Path, config_path: Path) -> None:
+    """Refuse a converted folder whose config.json or weights differ from what was recorded at conversion."""
+    reconvert = f"reconvert it from its pickle: python -m regress.generators.eg3d.convert NETWORK.pkl {config_path.parent}"
+    if not all(isinstance(saved.get(k), str) for k in HASH_FIELDS):
+        raise CheckpointError(
+            f"{config_path} records no SHA-256 of {WEIGHTS_FILE} and of itself (converted before regress recorded them, "
+            f"or written by hand), so an altered file could not be told from the original; {reconvert}"
+        )
+    if config_sha256(saved) != saved["config_sha256"]:
+        raise CheckpointError(
+            f"{config_path} was altered after conversion (its content no longer matches its config_sha256); {reconvert}; "
+            "to render with other settings pass them as generator options instead of editing the file"
+        )
+    if hashlib.sha256(weights).hexdigest() != saved["weights_sha256"]:
+        raise CheckpointError(
+            f"{weights_path} was altered or damaged after conversion (its SHA-256 is not the weights_sha256 in {CONFIG_FILE}); {reconvert}"
+        )
 
 
 def save_converted(
     out_dir: str | Path, config: EG3DConfig, state_dict: dict[str, torch.Tensor], provenance: dict[str, Any]
 ) -> Path:
-    """Write `model.safetensors` + `config.json` into `out_dir`: both to temp names first, then renamed."""
+    """Write `model.safetensors` + `config.json` (with both SHA-256) into `out_dir`: both to temp names first, then renamed."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    contents = {
-        WEIGHTS_FILE: save(tensors, metadata={"format": "pt"}),
-        CONFIG_FILE: json.dumps({"config": config.to_dict(), "provenance": provenance}, indent=2).encode(),
-    }
+    weights = save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, metadata={"format": "pt"})
+    saved = {"config": config.to_dict(), "provenance": provenance, "weights_sha256": hashlib.sha256(weights).hexdigest()}
+    saved["config_sha256"] = config_sha256(saved)
+    contents = {WEIGHTS_FILE: weights, CONFIG_FILE: json.dumps(saved, indent=2).encode()}
     temps = {name: out_dir / f".{name}.{os.getpid()}.tmp" for name in contents}
     try:
         for name, data in contents.items():

@@ -1,6 +1,9 @@
 """Convert an upstream EG3D network pickle once into `model.safetensors` + `config.json`.
 
     python -m regress.generators.eg3d.convert ffhq512-128.pkl data/checkpoints/ffhq512-128
+
+config.json records the SHA-256 of both files; a folder altered later, or converted before they were
+recorded, is refused on load: convert it again.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from regress.generators.eg3d.checkpoint import CheckpointError
+from regress.generators.eg3d.checkpoint import CheckpointError, file_sha256
 from regress.generators.eg3d.generator import EG3DGenerator
 
 
@@ -17,7 +20,8 @@ def convert(pickle_path: str | Path, out_dir: str | Path) -> Path:
     """Load `pickle_path` with the safe loader, check every tensor, write the converted folder; returns it."""
     pickle_path = Path(pickle_path)
     generator = EG3DGenerator.from_checkpoint(pickle_path)
-    return generator.save_converted(out_dir, {"source": pickle_path.name, "converted_by": "regress.generators.eg3d.convert"})
+    provenance = {"source": pickle_path.name, "source_sha256": file_sha256(pickle_path), "converted_by": "regress.generators.eg3d.convert"}
+    return generator.save_converted(out_dir, provenance)
 
 
 def main(argv: list[str] | None = None) -> int:

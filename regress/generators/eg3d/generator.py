@@ -18,8 +18,7 @@ from regress.generators import register
 from regress.generators.base import RENDER_STREAM, Generator, to_device
 from regress.generators.eg3d.backbone import TriplaneBackbone
 from regress.generators.eg3d.checkpoint import (
-    WEIGHTS_FILE,
-    file_sha256,
+    generator_checksum,
     load_converted,
     load_upstream,
     match_state_dict,
@@ -100,22 +99,16 @@ class EG3DGenerator(Generator):
         Keyword arguments override config fields that do not change tensor shapes (noise_mode, depth_resolution, ...).
         """
         path = Path(path)
-        if path.is_dir() or path.suffix == ".safetensors":
-            config, tensors, provenance = load_converted(path)
-            weights = path / WEIGHTS_FILE if path.is_dir() else path
-            checksum = provenance.get("source_sha256") or file_sha256(weights)
-        else:
-            config, tensors = load_upstream(path)
-            checksum = file_sha256(path)
+        converted = path.is_dir() or path.suffix == ".safetensors"
+        config, tensors = load_converted(path) if converted else load_upstream(path)
         generator = cls(config, **overrides)
         generator.load_state_dict(match_state_dict(generator.state_dict(), tensors, path))
-        generator.checksum = checksum
+        generator.checksum = generator_checksum(generator.config, generator.state_dict())
         return generator.eval().requires_grad_(False)
 
     def save_converted(self, out_dir: str | Path, provenance: dict[str, Any] | None = None) -> Path:
-        """Write this generator as `model.safetensors` + `config.json` (loadable by `from_checkpoint`)."""
-        provenance = {"source_sha256": None if self.checksum == RANDOM_INIT else self.checksum, **(provenance or {})}
-        return save_converted(out_dir, self.config, self.state_dict(), provenance)
+        """Write this generator as `model.safetensors` + `config.json` (loadable by `from_checkpoint`); `provenance` is informational."""
+        return save_converted(out_dir, self.config, self.state_dict(), provenance or {})
 
     def mapping(
         self, z: torch.Tensor, camera_cond: torch.Tensor, psi: float = 1.0, cutoff: int | None = None
@@ -198,5 +191,5 @@ class EG3DGenerator(Generator):
         return self.backbone.mapping.w_avg.expand(self.num_ws, self.w_dim).clone()
 
     def identity(self) -> dict:
-        """`checksum` is the SHA-256 of the upstream pickle (also for its converted form), or 'random-init'."""
+        """`checksum` is the SHA-256 of the config and weights as loaded (the same for a pickle and its conversion), or 'random-init'."""
         return {"generator": "eg3d", "checksum": self.checksum, "config": self.config.to_dict()}
