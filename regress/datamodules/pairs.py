@@ -59,7 +59,7 @@ class PairDataset(Dataset):
             self.members: dict[str, dict[str, bytes]] | None = None
             available = record_keys(self.root)
         elif self.manifest.get("shards"):
-            self.members = {k: m for s in self.manifest["shards"] for k, m in iter_shard(str(self.root / s["file"]), s["count"])}
+            self.members = {k: m for s in self.manifest["shards"] for k, m in iter_shard(str(self.root / s["file"]), s["count"], s.get("bytes"), s.get("sha256"))}
             available = sorted(self.members)
         else:
             raise FileNotFoundError(f"{root} has neither {RECORDS}/ nor shards; rebuild it with python -m regress.evaluate pairs")
