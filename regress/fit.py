@@ -165,6 +165,7 @@ def log_to_stdout() -> None:
 
 
 def fail(message: str, hint: str, status: int) -> SystemExit:
+    """Print the error and a hint on stderr, the way argparse does; the SystemExit to raise."""
     print(f"regress.fit: error: {message}\nregress.fit: {hint}", file=sys.stderr)
     return SystemExit(status)
 
@@ -193,7 +194,7 @@ def main(args: list[str] | None = None) -> LightningCLI:
     try:
         return run(args, from_command_line)
     except Exception as error:
-        if os.environ.get(DEBUG_VARIABLE):
+        if os.environ.get(DEBUG_VARIABLE) == "1":
             raise
         if isinstance(error, (UsageError, argparse.ArgumentError)):
             raise fail(describe(error), "python -m regress.fit --help lists the options", 2) from error
