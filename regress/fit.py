@@ -3,30 +3,46 @@
 `--data NAME` and `--model NAME` take the short names of `configs/data/NAME.yaml` and
 `configs/model/NAME.yaml` (synth-online, shards, pairs; depth, latent) as well as YAML files and
 class paths. Defaults: `configs/fit.yaml`, `--data synth-online`, `--model depth`; the subcommand
-`fit` is implied.
+`fit` is implied. `--name NAME` keeps a run's checkpoints in `<trainer.default_root_dir>/NAME/checkpoints`,
+where `--ckpt_path last` finds them. Errors print one line; `REGRESS_DEBUG=1` shows the traceback.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import logging
+import os
+import re
 import sys
 from pathlib import Path
 
 import yaml
+from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from regress.models.base import Regressor
+from regress.models.guards import FiniteGuard
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = CONFIGS / "fit.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 GROUPS = {"--data": "data", "--model": "model"}
 DEFAULT_CHOICES = {"--data": "synth-online", "--model": "depth"}
+LAST = "last.ckpt"
+DEBUG_VARIABLE = "REGRESS_DEBUG"
+# The lines jsonargparse wraps around the error that matters: the option they name is kept, the rest dropped.
+OPTION_LINE = re.compile(r'^Parser key "(?P<key>[^"]+)":$')
+WRAPPER_LINES = (OPTION_LINE, re.compile(r"^Does not validate against any of the Union subtypes$"), re.compile(r"^Problem with given class_path '[^']+':$"))
 
 
 class UsageError(Exception):
     """Bad command-line input; `main` prints it argparse-style and exits with status 2."""
+
+
+SAYS_WHAT_WENT_WRONG = (ValueError, OSError, ArithmeticError, argparse.ArgumentError, UsageError)  # others get their type name
 
 
 def short_names(group: str) -> list[str]:
@@ -34,11 +50,16 @@ def short_names(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
 
 
+def import_class(class_path: str) -> type:
+    """The class a dotted path names (ImportError or AttributeError when it is not there)."""
+    module, _, attribute = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), attribute)
+
+
 def _check_importable(flag: str, name: str, path: Path) -> None:
     class_path = yaml.safe_load(path.read_text())["class_path"]
-    module, _, attribute = class_path.rpartition(".")
     try:
-        getattr(importlib.import_module(module), attribute)
+        import_class(class_path)
     except (ImportError, AttributeError) as error:
         raise UsageError(f"{flag} {name}: its class {class_path} (from {path}) is not available ({error})") from error
 
@@ -76,36 +97,108 @@ def expand_arguments(args: list[str]) -> list[str]:
     return [expanded[0], *defaults, *expanded[1:]]
 
 
+def checkpoint_dir(config: Namespace) -> Path:
+    """Where a run keeps its checkpoints: <trainer.default_root_dir>/<name>/checkpoints, the same for every run of it."""
+    return Path(config.trainer.default_root_dir or os.getcwd()) / config.name / "checkpoints"
+
+
+def place_checkpoints(config: Namespace) -> None:
+    """Point every ModelCheckpoint without a dirpath at the run's checkpoint folder."""
+    callbacks = config.trainer.callbacks or []
+    for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
+        if issubclass(import_class(callback.class_path), ModelCheckpoint) and callback.init_args.get("dirpath") is None:
+            callback.init_args.dirpath = str(checkpoint_dir(config))
+
+
+def resolve_ckpt_path(config: Namespace) -> str | None:
+    """`last` -> the run's last.ckpt; a path must be a file; Lightning's other names pass through."""
+    ckpt_path = config.get("ckpt_path")
+    if ckpt_path == "last":
+        last = checkpoint_dir(config) / LAST
+        if not last.is_file():
+            raise FileNotFoundError(f"no {LAST} in {last.parent}; start the run without --ckpt_path, or give the --name of the run to resume")
+        return str(last)
+    if ckpt_path not in (None, "best", "hpc", "registry") and not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist; give the path of a .ckpt file, or last")
+    return ckpt_path
+
+
 class RegressCLI(LightningCLI):
-    """LightningCLI that checks a checkpoint path exists before running on it."""
+    """LightningCLI with a run name, a fixed checkpoint folder per run, `--ckpt_path last` from it, and FiniteGuard."""
 
-    def before_fit(self) -> None:
-        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
-        if ckpt_path not in (None, "last", "best", "hpc", "registry") and not Path(ckpt_path).is_file():
-            raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist; give the path of a .ckpt file")
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--name", type=str, default="default", help="run name: checkpoints go to <trainer.default_root_dir>/NAME/checkpoints")
+        parser.add_lightning_class_args(FiniteGuard, "finite_guard")
 
-    before_validate = before_test = before_predict = before_fit
+    def parse_arguments(self, parser: LightningArgumentParser, args: list[str] | None) -> None:
+        super().parse_arguments(parser, args)
+        config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
+        place_checkpoints(config)
+        config.ckpt_path = resolve_ckpt_path(config)
 
 
-def main(args: list[str] | None = None) -> LightningCLI:
-    """Run the CLI on `args` (default: sys.argv[1:]) and return it."""
-    from_command_line = args is None
-    try:
-        args = expand_arguments(list(sys.argv[1:] if from_command_line else args))
-    except UsageError as error:
-        print(f"regress.fit: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from error
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an error's message; its type's name when it has none."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+
+
+def describe(error: BaseException) -> str:
+    """One line for an error: the first exception under jsonargparse's wrappers, after the option they name."""
+    options = []
+    while any(pattern.match(first_line(error)) for pattern in WRAPPER_LINES) and (error.__cause__ or error.__context__):
+        option = OPTION_LINE.match(first_line(error))
+        if option and option["key"] not in options:
+            options.append(option["key"])
+        error = error.__cause__ or error.__context__
+    prefix = f"--{'.'.join(options)}: " if options else ""
+    if not isinstance(error, SAYS_WHAT_WENT_WRONG):
+        prefix += f"{type(error).__name__}: "
+    return prefix + first_line(error)
+
+
+def log_to_stdout() -> None:
+    """Lightning's progress notes (seed, devices, restored checkpoints) go to stdout, leaving stderr to warnings and errors."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        for handler in logging.getLogger(name).handlers:
+            if type(handler) is logging.StreamHandler and handler.stream is sys.stderr:
+                handler.setStream(sys.stdout)
+
+
+def fail(message: str, hint: str, status: int) -> SystemExit:
+    """Print the error and a hint on stderr, the way argparse does; the SystemExit to raise."""
+    print(f"regress.fit: error: {message}\nregress.fit: {hint}", file=sys.stderr)
+    return SystemExit(status)
+
+
+def run(args: list[str] | None, from_command_line: bool) -> LightningCLI:
+    args = expand_arguments(list(sys.argv[1:] if from_command_line else args))
     if from_command_line:  # LightningCLI reads sys.argv itself and warns when given both
         sys.argv[1:], args = args, None
+    parser_kwargs = {"exit_on_error": False, "default_config_files": [str(DEFAULT_CONFIG)]}
     return RegressCLI(
         Regressor,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        parser_kwargs={command: {"default_config_files": [str(DEFAULT_CONFIG)]} for command in SUBCOMMANDS},
+        parser_kwargs={"exit_on_error": False, **{command: parser_kwargs for command in SUBCOMMANDS}},
         save_config_kwargs={"overwrite": True},
         args=args,
     )
+
+
+def main(args: list[str] | None = None) -> LightningCLI:
+    """Run the CLI on `args` (default: sys.argv[1:]) and return it; errors exit 2 (usage) or 1 with one line."""
+    from_command_line = args is None
+    if from_command_line:
+        log_to_stdout()
+    try:
+        return run(args, from_command_line)
+    except Exception as error:
+        if os.environ.get(DEBUG_VARIABLE) == "1":
+            raise
+        if isinstance(error, (UsageError, argparse.ArgumentError)):
+            raise fail(describe(error), "python -m regress.fit --help lists the options", 2) from error
+        raise fail(describe(error), f"{DEBUG_VARIABLE}=1 shows the traceback", 1) from error
 
 
 if __name__ == "__main__":

@@ -1,0 +1,69 @@
+"""FiniteGuard: training stops at the first non-finite loss, gradient or monitored metric, and never saves one.
+
+`python -m regress.fit` always adds it. Each check runs where the value first exists, before the
+optimizer step or the checkpoint callbacks (Lightning runs those last) can use it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+HINT = "try a lower --model.lr, --trainer.gradient_clip_val 1.0, full precision (--trainer.precision 32), or check the data for non-finite values"
+
+
+class NonFiniteError(FloatingPointError):
+    """Training produced a non-finite loss, gradient, metric or weight and stopped rather than go on or save it."""
+
+
+def logged(trainer: L.Trainer, prefix: str) -> str:
+    """The values logged under `prefix` (the named loss terms and the learning rate), as `name=value` pairs."""
+    values = {name.removeprefix(prefix): float(value) for name, value in trainer.callback_metrics.items() if name.startswith(prefix)}
+    return ", ".join(f"{name}={value:.4g}" for name, value in values.items())
+
+
+def where(trainer: L.Trainer) -> str:
+    """The step and epoch in progress, as the logs count them."""
+    return f"step {trainer.global_step} (epoch {trainer.current_epoch})"
+
+
+def gradient_norm(module: torch.nn.Module) -> float:
+    """The 2-norm of all gradients together; 0.0 when there are none."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+
+
+def non_finite_tensors(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point tensors that hold a NaN or an infinity."""
+    return [name for name, t in state_dict.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+class FiniteGuard(Callback):
+    """Raises NonFiniteError, naming the step, the loss terms and what to try, at the first non-finite value."""
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        if not bool(torch.isfinite(loss).all()):
+            raise NonFiniteError(f"the training loss is not finite at {where(trainer)}: {logged(trainer, 'train/')}; {HINT}")
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer) -> None:
+        if getattr(trainer.precision_plugin, "scaler", None) is not None:
+            return  # 16-bit mixed precision: the grad scaler skips non-finite steps itself
+        norm = gradient_norm(pl_module)
+        if not math.isfinite(norm):
+            raise NonFiniteError(f"the gradient norm is {norm} at {where(trainer)}: {logged(trainer, 'train/')}; {HINT}")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for callback in trainer.checkpoint_callbacks:
+            monitor = getattr(callback, "monitor", None)
+            value = trainer.callback_metrics.get(monitor) if monitor else None
+            if value is not None and not bool(torch.isfinite(value).all()):
+                raise NonFiniteError(f"{monitor} is {float(value)} after {where(trainer)}: {logged(trainer, 'val/')}; {HINT}")
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        bad = non_finite_tensors(checkpoint["state_dict"])
+        if bad:
+            total = len(checkpoint["state_dict"])
+            raise NonFiniteError(f"not saving a checkpoint at {where(trainer)}: {len(bad)} of {total} weight tensors are not finite (first {bad[0]}); {HINT}")

@@ -1,0 +1,195 @@
+"""Training you can trust: no silent NaN, no non-finite checkpoint, a killed run resumes by `last`, one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+import regress.fit as fit
+from regress.datamodules import SynthOnlineDataModule
+from regress.generate import generate
+from regress.models import DepthRegressor
+from regress.models.guards import FiniteGuard, NonFiniteError
+from regress.shards import MANIFEST
+from tests.test_fit import TINY
+
+REPO = Path(__file__).resolve().parent.parent
+STEPS_PER_EPOCH, EPOCHS = 4, 3  # epoch_length 8 at batch 2
+RESUMABLE = [*TINY, "--data.epoch_length=8", "--trainer.max_steps=-1", f"--trainer.max_epochs={EPOCHS}"]
+pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")  # pytest's own argv
+
+
+def fit_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "regress.fit", *args]
+
+
+def child_env(threads: int = 1) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads)}
+
+
+def run_fit(*args: str) -> subprocess.CompletedProcess:
+    """`python -m regress.fit ARGS` in a child process, its output captured as text."""
+    return subprocess.run(fit_command(*args), cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600)
+
+
+def tensors(value) -> list[torch.Tensor]:
+    """Every tensor inside a checkpoint's nested dicts and lists."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    return [t for item in value for t in tensors(item)] if isinstance(value, (list, tuple)) else []
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# --- no silent NaN ---------------------------------------------------------------------------------
+
+
+def test_a_diverging_run_stops_at_the_first_nan_and_saves_nothing_non_finite(tmp_path):
+    result = run_fit(*TINY, "--model.lr=1e10", "--trainer.max_steps=-1", "--trainer.max_epochs=2", "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}")
+    assert result.returncode == 1, result.stderr
+    error, hint = result.stderr.splitlines()[-2:]
+    assert error.startswith("regress.fit: error: the training loss is not finite at step ") and "(epoch 0)" in error
+    assert "loss=nan" in error and "l1=nan" in error and "lr=" in error  # every loss term, by name
+    assert "try a lower --model.lr" in error and "gradient_clip_val" in error and hint == "regress.fit: REGRESS_DEBUG=1 shows the traceback"
+    assert "Traceback" not in result.stderr
+    for path in tmp_path.rglob("*.ckpt"):
+        assert all(bool(torch.isfinite(t).all()) for t in tensors(load(path)) if t.is_floating_point()), path
+
+
+def tiny_data() -> SynthOnlineDataModule:
+    kwargs = {"image_resolution": 32, "render_resolution": 8, "depth_resolution": 8}
+    return SynthOnlineDataModule(generator="analytic", generator_kwargs=kwargs, image_size=32, batch_size=2, epoch_length=4, val_size=2)
+
+
+def guarded_trainer(tmp_path: Path, **options) -> tuple[L.Trainer, ModelCheckpoint]:
+    best = ModelCheckpoint(dirpath=tmp_path, monitor="val/loss", mode="min")
+    quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0}
+    return L.Trainer(callbacks=[FiniteGuard(), best], default_root_dir=tmp_path, **quiet, **options), best
+
+
+def test_a_nan_validation_loss_stops_before_the_checkpoint_callback_keeps_it(tmp_path):
+    """Finite weights whose validation loss is NaN (a negative BatchNorm variance): no `val_loss=nan` best checkpoint."""
+    model = DepthRegressor(encoder="test_resnet", depth_resolution=8, lr_schedule="constant")
+    norm = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    norm.running_var.fill_(-1.0)  # training uses batch statistics; evaluation takes the square root of this
+    trainer, best = guarded_trainer(tmp_path, max_epochs=1)
+    with pytest.raises(NonFiniteError, match=r"val/loss is nan after step 2 \(epoch 0\): .*loss=nan"):
+        trainer.fit(model, tiny_data())
+    assert trainer.global_step == 2 and not list(tmp_path.glob("*.ckpt")) and best.best_model_path == ""
+
+
+def test_non_finite_weights_are_never_written(tmp_path):
+    model = DepthRegressor(encoder="test_resnet", depth_resolution=8)
+    trainer, _ = guarded_trainer(tmp_path / "best", max_epochs=1)
+    trainer.fit(model, tiny_data())
+    trainer.save_checkpoint(tmp_path / "finite.ckpt")
+    with torch.no_grad():
+        next(model.parameters())[0] = float("inf")
+    with pytest.raises(NonFiniteError, match=r"not saving a checkpoint at step 2 \(epoch 1\): 1 of \d+ weight tensors are not finite"):
+        trainer.save_checkpoint(tmp_path / "poisoned.ckpt")
+    assert [p.name for p in tmp_path.glob("*.ckpt")] == ["finite.ckpt"]
+
+
+# --- resume by last --------------------------------------------------------------------------------
+
+
+def csv_steps(log_dir: Path) -> list[int]:
+    """The steps at which a CSV logger recorded a training loss."""
+    with open(log_dir / "metrics.csv") as handle:
+        return [int(row["step"]) for row in csv.DictReader(handle) if row.get("train/loss")]
+
+
+def test_a_killed_run_resumes_by_last_where_it_stopped(tmp_path):
+    run = [*RESUMABLE, "--name=demo", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"]
+    threads = torch.get_num_threads()  # as many as the runs below: Adam turns rounding differences into visible ones
+    child = subprocess.Popen(fit_command(*run), cwd=REPO, env=child_env(threads), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last = tmp_path / "demo" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {child.stderr.read().decode()}"
+    saved = load(last)
+    assert saved["global_step"] == STEPS_PER_EPOCH * (saved["epoch"] + 1) < STEPS_PER_EPOCH * EPOCHS  # an epoch's end
+    assert saved["SynthOnlineDataModule"] == {"epoch": saved["epoch"], "samples_done": 2 * STEPS_PER_EPOCH}
+
+    logger = ["--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={tmp_path / 'logs'}"]
+    resumed = fit.main([*run, *logger, "--ckpt_path=last"])
+    assert resumed.trainer.global_step == STEPS_PER_EPOCH * EPOCHS and resumed.trainer.current_epoch == EPOCHS
+    assert csv_steps(Path(resumed.trainer.logger.log_dir)) == list(range(saved["global_step"], STEPS_PER_EPOCH * EPOCHS))
+
+    straight = fit.main([*RESUMABLE, "--name=straight", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"])
+    resumed_weights, straight_weights = load(last)["state_dict"], straight.model.state_dict()
+    for name, value in straight_weights.items():  # the same seeds in the same order: the seed stream went on
+        assert torch.equal(resumed_weights[name], value), name
+
+
+# --- one-line errors -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shard_folders(tmp_path_factory) -> Path:
+    """Next to each other: a missing folder, an empty one, and real shards whose manifest.json was deleted."""
+    root = tmp_path_factory.mktemp("roots")
+    (root / "empty").mkdir()
+    small = {"image_resolution": 32, "render_resolution": 8, "depth_resolution": 8}
+    generate(root / "no-manifest", generator="analytic", generator_options=small, num_samples=8, samples_per_shard=4, progress=False)
+    (root / "no-manifest" / MANIFEST).unlink()
+    return root
+
+
+ONE_LINE_ERRORS = {
+    "missing shard folder": (["--data", "shards", "--data.root", "{root}/missing"], 1, "no manifest.json at {root}/missing/manifest.json"),
+    "empty shard folder": (["--data", "shards", "--data.root", "{root}/empty"], 1, "no manifest.json at {root}/empty/manifest.json"),
+    "deleted manifest": (["--data", "shards", "--data.root", "{root}/no-manifest"], 1, "no manifest.json at {root}/no-manifest/manifest.json"),
+    "missing encoder weights": (["--model.encoder_weights", "{root}/resnet.pth"], 1, "encoder weights {root}/resnet.pth do not exist"),
+    "misspelled model option": (["--model.lrr", "0.1"], 2, "--model: Option 'lrr' is not accepted"),
+    "misspelled trainer option": (["--trainer.max_epochz", "3"], 2, "unrecognized arguments: --trainer.max_epochz 3"),
+    "constructor error": (["--model.input_size", "100"], 1, "image size 100 does not fit encoder test_resnet"),
+    "no last checkpoint": (["--ckpt_path", "last", "--name", "fresh"], 1, "no last.ckpt in {root}/fresh/checkpoints; "),
+}
+
+
+@pytest.mark.parametrize("args, status, cause", ONE_LINE_ERRORS.values(), ids=ONE_LINE_ERRORS.keys())
+def test_errors_are_one_line_with_the_cause(shard_folders, args, status, cause):
+    root = shard_folders
+    args = [arg.format(root=root) for arg in args]
+    result = run_fit("--model.encoder=test_resnet", f"--trainer.default_root_dir={root}", "--trainer.logger=false", *args)
+    lines = result.stderr.splitlines()
+    assert result.returncode == status and len(lines) <= 2, result.stderr
+    assert lines[0].startswith(f"regress.fit: error: {cause.format(root=root)}"), result.stderr
+
+
+def test_the_debug_variable_shows_the_traceback(tmp_path):
+    result = subprocess.run(
+        fit_command("--model.encoder=test_resnet", f"--model.encoder_weights={tmp_path}/resnet.pth"),
+        cwd=REPO, env={**child_env(), fit.DEBUG_VARIABLE: "1"}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback (most recent call last)" in result.stderr
+    assert f"FileNotFoundError: encoder weights {tmp_path}/resnet.pth do not exist" in result.stderr
+
+
+def test_a_run_name_keeps_its_checkpoints_in_one_folder_across_runs(tmp_path):
+    """A second run of the same name, started afresh, writes into the same folder and replaces last.ckpt."""
+    args = [*TINY, "--name=exp", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"]
+    first = fit.main(args)
+    folder = tmp_path / "exp" / "checkpoints"
+    assert [cb.dirpath for cb in first.trainer.checkpoint_callbacks] == [str(folder)] * 2
+    assert Path(first.trainer.checkpoint_callback.best_model_path).parent == folder and load(folder / "last.ckpt")["global_step"] == 2
+    fit.main([*args, "--trainer.max_steps=4"])
+    assert load(folder / "last.ckpt")["global_step"] == 4 and [p.name for p in folder.glob("last*")] == ["last.ckpt"]
