@@ -191,12 +191,15 @@ def shard_url(root: str | Path, name: str) -> str:
 def read_manifest(root: str | Path) -> dict[str, Any]:
     """The manifest of a shard folder (or `pipe:` template); a clear error when generation has not finished there."""
     url = shard_url(root, MANIFEST)
+    if not str(root).startswith("pipe:") and not Path(root).is_dir():
+        raise FileNotFoundError(f"shard folder {root} does not exist; give the --output of a python -m regress.generate run")
     try:
         with wds.gopen(url, "rb") as stream:
             text = stream.read()
     except OSError as error:
+        reason = error.strerror or error
         raise FileNotFoundError(
-            f"no {MANIFEST} at {url} ({error}): shards were never generated there, generation has not finished, "
+            f"no {MANIFEST} at {url} ({reason}): shards were never generated there, generation has not finished, "
             "or the pipe: command failed; run (or rerun) python -m regress.generate with the same config"
         ) from error
     manifest = json.loads(text)

@@ -154,7 +154,7 @@ def shard_folders(tmp_path_factory) -> Path:
 
 
 ONE_LINE_ERRORS = {
-    "missing shard folder": (["--data", "shards", "--data.root", "{root}/missing"], 1, "no manifest.json at {root}/missing/manifest.json"),
+    "missing shard folder": (["--data", "shards", "--data.root", "{root}/missing"], 1, "shard folder {root}/missing does not exist"),
     "empty shard folder": (["--data", "shards", "--data.root", "{root}/empty"], 1, "no manifest.json at {root}/empty/manifest.json"),
     "deleted manifest": (["--data", "shards", "--data.root", "{root}/no-manifest"], 1, "no manifest.json at {root}/no-manifest/manifest.json"),
     "missing encoder weights": (["--model.encoder_weights", "{root}/resnet.pth"], 1, "encoder weights {root}/resnet.pth do not exist"),
