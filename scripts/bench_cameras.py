@@ -1,0 +1,148 @@
+"""Real photos against EG3D's own preprocessing: detection, re-crop of EG3D crops, camera axes against the labels.
+
+    python scripts/bench_cameras.py --photos ../shared/fixtures/eg3d-photos --json cameras.json
+
+`--photos` holds photos already cropped the EG3D way, each beside its upstream label `NAME.npy`
+(25 numbers). Per photo: which detector found the face; the re-crop against the identity (the
+similarity transform from the photo's landmarks to those found again on our crop: the crop's
+side over the photo's, its centre's shift in photo pixels, its roll); the angle between our
+camera's optical axis and the label's, and the yaw / pitch of both axes. Prints a Markdown table
+(photos named by `--holdout` are marked and summed up on their own line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from regress.inversion.align import FaceAligner, detect_faces, estimate_camera, load_image
+
+HOLDOUT = ("celebahq_7", "celebahq_8", "celebahq_9", "celebahq_t79", "celebahq_t83")
+
+
+def similarity(source: np.ndarray, target: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """Least-squares 2D similarity (Umeyama) `target ~ k R(angle) source + t`: k, angle (radians), t."""
+    mu_s, mu_t = source.mean(0), target.mean(0)
+    s, t = source - mu_s, target - mu_t
+    cross = (s * t).sum()  # real part of sum(conj(s) t) in complex form
+    wedge = (s[:, 0] * t[:, 1] - s[:, 1] * t[:, 0]).sum()
+    angle = math.atan2(wedge, cross)
+    k = math.hypot(cross, wedge) / (s**2).sum()
+    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    return k, angle, mu_t - k * rotation @ mu_s
+
+
+def recrop(photo_landmarks: np.ndarray, crop_landmarks: np.ndarray, photo_side: int, crop_side: int) -> dict:
+    """The crop as seen from its landmarks: side over the photo's, centre shift (photo pixels), roll (degrees)."""
+    k, angle, t = similarity(photo_landmarks, crop_landmarks)
+    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    centre = np.full(2, (crop_side - 1) / 2)
+    source = rotation.T @ (centre - t) / k  # where the crop's centre lies in the photo
+    shift = source - (photo_side - 1) / 2
+    return {"scale": crop_side / k / photo_side, "shift_x": float(shift[0]), "shift_y": float(shift[1]),
+            "shift": float(np.hypot(*shift)), "roll_deg": math.degrees(angle)}  # fmt: skip
+
+
+def axis_angles(camera: np.ndarray) -> tuple[float, float]:
+    """Yaw and pitch (degrees) of a camera's optical axis; yaw > 0 looks from +x, pitch > 0 from below (EG3D's signs)."""
+    forward = np.asarray(camera[:16], dtype=np.float64).reshape(4, 4)[:3, 2]
+    forward = forward / np.linalg.norm(forward)
+    return math.degrees(math.atan2(-forward[0], -forward[2])), math.degrees(math.asin(forward[1]))
+
+
+def axis_angle(a: np.ndarray, b: np.ndarray) -> float:
+    """Angle (degrees) between the optical axes of two 25-number cameras."""
+    fa, fb = (np.asarray(c[:16], dtype=np.float64).reshape(4, 4)[:3, 2] for c in (a, b))
+    cosine = fa @ fb / (np.linalg.norm(fa) * np.linalg.norm(fb))
+    return math.degrees(math.acos(min(1.0, max(-1.0, cosine))))
+
+
+def measure(path: Path, aligner: FaceAligner) -> dict:
+    """One photo's figures (see the module docstring); `detected: False` when no face is found."""
+    image = load_image(path)
+    label = np.load(path.with_suffix(".npy")).astype(np.float64)
+    row = {"photo": path.stem, "detected": False}
+    try:
+        crop = aligner(image, str(path))[0]
+    except ValueError as error:
+        return {**row, "error": str(error)}
+    again = detect_faces(crop.image)
+    row.update(detected=True, detector="hog")
+    if again:
+        row.update(recrop(crop.face.landmarks, again[0].landmarks, image.shape[0], crop.image.shape[0]))
+    camera = estimate_camera(crop.landmarks_uv).camera.double().numpy()
+    yaw, pitch = axis_angles(camera)
+    label_yaw, label_pitch = axis_angles(label)
+    row.update(axis_deg=axis_angle(camera, label), yaw_deg=yaw, pitch_deg=pitch, label_yaw_deg=label_yaw, label_pitch_deg=label_pitch)
+    return row
+
+
+def summary(rows: list[dict], name: str) -> dict:
+    """Totals of a group of photos: detections, mean / worst re-crop and axis figures, yaw / pitch bias."""
+    found = [r for r in rows if r["detected"]]
+    cropped = [r for r in found if "scale" in r]
+    total = {"photo": name, "photos": len(rows), "detected": len(found)}
+    if cropped:
+        scales = np.array([r["scale"] for r in cropped])
+        total.update(scale_mean=float(scales.mean()), scale_worst=float(scales[np.abs(scales - 1).argmax()]),
+                     shift_mean=float(np.mean([r["shift"] for r in cropped])), shift_worst=max(r["shift"] for r in cropped),
+                     shift_y_mean=float(np.mean([r["shift_y"] for r in cropped])))  # fmt: skip
+    if found:
+        total.update(axis_mean=float(np.mean([r["axis_deg"] for r in found])), axis_worst=max(r["axis_deg"] for r in found),
+                     yaw_bias=float(np.mean([r["yaw_deg"] - r["label_yaw_deg"] for r in found])),
+                     pitch_bias=float(np.mean([r["pitch_deg"] - r["label_pitch_deg"] for r in found])))  # fmt: skip
+    return total
+
+
+def table(rows: list[dict], totals: list[dict], holdout: set[str]) -> str:
+    """Markdown: a line per photo, then the totals (mean, and worst in brackets)."""
+    lines = [
+        "| photo | detector | crop scale | centre shift px (x, y) | roll ° | axis ° | yaw ° ours / label | pitch ° ours / label |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        name = r["photo"] + (" (held out)" if r["photo"] in holdout else "")
+        if not r["detected"]:
+            lines.append(f"| {name} | none | | | | | | |")
+            continue
+        crop = (f"{r['scale']:.3f} | {r['shift']:.1f} ({r['shift_x']:+.1f}, {r['shift_y']:+.1f}) | {r['roll_deg']:+.1f}"
+                if "scale" in r else "not found again | | ")  # fmt: skip
+        lines.append(f"| {name} | {r['detector']} | {crop} | {r['axis_deg']:.2f} | "
+                     f"{r['yaw_deg']:+.1f} / {r['label_yaw_deg']:+.1f} | {r['pitch_deg']:+.1f} / {r['label_pitch_deg']:+.1f} |")  # fmt: skip
+    for t in totals:
+        if "axis_mean" not in t:
+            lines.append(f"| **{t['photo']}** | {t['detected']}/{t['photos']} | | | | | | |")
+            continue
+        lines.append(
+            f"| **{t['photo']}** | {t['detected']}/{t['photos']} | {t['scale_mean']:.3f} ({t['scale_worst']:.3f}) | "
+            f"{t['shift_mean']:.1f} ({t['shift_worst']:.1f}), mean y {t['shift_y_mean']:+.1f} | | "
+            f"{t['axis_mean']:.2f} ({t['axis_worst']:.2f}) | bias {t['yaw_bias']:+.2f} | bias {t['pitch_bias']:+.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--photos", type=Path, required=True, help="EG3D crops, each beside its label NAME.npy")
+    parser.add_argument("--json", type=Path, help="also write the rows and totals here")
+    parser.add_argument("--holdout", default=",".join(HOLDOUT), help="comma-separated photo names kept out of calibration")
+    args = parser.parse_args()
+    holdout = {name for name in args.holdout.split(",") if name}
+    photos = sorted(p for p in args.photos.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg") and p.with_suffix(".npy").is_file())
+    aligner = FaceAligner()
+    rows = [measure(path, aligner) for path in photos]
+    totals = [summary(rows, "all")]
+    if holdout:
+        totals.append(summary([r for r in rows if r["photo"] not in holdout], "calibration"))
+        totals.append(summary([r for r in rows if r["photo"] in holdout], "held out"))
+    print(table(rows, totals, holdout))
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "totals": totals}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
