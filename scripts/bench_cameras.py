@@ -1,6 +1,7 @@
 """Real photos against EG3D's own preprocessing: detection, re-crop of EG3D crops, camera axes against the labels.
 
     python scripts/bench_cameras.py --photos ../shared/fixtures/eg3d-photos --json cameras.json
+    python scripts/bench_cameras.py --photos ../shared/fixtures/eg3d-photos --crop ffhq --template mean_face
 
 `--photos` holds photos already cropped the EG3D way, each beside its upstream label `NAME.npy`
 (25 numbers). Per photo: which detector found the face; the re-crop against the identity (the
@@ -19,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from regress.inversion.align import FaceAligner, detect_faces, estimate_camera, load_image
+from regress.inversion.align import FaceAligner, FaceError, detect_faces, load_image
+from regress.inversion.camera_fit import CameraFitter, LandmarkTemplate, axis_angle, axis_angles, generator_template
 
 HOLDOUT = ("celebahq_7", "celebahq_8", "celebahq_9", "celebahq_t79", "celebahq_t83")
 
@@ -47,34 +49,27 @@ def recrop(photo_landmarks: np.ndarray, crop_landmarks: np.ndarray, photo_side: 
             "shift": float(np.hypot(*shift)), "roll_deg": math.degrees(angle)}  # fmt: skip
 
 
-def axis_angles(camera: np.ndarray) -> tuple[float, float]:
-    """Yaw and pitch (degrees) of a camera's optical axis; yaw > 0 looks from +x, pitch > 0 from below (EG3D's signs)."""
-    forward = np.asarray(camera[:16], dtype=np.float64).reshape(4, 4)[:3, 2]
-    forward = forward / np.linalg.norm(forward)
-    return math.degrees(math.atan2(-forward[0], -forward[2])), math.degrees(math.asin(forward[1]))
+def labelled_photos(folder: Path) -> list[Path]:
+    """The photos of a folder that have a label `NAME.npy` beside them, sorted."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg") and p.with_suffix(".npy").is_file())
 
 
-def axis_angle(a: np.ndarray, b: np.ndarray) -> float:
-    """Angle (degrees) between the optical axes of two 25-number cameras."""
-    fa, fb = (np.asarray(c[:16], dtype=np.float64).reshape(4, 4)[:3, 2] for c in (a, b))
-    cosine = fa @ fb / (np.linalg.norm(fa) * np.linalg.norm(fb))
-    return math.degrees(math.acos(min(1.0, max(-1.0, cosine))))
-
-
-def measure(path: Path, aligner: FaceAligner) -> dict:
+def measure(path: Path, aligner: FaceAligner, template: LandmarkTemplate) -> dict:
     """One photo's figures (see the module docstring); `detected: False` when no face is found."""
     image = load_image(path)
     label = np.load(path.with_suffix(".npy")).astype(np.float64)
     row = {"photo": path.stem, "detected": False}
     try:
         crop = aligner(image, str(path))[0]
-    except ValueError as error:
+    except FaceError as error:
         return {**row, "error": str(error)}
     again = detect_faces(crop.image)
-    row.update(detected=True, detector="hog")
+    row.update(detected=True, detector=crop.face.detector)
     if again:
         row.update(recrop(crop.face.landmarks, again[0].landmarks, image.shape[0], crop.image.shape[0]))
-    camera = estimate_camera(crop.landmarks_uv).camera.double().numpy()
+    fit = CameraFitter()(crop.landmarks_uv, template)
+    camera = fit.camera.double().numpy()
+    row["landmark_rms_px"] = fit.rms * crop.image.shape[0]
     yaw, pitch = axis_angles(camera)
     label_yaw, label_pitch = axis_angles(label)
     row.update(axis_deg=axis_angle(camera, label), yaw_deg=yaw, pitch_deg=pitch, label_yaw_deg=label_yaw, label_pitch_deg=label_pitch)
@@ -130,11 +125,12 @@ def main() -> None:
     parser.add_argument("--photos", type=Path, required=True, help="EG3D crops, each beside its label NAME.npy")
     parser.add_argument("--json", type=Path, help="also write the rows and totals here")
     parser.add_argument("--holdout", default=",".join(HOLDOUT), help="comma-separated photo names kept out of calibration")
+    parser.add_argument("--crop", choices=("eg3d", "ffhq"), default="eg3d", help="the framing")
+    parser.add_argument("--template", default="label", help="camera template: label, mean_face or a JSON file")
     args = parser.parse_args()
     holdout = {name for name in args.holdout.split(",") if name}
-    photos = sorted(p for p in args.photos.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg") and p.with_suffix(".npy").is_file())
-    aligner = FaceAligner()
-    rows = [measure(path, aligner) for path in photos]
+    template = generator_template(None, args.template)
+    rows = [measure(path, FaceAligner(crop=args.crop), template) for path in labelled_photos(args.photos)]
     totals = [summary(rows, "all")]
     if holdout:
         totals.append(summary([r for r in rows if r["photo"] not in holdout], "calibration"))
