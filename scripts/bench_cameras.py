@@ -15,38 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
 from regress.inversion.align import FaceAligner, FaceError, detect_faces, load_image
 from regress.inversion.camera_fit import CameraFitter, LandmarkTemplate, axis_angle, axis_angles, generator_template
+from regress.inversion.crop import recrop_error
 
 HOLDOUT = ("celebahq_7", "celebahq_8", "celebahq_9", "celebahq_t79", "celebahq_t83")
-
-
-def similarity(source: np.ndarray, target: np.ndarray) -> tuple[float, float, np.ndarray]:
-    """Least-squares 2D similarity (Umeyama) `target ~ k R(angle) source + t`: k, angle (radians), t."""
-    mu_s, mu_t = source.mean(0), target.mean(0)
-    s, t = source - mu_s, target - mu_t
-    cross = (s * t).sum()  # real part of sum(conj(s) t) in complex form
-    wedge = (s[:, 0] * t[:, 1] - s[:, 1] * t[:, 0]).sum()
-    angle = math.atan2(wedge, cross)
-    k = math.hypot(cross, wedge) / (s**2).sum()
-    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-    return k, angle, mu_t - k * rotation @ mu_s
-
-
-def recrop(photo_landmarks: np.ndarray, crop_landmarks: np.ndarray, photo_side: int, crop_side: int) -> dict:
-    """The crop as seen from its landmarks: side over the photo's, centre shift (photo pixels), roll (degrees)."""
-    k, angle, t = similarity(photo_landmarks, crop_landmarks)
-    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-    centre = np.full(2, (crop_side - 1) / 2)
-    source = rotation.T @ (centre - t) / k  # where the crop's centre lies in the photo
-    shift = source - (photo_side - 1) / 2
-    return {"scale": crop_side / k / photo_side, "shift_x": float(shift[0]), "shift_y": float(shift[1]),
-            "shift": float(np.hypot(*shift)), "roll_deg": math.degrees(angle)}  # fmt: skip
 
 
 def labelled_photos(folder: Path) -> list[Path]:
@@ -66,7 +43,7 @@ def measure(path: Path, aligner: FaceAligner, template: LandmarkTemplate) -> dic
     again = detect_faces(crop.image)
     row.update(detected=True, detector=crop.face.detector)
     if again:
-        row.update(recrop(crop.face.landmarks, again[0].landmarks, image.shape[0], crop.image.shape[0]))
+        row.update(recrop_error(crop.face.landmarks, again[0].landmarks, image.shape[0], crop.image.shape[0]))
     fit = CameraFitter()(crop.landmarks_uv, template)
     camera = fit.camera.double().numpy()
     row["landmark_rms_px"] = fit.rms * crop.image.shape[0]

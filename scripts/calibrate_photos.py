@@ -12,13 +12,15 @@ CNN_BOX_SHIFT). The template:
    position are free, each camera's rotation is its label's, a ridge holds the points to step 1;
 3. two deformation modes (principal components of how each face's landmarks differ from the
    refined template under its label), fitted per face with a Gaussian prior;
-4. turned by the small rotation that removes the fit's mean yaw and pitch error on these photos.
+4. per-landmark weights 1 / sd of each landmark's error in the fits (noisy landmarks count less);
+5. turned by the small rotation that removes the fit's mean yaw and pitch error on these photos.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -123,12 +125,25 @@ def axis_errors(template: LandmarkTemplate, uvs: list[np.ndarray], labels: list[
     return np.array([np.subtract(axis_angles(fitter(uv, template).camera), axis_angles(label)) for uv, label in zip(uvs, labels)])
 
 
+def landmark_weights(template: LandmarkTemplate, uvs: list[np.ndarray]) -> np.ndarray:
+    """1 / (each landmark's error spread in the fits), normalized to mean 1 over the 68 landmarks."""
+    fitter = CameraFitter()
+    errors = []
+    for uv in uvs:
+        fit = fitter(uv, template)
+        camera = fit.camera.double().numpy()
+        camera[[3, 7, 11]] *= fit.distance / np.linalg.norm(camera[[3, 7, 11]])  # the fitted position, before the label's radius
+        errors.append(project_points(template.world_points(np.array(fit.shape)), camera) - uv)
+    spread = np.sqrt((np.stack(errors) ** 2).sum(-1).mean(0))
+    return (1 / spread) / (1 / spread).mean()
+
+
 def unbiased(template: LandmarkTemplate, uvs: list[np.ndarray], labels: list[np.ndarray]) -> tuple[LandmarkTemplate, np.ndarray]:
     """The template turned about the face-model origin (about y, then x) so that the mean yaw and pitch errors vanish."""
 
     def turned(angles: np.ndarray) -> LandmarkTemplate:
         rotation = Rotation.from_euler("yx", angles).as_matrix()
-        return LandmarkTemplate(template.points @ rotation.T, "face_model", template.modes @ rotation.T, template.mode_sd, template.name)
+        return replace(template, points=template.points @ rotation.T, modes=template.modes @ rotation.T)
 
     angles = least_squares(lambda a: axis_errors(turned(a), uvs, labels).mean(0), np.zeros(2), diff_step=1e-2).x
     return turned(angles), angles
@@ -143,6 +158,7 @@ def label_template(uvs: list[np.ndarray], labels: list[np.ndarray]) -> tuple[Lan
     world = bundle_adjust(LABEL_SCALE * model + offset, uvs, labels)
     mean, modes, spread = deformation_modes(world, uvs, labels)
     template = LandmarkTemplate((world + mean - offset) / LABEL_SCALE, "face_model", modes / LABEL_SCALE, spread, "label")
+    template = replace(template, weights=landmark_weights(template, uvs))
     template, angles = unbiased(template, uvs, labels)
     return template, {"similarity_scale": k, "ridge": RIDGE, "modes": MODES, "turn_yaw_pitch_deg": np.degrees(angles).tolist()}
 
@@ -178,6 +194,7 @@ def main() -> None:
             "points": np.round(template.points, 6).tolist(),
             "modes": np.round(template.modes, 6).tolist(),
             "mode_sd": np.round(template.mode_sd, 6).tolist(),
+            "weights": np.round(template.weights, 4).tolist(),
         }, indent=1))  # fmt: skip
         print(f"wrote {args.template}")
 

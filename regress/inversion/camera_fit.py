@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +32,17 @@ TEMPLATES = {
     "mean_face": Path(__file__).with_name("landmarks68_template.json"),
 }
 JAW = slice(0, 17)  # the face contour: silhouette points that slide over the head as it turns
+CONTOUR_WEIGHT = 0.5  # the jaw contour's weight in templates without measured weights
 OPENCV_FROM_OPENGL = np.diag([1.0, -1.0, -1.0])  # a camera looking down -z with y up, as cam2world axes
 
 
 @dataclass(frozen=True)
 class LandmarkTemplate:
-    """68 3D landmarks (68, 3), their frame (`face_model` or `world`), and per-face deformation modes (K, 68, 3).
+    """68 3D landmarks (68, 3), their frame (`face_model` or `world`), per-face deformation modes (K, 68, 3).
 
     `mode_sd` (K,) is each mode's spread over the faces it was measured on: the fit's prior.
+    `weights` (68,) weigh each landmark's squared error in the fit (default: the jaw contour at
+    CONTOUR_WEIGHT, since its points slide over the head as it turns, the others at 1).
     """
 
     points: np.ndarray
@@ -47,6 +50,7 @@ class LandmarkTemplate:
     modes: np.ndarray = field(default_factory=lambda: np.zeros((0, 68, 3)))
     mode_sd: np.ndarray = field(default_factory=lambda: np.zeros(0))
     name: str = "template"
+    weights: np.ndarray = field(default_factory=lambda: np.where(np.arange(68) < JAW.stop, CONTOUR_WEIGHT, 1.0))
 
     def world_points(self, coefficients: np.ndarray | None = None) -> np.ndarray:
         """The landmarks (68, 3) in world units, deformed by mode coefficients (K,) when given."""
@@ -67,8 +71,13 @@ def load_template(path: str | Path = TEMPLATES["mean_face"]) -> LandmarkTemplate
         raise ValueError(f"{path}: a landmark template needs 68 points of 3 coordinates, got {points.shape}")
     if data.get("frame", "world") not in ("world", "face_model"):
         raise ValueError(f"{path}: frame must be 'world' or 'face_model', got {data['frame']!r}")
-    modes = np.asarray(data.get("modes", []), dtype=np.float64).reshape(-1, 68, 3)
-    return LandmarkTemplate(points, data.get("frame", "world"), modes, np.asarray(data.get("mode_sd", []), dtype=np.float64), data.get("name", path.stem))
+    template = LandmarkTemplate(points, data.get("frame", "world"), name=data.get("name", path.stem))
+    if "modes" in data:
+        modes = np.asarray(data["modes"], dtype=np.float64).reshape(-1, 68, 3)
+        template = replace(template, modes=modes, mode_sd=np.asarray(data["mode_sd"], dtype=np.float64))
+    if "weights" in data:
+        template = replace(template, weights=np.asarray(data["weights"], dtype=np.float64))
+    return template
 
 
 @functools.cache
@@ -152,18 +161,15 @@ class CameraFit:
 class CameraFitter:
     """Perspective fit of a landmark template to 68 landmarks: rotation (roll included), position, per-face shape.
 
-    Levenberg-Marquardt-like trust region (scipy) with a soft-L1 robust loss on the landmarks,
-    the jaw contour down-weighted (its points slide over the head as it turns) and a Gaussian
-    prior on the template's deformation modes.
+    Trust-region least squares (scipy) on the template's weighted landmark errors, with a soft-L1
+    loss that only tempers gross outliers and a Gaussian prior on the template's deformation modes.
 
     Args:
-        contour_weight: weight of the 17 jaw points (1 for the others).
         robust_scale: residual (normalized image units) where the loss turns from quadratic to linear.
         landmark_noise: the landmarks' expected error (normalized), which scales the shape prior.
     """
 
-    contour_weight: float = 0.5
-    robust_scale: float = 0.006
+    robust_scale: float = 0.05
     landmark_noise: float = 0.003
 
     def __call__(self, landmarks_uv: np.ndarray, template: LandmarkTemplate, focal: float | None = None) -> CameraFit:
@@ -171,9 +177,7 @@ class CameraFitter:
         target = np.asarray(landmarks_uv, dtype=np.float64).reshape(68, 2)
         label = template.frame == "face_model"
         focal = (LABEL_FOCAL if label else fov_to_focal(DEFAULT_FOV_DEG)) if focal is None else focal
-        weights = np.ones((68, 1))
-        weights[JAW] = self.contour_weight
-        sqrt_weights, k = np.sqrt(weights), len(template.modes)
+        sqrt_weights, k = np.sqrt(template.weights)[:, None], len(template.modes)
 
         def residuals(params: np.ndarray) -> np.ndarray:
             camera = camera_vector(_cam2world(params), focal)

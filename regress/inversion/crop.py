@@ -32,9 +32,9 @@ EG3D_SIDE = 700 / 300  # crop side in units of the affine fit's scale s
 # ../shared/fixtures/eg3d-photos (EG3D crops: the right crop is the identity) by least squares.
 EG3D_CALIBRATION = np.array(
     [
-        [0.011661, -0.00387, -0.047263],  # at a frontal pose
-        [0.000721, -0.000241, 0.000423],  # per degree of yaw
-        [-0.00179, 0.000191, -0.001523],  # per degree of pitch
+        [0.011008, -0.00386, -0.047604],  # at a frontal pose
+        [0.000731, -0.000244, 0.000426],  # per degree of yaw
+        [-0.001894, 0.000191, -0.001579],  # per degree of pitch
     ]
 )
 
@@ -162,3 +162,30 @@ def crop_quad(image: np.ndarray, quad: np.ndarray, output_size: int = 512, super
     size = output_size * supersample
     warped = pil.transform((size, size), Image.Transform.QUAD, corners.flatten().tolist(), Image.Resampling.BILINEAR)
     return np.asarray(warped.resize((output_size, output_size), Image.Resampling.LANCZOS))
+
+
+def similarity_2d(source: np.ndarray, target: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """Least-squares 2D similarity `target ~ k R(angle) source + t` (Umeyama) of point sets (P, 2): k, angle, t."""
+    mu_s, mu_t = source.mean(0), target.mean(0)
+    s, t = source - mu_s, target - mu_t
+    dot, cross = (s * t).sum(), (s[:, 0] * t[:, 1] - s[:, 1] * t[:, 0]).sum()
+    angle = float(np.arctan2(cross, dot))
+    k = float(np.hypot(dot, cross) / (s**2).sum())
+    return k, angle, mu_t - k * _rotation(angle) @ mu_s
+
+
+def recrop_error(photo_landmarks: np.ndarray, crop_landmarks: np.ndarray, photo_side: int, crop_side: int) -> dict:
+    """How far a crop of a square photo is from the identity, seen from landmarks found on both.
+
+    `scale`: the crop's side over the photo's; `shift`, `shift_x`, `shift_y`: where the crop's
+    centre lies in the photo relative to its centre (photo pixels); `roll_deg`: the crop's turn.
+    """
+    k, angle, t = similarity_2d(photo_landmarks, crop_landmarks)
+    centre = np.full(2, (crop_side - 1) / 2)
+    shift = _rotation(angle).T @ (centre - t) / k - (photo_side - 1) / 2
+    return {"scale": crop_side / k / photo_side, "shift": float(np.hypot(*shift)), "shift_x": float(shift[0]),
+            "shift_y": float(shift[1]), "roll_deg": float(np.degrees(angle))}  # fmt: skip
+
+
+def _rotation(angle: float) -> np.ndarray:
+    return np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
