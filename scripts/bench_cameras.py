@@ -7,8 +7,9 @@
 (25 numbers). Per photo: which detector found the face; the re-crop against the identity (the
 similarity transform from the photo's landmarks to those found again on our crop: the crop's
 side over the photo's, its centre's shift in photo pixels, its roll); the angle between our
-camera's optical axis and the label's, and the yaw / pitch of both axes. Prints a Markdown table
-(photos named by `--holdout` are marked and summed up on their own line).
+camera's optical axis and the label's, and the yaw / pitch of both axes. Prints a Markdown table;
+photos kept out of calibration (not among the label template's `calibration_photos`, or those
+named by `--holdout`) are marked and summed up on their own line.
 """
 
 from __future__ import annotations
@@ -20,10 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from regress.inversion.align import FaceAligner, FaceError, detect_faces, load_image
-from regress.inversion.camera_fit import CameraFitter, LandmarkTemplate, axis_angle, axis_angles, generator_template
+from regress.inversion.camera_fit import CameraFitter, LandmarkTemplate, axis_angle, axis_angles, calibration_photos, generator_template
 from regress.inversion.crop import recrop_error
-
-HOLDOUT = ("celebahq_7", "celebahq_8", "celebahq_9", "celebahq_t79", "celebahq_t83")
 
 
 def labelled_photos(folder: Path) -> list[Path]:
@@ -101,13 +100,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--photos", type=Path, required=True, help="EG3D crops, each beside its label NAME.npy")
     parser.add_argument("--json", type=Path, help="also write the rows and totals here")
-    parser.add_argument("--holdout", default=",".join(HOLDOUT), help="comma-separated photo names kept out of calibration")
+    parser.add_argument("--holdout", help="comma-separated photo names kept out of calibration (default: those the template was not fitted on)")
     parser.add_argument("--crop", choices=("eg3d", "ffhq"), default="eg3d", help="the framing")
     parser.add_argument("--template", default="label", help="camera template: label, mean_face or a JSON file")
     args = parser.parse_args()
-    holdout = {name for name in args.holdout.split(",") if name}
+    photos = labelled_photos(args.photos)
+    calibrated = set(calibration_photos())
+    holdout = set(args.holdout.split(",")) if args.holdout else {p.stem for p in photos if p.stem not in calibrated}
     template = generator_template(None, args.template)
-    rows = [measure(path, FaceAligner(crop=args.crop), template) for path in labelled_photos(args.photos)]
+    rows = [measure(path, FaceAligner(crop=args.crop), template) for path in photos]
     totals = [summary(rows, "all")]
     if holdout:
         totals.append(summary([r for r in rows if r["photo"] not in holdout], "calibration"))

@@ -27,7 +27,7 @@ import numpy as np
 from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation
 
-from bench_cameras import HOLDOUT, labelled_photos  # scripts/ is on sys.path when this runs as a script
+from bench_cameras import labelled_photos  # scripts/ is on sys.path when this runs as a script
 from regress.inversion.align import cnn_boxes, detect_faces, load_image
 from regress.inversion.camera_fit import (
     LABEL_FOCAL,
@@ -42,6 +42,7 @@ from regress.inversion.camera_fit import (
 )
 from regress.inversion.crop import EG3D_SIDE, STANDARD_POINTS, eg3d_frame, five_points
 
+HOLDOUT = ("celebahq_7", "celebahq_8", "celebahq_9", "celebahq_t79", "celebahq_t83")  # kept out: a third of each source
 RIDGE = 0.1  # weight of the pull towards the mean face in the bundle adjustment (world units against normalized pixels)
 MODES = 2
 
@@ -190,6 +191,7 @@ def main() -> None:
             "frame": "face_model",
             "source": "the human mean face of landmarks68_template.json on EG3D's five standard points, refined against "
                       f"upstream labels by scripts/calibrate_photos.py on {', '.join(sorted(photos))}",
+            "calibration_photos": sorted(photos),
             "calibration": made,
             "points": np.round(template.points, 6).tolist(),
             "modes": np.round(template.modes, 6).tolist(),

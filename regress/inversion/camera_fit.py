@@ -86,6 +86,11 @@ def packaged_template(name: str) -> LandmarkTemplate:
     return load_template(TEMPLATES[name])
 
 
+def calibration_photos() -> list[str]:
+    """Names of the labelled photos the label template (and the EG3D crop's calibration) was fitted on."""
+    return json.loads(TEMPLATES["label"].read_text())["calibration_photos"]
+
+
 def generator_template(generator: torch.nn.Module, spec: str = "label") -> LandmarkTemplate:
     """The camera fit's template: `label` (EG3D's label frame), `mean_face` (a human mean face in EG3D world
     units), `generator` (the generator's own `landmarks_3d` at the mean latent, else `label`) or a JSON file."""
