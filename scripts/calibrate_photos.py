@@ -2,7 +2,8 @@
 
     python scripts/calibrate_photos.py --photos ../shared/fixtures/eg3d-photos --template regress/inversion/landmarks68_label.json
 
-Only the photos not named by `--holdout` are used, as they are (they are EG3D crops). Writes the
+Only the photos not named by `--holdout` are used, as they are (they are EG3D crops), each with its
+mirror image and the mirrored label (so that the calibration, like faces, is mirror-symmetric). Writes the
 camera fit's template in the face-model frame, then prints the constants for crop.py
 (EG3D_CALIBRATION, found with the head poses that template gives) and align.py (CNN_BOX_SCALE,
 CNN_BOX_SHIFT). The template:
@@ -28,7 +29,7 @@ from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation
 
 from bench_cameras import labelled_photos  # scripts/ is on sys.path when this runs as a script
-from regress.inversion.align import cnn_boxes, detect_faces, load_image
+from regress.inversion.align import MIRROR_68, cnn_boxes, detect_faces, load_image
 from regress.inversion.camera_fit import (
     LABEL_FOCAL,
     LABEL_OFFSET,
@@ -38,12 +39,13 @@ from regress.inversion.camera_fit import (
     LandmarkTemplate,
     axis_angles,
     load_template,
+    mirror_camera,
     project_points,
 )
 from regress.inversion.crop import EG3D_SIDE, STANDARD_POINTS, eg3d_frame, five_points
 
 HOLDOUT = ("celebahq_7", "celebahq_8", "celebahq_9", "celebahq_t79", "celebahq_t83")  # kept out: a third of each source
-RIDGE = 0.1  # weight of the pull towards the mean face in the bundle adjustment (world units against normalized pixels)
+RIDGE = 1.0  # weight of the pull towards the mean face in the bundle adjustment (world units against normalized pixels)
 MODES = 2
 
 
@@ -55,6 +57,13 @@ def similarity_3d(source: np.ndarray, target: np.ndarray) -> tuple[float, np.nda
     rotation = u @ sign @ vt
     k = (singular * np.diag(sign)).sum() / ((source - mu_s) ** 2).sum()
     return k, rotation, mu_t - k * rotation @ mu_s
+
+
+def mirror_landmarks(landmarks: np.ndarray, side: int) -> np.ndarray:
+    """The 68 landmarks of the horizontally mirrored photo (dlib's are mirror-averaged, so this is what it would find)."""
+    mirrored = landmarks[MIRROR_68].copy()
+    mirrored[:, 0] = side - 1 - mirrored[:, 0]
+    return mirrored
 
 
 def crop_calibration(landmarks: list[np.ndarray], poses: list[tuple[float, float]], side: int) -> np.ndarray:
@@ -175,14 +184,16 @@ def main() -> None:
     photos = {p.stem: load_image(p) for p in paths}
     side = next(iter(photos.values())).shape[0]
     landmarks = [detect_faces(image)[0].landmarks for image in photos.values()]
-    uvs = [(points + 0.5) / side for points in landmarks]
     labels = [np.load(p.with_suffix(".npy")).astype(np.float64) for p in paths]
-    print(f"calibration photos: {', '.join(sorted(photos))}")
+    landmarks, labels = landmarks + [mirror_landmarks(points, side) for points in landmarks], labels + [mirror_camera(label) for label in labels]
+    uvs = [(points + 0.5) / side for points in landmarks]
+    print(f"calibration photos: {', '.join(sorted(photos))}, and their mirror images")
     template, made = label_template(uvs, labels)
     errors = axis_errors(template, uvs, labels)
     print(f"template: {made}; calibration photos' yaw / pitch error mean {errors.mean(0).round(2)}, rms {np.sqrt((errors**2).mean(0)).round(2)}")
-    poses = [axis_angles(CameraFitter()(uv, template).camera) for uv in uvs]
-    print(f"EG3D_CALIBRATION = {np.round(crop_calibration(landmarks, poses, side), 6).tolist()}")
+    originals = slice(len(photos))  # the crop is calibrated on the photos only: upstream's detector is not mirror-symmetric
+    poses = [axis_angles(CameraFitter()(uv, template).camera) for uv in uvs[originals]]
+    print(f"EG3D_CALIBRATION = {np.round(crop_calibration(landmarks[originals], poses, side), 6).tolist()}")
     scale, shift = cnn_box_constants(photos)
     print(f"CNN_BOX_SCALE = {scale:.4f}\nCNN_BOX_SHIFT = ({shift[0]:.4f}, {shift[1]:.4f})")
     if args.template:

@@ -20,6 +20,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from regress.inversion.camera_fit import CameraFitter, axis_angles, packaged_template
 from regress.inversion.crop import crop_quad, eg3d_quad, ffhq_quad, pad_reflect, quad_coordinates, quad_transform, square_quad
 
+# each iBUG landmark's mirror partner (jaw, brows, nose, eyes, outer and inner lips)
+MIRROR_68 = np.array(
+    [*range(16, -1, -1), *range(26, 16, -1), 27, 28, 29, 30, 35, 34, 33, 32, 31, 45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40,
+     54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55, 64, 63, 62, 61, 60, 67, 66, 65]  # fmt: skip
+)
 PAD_FRACTION = 0.3  # the padded detection stage adds this fraction of the longer side on every side
 CNN_MAX_SIDE = 640  # the CNN detector runs on a copy at most this wide (it finds faces from about 80 px)
 # dlib's CNN (MMOD) boxes are smaller and placed differently from the HOG boxes the 68-point predictor
@@ -176,12 +181,23 @@ def hog_like_box(box: Box) -> Box:
     return (centre[0] - half, centre[1] - half, centre[0] + half, centre[1] + half)
 
 
-def landmarks_in(image: np.ndarray, box: Box) -> np.ndarray:
-    """dlib's 68 landmarks (68, 2) of the face in `box` (HOG-like, image pixels)."""
+def _predict(image: np.ndarray, box: Box) -> np.ndarray:
     import dlib
 
     shape = _dlib_models()[1](np.ascontiguousarray(image), dlib.rectangle(*(round(v) for v in box)))
     return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+
+
+def landmarks_in(image: np.ndarray, box: Box) -> np.ndarray:
+    """dlib's 68 landmarks (68, 2) of the face in `box` (HOG-like, image pixels), mirror-averaged.
+
+    dlib's predictor is not mirror-symmetric: the mean of its landmarks on the photo and the
+    mirrored landmarks of the mirrored photo removes its left-right bias and some of its noise.
+    """
+    last = image.shape[1] - 1
+    mirrored = _predict(image[:, ::-1], (last - box[2], box[1], last - box[0], box[3]))[MIRROR_68]
+    mirrored[:, 0] = last - mirrored[:, 0]
+    return (_predict(image, box) + mirrored) / 2
 
 
 def detect_faces(
@@ -232,9 +248,11 @@ def eye_distance(landmarks: np.ndarray) -> float:
 
 def crop_face(image: np.ndarray, face: Face, framing: Literal["eg3d", "ffhq"] = "eg3d", output_size: int = 512) -> AlignedFace:
     """The crop of one face in a framing: EG3D's (roll kept, calibrated for dlib at the head's pose) or FFHQ's (roll removed)."""
-    quad = eg3d_quad(face.landmarks, image.shape[0]) if framing == "eg3d" else ffhq_quad(face.landmarks)
-    if framing == "eg3d":  # the calibration depends on the head's pose: fit it in the frontal-calibrated crop
-        fit = CameraFitter()(quad_coordinates(face.landmarks, quad), packaged_template("label"))
+    if framing == "ffhq":
+        quad = ffhq_quad(face.landmarks)
+    else:  # the calibration depends on the head's pose: fit it in the crop calibrated for a frontal pose first
+        frontal = eg3d_quad(face.landmarks, image.shape[0])
+        fit = CameraFitter()(quad_coordinates(face.landmarks, frontal), packaged_template("label"))
         quad = eg3d_quad(face.landmarks, image.shape[0], axis_angles(fit.camera))
     crop = crop_quad(image, quad, output_size)
     uv = quad_coordinates(face.landmarks, quad)

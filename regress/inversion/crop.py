@@ -32,9 +32,9 @@ EG3D_SIDE = 700 / 300  # crop side in units of the affine fit's scale s
 # ../shared/fixtures/eg3d-photos (EG3D crops: the right crop is the identity) by least squares.
 EG3D_CALIBRATION = np.array(
     [
-        [0.011008, -0.00386, -0.047604],  # at a frontal pose
-        [0.000731, -0.000244, 0.000426],  # per degree of yaw
-        [-0.001894, 0.000191, -0.001579],  # per degree of pitch
+        [0.011851, -0.001752, -0.044954],  # at a frontal pose
+        [0.000759, -0.000297, 0.000318],  # per degree of yaw
+        [-0.001859, 0.000213, -0.001231],  # per degree of pitch
     ]
 )
 
