@@ -29,7 +29,8 @@ EG3D_SIDE = 700 / 300  # crop side in units of the affine fit's scale s
 # amount that depends on the head's pose. The crop's log side, and its centre's x and y (in units of s),
 # get corrections linear in (1, yaw, pitch) of the head's label-frame camera axis (degrees): rows of
 # EG3D_CALIBRATION. Measured by scripts/calibrate_photos.py on the calibration photos of
-# ../shared/fixtures/eg3d-photos (EG3D crops: the right crop is the identity) by least squares.
+# ../shared/fixtures/eg3d-photos (EG3D crops: the right crop is the identity) by least squares,
+# without their mirror images (upstream's five-point detector is not mirror-symmetric).
 EG3D_CALIBRATION = np.array(
     [
         [0.011851, -0.001752, -0.044954],  # at a frontal pose
