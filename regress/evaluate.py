@@ -20,7 +20,7 @@ import torch
 from regress.generators import create_generator
 from regress.generators.base import Generator
 from regress.inversion.align import FaceAligner
-from regress.inversion.pairs import PairBuilder, build_pairs, list_images, read_manifest
+from regress.inversion.pairs import CameraLabels, PairBuilder, build_pairs, list_images, read_manifest
 from regress.inversion.perceptual import PerceptualDistance
 from regress.inversion.project import ProjectionConfig
 
@@ -39,8 +39,9 @@ def pairs(
     projection: ProjectionConfig = ProjectionConfig(),
     vgg_weights: str | None = None,
     lpips_weights: str | None = None,
-    fit_pivot: bool = True,
-    camera_template: str = "generator",
+    camera_template: str = "label",
+    cameras: str | None = None,
+    aligned: bool = False,
     with_mesh: bool = False,
     mesh_resolution: int = 128,
     image_format: Literal["png", "jpg", "webp"] = "png",
@@ -50,7 +51,7 @@ def pairs(
     device: str = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Build a pairs set: each photo's FFHQ crop, its camera, its inversion and the inversion's quality.
+    """Build a pairs set: each photo's crop (EG3D's by default), its camera, its inversion and the inversion's quality.
 
     Args:
         images: a folder of photos, a .txt file listing them (one path a line), or one photo
@@ -58,13 +59,15 @@ def pairs(
         generator: backend name (analytic, eg3d); None picks eg3d with a checkpoint, else analytic
         checkpoint: generator weights file (never downloaded)
         generator_options: keyword overrides for the backend, e.g. {image_resolution: 64}
-        aligner: face detection and crop options (all_faces: pair every face, not just the largest)
+        aligner: face detection and crop options (crop: eg3d or ffhq; all_faces: pair every face, not just the largest)
         projection: inversion options (space w or w+, steps, lr, loss weights, pti_steps for pivotal tuning)
         vgg_weights: a local torchvision VGG16 state dict; enables the perceptual loss
         lpips_weights: the LPIPS v0.1 linear layers for VGG (vgg.pth of the lpips package); with vgg_weights
-        fit_pivot: let the camera's look-at point move in x, y to follow where the crop puts the face
-        camera_template: 3D landmarks the camera is fitted to: `generator` (its own landmarks_3d if it has
-            them, else the mean face), `mean_face`, or a JSON file with 68 points in world units
+        camera_template: 3D landmarks the camera is fitted to: `label` (EG3D's label frame: cameras as EG3D's
+            preprocessing labels them), `generator` (its own landmarks_3d if it has them, else label),
+            `mean_face` (a human mean face in world units), or a JSON file with 68 points
+        cameras: given camera labels instead of the fit: an EG3D dataset.json, or `npy` for NAME.npy beside each photo
+        aligned: the photos are already EG3D crops: no crop (their landmarks are still found)
         with_mesh: add mesh.ply (marching cubes of the inverted density) to each record
         mesh_resolution: density grid points per axis for meshes
         image_format: encoding of the inverted image (real.png is always PNG)
@@ -82,11 +85,10 @@ def pairs(
         name = "lpips" if lpips_weights is not None else name
     elif lpips_weights is not None:
         raise ValueError("lpips_weights needs vgg_weights too (the VGG16 backbone they sit on)")
-    builder = PairBuilder(
-        model, aligner, projection, perceptual, name, fit_pivot, camera_template, with_mesh, mesh_resolution, image_format, progress=progress
-    )
-    settings = {"checkpoint": checkpoint, "generator_options": generator_options or {}, "fit_pivot": fit_pivot,
-                "camera_template": camera_template, "aligner": dataclasses.asdict(aligner), "perceptual": name if perceptual else None}  # fmt: skip
+    labels = CameraLabels(cameras) if cameras is not None else None
+    builder = PairBuilder(model, aligner, projection, perceptual, name, camera_template, labels, aligned, with_mesh, mesh_resolution, image_format, progress)
+    settings = {"checkpoint": checkpoint, "generator_options": generator_options or {}, "camera_template": camera_template,
+                "cameras": cameras, "aligned": aligned, "aligner": dataclasses.asdict(aligner), "perceptual": name if perceptual else None}  # fmt: skip
     summary = build_pairs(photos, Path(output), builder, resume, shards, samples_per_shard, settings, progress)
     print(
         f"regress.evaluate pairs: {summary['records']} records in {summary['output']} ({summary['built']} new, "

@@ -1,4 +1,4 @@
-"""Alignment of real photos: detection, the FFHQ crop, camera estimation, and per-file errors on bad input."""
+"""Alignment of real photos: detection (HOG, padded, CNN), the EG3D and FFHQ crops, camera fits, per-file errors."""
 
 from __future__ import annotations
 
@@ -15,19 +15,21 @@ from PIL import Image
 pytest.importorskip("dlib")
 skimage_data = pytest.importorskip("skimage.data")
 
-from regress.camera import make_cameras  # noqa: E402
+from regress.camera import camera_rays, make_cameras  # noqa: E402
 from regress.generators import create_generator  # noqa: E402
-from regress.inversion.align import (  # noqa: E402
-    FaceAligner,
-    FaceError,
-    estimate_camera,
-    ffhq_quad,
+from regress.inversion.align import FaceAligner, FaceError, detect_faces, load_image  # noqa: E402
+from regress.inversion.camera_fit import (  # noqa: E402
+    LABEL_FOCAL,
+    LABEL_RADIUS,
+    CameraFitter,
+    axis_angle,
+    axis_angles,
     generator_template,
-    load_image,
-    load_template,
+    mirror_camera,
+    packaged_template,
     project_points,
-    quad_coordinates,
 )
+from regress.inversion.crop import eg3d_quad, ffhq_quad, quad_coordinates  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +38,13 @@ def astronaut() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def analytic_template() -> torch.Tensor:
-    return generator_template(create_generator("analytic", image_resolution=64, render_resolution=32))
+def astronaut_face(astronaut):
+    return detect_faces(astronaut)[0]
+
+
+@pytest.fixture(scope="module")
+def analytic_template():
+    return generator_template(create_generator("analytic", image_resolution=64, render_resolution=32), "generator")
 
 
 def _views(n: int, seed: int = 0) -> list[tuple[float, float]]:
@@ -45,41 +52,38 @@ def _views(n: int, seed: int = 0) -> list[tuple[float, float]]:
     return [(rng.uniform(-35, 35), rng.uniform(-20, 20)) for _ in range(n)]
 
 
-def _observe(points: torch.Tensor, yaw_deg: float, pitch_deg: float, rng: np.random.Generator, noise_px: float) -> np.ndarray:
-    """Landmarks of `points` seen from a known camera, in a 512 image's normalized coordinates, plus pixel noise."""
-    camera = make_cameras(math.radians(yaw_deg), math.radians(pitch_deg)).double()
-    uv = project_points(points[None], camera)[0].numpy()
-    return uv + rng.normal(0, noise_px / 512, uv.shape)
+def _eye_roll(landmarks: np.ndarray) -> float:
+    """The eye line's angle (degrees) in image coordinates."""
+    d = landmarks[42:48].mean(0) - landmarks[36:42].mean(0)
+    return math.degrees(math.atan2(d[1], d[0]))
 
 
-def _to_crop(uv: np.ndarray) -> np.ndarray:
-    """What the pipeline sees: the same landmarks in the FFHQ crop they define."""
-    pixels = uv * 512 - 0.5
-    return quad_coordinates(pixels, ffhq_quad(pixels))
-
-
-def _errors(template: torch.Tensor, observed: torch.Tensor, crop: bool, fit_pivot: bool) -> np.ndarray:
-    rng = np.random.default_rng(1)
-    errors = []
-    for yaw, pitch in _views(8):
-        uv = _observe(observed, yaw, pitch, rng, noise_px=1.0)
-        fit = estimate_camera(_to_crop(uv) if crop else uv, template, fit_pivot=fit_pivot)
-        errors.append((math.degrees(fit.yaw) - yaw, math.degrees(fit.pitch) - pitch))
-    return np.abs(np.array(errors))
-
-
-def test_astronaut_gives_one_aligned_face_and_a_near_frontal_camera(astronaut):
+def test_astronaut_gives_one_eg3d_crop_and_a_near_frontal_label(astronaut):
     crops = FaceAligner(all_faces=True)(astronaut)
     assert len(crops) == 1
     crop = crops[0]
     assert crop.image.shape == (512, 512, 3) and crop.image.dtype == np.uint8
-    eyes = crop.landmarks[36:42].mean(0), crop.landmarks[42:48].mean(0)
-    assert abs(eyes[0][1] - eyes[1][1]) < 2.0  # roll removed
-    assert 110 < eyes[1][0] - eyes[0][0] < 140  # FFHQ framing: the eye distance is about a quarter of the crop
-    fit = estimate_camera(crop.landmarks_uv)
-    assert abs(math.degrees(fit.yaw)) < 10 and abs(math.degrees(fit.pitch)) < 12
-    assert 2.5 < fit.radius < 2.9 and fit.rms < 0.03
+    assert crop.framing == "eg3d" and crop.face.detector == "hog"
+    eyes = crop.landmarks[42:48].mean(0) - crop.landmarks[36:42].mean(0)
+    assert 120 < np.hypot(*eyes) < 150  # EG3D framing: the eye distance is about a quarter of the crop
+    meta = crop.as_meta()
+    assert meta["framing"] == "eg3d" and np.asarray(meta["quad"]).shape == (4, 2) and meta["scale"] > 0
+    fit = CameraFitter()(crop.landmarks_uv, packaged_template("label"))
+    yaw, pitch = axis_angles(fit.camera)
+    assert abs(yaw) < 10 and abs(pitch) < 12 and fit.rms * 512 < 10  # pixels at 512: a broad smile is no template
+    camera = fit.camera.double().numpy()
     assert fit.camera.shape == (25,) and fit.camera.dtype == torch.float32
+    assert np.linalg.norm(camera[[3, 7, 11]]) == pytest.approx(LABEL_RADIUS, abs=1e-5)  # labels sit at radius 2.7
+    assert camera[16] == camera[20] == pytest.approx(LABEL_FOCAL) and camera[18] == camera[21] == 0.5
+
+
+def test_eg3d_crop_keeps_the_roll_ffhq_removes_it(astronaut):
+    turned = np.asarray(Image.fromarray(astronaut).rotate(12, resample=Image.Resampling.BICUBIC))
+    source_roll = _eye_roll(detect_faces(turned)[0].landmarks)
+    eg3d, ffhq = FaceAligner()(turned)[0], FaceAligner(crop="ffhq")(turned)[0]
+    assert abs(source_roll) > 8
+    assert _eye_roll(eg3d.landmarks) == pytest.approx(source_roll, abs=0.5) and abs(eg3d.as_meta()["roll_deg"]) < 1e-9
+    assert abs(_eye_roll(ffhq.landmarks)) < 1.5 and ffhq.framing == "ffhq"
 
 
 def test_largest_face_by_default_every_face_by_option(astronaut):
@@ -93,30 +97,91 @@ def test_largest_face_by_default_every_face_by_option(astronaut):
     assert both[0].face.area > both[1].face.area
 
 
-def test_default_template_is_calibrated_to_the_ffhq_crop():
-    """Seen frontally from radius 2.7, the template's FFHQ square is the whole image and the fit is exact."""
-    template = load_template()
-    uv = project_points(template[None], make_cameras(0.0, 0.0).double())[0].numpy()
+def test_a_face_that_fills_the_frame_is_found_on_the_padded_photo(astronaut, astronaut_face):
+    """A tight crop of the astronaut (inside the landmarks' box) is no face to HOG; padded, it is."""
+    points = astronaut_face.landmarks
+    lo, hi = points.min(0), points.max(0)
+    inset = 0.05 * (hi[0] - lo[0])
+    tight = astronaut[int(lo[1] + inset) : int(hi[1] - inset), int(lo[0] + inset) : int(hi[0] - inset)]
+    tight = np.asarray(Image.fromarray(tight).resize((256, 256), Image.Resampling.LANCZOS))
+    assert detect_faces(tight, stages=("hog",)) == []
+    faces = detect_faces(tight)
+    assert len(faces) == 1 and faces[0].detector == "hog_padded"
+    scale = 256 / (hi - lo - 2 * inset)
+    expected = (points[36:48] - lo - inset) * scale  # the eyes, moved into the tight crop
+    assert np.abs(faces[0].landmarks[36:48] - expected).mean() < 6
+
+
+def test_cnn_boxes_meet_the_landmark_predictor_where_hog_boxes_do(astronaut, astronaut_face):
+    """The CNN fallback's box, mapped to a HOG-like one, gives the same landmarks (within a few pixels)."""
+    cnn = detect_faces(astronaut, stages=("cnn",))
+    assert len(cnn) == 1 and cnn[0].detector == "cnn"
+    error = np.linalg.norm(cnn[0].landmarks - astronaut_face.landmarks, axis=1)
+    assert error[17:].mean() < 2.0 and error.max() < 8  # inner face (brows, eyes, nose, mouth) and worst point
+
+
+def test_mean_face_template_is_calibrated_to_the_ffhq_crop():
+    """Seen frontally from radius 2.7, the mean face's FFHQ square is the whole image, and the fit is exact."""
+    template = packaged_template("mean_face")
+    frontal = make_cameras(0.0, 0.0).double().numpy()[0]
+    uv = project_points(template.points, frontal)
     quad = ffhq_quad(uv * 512 - 0.5)
     np.testing.assert_allclose(quad, [[-0.5, -0.5], [-0.5, 511.5], [511.5, 511.5], [511.5, -0.5]], atol=0.1)
-    fit = estimate_camera(uv, template)
-    assert abs(fit.yaw) < 1e-4 and abs(fit.pitch) < 1e-4 and abs(fit.radius - 2.7) < 1e-3 and fit.rms < 1e-6
+    fit = CameraFitter()(uv, template, focal=float(frontal[16]))
+    np.testing.assert_allclose(fit.camera.numpy(), frontal, atol=1e-5)
+    assert fit.distance == pytest.approx(2.7, abs=1e-6) and fit.rms < 1e-6
+
+
+def _axis_errors(template, framing: str | None) -> np.ndarray:
+    """Axis errors (degrees) of fits to the template's landmarks seen from known views, 1 px noise at 512, in a framing."""
+    rng = np.random.default_rng(1)
+    errors = []
+    for yaw, pitch in _views(8):
+        truth = make_cameras(math.radians(yaw), math.radians(pitch)).double().numpy()[0]
+        pixels = project_points(template.points, truth) * 512 - 0.5 + rng.normal(0, 1.0, (68, 2))
+        quad = {"eg3d": lambda: eg3d_quad(pixels, 512), "ffhq": lambda: ffhq_quad(pixels), None: lambda: None}[framing]()
+        uv = (pixels + 0.5) / 512 if quad is None else quad_coordinates(pixels, quad)
+        errors.append(axis_angle(CameraFitter()(uv, template, focal=float(truth[16])).camera, truth))
+    return np.array(errors)
 
 
 def test_camera_of_known_views_is_recovered(analytic_template):
     """Landmarks seen at known yaw/pitch (|yaw| < 35, |pitch| < 20 degrees) with 1 px noise at 512.
 
-    In the render's own frame the look-at camera is exact (noise-limited); in the FFHQ crop, whose
-    roll removal and zoom a roll-free look-at camera only approximates, errors reach a few degrees.
+    In the render's own frame the fit is exact up to the noise; a crop shifts the principal point
+    (a turn of the axis by shift / focal) and zooms (the camera's distance): both stay small.
     """
-    frame = _errors(analytic_template, analytic_template, crop=False, fit_pivot=False)
-    crop = _errors(analytic_template, analytic_template, crop=True, fit_pivot=True)
-    mean_template = _errors(load_template(), load_template(), crop=True, fit_pivot=True)
-    print(f"\ncamera errors (deg, mean/max of yaw, pitch): render frame {frame.mean(0)} / {frame.max(0)}; "
-          f"FFHQ crop {crop.mean(0)} / {crop.max(0)}; mean-face template in crop {mean_template.mean(0)} / {mean_template.max(0)}")  # fmt: skip
-    assert frame.max() < 0.5
-    for errors in (crop, mean_template):
-        assert errors.mean() < 2.0 and errors.max() < 4.5
+    errors = {framing: _axis_errors(analytic_template, framing) for framing in (None, "eg3d", "ffhq")}
+    print("\ncamera axis errors (deg, mean / max): " + "; ".join(f"{k or 'render frame'} {v.mean():.2f} / {v.max():.2f}" for k, v in errors.items()))
+    assert errors[None].max() < 0.5
+    for framing in ("eg3d", "ffhq"):
+        assert errors[framing].mean() < 1.5 and errors[framing].max() < 3.0
+
+
+def test_fitted_cameras_mean_to_the_renderer_what_they_mean_to_the_fit(astronaut_face):
+    """A fitted camera (with roll) read by the renderer's ray generator: points along a pixel's ray project back onto it."""
+    uv = (astronaut_face.landmarks + 0.5) / 512
+    camera = CameraFitter()(uv, packaged_template("label")).camera.double()[None]
+    origins, directions = camera_rays(camera, 8)
+    points = (origins + 2.5 * directions)[0].numpy()
+    pixel = (np.arange(8) + 0.5) / 8
+    expected = np.stack(np.meshgrid(pixel, pixel, indexing="xy"), -1).reshape(-1, 2)
+    np.testing.assert_allclose(project_points(points, camera[0].numpy()), expected, atol=1e-6)  # float32 cameras
+
+
+def test_mirror_rule_and_a_mirrored_photo_gives_the_mirrored_camera(astronaut):
+    """Mirroring negates cam2world (0,1), (0,2), (1,0), (2,0), (0,3); fitting the mirrored photo gives (nearly) that."""
+    label = torch.arange(25, dtype=torch.float32)
+    mirrored = mirror_camera(label)
+    assert [i for i in range(25) if mirrored[i] != label[i]] == [1, 2, 3, 4, 8]
+    assert torch.equal(mirrored[[1, 2, 3, 4, 8]], -label[[1, 2, 3, 4, 8]]) and torch.equal(mirror_camera(mirrored), label)
+    template, fitter = packaged_template("label"), CameraFitter()
+    turned = np.asarray(Image.fromarray(astronaut).rotate(8, resample=Image.Resampling.BICUBIC))  # some roll, so all entries matter
+    fit = fitter(FaceAligner()(turned)[0].landmarks_uv, template).camera
+    fit_mirrored = fitter(FaceAligner()(np.ascontiguousarray(turned[:, ::-1]))[0].landmarks_uv, template).camera
+    assert abs(float(fit[1])) > 0.05  # a rolled camera: the mirror changes the cam2world entries it negates
+    assert axis_angle(fit_mirrored, mirror_camera(fit)) < 1.0
+    np.testing.assert_allclose(fit_mirrored[:16].numpy(), mirror_camera(fit)[:16].numpy(), atol=0.03)
 
 
 def test_grey_transparent_and_large_photos_still_align(astronaut, tmp_path):

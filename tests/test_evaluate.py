@@ -3,6 +3,7 @@ pairs data module under `regress.fit --data pairs`, and the benchmark's report o
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import shutil
@@ -19,10 +20,12 @@ skimage_data = pytest.importorskip("skimage.data")
 from test_align import _huge_png  # noqa: E402
 
 from regress import evaluate, fit  # noqa: E402
+from regress.camera import make_cameras  # noqa: E402
 from regress.datamodules.pairs import PairDataModule, PairDataset, validation_keys  # noqa: E402
 from regress.generators import create_generator  # noqa: E402
 from regress.geometry import mesh_from_bytes  # noqa: E402
-from regress.inversion.pairs import RECORDS, PairBuilder, record_key  # noqa: E402
+from regress.inversion.align import FaceAligner, FaceError  # noqa: E402
+from regress.inversion.pairs import RECORDS, CameraLabels, PairBuilder, record_key  # noqa: E402
 from regress.inversion.project import ProjectionConfig  # noqa: E402
 
 GENERATOR = '{"image_resolution": 32, "render_resolution": 16, "depth_resolution": 16}'
@@ -90,7 +93,12 @@ def test_astronaut_record_is_a_sample_beside_the_real_crop(pair_set, photos):
     assert sample["depth"].shape == sample["mask"].shape == (1, 16, 16) and sample["w"].shape == (14, 32)
     assert sample["camera"].shape == (25,) and sample["landmarks"].shape == (68, 2)
     meta = sample["meta"]
-    assert abs(meta["yaw_deg"]) < 15 and abs(meta["pitch_deg"]) < 20 and 2.2 < meta["radius"] < 3.2
+    assert abs(meta["yaw_deg"]) < 15 and abs(meta["pitch_deg"]) < 20 and 2.2 < meta["radius"] < 3.4
+    crop = meta["crop"]
+    assert crop["framing"] == "eg3d" and crop["detector"] == "hog" and np.asarray(crop["quad"]).shape == (4, 2)
+    assert 0.3 < crop["scale"] < 1.0 and abs(crop["roll_deg"]) < 1e-6 and len(crop["centre"]) == 2
+    source = meta["camera_source"]
+    assert source["kind"] == "fitted" and source["template"] == "analytic_landmarks" and 0 < source["landmark_rms"] < 0.07
     quality = meta["quality"]
     assert 5 < quality["psnr"] < 60 and -1 <= quality["ssim"] <= 1 and 0 < quality["identity_similarity"] <= 1
     losses = json.loads((output / RECORDS / meta["key"] / "losses.json").read_text())["projection"]
@@ -128,6 +136,47 @@ def test_record_with_mesh(photos):
     mesh = mesh_from_bytes(members["mesh.ply"])
     assert len(mesh.faces) > 100 and np.abs(mesh.vertices).max() <= generator.box_size / 2 + 1e-4
     assert list(members)[-1] == "meta.json"
+
+
+def test_aligned_photos_with_given_cameras_are_paired_as_they_are(tmp_path):
+    """`--aligned --cameras`: the record holds the photo unmodified (bit-identical at the generator's size) and the label."""
+    crop = FaceAligner()(skimage_data.astronaut())[0].image
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(crop).resize((128, 128), Image.Resampling.LANCZOS).save(photos / "face.png")
+    Image.fromarray(crop[:, ::-1]).resize((128, 128), Image.Resampling.LANCZOS).save(photos / "mirrored.png")
+    labels = {"face.png": make_cameras(0.2, -0.1)[0], "mirrored.png": make_cameras(-0.2, -0.1)[0]}
+    (photos / "dataset.json").write_text(json.dumps({"labels": [[name, camera.tolist()] for name, camera in labels.items()]}))
+    output = tmp_path / "pairs"
+    evaluate.main([
+        "pairs", "--config", "configs/evaluate/pairs-analytic.yaml", "--images", str(photos), "--output", str(output),
+        "--generator_options", '{"image_resolution": 128, "render_resolution": 16, "depth_resolution": 16}',
+        "--projection.steps", "2", "--projection.spread_samples", "50", "--aligned", "true",
+        "--cameras", str(photos / "dataset.json"), "--progress", "false", "--device", "cpu",
+    ])  # fmt: skip
+    for name, camera in labels.items():
+        record = output / RECORDS / record_key(photos / name)
+        with Image.open(record / "real.png") as real, Image.open(photos / name) as photo:
+            assert np.array_equal(np.asarray(real), np.asarray(photo.convert("RGB")))
+        assert np.array_equal(np.load(record / "camera.npy"), camera.numpy())
+        meta = json.loads((record / "meta.json").read_text())
+        assert meta["camera_source"] == {"kind": "given", "labels": str(photos / "dataset.json")}
+        assert meta["crop"]["framing"] == "given" and meta["crop"]["scale"] == 1.0
+
+
+def test_given_cameras_from_npy_files_and_missing_ones_are_per_file_errors(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    face = Image.fromarray(skimage_data.astronaut()).crop((96, 0, 352, 256))
+    face.save(photos / "with_label.png")
+    face.save(photos / "without_label.png")
+    np.save(photos / "with_label.npy", make_cameras(0.1, 0.0)[0].numpy())
+    generator = create_generator("analytic", image_resolution=128, render_resolution=16, depth_resolution=16)
+    builder = PairBuilder(generator, projection=ProjectionConfig(steps=1, spread_samples=50), cameras=CameraLabels("npy"))
+    [(_, members)] = builder.build(photos / "with_label.png")
+    assert np.array_equal(np.load(io.BytesIO(members["camera.npy"])), make_cameras(0.1, 0.0)[0].numpy())
+    with pytest.raises(FaceError, match="no camera label without_label.npy"):
+        builder.build(photos / "without_label.png")
 
 
 def _fit(pairs: Path, model: str, root: Path, *extra: str) -> Path:

@@ -1,29 +1,37 @@
-"""Real photos to generator inputs: dlib face detection and 68 landmarks, the FFHQ crop, the EG3D camera.
+"""Real photos to face crops: loading, dlib detection (HOG, HOG on the padded photo, CNN) and 68 landmarks, the crop.
 
-The crop is FFHQ's eye/mouth quad (so crops frame faces the way the generator was trained on);
-the camera is the look-at camera (yaw, pitch, radius) whose projection of a 3D landmark template
-in the generator's world frame best matches the crop's landmarks (least squares over 68 points).
+The crop frames faces the way the generator was trained on: EG3D's crop by default (roll kept),
+or the original FFHQ alignment (see crop.py). Cameras are fitted to the crop's landmarks in
+camera_fit.py.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
-import json
-import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from scipy.ndimage import gaussian_filter
 
-from regress.camera import DEFAULT_FOV_DEG, DEFAULT_PIVOT, DEFAULT_RADIUS, fov_to_focal, look_at_cam2world
+from regress.inversion.camera_fit import CameraFitter, axis_angles, packaged_template
+from regress.inversion.crop import crop_quad, eg3d_quad, ffhq_quad, pad_reflect, quad_coordinates, quad_transform, square_quad
 
-TEMPLATE_PATH = Path(__file__).with_name("landmarks68_template.json")
-JAW = slice(0, 17)  # the face contour: silhouette points that slide over the head as it turns
+# each iBUG landmark's mirror partner (jaw, brows, nose, eyes, outer and inner lips)
+MIRROR_68 = np.array(
+    [*range(16, -1, -1), *range(26, 16, -1), 27, 28, 29, 30, 35, 34, 33, 32, 31, 45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40,
+     54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55, 64, 63, 62, 61, 60, 67, 66, 65]  # fmt: skip
+)
+PAD_FRACTION = 0.3  # the padded detection stage adds this fraction of the longer side on every side
+CNN_MAX_SIDE = 640  # the CNN detector runs on a copy at most this wide (it finds faces from about 80 px)
+# dlib's CNN (MMOD) boxes are smaller and placed differently from the HOG boxes the 68-point predictor
+# was trained on: a CNN box becomes a HOG-like box of side CNN_BOX_SCALE times its own, centred
+# CNN_BOX_SHIFT (x, y) of its side away. Measured by scripts/calibrate_photos.py on photos where both find the face.
+CNN_BOX_SCALE = 1.0711
+CNN_BOX_SHIFT = (0.0563, 0.0664)
 
 
 class FaceError(ValueError):
@@ -47,6 +55,13 @@ def _dlib_models():
     import dlib
 
     return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(face_model_path("shape_predictor_68_face_landmarks.dat")))
+
+
+@functools.cache
+def _cnn_detector():
+    import dlib
+
+    return dlib.cnn_face_detection_model_v1(str(face_model_path("mmod_human_face_detector.dat")))
 
 
 def load_image(path: str | Path, max_pixels: int = 64_000_000, min_side: int = 64) -> np.ndarray:
@@ -94,13 +109,17 @@ def load_image(path: str | Path, max_pixels: int = 64_000_000, min_side: int = 6
     return image
 
 
+Box = tuple[float, float, float, float]
+
+
 @dataclass(frozen=True)
 class Face:
-    """One detected face: box (x0, y0, x1, y1) and 68 iBUG landmarks (68, 2), in source pixels."""
+    """One detected face: box (x0, y0, x1, y1), 68 iBUG landmarks (68, 2) in source pixels, and the detector that found it."""
 
-    box: tuple[float, float, float, float]
+    box: Box
     score: float
     landmarks: np.ndarray
+    detector: str = "hog"
 
     @property
     def area(self) -> float:
@@ -109,42 +128,117 @@ class Face:
 
 @dataclass(frozen=True)
 class AlignedFace:
-    """An FFHQ-aligned crop (S, S, 3), its landmarks in crop pixels (68, 2), and the source quad (4, 2)."""
+    """A face crop (S, S, 3), its landmarks in crop pixels (68, 2), the source quad (4, 2) and the framing's name."""
 
     image: np.ndarray
     landmarks: np.ndarray
     quad: np.ndarray
     face: Face
+    framing: str = "eg3d"
 
     @property
     def landmarks_uv(self) -> np.ndarray:
         """Landmarks in normalized image coordinates (pixel centres at (i + 0.5) / S), the cameras' units."""
         return (self.landmarks + 0.5) / self.image.shape[0]
 
+    def as_meta(self) -> dict:
+        """The crop's transform (source quad, centre, side, scale, roll), framing and detector, for a record's meta."""
+        return {"framing": self.framing, "detector": self.face.detector, **quad_transform(self.quad, self.image.shape[0])}
 
-def detect_faces(
-    image: np.ndarray, upsample: int = 1, min_score: float = 0.3, detect_max_side: int = 1024
-) -> list[Face]:
-    """Faces with 68 landmarks, largest first; detection runs on a copy at most `detect_max_side` wide."""
-    detector, predictor = _dlib_models()
+
+def _shrunk(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """A copy at most `max_side` wide (box-filtered) and its scale; the image itself when small enough."""
+    scale = min(1.0, max_side / max(image.shape[:2]))
+    if scale == 1.0:
+        return image, scale
+    size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX)), scale
+
+
+def _hog_boxes(image: np.ndarray, upsample: int, min_score: float, max_side: int) -> list[tuple[Box, float]]:
+    """dlib's HOG detections (box in `image` pixels, score) above `min_score`."""
+    small, scale = _shrunk(image, max_side)
+    rects, scores, _ = _dlib_models()[0].run(np.ascontiguousarray(small), upsample, 0.0)
+    return [
+        (tuple(v / scale for v in (r.left(), r.top(), r.right(), r.bottom())), float(s))
+        for r, s in zip(rects, scores)
+        if s >= min_score
+    ]
+
+
+def cnn_boxes(image: np.ndarray, min_score: float, max_side: int = CNN_MAX_SIDE) -> list[tuple[Box, float]]:
+    """dlib's CNN detections (box in `image` pixels, confidence) above `min_score`, as the CNN gives them."""
+    small, scale = _shrunk(image, max_side)
+    rects = [(d.rect, d.confidence) for d in _cnn_detector()(np.ascontiguousarray(small), 0) if d.confidence >= min_score]
+    return [(tuple(v / scale for v in (r.left(), r.top(), r.right(), r.bottom())), float(c)) for r, c in rects]
+
+
+def hog_like_box(box: Box) -> Box:
+    """A CNN box moved and scaled to where dlib's HOG detector puts the same face (see CNN_BOX_SCALE)."""
+    side = (box[2] - box[0] + box[3] - box[1]) / 2
+    centre = np.array([box[0] + box[2], box[1] + box[3]]) / 2 + np.asarray(CNN_BOX_SHIFT) * side
+    half = CNN_BOX_SCALE * side / 2
+    return (centre[0] - half, centre[1] - half, centre[0] + half, centre[1] + half)
+
+
+def _predict(image: np.ndarray, box: Box) -> np.ndarray:
     import dlib
 
-    scale = min(1.0, detect_max_side / max(image.shape[:2]))
-    small = image
-    if scale < 1.0:
-        size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
-        small = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
-    rects, scores, _ = detector.run(np.ascontiguousarray(small), upsample, 0.0)
-    faces = []
-    for rect, score in zip(rects, scores):
-        if score < min_score:
-            continue
-        box = tuple(v / scale for v in (rect.left(), rect.top(), rect.right(), rect.bottom()))
-        full = dlib.rectangle(*(round(v) for v in box))
-        shape = predictor(image, full)
-        landmarks = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
-        faces.append(Face(box=box, score=float(score), landmarks=landmarks))
-    return sorted(faces, key=lambda f: f.area, reverse=True)
+    shape = _dlib_models()[1](np.ascontiguousarray(image), dlib.rectangle(*(round(v) for v in box)))
+    return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+
+
+def landmarks_in(image: np.ndarray, box: Box) -> np.ndarray:
+    """dlib's 68 landmarks (68, 2) of the face in `box` (HOG-like, image pixels), mirror-averaged.
+
+    dlib's predictor is not mirror-symmetric: the mean of its landmarks on the photo and the
+    mirrored landmarks of the mirrored photo removes its left-right bias and some of its noise.
+    """
+    last = image.shape[1] - 1
+    mirrored = _predict(image[:, ::-1], (last - box[2], box[1], last - box[0], box[3]))[MIRROR_68]
+    mirrored[:, 0] = last - mirrored[:, 0]
+    return (_predict(image, box) + mirrored) / 2
+
+
+def detect_faces(
+    image: np.ndarray,
+    upsample: int = 1,
+    min_score: float = 0.3,
+    detect_max_side: int = 1024,
+    stages: tuple[str, ...] = ("hog", "hog_padded", "cnn"),
+) -> list[Face]:
+    """Faces with 68 landmarks, largest first, from the first stage that finds any.
+
+    `hog`: dlib's HOG detector on the photo (on a copy at most `detect_max_side` wide);
+    `hog_padded`: the same on the photo reflect-padded on every side, for faces that fill the
+    frame; `cnn`: dlib's CNN detector on the padded photo, slower, for faces HOG misses.
+    """
+    pad = round(PAD_FRACTION * max(image.shape[:2]))
+    padded = None
+    for stage in stages:
+        if stage == "hog":
+            found = [(box, score, image, 0) for box, score in _hog_boxes(image, upsample, min_score, detect_max_side)]
+        else:
+            if padded is None:
+                padded = pad_reflect(image, (pad, pad, pad, pad), blur=0.02 * max(image.shape[:2]))
+            if stage == "hog_padded":
+                boxes = _hog_boxes(padded, upsample, min_score, detect_max_side)
+            else:
+                boxes = [(hog_like_box(box), score) for box, score in cnn_boxes(padded, min_score)]
+            found = [(box, score, padded, pad) for box, score in boxes if _centre_inside(box, pad, image.shape)]
+        faces = [
+            Face(box=tuple(v - offset for v in box), score=score, landmarks=landmarks_in(source, box) - offset, detector=stage)
+            for box, score, source, offset in found
+        ]
+        if faces:
+            return sorted(faces, key=lambda f: f.area, reverse=True)
+    return []
+
+
+def _centre_inside(box: Box, pad: int, shape: tuple[int, ...]) -> bool:
+    """Whether a box found on the padded photo is centred on the photo itself (not on its reflection)."""
+    x, y = (box[0] + box[2]) / 2 - pad, (box[1] + box[3]) / 2 - pad
+    return 0 <= x < shape[1] and 0 <= y < shape[0]
 
 
 def eye_distance(landmarks: np.ndarray) -> float:
@@ -152,248 +246,70 @@ def eye_distance(landmarks: np.ndarray) -> float:
     return float(np.hypot(*(landmarks[42:48].mean(0) - landmarks[36:42].mean(0))))
 
 
-def ffhq_quad(landmarks: np.ndarray) -> np.ndarray:
-    """FFHQ's crop square from 68 landmarks (4, 2): top-left, bottom-left, bottom-right, top-right.
-
-    Its axis follows the eyes (roll removed); its half-size is the larger of twice the eye
-    distance and 1.8 times the eye-to-mouth distance; its centre sits a tenth of the way from the
-    eye midpoint to the mouth.
-    """
-    eye_left, eye_right = landmarks[36:42].mean(0), landmarks[42:48].mean(0)
-    eye_mid, eye_to_eye = (eye_left + eye_right) / 2, eye_right - eye_left
-    eye_to_mouth = (landmarks[48] + landmarks[54]) / 2 - eye_mid
-    x = eye_to_eye + np.array([eye_to_mouth[1], -eye_to_mouth[0]])
-    x *= max(np.hypot(*eye_to_eye) * 2.0, np.hypot(*eye_to_mouth) * 1.8) / np.hypot(*x)
-    y = np.array([-x[1], x[0]])
-    centre = eye_mid + 0.1 * eye_to_mouth
-    return np.stack([centre - x - y, centre - x + y, centre + x + y, centre + x - y])
-
-
-def _pad_reflect(image: np.ndarray, pad: tuple[int, int, int, int], blur: float) -> np.ndarray:
-    """Reflect-pad (left, top, right, bottom), fading the padding to a blur and then to the median colour."""
-    left, top, right, bottom = pad
-    padded = np.pad(image.astype(np.float32), ((top, bottom), (left, right), (0, 0)), mode="reflect")
-    h, w = padded.shape[:2]
-    x, y = np.arange(w, dtype=np.float32)[None, :], np.arange(h, dtype=np.float32)[:, None]
-    # 1 at the outer border, 0 at the original frame, negative inside it
-    outside = np.maximum(
-        1 - np.minimum(x / max(left, 1), (w - 1 - x) / max(right, 1)),
-        1 - np.minimum(y / max(top, 1), (h - 1 - y) / max(bottom, 1)),
-    )[..., None]
-    padded += (gaussian_filter(padded, [blur, blur, 0]) - padded) * np.clip(3 * outside + 1, 0, 1)
-    padded += (np.median(padded, axis=(0, 1)) - padded) * np.clip(outside, 0, 1)
-    return np.uint8(np.clip(np.rint(padded), 0, 255))
-
-
-def crop_ffhq(image: np.ndarray, face: Face, output_size: int = 512, supersample: int = 2) -> AlignedFace:
-    """The FFHQ-aligned crop of one face: shrink, reflect-pad where the square leaves the photo, warp."""
-    quad = ffhq_quad(face.landmarks)
-    qsize = float(np.hypot(*(quad[3] - quad[0])))
-    corners = quad + 0.5  # landmark pixel indices to continuous coordinates
-    pil = Image.fromarray(image)
-    shrink = int(qsize / output_size * 0.5)
-    if shrink > 1:
-        pil = pil.reduce(shrink)
-        corners, qsize = corners / shrink, qsize / shrink
-    border = max(round(qsize * 0.1), 3)
-    lo, hi = np.floor(corners.min(0)).astype(int), np.ceil(corners.max(0)).astype(int)
-    box = (max(lo[0] - border, 0), max(lo[1] - border, 0), min(hi[0] + border, pil.width), min(hi[1] + border, pil.height))
-    pil = pil.crop(box)
-    corners = corners - box[:2]
-    pad = (
-        max(-lo[0] + box[0] + border, 0),
-        max(-lo[1] + box[1] + border, 0),
-        max(hi[0] - box[0] - pil.width + border, 0),
-        max(hi[1] - box[1] - pil.height + border, 0),
-    )
-    if max(pad) > border - 4:
-        pad = tuple(max(p, round(qsize * 0.3)) for p in pad)
-        pil = Image.fromarray(_pad_reflect(np.asarray(pil), pad, blur=qsize * 0.02))
-        corners = corners + pad[:2]
-    size = output_size * supersample
-    warped = pil.transform((size, size), Image.Transform.QUAD, corners.flatten().tolist(), Image.Resampling.BILINEAR)
-    crop = np.asarray(warped.resize((output_size, output_size), Image.Resampling.LANCZOS))
+def crop_face(image: np.ndarray, face: Face, framing: Literal["eg3d", "ffhq"] = "eg3d", output_size: int = 512) -> AlignedFace:
+    """The crop of one face in a framing: EG3D's (roll kept, calibrated for dlib at the head's pose) or FFHQ's (roll removed)."""
+    if framing == "ffhq":
+        quad = ffhq_quad(face.landmarks)
+    else:  # the calibration depends on the head's pose: fit it in the crop calibrated for a frontal pose first
+        frontal = eg3d_quad(face.landmarks, image.shape[0])
+        fit = CameraFitter()(quad_coordinates(face.landmarks, frontal), packaged_template("label"))
+        quad = eg3d_quad(face.landmarks, image.shape[0], axis_angles(fit.camera))
+    crop = crop_quad(image, quad, output_size)
     uv = quad_coordinates(face.landmarks, quad)
-    return AlignedFace(image=crop, landmarks=uv * output_size - 0.5, quad=quad, face=face)
-
-
-def quad_coordinates(points: np.ndarray, quad: np.ndarray) -> np.ndarray:
-    """Source pixel positions (P, 2) to normalized coordinates in the crop of `quad` (pixel centres at (i + 0.5) / S)."""
-    axis_x, axis_y = quad[3] - quad[0], quad[1] - quad[0]
-    offset = points - quad[0]  # both in pixel-index coordinates
-    return np.stack([offset @ axis_x / (axis_x @ axis_x), offset @ axis_y / (axis_y @ axis_y)], axis=1)
+    return AlignedFace(image=crop, landmarks=uv * output_size - 0.5, quad=quad, face=face, framing=framing)
 
 
 @dataclass(frozen=True)
 class FaceAligner:
-    """Photo -> FFHQ-aligned face crops; the options of detection and cropping in one place.
+    """Photo -> face crops; the options of detection and cropping in one place.
 
     Args:
-        output_size: side of the FFHQ crop in pixels.
-        upsample: dlib detector upsampling (1 finds faces down to about 40 px; raise for smaller).
+        output_size: side of the crop in pixels.
+        crop: `eg3d` (EG3D's crop, roll kept: what EG3D was trained on) or `ffhq` (the original FFHQ alignment).
+        upsample: dlib HOG detector upsampling (1 finds faces down to about 40 px; raise for smaller).
         min_score: detections scoring below this are ignored.
-        detect_max_side: detection runs on a copy at most this wide (landmarks on the full photo).
+        detect_max_side: HOG detection runs on a copy at most this wide (landmarks on the full photo).
+        cnn: fall back on dlib's CNN detector when HOG finds nothing (slower; finds turned and bearded faces).
         min_eye_distance: faces whose eyes are closer (pixels) are too small to pair.
         max_pixels: larger photos are refused before decoding.
         all_faces: a crop per face, largest first; else the largest face only.
     """
 
     output_size: int = 512
+    crop: Literal["eg3d", "ffhq"] = "eg3d"
     upsample: int = 1
     min_score: float = 0.3
     detect_max_side: int = 1024
+    cnn: bool = True
     min_eye_distance: float = 16.0
     max_pixels: int = 64_000_000
     all_faces: bool = False
 
-    def __call__(self, image: np.ndarray, source: str = "<image>") -> list[AlignedFace]:
-        """Aligned crops of the largest face (or of every face with `all_faces`); FaceError when none fits."""
-        faces = detect_faces(image, self.upsample, self.min_score, self.detect_max_side)
+    def faces(self, image: np.ndarray, source: str = "<image>") -> list[Face]:
+        """Detected faces large enough to pair, largest first (only the largest unless `all_faces`); FaceError when none."""
+        stages = ("hog", "hog_padded", "cnn") if self.cnn else ("hog", "hog_padded")
+        faces = detect_faces(image, self.upsample, self.min_score, self.detect_max_side, stages)
         if not faces:
             raise FaceError(
-                f"{source}: no face found (dlib HOG detector, upsample {self.upsample}, min score {self.min_score}); "
-                "use a photo with a visible, roughly frontal face or raise upsample for small faces"
+                f"{source}: no face found (dlib {', '.join(stages)}; upsample {self.upsample}, min score {self.min_score}); "
+                "use a photo with a visible face or raise upsample for small faces"
             )
-        crops = []
-        for face in faces if self.all_faces else faces[:1]:
-            if eye_distance(face.landmarks) < self.min_eye_distance:
-                continue
-            crops.append(crop_ffhq(image, face, self.output_size))
-        if not crops:
-            raise FaceError(
-                f"{source}: the face is too small (eyes under {self.min_eye_distance:.0f} px apart); use a larger photo"
-            )
-        return crops
+        usable = [f for f in (faces if self.all_faces else faces[:1]) if eye_distance(f.landmarks) >= self.min_eye_distance]
+        if not usable:
+            raise FaceError(f"{source}: the face is too small (eyes under {self.min_eye_distance:.0f} px apart); use a larger photo")
+        return usable
+
+    def __call__(self, image: np.ndarray, source: str = "<image>") -> list[AlignedFace]:
+        """Crops of the largest face (or of every face with `all_faces`); FaceError when none fits."""
+        return [crop_face(image, face, self.crop, self.output_size) for face in self.faces(image, source)]
+
+    def uncropped(self, image: np.ndarray, source: str = "<image>") -> AlignedFace:
+        """A photo that is already a crop, kept as it is: only its largest face's landmarks are found."""
+        if image.shape[0] != image.shape[1]:
+            raise FaceError(f"{source}: an aligned photo must be square, got {image.shape[1]}x{image.shape[0]}; crop it or drop --aligned")
+        face = self.faces(image, source)[0]
+        quad = square_quad(np.array(image.shape[1::-1]) / 2, image.shape[0])
+        return AlignedFace(image=image, landmarks=face.landmarks, quad=quad, face=face, framing="given")
 
     def align_file(self, path: str | Path) -> list[AlignedFace]:
         return self(load_image(path, self.max_pixels), str(path))
-
-
-def load_template(path: str | Path = TEMPLATE_PATH) -> torch.Tensor:
-    """The 68-landmark template (68, 3) in EG3D world units, float64; see the file's `source`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"landmark template {path} does not exist; use 'generator', 'mean_face' or a JSON file with 68 points")
-    points = torch.tensor(json.loads(path.read_text())["points"], dtype=torch.float64)
-    if points.shape != (68, 3):
-        raise ValueError(f"{path}: a landmark template needs 68 points of 3 coordinates, got {tuple(points.shape)}")
-    return points
-
-
-def generator_template(generator: torch.nn.Module, spec: str = "generator") -> torch.Tensor:
-    """The camera fit's template (68, 3): `generator` (its own `landmarks_3d` at the mean latent when it has
-    them, else the mean face), `mean_face` (the packaged human mean face), or a JSON file like it."""
-    if spec == "mean_face":
-        return load_template()
-    if spec != "generator":
-        return load_template(spec)
-    if hasattr(generator, "landmarks_3d"):
-        with torch.no_grad():
-            w = generator.mean_latent()[None].to(generator.device)
-            return generator.landmarks_3d(w)[0].detach().cpu().double()
-    return load_template()
-
-
-def project_points(points: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
-    """World points (N, P, 3) through 25-number cameras (N, 25) -> normalized image coordinates (N, P, 2)."""
-    n = camera.shape[0]
-    cam2world = camera[:, :16].reshape(n, 4, 4)
-    k = camera[:, 16:].reshape(n, 3, 3)
-    local = (points - cam2world[:, None, :3, 3]) @ cam2world[:, :3, :3]
-    plane = local[..., :2] / local[..., 2:].clamp_min(1e-6)
-    return plane @ k[:, :2, :2].transpose(1, 2) + k[:, None, :2, 2]
-
-
-def _camera_vector(cam2world: torch.Tensor, fov_deg: float) -> torch.Tensor:
-    focal = fov_to_focal(fov_deg)
-    k = cam2world.new_tensor([[focal, 0.0, 0.5], [0.0, focal, 0.5], [0.0, 0.0, 1.0]])
-    return torch.cat([cam2world.reshape(-1, 16), k.reshape(1, 9).expand(len(cam2world), 9)], dim=1)
-
-
-@dataclass(frozen=True)
-class CameraFit:
-    """A fitted look-at camera: the 25-number vector, its pose, and the landmark residual (RMS, normalized)."""
-
-    camera: torch.Tensor
-    yaw: float
-    pitch: float
-    radius: float
-    pivot: tuple[float, float, float]
-    rms: float
-
-    def as_meta(self) -> dict:
-        return {
-            "yaw_deg": math.degrees(self.yaw),
-            "pitch_deg": math.degrees(self.pitch),
-            "radius": self.radius,
-            "pivot": list(self.pivot),
-            "landmark_rms": self.rms,
-        }
-
-
-def estimate_camera(
-    landmarks_uv: np.ndarray | torch.Tensor,
-    template: torch.Tensor | None = None,
-    fov_deg: float = DEFAULT_FOV_DEG,
-    fit_pivot: bool = True,
-    contour_weight: float = 0.5,
-    steps: int = 50,
-) -> CameraFit:
-    """Yaw, pitch, radius (and with `fit_pivot` the pivot's x, y) minimizing the template's reprojection error.
-
-    Levenberg-Marquardt on normalized image coordinates; the jaw contour is down-weighted since
-    its points slide over the head as it turns. Roll is not modelled: FFHQ crops remove it. The
-    pivot absorbs where the crop centres the face relative to the generator's head, which would
-    otherwise bias pitch and yaw.
-    """
-    target = torch.as_tensor(np.asarray(landmarks_uv), dtype=torch.float64).reshape(1, 68, 2)
-    template = (load_template() if template is None else template).double().reshape(1, 68, 3)
-    weights = torch.ones(68, 1, dtype=torch.float64)
-    weights[JAW] = contour_weight
-    base_pivot = torch.tensor(DEFAULT_PIVOT, dtype=torch.float64)
-
-    def cameras_of(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batched parameters (B, 3 or 5) -> cameras (B, 25) and pivots (B, 3)."""
-        pivot = base_pivot.expand(len(params), 3).clone()
-        if fit_pivot:
-            pivot[:, :2] += params[:, 3:5]
-        cam2world = look_at_cam2world(params[:, 0], params[:, 1], params[:, 2].exp(), pivot)
-        return _camera_vector(cam2world, fov_deg), pivot
-
-    def residuals(params: torch.Tensor) -> torch.Tensor:
-        uv = project_points(template.expand(len(params), 68, 3), cameras_of(params)[0])
-        return ((uv - target) * weights.sqrt()).reshape(len(params), -1)
-
-    params = torch.zeros(5 if fit_pivot else 3, dtype=torch.float64)
-    params[2] = math.log(DEFAULT_RADIUS)
-    eye = torch.eye(len(params), dtype=torch.float64) * 1e-6
-    damping = 1e-3
-    cost = residuals(params[None])[0].square().sum()
-    for _ in range(steps):
-        # central differences, all in one batched evaluation
-        probes = residuals(torch.cat([params[None], params + eye, params - eye]))
-        r = probes[0]
-        jac = ((probes[1 : 1 + len(params)] - probes[1 + len(params) :]) / 2e-6).T
-        normal = jac.T @ jac
-        step = torch.linalg.solve(normal + damping * torch.diag(normal.diagonal() + 1e-12), -jac.T @ r)
-        candidate = params + step
-        new_cost = residuals(candidate[None])[0].square().sum()
-        if new_cost < cost:
-            converged = cost - new_cost < 1e-10 * cost
-            params, cost, damping = candidate, new_cost, max(damping / 3, 1e-9)
-            if converged:
-                break
-        else:
-            damping *= 4
-            if damping > 1e8:
-                break
-    camera, pivot = cameras_of(params[None])
-    rms = float((project_points(template, camera) - target).square().sum(-1).mean().sqrt())
-    return CameraFit(
-        camera=camera[0].float(),
-        yaw=float(params[0]),
-        pitch=float(params[1]),
-        radius=float(params[2].exp()),
-        pivot=tuple(float(v) for v in pivot[0]),
-        rms=rms,
-    )

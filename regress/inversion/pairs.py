@@ -2,8 +2,10 @@
 
 A pairs set is a folder: `records/<key>/` holds one record's members in the Sample schema
 (`image.png` is the inverted render; `depth.npy`, `mask.npy`, `w.npy`, `camera.npy`,
-`camera_cond.npy`, optional `mesh.ply`, `meta.json`) plus `real.png` (the aligned photo at the
+`camera_cond.npy`, optional `mesh.ply`, `meta.json`) plus `real.png` (the photo's crop at the
 generator's resolution), `landmarks.npy` (its 68 landmarks, pixels) and `losses.json` (per step).
+The camera is fitted to the crop's landmarks, or given (an EG3D `dataset.json`, or `NAME.npy`
+beside each photo); `meta.json` holds the crop's transform, the detector and the camera's origin.
 Records are written under a temporary name and renamed when complete, so a rerun skips them;
 `errors.json` lists the photos that failed and why; `settings.json` guards a resumed run against
 other settings; `manifest.json` describes the finished set. With
@@ -28,10 +30,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from regress.camera import DEFAULT_FOV_DEG, camera_to_pose, frontal_camera
+from regress.camera import camera_to_pose, frontal_camera
 from regress.generators.base import Generator
 from regress.geometry import density_grid, grid_to_mesh, mesh_to_bytes
-from regress.inversion.align import AlignedFace, CameraFit, FaceAligner, FaceError, estimate_camera, generator_template
+from regress.inversion.align import AlignedFace, FaceAligner, FaceError, load_image
+from regress.inversion.camera_fit import CameraFitter, generator_template
 from regress.inversion.perceptual import PerceptualDistance
 from regress.inversion.project import ProjectionConfig, project
 from regress.inversion.quality import identity_scores, psnr, ssim
@@ -72,43 +75,96 @@ def record_key(path: Path, face_index: int = 0) -> str:
     return f"{stem}-{digest}" + (f"-face{face_index}" if face_index else "")
 
 
+class CameraLabels:
+    """Given EG3D camera labels by photo: an EG3D `dataset.json` ({"labels": [[name, [25 numbers]], ...]}, names
+    relative to its folder or bare file names), or `npy` for a `NAME.npy` beside each photo."""
+
+    def __init__(self, source: str | Path) -> None:
+        self.source = str(source)
+        self.labels: dict[str, list] = {}
+        if self.source != "npy":
+            path = Path(source)
+            if not path.is_file():
+                raise FileNotFoundError(f"camera labels {path} do not exist; give an EG3D dataset.json or 'npy' (NAME.npy beside each photo)")
+            self.root, entries = path.parent, json.loads(path.read_text()).get("labels")
+            if not isinstance(entries, list):
+                raise ValueError(f"{path} has no 'labels' list; an EG3D dataset.json holds {{\"labels\": [[name, [25 numbers]], ...]}}")
+            self.labels = {str(name): label for name, label in entries}
+
+    def __call__(self, photo: Path) -> torch.Tensor:
+        """The photo's label (25,) float32; FaceError when it has none or it is not 25 finite numbers."""
+        if self.source == "npy":
+            path = photo.with_suffix(".npy")
+            if not path.is_file():
+                raise FaceError(f"{photo}: no camera label {path.name} beside it")
+            label = np.load(path, allow_pickle=False)
+        else:
+            label = self.labels.get(self._name(photo))
+            if label is None:
+                raise FaceError(f"{photo}: no camera label for it in {self.source}")
+        label = np.asarray(label, dtype=np.float32).reshape(-1)
+        if label.shape != (25,) or not np.isfinite(label).all():
+            raise FaceError(f"{photo}: its camera label is not 25 finite numbers (cam2world 4x4, then intrinsics 3x3)")
+        return torch.from_numpy(label)
+
+    def _name(self, photo: Path) -> str:
+        """The photo's name in dataset.json: its path relative to the file's folder when inside it, else its file name."""
+        try:
+            relative = photo.resolve().relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            return photo.name
+        return relative if relative in self.labels else photo.name
+
+
 @dataclass
 class PairBuilder:
-    """Turns one photo into pair records with a generator; the choices of every stage in one place."""
+    """Turns one photo into pair records with a generator; the choices of every stage in one place.
+
+    `aligned`: the photos are already crops of the generator's framing (EG3D crops): they are
+    used as they are, only their landmarks are found. `cameras`: given labels replace the fit.
+    """
 
     generator: Generator
     aligner: FaceAligner = field(default_factory=FaceAligner)
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     perceptual: PerceptualDistance | None = None
     perceptual_name: str = "perceptual_distance"
-    fit_pivot: bool = True
-    camera_template: str = "generator"
+    camera_template: str = "label"
+    cameras: CameraLabels | None = None
+    aligned: bool = False
     with_mesh: bool = False
     mesh_resolution: int = 128
     image_format: str = "png"
-    fov_deg: float = DEFAULT_FOV_DEG
     progress: bool = False
+    fitter: CameraFitter = field(default_factory=CameraFitter)
 
     def __post_init__(self) -> None:
         self.template = generator_template(self.generator, self.camera_template)
+        if self.cameras is not None and self.aligner.all_faces:
+            raise ValueError("given cameras are one per photo; drop aligner.all_faces or the cameras")
 
     def build(self, path: Path) -> list[tuple[str, dict[str, bytes]]]:
-        """(key, members) for each aligned face of a photo; FaceError when the photo cannot be paired."""
-        crops = self.aligner.align_file(path)
-        records = []
-        for index, crop in enumerate(crops):
-            records.append((record_key(path, index), self._record(path, index, crop)))
-        return records
+        """(key, members) for each face crop of a photo; FaceError when the photo cannot be paired."""
+        image = load_image(path, self.aligner.max_pixels)
+        crops = [self.aligner.uncropped(image, str(path))] if self.aligned else self.aligner(image, str(path))
+        given = self.cameras(path) if self.cameras is not None else None
+        return [(record_key(path, index), self._record(path, index, crop, given)) for index, crop in enumerate(crops)]
 
-    def _record(self, path: Path, index: int, crop: AlignedFace) -> dict[str, bytes]:
-        """Camera fit, inversion and quality of one aligned face, as record members (meta.json last)."""
+    def _record(self, path: Path, index: int, crop: AlignedFace, given: torch.Tensor | None) -> dict[str, bytes]:
+        """Camera (given or fitted), inversion and quality of one face crop, as record members (meta.json last)."""
         g = self.generator
         size = g.image_resolution
-        fit = estimate_camera(crop.landmarks_uv, self.template, self.fov_deg, fit_pivot=self.fit_pivot)
-        real = np.asarray(Image.fromarray(crop.image).resize((size, size), Image.Resampling.LANCZOS))
+        if given is None:
+            fit = self.fitter(crop.landmarks_uv, self.template)
+            camera_cpu, camera_meta = fit.camera, {"kind": "fitted", **fit.as_meta()}
+        else:
+            camera_cpu, camera_meta = given, {"kind": "given", "labels": self.cameras.source}
+        real = crop.image
+        if real.shape[0] != size:
+            real = np.asarray(Image.fromarray(real).resize((size, size), Image.Resampling.LANCZOS))
         landmarks = ((crop.landmarks + 0.5) * size / crop.image.shape[0] - 0.5).astype(np.float32)
         real_t = torch.from_numpy(real.transpose(2, 0, 1).copy())[None]
-        camera = fit.camera[None].to(g.device)
+        camera = camera_cpu[None].to(g.device)
         start = time.perf_counter()
         result = project(g, image_to_float(real_t), camera, self.projection, self.perceptual, self.progress)
         renderer = result.generator or g
@@ -120,7 +176,8 @@ class PairBuilder:
             "source": str(path),
             "face_index": index,
             "face_box": [float(v) for v in crop.face.box],
-            **self._pose_meta(fit),
+            "crop": crop.as_meta(),
+            **self._pose_meta(camera_cpu, camera_meta),
             "quality": self._quality(real_t, inverted, landmarks),
             "inversion": {
                 "space": self.projection.space,
@@ -136,7 +193,7 @@ class PairBuilder:
             "depth": out["depth"].float().cpu(),
             "mask": out["mask"].float().cpu(),
             "w": result.w.float().cpu(),
-            "camera": fit.camera[None],
+            "camera": camera_cpu[None],
             "camera_cond": frontal_camera(1),
             "meta": [meta],
         }
@@ -151,9 +208,9 @@ class PairBuilder:
         members["meta.json"] = meta_json
         return members
 
-    def _pose_meta(self, fit: CameraFit) -> dict:
-        """The Sample meta of an inverted face: generator, pose of the fitted camera, schema version."""
-        identity, pose = self.generator.identity(), camera_to_pose(fit.camera[None])
+    def _pose_meta(self, camera: torch.Tensor, camera_meta: dict) -> dict:
+        """The Sample meta of an inverted face: generator, pose of its camera and where the camera came from, schema version."""
+        identity, pose = self.generator.identity(), camera_to_pose(camera[None])
         return {
             "generator": identity["generator"],
             "generator_checksum": identity["checksum"],
@@ -162,7 +219,7 @@ class PairBuilder:
             "pitch_deg": math.degrees(float(pose.pitch[0])),
             "fov_deg": float(pose.fov_deg[0]),
             "radius": float(pose.radius[0]),
-            "camera_fit": fit.as_meta(),
+            "camera_source": camera_meta,
             "schema_version": SCHEMA_VERSION,
         }
 
