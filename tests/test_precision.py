@@ -74,7 +74,7 @@ def test_every_backend_renders_the_same_inside_cuda_autocast(backend):
 @pytest.mark.parametrize("cycle_weight", [0.0, 1.0])
 def test_latent_regressor_on_the_analytic_generator_trains_in_bf16_on_the_gpu(cycle_weight, tmp_path):
     # the issue-15 defect: index_copy_ of BFloat16 and Float at the first step (cycle) or the first previews
-    data = tiny_data(epoch_length=8, val_size=4)
+    data = tiny_data(epoch_length=4, val_size=4)  # 2 steps: one epoch, so validation and its previews run
     model = LatentRegressor(encoder="resnet18", cycle_weight=cycle_weight)
     trainer = L.Trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=2, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)  # fmt: skip
