@@ -26,6 +26,7 @@ from regress.camera import ViewMixture
 from regress.generation.background import consume_in_background
 from regress.generation.encode import encoding_pool, write_shard
 from regress.generation.render import RenderedBatch, render_batches
+from regress.generation.timing import StageClock
 from regress.generators import create_generator
 from regress.generators.base import Generator
 from regress.geometry.grids import check_grid_fits
@@ -34,7 +35,6 @@ from regress.sample import IMAGE_FORMATS, SCHEMA_VERSION
 from regress.store.files import tree_sha256
 from regress.store.pipes import PipeCommand
 from regress.store.shard_set import ShardLayout, ShardSet, settings_fingerprint, shard_destination, verify_dataset
-from regress.timing import StageClock
 
 MESH_ALGORITHM = "regress.marching_cubes"  # in the settings: meshes of the earlier CPU marching cubes differ, never mix them
 

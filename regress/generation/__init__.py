@@ -1,2 +1,3 @@
 """The stages of shard generation: rendering batches on the device (`render`), encoding and writing shards
-(`encode`), and running a consumer beside its producer (`background`); `regress.generate` wires them."""
+(`encode`), a consumer thread beside its producer (`background`) and where the time went (`timing`);
+`regress.generate` wires them."""

@@ -7,7 +7,7 @@ import queue
 import threading
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from regress.timing import StageClock
+from regress.generation.timing import StageClock
 
 Item, Result = TypeVar("Item"), TypeVar("Result")
 _END = object()

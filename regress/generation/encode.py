@@ -12,10 +12,10 @@ import torch
 from tqdm import tqdm
 
 from regress.generation.render import RenderedBatch
+from regress.generation.timing import StageClock, timed_call
 from regress.sample import encode_sample
 from regress.store.shard_set import ShardSet
 from regress.store.shards import ShardWriter, sample_key
-from regress.timing import StageClock, timed_call
 
 
 def record_members(arrays: dict[str, np.ndarray], meta: dict, image_format: str) -> dict[str, bytes]:

@@ -9,12 +9,12 @@ import numpy as np
 import torch
 
 from regress.camera import ViewMixture
+from regress.generation.timing import StageClock
 from regress.generators.base import Generator
 from regress.geometry.grids import density_grid
 from regress.geometry.meshes import grids_to_ply
 from regress.sample import ARRAY_FIELDS
 from regress.store.shard_set import ShardLayout
-from regress.timing import StageClock
 
 
 @dataclasses.dataclass
