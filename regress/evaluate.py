@@ -15,18 +15,14 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
 from regress.generators import create_generator
 from regress.generators.base import Generator
 from regress.inversion.align import FaceAligner
-from regress.inversion.pairs import CameraLabels, PairBuilder, build_pairs, list_images, read_manifest
+from regress.inversion.pairs import CameraLabels, PairBuilder, build_pairs, list_images
 from regress.inversion.perceptual import PerceptualDistance
 from regress.inversion.project import ProjectionConfig
-
-
-def _device(device: str) -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device)
+from regress.runtime import pick_device
+from regress.store.pairs import read_pairs_manifest
 
 
 def pairs(
@@ -78,7 +74,7 @@ def pairs(
         progress: show progress bars
     """
     photos = list_images(images)
-    model = create_generator(generator, checkpoint, **(generator_options or {})).to(_device(device)).eval()
+    model = create_generator(generator, checkpoint, **(generator_options or {})).to(pick_device(device)).eval()
     perceptual, name = None, "perceptual_distance"
     if vgg_weights is not None:
         perceptual = PerceptualDistance(vgg_weights, lpips_weights).to(model.device)
@@ -100,7 +96,7 @@ def pairs(
 
 def pairs_generator(root: str | Path, name: str | None, checkpoint: str | None, options: dict | None) -> Generator:
     """The generator that made a pairs set: as given, or rebuilt from its manifest (analytic needs no weights)."""
-    identity = read_manifest(root)["generator"]
+    identity = read_pairs_manifest(root)["generator"]
     if name is None and checkpoint is None:
         if identity["generator"] != "analytic":
             raise ValueError(f"{root} was inverted with {identity['generator']}; give its --checkpoint to render predicted latents")
@@ -146,7 +142,7 @@ def benchmark(
     from regress.inversion.report import write_report
     from regress.models import DepthRegressor, LatentRegressor
 
-    run_on = _device(device)
+    run_on = pick_device(device)
     models = {}
     for kind, path, cls in (("depth", depth_checkpoint, DepthRegressor), ("latent", latent_checkpoint, LatentRegressor)):
         if path is not None:

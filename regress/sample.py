@@ -79,7 +79,8 @@ def validate_batch(batch: Batch) -> None:
         n = value.shape[0]
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
+def npy_bytes(array: np.ndarray) -> bytes:
+    """An array as .npy bytes (no pickles)."""
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
     return buffer.getvalue()
@@ -110,7 +111,7 @@ def encode_sample(batch: Batch, index: int, image_format: str = "png") -> dict[s
         if name == "image":
             members[f"image.{image_format}"] = encode_image(array.transpose(1, 2, 0), image_format)
         else:
-            members[f"{name}.npy"] = _npy_bytes(array)
+            members[f"{name}.npy"] = npy_bytes(array)
     meta = dict(batch["meta"][index]) if "meta" in batch else {}
     meta.setdefault("schema_version", SCHEMA_VERSION)
     members["meta.json"] = json.dumps(meta, sort_keys=True).encode()

@@ -24,9 +24,11 @@ import torch
 
 from regress.camera import ViewMixture
 from regress.datamodules.shards import ShardDataModule
-from regress.generate import deterministic_kernels, generate
+from regress.generate import generate
 from regress.generators import create_generator
-from regress.geometry import density_grid, grids_to_ply
+from regress.geometry.grids import density_grid
+from regress.geometry.meshes import grids_to_ply
+from regress.runtime import deterministic_kernels, pick_device
 
 
 def machine(device: torch.device) -> str:
@@ -108,7 +110,7 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", choices=("plain", "mesh"), default=["plain", "mesh"], help="write runs: without and with meshes")
     args = parser.parse_args()
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device()
     root = Path(tempfile.mkdtemp(prefix="bench-generate-")) if args.output is None else args.output
     rows = []
     try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -23,11 +22,9 @@ from pathlib import Path
 
 import torch
 
+from regress.runtime import pick_device, rank_and_world_size
+
 FAST_PATH = '{"precision": "float16", "compile": "reduce-overhead"}'
-
-
-def _rank() -> tuple[int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def generate_worker(args: argparse.Namespace, out: Path) -> dict:
@@ -68,7 +65,7 @@ def fit_worker(args: argparse.Namespace, out: Path) -> dict:
             self.wall.append(time.perf_counter())
             self.seeds += [int(m["seed"]) for m in batch["meta"]]
 
-    _, world_size = _rank()
+    _, world_size = rank_and_world_size()
     steps = args.fit_steps + args.fit_warmup
     L.seed_everything(0, verbose=False)
     data = SynthOnlineDataModule(
@@ -96,10 +93,10 @@ def surface_level(args: argparse.Namespace) -> float:
     """The generator's surface level, or where its random weights have no surface there, a density quantile."""
     from regress.camera import ViewMixture
     from regress.generators import create_generator
-    from regress.geometry import density_grid
+    from regress.geometry.grids import density_grid
 
     torch.manual_seed(0)  # the random weights `generate` draws
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device()
     model = create_generator(args.generator, args.checkpoint).to(device).eval()
     with torch.inference_mode():
         grid = density_grid(model, model.sample([0], ViewMixture.load("published"))["w"], args.mesh_resolution)[0]
@@ -160,9 +157,9 @@ def main() -> None:
 
     if args.worker:
         if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(pick_device())
         figures = (fit_worker if args.job == "fit" else generate_worker)(args, args.out)
-        (args.out / f"rank-{_rank()[0]}.json").write_text(json.dumps(figures))
+        (args.out / f"rank-{rank_and_world_size()[0]}.json").write_text(json.dumps(figures))
         return
 
     if "mesh" in args.jobs and args.mesh_level is None:

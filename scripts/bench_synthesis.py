@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from regress.camera import ViewMixture, frontal_camera, views_to_cameras
-from regress.generate import deterministic_kernels
 from regress.generators import available_generators, create_generator
 from regress.generators.base import seeded_normal
+from regress.runtime import deterministic_kernels
 
 
 def machine() -> str:

@@ -30,6 +30,7 @@ from regress.inversion.camera_fit import (  # noqa: E402
     project_points,
 )
 from regress.inversion.crop import eg3d_quad, ffhq_quad, quad_coordinates  # noqa: E402
+from tests.eg3d_tiny import TINY_EG3D  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +144,13 @@ def _axis_errors(template, framing: str | None) -> np.ndarray:
         uv = (pixels + 0.5) / 512 if quad is None else quad_coordinates(pixels, quad)
         errors.append(axis_angle(CameraFitter()(uv, template, focal=float(truth[16])).camera, truth))
     return np.array(errors)
+
+
+def test_generator_template_is_the_generators_own_landmarks_or_else_the_label_template(analytic_template):
+    assert analytic_template.name == "analytic_landmarks" and analytic_template.frame == "world"
+    assert np.abs(analytic_template.points - packaged_template("label").points).max() > 0.01
+    fallback = generator_template(create_generator("eg3d", **TINY_EG3D), "generator")  # no 3D landmarks
+    np.testing.assert_array_equal(fallback.points, packaged_template("label").points)
 
 
 def test_camera_of_known_views_is_recovered(analytic_template):

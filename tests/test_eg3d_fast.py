@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from regress.camera import ViewMixture, frontal_camera, make_cameras
 from regress.generators.eg3d import EG3DGenerator
 from regress.generators.eg3d.fused_field import fused_field, supported
-from regress.generators.eg3d.jitter import MASK32, ROUND, hash32, hashed_uniform, seed_keys
+from regress.generators.eg3d.jitter import MASK32, ROUND, hash32, keyed_uniform, seed_keys
 from regress.generators.eg3d.layers import ToRGB
 from regress.generators.eg3d.renderer import OSGDecoder, march, march_weights, sample_triplanes
 from tests.eg3d_tiny import TINY_EG3D
@@ -40,6 +40,11 @@ def test_hash_is_exact_32_bit_arithmetic():
     values[:3] = torch.tensor([0, 1, MASK32])
     expected = [python_hash32(int(v)) for v in values]
     assert hash32(values).tolist() == expected
+
+
+def hashed_uniform(seeds, size: int, stream: int, device: str = "cpu") -> torch.Tensor:
+    """The renderer's jitter numbers: keys of (seed, stream) moved to the device, then hashed there."""
+    return keyed_uniform(seed_keys(seeds, stream).to(device), size)
 
 
 def test_hashed_uniforms_depend_only_on_the_seed():

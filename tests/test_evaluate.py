@@ -23,10 +23,11 @@ from regress import evaluate, fit  # noqa: E402
 from regress.camera import make_cameras  # noqa: E402
 from regress.datamodules.pairs import PairDataModule, PairDataset, validation_keys  # noqa: E402
 from regress.generators import create_generator  # noqa: E402
-from regress.geometry import mesh_from_bytes  # noqa: E402
+from regress.geometry.meshes import mesh_from_ply  # noqa: E402
 from regress.inversion.align import FaceAligner, FaceError  # noqa: E402
-from regress.inversion.pairs import RECORDS, CameraLabels, PairBuilder, record_key  # noqa: E402
+from regress.inversion.pairs import CameraLabels, PairBuilder  # noqa: E402
 from regress.inversion.project import ProjectionConfig  # noqa: E402
+from regress.store.pairs import RECORDS, record_key  # noqa: E402
 
 GENERATOR = '{"image_resolution": 32, "render_resolution": 16, "depth_resolution": 16}'
 GOOD = ("astronaut.png", "mirrored.jpg", "grey.png", "alpha.png")
@@ -133,7 +134,7 @@ def test_record_with_mesh(photos):
     builder = PairBuilder(generator, projection=ProjectionConfig(steps=2, spread_samples=50), with_mesh=True, mesh_resolution=32)
     [(key, members)] = builder.build(photos / "astronaut.png")
     assert key == record_key(photos / "astronaut.png")
-    mesh = mesh_from_bytes(members["mesh.ply"])
+    mesh = mesh_from_ply(members["mesh.ply"])
     assert len(mesh.faces) > 100 and np.abs(mesh.vertices).max() <= generator.box_size / 2 + 1e-4
     assert list(members)[-1] == "meta.json"
 

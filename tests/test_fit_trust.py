@@ -20,7 +20,7 @@ from regress.datamodules import SynthOnlineDataModule
 from regress.generate import generate
 from regress.models import DepthRegressor
 from regress.models.guards import FiniteGuard, NonFiniteError
-from regress.shards import MANIFEST
+from regress.store.shard_set import MANIFEST
 from tests.test_fit import TINY
 
 REPO = Path(__file__).resolve().parent.parent

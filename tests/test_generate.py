@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from regress.generate import consume_in_background, generate, main
+from regress.generate import generate, main
+from regress.generation.background import consume_in_background
 from regress.generators import create_generator
-from regress.shards import MANIFEST, REGENERATE, read_record
+from regress.store.shard_set import MANIFEST
+from regress.store.shards import REGENERATE, read_shard_record
 from tests.eg3d_tiny import TINY_EG3D
 
 REPO = Path(__file__).resolve().parent.parent
@@ -202,7 +204,7 @@ def test_pipe_output_sends_the_same_shards_and_manifest_and_resumes_without_rese
     assert summary["manifest"] and log.read_text().split() == [*tars, MANIFEST]
     assert {k: v for k, v in digests(remote).items() if k != MANIFEST} == {k: v for k, v in digests(reference).items() if k.endswith(".tar")}
     assert json.loads((remote / MANIFEST).read_text()) == json.loads((reference / MANIFEST).read_text())
-    assert not list(staging.glob("*.tar")) and all(read_record(staging / t)["sent_to"] == output[5:].replace("{name}", t) for t in tars)
+    assert not list(staging.glob("*.tar")) and all(read_shard_record(staging / t)["sent_to"] == output[5:].replace("{name}", t) for t in tars)
     generate(output, staging=staging, **RUN)  # a rerun sends only the manifest again
     assert log.read_text().split() == [*tars, MANIFEST, MANIFEST]
 
@@ -237,7 +239,7 @@ def test_other_settings_in_the_same_folder_are_refused(reference, tmp_path):
 def test_meshes_and_jpg_images_are_stored_per_sample(tmp_path):
     summary = generate(tmp_path, with_mesh=True, mesh_resolution=20, image_format="jpg", **{**RUN, "num_samples": 2})
     shard = tmp_path / summary["written"][0]
-    assert read_record(shard)["count"] == 2
+    assert read_shard_record(shard)["count"] == 2
     with tarfile.open(shard) as tar:
         names = tar.getnames()
         assert names == [f"{k:010d}.{m}" for k in (0, 1) for m in ("image.jpg", "depth.npy", "mask.npy", "w.npy", "z.npy", "camera.npy", "camera_cond.npy", "mesh.ply", "meta.json")]
@@ -294,7 +296,7 @@ def test_disk_full_stops_with_a_clear_error_and_no_partial_file(tmp_path):
     assert "regress.generate: error: [Errno 27] writing" in result.stderr and "the disk may be full" in result.stderr
     assert "free some space and rerun the same command" in result.stderr
     assert not list(tmp_path.glob("*.partial")) and not (tmp_path / MANIFEST).exists()
-    assert all(read_record(p) is not None for p in tmp_path.glob("*.tar"))  # any shard left is a complete one
+    assert all(read_shard_record(p) is not None for p in tmp_path.glob("*.tar"))  # any shard left is a complete one
 
 
 @pytest.mark.gpu

@@ -1,4 +1,4 @@
-"""Geometry: marching cubes of known shapes, mesh/volume file round trips, depth maps to meshes, previews."""
+"""Geometry: marching cubes of known shapes, PLY files, depth maps to meshes, density grids of the generators."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import torch
 from scipy.spatial import cKDTree
 from skimage import measure
 
-from regress import geometry
 from regress.camera import camera_rays, frontal_camera, make_cameras
 from regress.generators import create_generator
-from regress.marching_cubes import EDGES, case_table, march
+from regress.geometry.grids import check_grid_fits, density_grid, grid_axis
+from regress.geometry.marching_cubes import EDGES, case_table, marching_cubes
+from regress.geometry.meshes import depth_to_mesh, extract_meshes, grid_to_mesh, grids_to_ply, mesh_from_ply, mesh_to_ply
 from tests.eg3d_tiny import TINY_EG3D
 
 BOX = 1.0
@@ -21,7 +22,7 @@ BOX = 1.0
 
 def sphere_grid(resolution: int, radius: float, center=(0.0, 0.0, 0.0), box: float = BOX) -> np.ndarray:
     """Density radius - |p - center| on the cube grid: positive inside, surface at level 0."""
-    axis = geometry.grid_axis(resolution, box)
+    axis = grid_axis(resolution, box)
     x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
     return (radius - np.sqrt((x - center[0]) ** 2 + (y - center[1]) ** 2 + (z - center[2]) ** 2)).astype(np.float32)
 
@@ -39,7 +40,7 @@ def ray_sphere_depth(camera: torch.Tensor, resolution: int, center: torch.Tensor
 
 def test_marching_cubes_of_a_sphere_has_its_radius_and_volume():
     radius, center = 0.3, (0.05, -0.02, 0.1)
-    mesh = geometry.grid_to_mesh(sphere_grid(64, radius, center), level=0.0, box_size=BOX)
+    mesh = grid_to_mesh(sphere_grid(64, radius, center), level=0.0, box_size=BOX)
     distance = np.linalg.norm(mesh.vertices - np.asarray(center), axis=1)
     assert np.abs(distance - radius).max() < 0.25 * BOX / 63  # within a quarter voxel
     assert mesh.is_watertight
@@ -59,7 +60,7 @@ def sorted_rows(points: np.ndarray, decimals: int = 4) -> np.ndarray:
 
 def test_marching_cubes_puts_vertices_where_skimage_does_on_a_smooth_surface():
     values = sphere_grid(40, 0.3, (0.05, -0.1, 0.0))
-    vertices, faces, _ = march(torch.from_numpy(values)[None], 0.0)
+    vertices, faces, _ = marching_cubes(torch.from_numpy(values)[None], 0.0)
     expected, expected_faces, _, _ = measure.marching_cubes(values, 0.0)
     np.testing.assert_allclose(sorted_rows(vertices.numpy()), sorted_rows(expected), atol=2e-4)
     assert len(faces) == len(expected_faces)
@@ -68,7 +69,7 @@ def test_marching_cubes_puts_vertices_where_skimage_does_on_a_smooth_surface():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_marching_cubes_of_noise_is_closed_and_faces_outwards(seed):
     values = padded_noise(18, seed)
-    mesh = geometry.grid_to_mesh(values, 0.0, BOX, keep_largest=False)
+    mesh = grid_to_mesh(values, 0.0, BOX, keep_largest=False)
     assert len(mesh.faces) > 5000
     assert mesh.is_watertight and mesh.is_winding_consistent  # ambiguous faces are cut alike from both sides
     assert mesh.volume > 0  # counter-clockwise seen from outside (lower density)
@@ -91,21 +92,21 @@ def test_case_table_cuts_single_corners_with_one_triangle_and_has_at_most_five()
 
 def test_a_batch_of_grids_marches_like_each_grid_alone():
     grids = torch.from_numpy(np.stack([padded_noise(12, 3), sphere_grid(12, 0.3), np.full((12, 12, 12), -1, np.float32), padded_noise(12, 4)]))
-    vertices, faces, vertex_counts, face_counts = geometry.march_grids(grids, 0.0, BOX)
+    vertices, faces, vertex_counts, face_counts = extract_meshes(grids, 0.0, BOX)
     assert vertex_counts[2] == face_counts[2] == 0
     for grid, v, f in zip(grids, vertices.split(vertex_counts.tolist()), faces.split(face_counts.tolist())):
-        alone = geometry.march_grids(grid[None], 0.0, BOX)
+        alone = extract_meshes(grid[None], 0.0, BOX)
         torch.testing.assert_close(v, alone[0], rtol=0, atol=0)
         torch.testing.assert_close(f, alone[1], rtol=0, atol=0)
 
 
 def test_ply_files_laid_out_for_a_batch_equal_the_single_mesh_writer():
     grids = torch.from_numpy(np.stack([sphere_grid(16, 0.3), padded_noise(16, 5)]))
-    files = geometry.grids_to_ply(grids, 0.0, BOX)
+    files = grids_to_ply(grids, 0.0, BOX)
     for data, grid in zip(files, grids):
-        mesh, data = geometry.grid_to_mesh(grid, 0.0, BOX), bytes(data)
-        assert data == geometry.mesh_to_bytes(mesh)
-        parsed = geometry.mesh_from_bytes(data)
+        mesh, data = grid_to_mesh(grid, 0.0, BOX), bytes(data)
+        assert data == mesh_to_ply(mesh)
+        parsed = mesh_from_ply(data)
         np.testing.assert_array_equal(parsed.vertices, mesh.vertices)
         np.testing.assert_array_equal(parsed.faces, mesh.faces)
 
@@ -114,55 +115,32 @@ def test_ply_files_laid_out_for_a_batch_equal_the_single_mesh_writer():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_marching_on_the_gpu_equals_the_cpu():
     grids = torch.from_numpy(np.stack([padded_noise(40, 6), sphere_grid(40, 0.3)]))
-    cpu = geometry.march_grids(grids, 0.0, BOX)
-    gpu = geometry.march_grids(grids.cuda(), 0.0, BOX)
+    cpu = extract_meshes(grids, 0.0, BOX)
+    gpu = extract_meshes(grids.cuda(), 0.0, BOX)
     for a, b in zip(cpu, gpu):
         torch.testing.assert_close(b.cpu(), a, rtol=0, atol=1e-6)
 
 
 def test_keep_largest_component_drops_the_smaller_piece():
     values = np.maximum(sphere_grid(48, 0.2, (-0.2, 0, 0)), sphere_grid(48, 0.1, (0.3, 0, 0)))
-    both = geometry.grid_to_mesh(values, 0.0, BOX, keep_largest=False)
-    largest = geometry.grid_to_mesh(values, 0.0, BOX, keep_largest=True)
+    both = grid_to_mesh(values, 0.0, BOX, keep_largest=False)
+    largest = grid_to_mesh(values, 0.0, BOX, keep_largest=True)
     assert both.volume == pytest.approx(4 / 3 * math.pi * (0.2**3 + 0.1**3), rel=0.03)
     assert largest.volume == pytest.approx(4 / 3 * math.pi * 0.2**3, rel=0.03)
     assert largest.vertices[:, 0].max() < 0.05 and largest.is_watertight
 
 
 def test_a_grid_without_surface_gives_an_empty_mesh():
-    mesh = geometry.grid_to_mesh(np.zeros((8, 8, 8), np.float32), level=10.0, box_size=BOX)
+    mesh = grid_to_mesh(np.zeros((8, 8, 8), np.float32), level=10.0, box_size=BOX)
     assert len(mesh.vertices) == 0 and len(mesh.faces) == 0
-    assert geometry.mesh_from_bytes(geometry.mesh_to_bytes(mesh)).faces.shape == (0, 3)
-
-
-def test_ply_obj_and_mrc_round_trip(tmp_path):
-    values = sphere_grid(24, 0.3)
-    mesh = geometry.grid_to_mesh(values, 0.0, BOX)
-    ply = geometry.load_mesh(geometry.save_mesh(mesh, tmp_path / "head.ply"))
-    assert (tmp_path / "head.ply").read_bytes().startswith(b"ply\nformat binary_little_endian")
-    np.testing.assert_array_equal(ply.vertices, mesh.vertices)  # float32 in, float32 stored: exact
-    np.testing.assert_array_equal(ply.faces, mesh.faces)
-    assert geometry.mesh_to_bytes(mesh) == geometry.mesh_to_bytes(ply)
-    obj = geometry.load_mesh(geometry.save_mesh(mesh, tmp_path / "head.obj"))
-    np.testing.assert_allclose(obj.vertices, mesh.vertices, atol=1e-7)
-    np.testing.assert_array_equal(obj.faces, mesh.faces)
-    volume, voxel = geometry.load_mrc(geometry.save_mrc(values, tmp_path / "head.mrc", BOX))
-    np.testing.assert_array_equal(volume, values)
-    assert voxel == pytest.approx(BOX / 23, rel=1e-6)
-    assert not list(tmp_path.glob("*.partial"))
-
-
-def test_unknown_mesh_format_is_refused(tmp_path):
-    mesh = geometry.grid_to_mesh(sphere_grid(16, 0.3), 0.0, BOX)
-    with pytest.raises(ValueError, match="unknown mesh format 'stl'"):
-        geometry.save_mesh(mesh, tmp_path / "head.stl")
+    assert mesh_from_ply(mesh_to_ply(mesh)).faces.shape == (0, 3)
 
 
 def test_depth_mesh_vertices_lie_on_the_camera_rays_and_face_the_camera():
     camera = make_cameras(0.3, -0.1)
     resolution, center, radius = 32, torch.tensor([0.0, 0.0, 0.1]), 0.25
     depth, hit = ray_sphere_depth(camera, resolution, center, radius)
-    mesh = geometry.depth_to_mesh(depth, camera[0], mask=hit.float())
+    mesh = depth_to_mesh(depth, camera[0], mask=hit.float())
     origins, directions = camera_rays(camera.double(), resolution)
     expected = (origins[0] + depth.reshape(-1, 1) * directions[0])[hit.reshape(-1)]
     # every kept vertex is a hit pixel's ray point; quads need four hit corners, so some hit pixels drop out
@@ -176,35 +154,23 @@ def test_depth_mesh_vertices_lie_on_the_camera_rays_and_face_the_camera():
 
 def test_depth_mesh_without_mask_keeps_every_pixel():
     depth = torch.full((1, 8, 8), 2.0)
-    mesh = geometry.depth_to_mesh(depth, frontal_camera()[0])
+    mesh = depth_to_mesh(depth, frontal_camera()[0])
     assert len(mesh.vertices) == 64 and len(mesh.faces) == 2 * 7 * 7
     origin = frontal_camera()[0, [3, 7, 11]].numpy()
     np.testing.assert_allclose(np.linalg.norm(mesh.vertices - origin, axis=1), 2.0, atol=1e-6)
 
 
-def test_preview_shows_a_shaded_sphere_where_the_camera_sees_it():
-    mesh = geometry.grid_to_mesh(sphere_grid(48, 0.15), 0.0, BOX)
-    image = geometry.render_preview(mesh, resolution=128)
-    foreground = (image != 255).any(-1)
-    # frontal camera 2.7 from the origin, focal 4.2647 (normalized): radius in pixels ~ 128 * f * r / d
-    expected_radius = 128 * geometry.frontal_camera()[0, 16].item() * 0.15 / math.sqrt(2.7**2 - 0.15**2)
-    assert foreground.sum() == pytest.approx(math.pi * expected_radius**2, rel=0.05)
-    rows, cols = np.nonzero(foreground)
-    assert rows.mean() == pytest.approx(63.5, abs=1) and cols.mean() == pytest.approx(63.5, abs=1)
-    assert image[64, 64, 0] > image[64, int(64 + 0.95 * expected_radius), 0]  # lit centre, darker rim
-
-
 def test_density_grid_matches_the_generator_at_grid_points():
     generator = create_generator("analytic")
     w = generator.mapping(torch.randn(2, generator.z_dim, generator=torch.Generator().manual_seed(0)), frontal_camera(2))
-    grid = geometry.density_grid(generator, w, 12, chunk_points=1000).numpy()
+    grid = density_grid(generator, w, 12, chunk_points=1000).numpy()
     assert grid.shape == (2, 12, 12, 12) and grid.dtype == np.float32
-    axis = geometry.grid_axis(12, generator.box_size)
+    axis = grid_axis(12, generator.box_size)
     ijk = [(0, 0, 0), (3, 7, 11), (6, 5, 6), (11, 2, 9)]
     points = torch.tensor([[axis[i], axis[j], axis[k]] for i, j, k in ijk], dtype=torch.float32)
     direct = generator.density(points.expand(2, -1, -1), w)[..., 0].numpy()
     np.testing.assert_allclose(grid[:, [p[0] for p in ijk], [p[1] for p in ijk], [p[2] for p in ijk]], direct, rtol=1e-6)
-    np.testing.assert_array_equal(geometry.density_grid(generator, w[1:], 12, chunk_points=1000)[0].numpy(), grid[1])
+    np.testing.assert_array_equal(density_grid(generator, w[1:], 12, chunk_points=1000)[0].numpy(), grid[1])
 
 
 def eg3d_tiny(device: str = "cpu"):
@@ -218,8 +184,8 @@ def eg3d_tiny(device: str = "cpu"):
 
 def test_density_grid_of_eg3d_reads_its_tri_planes_like_density():
     generator, w = eg3d_tiny()
-    grid = geometry.density_grid(generator, w, 10).numpy()
-    axis = geometry.grid_axis(10, generator.box_size)
+    grid = density_grid(generator, w, 10).numpy()
+    axis = grid_axis(10, generator.box_size)
     ijk = [(0, 9, 4), (5, 5, 5), (9, 1, 7)]
     points = torch.tensor([[axis[i], axis[j], axis[k]] for i, j, k in ijk], dtype=torch.float32)
     with torch.no_grad():
@@ -229,15 +195,15 @@ def test_density_grid_of_eg3d_reads_its_tri_planes_like_density():
 
 @pytest.mark.gpu
 def test_density_grid_on_the_gpu_matches_the_cpu():
-    cpu = geometry.density_grid(*eg3d_tiny("cpu"), 32).numpy()
-    gpu = geometry.density_grid(*eg3d_tiny("cuda"), 32).cpu().numpy()
+    cpu = density_grid(*eg3d_tiny("cpu"), 32).numpy()
+    gpu = density_grid(*eg3d_tiny("cuda"), 32).cpu().numpy()
     np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-3)
 
 
 def test_analytic_head_mesh_sits_inside_the_box_around_the_face():
     generator = create_generator("analytic")
     w = generator.mean_latent()[None]
-    mesh = geometry.grid_to_mesh(geometry.density_grid(generator, w, 40)[0], generator.surface_level, generator.box_size)
+    mesh = grid_to_mesh(density_grid(generator, w, 40)[0], generator.surface_level, generator.box_size)
     assert mesh.volume > 0 and len(mesh.faces) > 1000
     low, high = mesh.bounds
     assert (low >= -generator.box_size / 2 - 1e-6).all() and (high <= generator.box_size / 2 + 1e-6).all()
@@ -246,5 +212,5 @@ def test_analytic_head_mesh_sits_inside_the_box_around_the_face():
 
 def test_grid_memory_check_refuses_impossible_grids():
     with pytest.raises(MemoryError, match=r"grid 8192\^3 need about .* GiB.*lower the mesh resolution"):
-        geometry.check_grid_fits(8192)
-    geometry.check_grid_fits(64)
+        check_grid_fits(8192)
+    check_grid_fits(64)

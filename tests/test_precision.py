@@ -48,6 +48,18 @@ def test_rendering_methods_of_every_backend_are_guarded():
     for cls in (AnalyticGenerator, EG3DGenerator):
         for name in ("mapping", "synthesis", "density"):
             assert getattr(cls, name).__qualname__ == f"{cls.__name__}.{name}" and hasattr(getattr(cls, name), "__wrapped__"), (cls, name)
+    assert hasattr(AnalyticGenerator.landmarks_3d, "__wrapped__")
+
+
+def test_analytic_landmarks_are_the_same_inside_cpu_autocast():
+    generator = create_generator("analytic", **TINY_GENERATOR)
+    w = generator.mean_latent()[None]
+    with torch.no_grad():
+        reference = generator.landmarks_3d(w)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            inside = generator.landmarks_3d(w)
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, reference, rtol=0, atol=1e-6)
 
 
 def test_latent_regressor_with_cycle_loss_trains_in_bf16_on_the_cpu():

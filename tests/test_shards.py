@@ -19,7 +19,8 @@ from regress.datamodules.shards import ShardDataModule
 from regress.generate import generate
 from regress.generators import create_generator
 from regress.sample import ARRAY_FIELDS, collate_samples, decode_sample
-from regress.shards import ShardLayout, ShardReadError, iter_shard, read_manifest
+from regress.store.shard_set import ShardLayout, read_shard_manifest
+from regress.store.shards import ShardReadError, iter_shard
 
 SMALL = {"image_resolution": 32, "render_resolution": 16, "depth_resolution": 16}
 SEED_START, NUM_SAMPLES, PER_SHARD = 10, 6, 2
@@ -237,4 +238,4 @@ def test_corrupt_image_names_file_sample_and_member_or_is_skipped(copy):
     module = data_module(copy, val_shards=1, skip_corrupt=True)
     assert val_seeds(module) == [15]
     assert module.corrupt.count == 1
-    np.testing.assert_array_equal(read_manifest(copy)["latent_shape"], [14, 32])
+    np.testing.assert_array_equal(read_shard_manifest(copy)["latent_shape"], [14, 32])

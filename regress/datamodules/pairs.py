@@ -21,9 +21,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from regress.datamodules.online import resize_images
 from regress.datamodules.shards import ManifestLatents
-from regress.inversion.pairs import RECORDS, read_manifest, read_record, record_keys
 from regress.sample import Batch, collate_samples, decode_sample
-from regress.shards import iter_shard
+from regress.store.pairs import RECORDS, read_pair_record, read_pairs_manifest, record_keys
+from regress.store.shards import iter_shard
 
 
 def decode_pair(members: dict[str, bytes], source: str, image: Literal["real", "inverted"] = "real") -> dict[str, Any]:
@@ -53,7 +53,7 @@ class PairDataset(Dataset):
 
     def __init__(self, root: str | Path, keys: list[str] | None = None, image: Literal["real", "inverted"] = "real") -> None:
         self.root, self.image = Path(root), image
-        self.manifest = read_manifest(root)
+        self.manifest = read_pairs_manifest(root)
         folder = self.root / RECORDS
         if folder.is_dir():
             self.members: dict[str, dict[str, bytes]] | None = None
@@ -72,7 +72,7 @@ class PairDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         key = self.keys[index]
-        members = self.members[key] if self.members is not None else read_record(self.root / RECORDS / key)
+        members = self.members[key] if self.members is not None else read_pair_record(self.root, key)
         sample = decode_pair(members, f"{self.root} record {key}", self.image)
         sample["meta"]["key"] = key
         return sample
@@ -121,7 +121,7 @@ class PairDataModule(ManifestLatents, L.LightningDataModule):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.save_hyperparameters()
-        self.root, self.manifest = Path(root), read_manifest(root)
+        self.root, self.manifest = Path(root), read_pairs_manifest(root)
         self.batch_size, self.image_size, self.image, self.num_workers = batch_size, image_size, image, num_workers
         self.val_fraction = val_fraction
 

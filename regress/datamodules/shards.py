@@ -21,9 +21,10 @@ import webdataset as wds
 from torch.utils.data import DataLoader
 
 from regress.datamodules.online import resize_images
-from regress.geometry import mesh_from_bytes
+from regress.geometry.meshes import mesh_from_ply
 from regress.sample import Batch, collate_samples, decode_sample
-from regress.shards import ShardReadError, iter_shard, read_manifest, shard_url
+from regress.store.shard_set import read_shard_manifest, shard_url
+from regress.store.shards import ShardReadError, iter_shard
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def decode_samples(samples: Iterable[dict], with_mesh: bool, corrupt: CorruptCou
             if with_mesh:
                 if "mesh.ply" not in members:
                     raise ValueError(f"{source}: has no mesh.ply; generate the shards with --with_mesh true")
-                mesh = mesh_from_bytes(members["mesh.ply"])
+                mesh = mesh_from_ply(members["mesh.ply"])
                 sample["mesh"] = {"vertices": torch.from_numpy(np.asarray(mesh.vertices, np.float32)), "faces": torch.from_numpy(np.asarray(mesh.faces))}
         except ValueError as error:
             if corrupt is None:
@@ -148,7 +149,7 @@ class ShardDataModule(ManifestLatents, L.LightningDataModule):
         with_mesh: bool = False,
     ) -> None:
         super().__init__()
-        self.manifest = read_manifest(root)
+        self.manifest = read_shard_manifest(root)
         shards = sorted(self.manifest["shards"], key=lambda s: s["index"])
         if not 0 <= val_shards < len(shards):
             raise ValueError(f"val_shards must be in [0, {len(shards) - 1}]: {root} holds {len(shards)} shards and training needs one")

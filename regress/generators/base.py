@@ -19,6 +19,7 @@ from torch import nn
 from regress.camera import View, ViewMixture, frontal_camera, views_to_cameras
 from regress.sample import SCHEMA_VERSION, Batch, image_to_uint8
 
+DensityFn = Callable[[torch.Tensor], torch.Tensor]  # world points (1, P, 3) -> density (1, P, 1)
 Z_STREAM = 0  # rng stream of z; views use camera.VIEW_STREAM, render jitter RENDER_STREAM
 RENDER_STREAM = 2
 
@@ -40,7 +41,7 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
-RENDERING_METHODS = ("mapping", "synthesis", "density")
+RENDERING_METHODS = ("mapping", "synthesis", "density", "landmarks_3d")
 REDUCED_FLOATS = (torch.float16, torch.bfloat16)
 
 
@@ -65,8 +66,10 @@ def in_own_precision(method: Callable) -> Callable:
 class Generator(nn.Module, abc.ABC):
     """A 3D-aware face generator: z + camera -> w -> image, depth, mask; density for meshes.
 
-    `mapping`, `synthesis` and `density` of every backend run in the backend's own precision,
-    also when called inside a model's autocast (`in_own_precision` wraps them). Subclasses set `z_dim`, `num_ws`, `w_dim`, `image_resolution`, `depth_resolution`,
+    Optional capabilities have defaults: `density_fns` (density per latent, for meshes) and
+    `landmarks_3d` (None: the backend has no 3D landmarks, camera fits use a template).
+    `mapping`, `synthesis`, `density` and `landmarks_3d` of every backend run in the backend's own
+    precision, also when called inside a model's autocast (`in_own_precision` wraps them). Subclasses set `z_dim`, `num_ws`, `w_dim`, `image_resolution`, `depth_resolution`,
     `ray_start`, `ray_end`, `box_size` (edge of the cube that holds the head, world units) and
     `surface_level` (the density level of the surface, for marching cubes).
     """
@@ -118,6 +121,26 @@ class Generator(nn.Module, abc.ABC):
     @abc.abstractmethod
     def density(self, points: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """Density at world points (N, P, 3) for latents (N, num_ws, w_dim) -> (N, P, 1)."""
+
+    def density_fns(self, w: torch.Tensor) -> list[DensityFn]:
+        """One density function of world points per latent of w (N, num_ws, w_dim), for density grids and meshes.
+
+        Backends whose density has a per-latent part worth computing once (EG3D's tri-planes) override this.
+        """
+        return [lambda points, i=i: self.density(points, w[i : i + 1]) for i in range(len(w))]
+
+    def landmarks_3d(self, w: torch.Tensor) -> torch.Tensor | None:
+        """World positions (N, 68, 3) of the 68 iBUG facial landmarks on the heads of w; None when the backend has none."""
+        return None
+
+    def data_facts(self) -> dict[str, Any]:
+        """What a data set made by this generator records for the models trained on it (manifests of shards and pairs)."""
+        return {
+            "image_resolution": self.image_resolution,
+            "depth_resolution": self.depth_resolution,
+            "latent_shape": list(self.latent_shape),
+            "mean_latent": self.mean_latent().detach().cpu().float().tolist(),
+        }
 
     @abc.abstractmethod
     def mean_latent(self) -> torch.Tensor:

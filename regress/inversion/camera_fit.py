@@ -21,6 +21,7 @@ from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation
 
 from regress.camera import DEFAULT_FOV_DEG, fov_to_focal
+from regress.generators.base import Generator
 
 LABEL_SCALE = 0.27  # face-model units to EG3D world units
 LABEL_OFFSET = (0.0, 0.006, 0.161)  # the face-model origin in EG3D's world
@@ -91,14 +92,14 @@ def calibration_photos() -> list[str]:
     return json.loads(TEMPLATES["label"].read_text())["calibration_photos"]
 
 
-def generator_template(generator: torch.nn.Module, spec: str = "label") -> LandmarkTemplate:
+def generator_template(generator: Generator, spec: str = "label") -> LandmarkTemplate:
     """The camera fit's template: `label` (EG3D's label frame), `mean_face` (a human mean face in EG3D world
     units), `generator` (the generator's own `landmarks_3d` at the mean latent, else `label`) or a JSON file."""
-    if spec == "generator" and hasattr(generator, "landmarks_3d"):
+    if spec == "generator":
         with torch.no_grad():
-            w = generator.mean_latent()[None].to(generator.device)
-            points = generator.landmarks_3d(w)[0].detach().cpu().double().numpy()
-        return LandmarkTemplate(points, "world", name=f"{generator.identity()['generator']}_landmarks")
+            marks = generator.landmarks_3d(generator.mean_latent()[None].to(generator.device))
+        if marks is not None:
+            return LandmarkTemplate(marks[0].detach().cpu().double().numpy(), "world", name=f"{generator.identity()['generator']}_landmarks")
     spec = "label" if spec == "generator" else spec
     return packaged_template(spec) if spec in TEMPLATES else load_template(spec)
 

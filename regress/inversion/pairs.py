@@ -1,29 +1,19 @@
 """Real photos -> pair records: the aligned real crop beside its inverted Sample and the inversion's quality.
 
-A pairs set is a folder: `records/<key>/` holds one record's members in the Sample schema
-(`image.png` is the inverted render; `depth.npy`, `mask.npy`, `w.npy`, `camera.npy`,
-`camera_cond.npy`, optional `mesh.ply`, `meta.json`) plus `real.png` (the photo's crop at the
-generator's resolution), `landmarks.npy` (its 68 landmarks, pixels) and `losses.json` (per step).
 The camera is fitted to the crop's landmarks, or given (an EG3D `dataset.json`, or `NAME.npy`
 beside each photo); `meta.json` holds the crop's transform, the detector and the camera's origin.
-Records are written under a temporary name and renamed when complete, so a rerun skips them;
-`errors.json` lists the photos that failed and why; `settings.json` guards a resumed run against
-other settings; `manifest.json` describes the finished set. With
-`shards`, the records are also packed into WebDataset shards with the same members.
+The records go into a pairs folder (`regress.store.pairs`): resumable, failures listed per photo,
+with `shards`, also packed into WebDataset shards with the same members.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import math
-import re
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,22 +22,26 @@ from tqdm import tqdm
 
 from regress.camera import camera_to_pose, frontal_camera
 from regress.generators.base import Generator
-from regress.geometry import density_grid, grid_to_mesh, mesh_to_bytes
+from regress.geometry.grids import density_grid
+from regress.geometry.meshes import grid_to_mesh, mesh_to_ply
 from regress.inversion.align import AlignedFace, FaceAligner, FaceError, load_image
 from regress.inversion.camera_fit import CameraFitter, generator_template
 from regress.inversion.perceptual import PerceptualDistance
 from regress.inversion.project import ProjectionConfig, project
 from regress.inversion.quality import identity_scores, psnr, ssim
-from regress.sample import SCHEMA_VERSION, encode_image, encode_sample, image_to_float, image_to_uint8
-from regress.shards import ShardWriter, write_json
+from regress.sample import SCHEMA_VERSION, encode_image, encode_sample, image_to_float, image_to_uint8, npy_bytes
+from regress.store.pairs import (
+    prepare_pairs_folder,
+    read_pair_errors,
+    record_key,
+    record_keys,
+    write_pair_errors,
+    write_pair_record,
+    write_pair_shards,
+    write_pairs_manifest,
+)
 
-PAIRS_FORMAT = "regress-pairs-v1"
-RECORDS = "records"
-MANIFEST = "manifest.json"
-ERRORS = "errors.json"
-SETTINGS = "settings.json"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-EXTRA_MEMBERS = ("real.png", "landmarks.npy", "losses.json")
 
 
 def list_images(source: str | Path | list) -> list[Path]:
@@ -66,13 +60,6 @@ def list_images(source: str | Path | list) -> list[Path]:
     if source.is_file():
         return [source]
     raise FileNotFoundError(f"{source} is not a folder, a .txt list of photos or an image file")
-
-
-def record_key(path: Path, face_index: int = 0) -> str:
-    """A stable, WebDataset-safe key (no dots) from the photo's name and full path, and the face's index."""
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", path.stem)[:48]
-    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
-    return f"{stem}-{digest}" + (f"-face{face_index}" if face_index else "")
 
 
 class CameraLabels:
@@ -201,9 +188,9 @@ class PairBuilder:
         meta_json = members.pop("meta.json")
         if self.with_mesh:
             grid = density_grid(renderer, result.w, self.mesh_resolution)[0]
-            members["mesh.ply"] = mesh_to_bytes(grid_to_mesh(grid, renderer.surface_level, renderer.box_size))
+            members["mesh.ply"] = mesh_to_ply(grid_to_mesh(grid, renderer.surface_level, renderer.box_size))
         members["real.png"] = encode_image(real, "png")
-        members["landmarks.npy"] = _npy(landmarks)
+        members["landmarks.npy"] = npy_bytes(landmarks)
         members["losses.json"] = json.dumps({"projection": result.losses, "pivotal_tuning": result.pti_losses}).encode()
         members["meta.json"] = meta_json
         return members
@@ -235,70 +222,6 @@ class PairBuilder:
         return quality
 
 
-def _npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
-def write_record(records: Path, key: str, members: dict[str, bytes]) -> Path:
-    """Write one record's members to `records/key.partial/`, then rename it to `records/key/`."""
-    final, partial = records / key, records / f"{key}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    for name, data in members.items():
-        (partial / name).write_bytes(data)
-    partial.replace(final)
-    return final
-
-
-def read_record(folder: Path) -> dict[str, bytes]:
-    """A record folder's members (name -> bytes), meta.json last as in shards."""
-    members = {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != "meta.json"}
-    members["meta.json"] = (folder / "meta.json").read_bytes()
-    return members
-
-
-def record_keys(root: str | Path) -> list[str]:
-    """Keys of the complete records of a pairs folder, sorted (unfinished `.partial` ones are not records)."""
-    records = Path(root) / RECORDS
-    if not records.is_dir():
-        raise FileNotFoundError(f"{root} has no {RECORDS}/ folder: build it with python -m regress.evaluate pairs")
-    return sorted(p.name for p in records.iterdir() if p.is_dir() and not p.name.endswith(".partial"))
-
-
-def iter_records(root: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, members) of every complete record of a pairs folder, in key order."""
-    for key in record_keys(root):
-        yield key, read_record(Path(root) / RECORDS / key)
-
-
-def _prepare_output(output: Path, fingerprint: dict, resume: bool) -> None:
-    """Check a resumed folder was made with the same settings, or clear our files from it; record the settings."""
-    path = output / SETTINGS
-    if resume and path.is_file() and json.loads(path.read_text()) != fingerprint:
-        raise ValueError(
-            f"{output} holds pairs made with other settings (see {path}); choose another output or pass --resume false to rebuild"
-        )
-    if not resume:
-        shutil.rmtree(output / RECORDS, ignore_errors=True)
-        for stale in [output / ERRORS, output / MANIFEST, *output.glob("pairs-*.tar*")]:
-            stale.unlink(missing_ok=True)
-    (output / RECORDS).mkdir(parents=True, exist_ok=True)
-    write_json(path, fingerprint)
-
-
-def read_manifest(root: str | Path) -> dict[str, Any]:
-    """A pairs folder's manifest; a clear error when the set was never finished."""
-    path = Path(root) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"no {MANIFEST} in {root}: run (or rerun) python -m regress.evaluate pairs to finish the set")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != PAIRS_FORMAT:
-        raise ValueError(f"{path} is not a pairs manifest (format {manifest.get('format')!r}, expected {PAIRS_FORMAT!r})")
-    return manifest
-
-
 def build_pairs(
     images: list[Path],
     output: Path,
@@ -312,12 +235,8 @@ def build_pairs(
     """Pair every photo (skipping done ones with `resume`), list failures per file, write the manifest; a summary."""
     output, g = Path(output), builder.generator
     fingerprint = {"generator": g.identity(), "projection": asdict(builder.projection), "settings": settings or {}}
-    _prepare_output(output, json.loads(json.dumps(fingerprint)), resume)
-    records = output / RECORDS
-    errors: dict[str, str] = {}
-    errors_path = output / ERRORS
-    if resume and errors_path.is_file():
-        errors = {e["source"]: e["error"] for e in json.loads(errors_path.read_text())["errors"]}
+    prepare_pairs_folder(output, json.loads(json.dumps(fingerprint)), resume)
+    errors = read_pair_errors(output) if resume else {}
     done = set(record_keys(output))
     built, skipped, start = 0, 0, time.perf_counter()
     bar = tqdm(images, desc="pairs", unit="photo", disable=not progress, dynamic_ncols=True)
@@ -328,7 +247,7 @@ def build_pairs(
             continue
         try:
             for key, members in reversed(builder.build(path)):  # face 0 last: its key marks the photo done
-                write_record(records, key, members)
+                write_pair_record(output, key, members)
                 built += 1
             errors.pop(str(path), None)
         except FaceError as error:
@@ -337,16 +256,12 @@ def build_pairs(
         except Exception as error:  # noqa: BLE001 - one photo's failure must not stop the set; it is listed
             errors[str(path)] = f"{path}: {type(error).__name__}: {error}"
             tqdm.write(f"regress.evaluate pairs: failed on {path}: {type(error).__name__}: {error}")
-        write_json(errors_path, {"errors": [{"source": s, "error": e} for s, e in sorted(errors.items())]})
+        write_pair_errors(output, errors)
     bar.close()
     keys = record_keys(output)
     manifest = {
-        "format": PAIRS_FORMAT,
         "generator": g.identity(),
-        "latent_shape": list(g.latent_shape),
-        "mean_latent": g.mean_latent().float().cpu().tolist(),
-        "image_resolution": g.image_resolution,
-        "depth_resolution": g.depth_resolution,
+        **g.data_facts(),
         "projection": asdict(builder.projection),
         "settings": settings or {},
         "records": len(keys),
@@ -354,18 +269,7 @@ def build_pairs(
         "schema_version": SCHEMA_VERSION,
     }
     if shards:
-        manifest["shards"] = write_shards(output, samples_per_shard)
-    write_json(output / MANIFEST, manifest)
+        manifest["shards"] = write_pair_shards(output, samples_per_shard)
+    write_pairs_manifest(output, manifest)
     return {"output": str(output), "built": built, "skipped": skipped, "records": len(keys), "errors": errors, "seconds": time.perf_counter() - start}
 
-
-def write_shards(output: Path, samples_per_shard: int = 1000) -> list[dict[str, Any]]:
-    """Pack the records of a pairs folder into `pairs-000000.tar ...` (same members); their records for the manifest."""
-    items = list(iter_records(output))
-    shards = []
-    for index, start in enumerate(range(0, len(items), samples_per_shard)):
-        with ShardWriter(output / f"pairs-{index:06d}.tar") as writer:
-            for key, members in items[start : start + samples_per_shard]:
-                writer.add(key, members)
-            shards.append(writer.commit({"index": index}))
-    return shards

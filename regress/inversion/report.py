@@ -11,7 +11,7 @@ import torch
 
 from regress.inversion.benchmark import EXAMPLE_COLUMNS
 from regress.models.previews import colormap_depth, depth_range, preview_grid
-from regress.shards import write_json
+from regress.store.files import write_json
 
 HISTOGRAMS = (
     ("depth_absrel", "depth abs-rel"),

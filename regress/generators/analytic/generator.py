@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from regress.camera import frontal_camera
-from regress.generators import register
+from regress.generators.registry import register
 from regress.generators.analytic import head, landmarks
 from regress.generators.analytic.params import GROUPS, group_rows, read_params, readout_matrices
 from regress.generators.analytic.render import Surface, lambert, render_layers

@@ -20,7 +20,6 @@ import collections
 import hashlib
 import io
 import json
-import os
 import pickle
 from pathlib import Path
 from typing import Any, Callable
@@ -30,6 +29,7 @@ import torch
 from safetensors.torch import load, save
 
 from regress.generators.eg3d.config import EG3DConfig
+from regress.store.files import write_atomic
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -279,11 +279,6 @@ def match_state_dict(
     return {k: loaded[k].detach().to(torch.float32).contiguous() for k in expected}
 
 
-def file_sha256(path: str | Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def canonical_json(value: Any) -> bytes:
     """JSON with sorted keys and no spaces: the same value always gives the same bytes."""
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
@@ -358,20 +353,12 @@ def _check_recorded_hashes(saved: dict[str, Any], weights: bytes, weights_path: 
 def save_converted(
     out_dir: str | Path, config: EG3DConfig, state_dict: dict[str, torch.Tensor], provenance: dict[str, Any]
 ) -> Path:
-    """Write `model.safetensors` + `config.json` (with both SHA-256) into `out_dir`: both to temp names first, then renamed."""
+    """Write `model.safetensors` + `config.json` (with both SHA-256) into `out_dir`, each through a temporary name."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, metadata={"format": "pt"})
     saved = {"config": config.to_dict(), "provenance": provenance, "weights_sha256": hashlib.sha256(weights).hexdigest()}
     saved["config_sha256"] = config_sha256(saved)
-    contents = {WEIGHTS_FILE: weights, CONFIG_FILE: json.dumps(saved, indent=2).encode()}
-    temps = {name: out_dir / f".{name}.{os.getpid()}.tmp" for name in contents}
-    try:
-        for name, data in contents.items():
-            temps[name].write_bytes(data)
-        for name, tmp in temps.items():
-            os.replace(tmp, out_dir / name)
-    finally:
-        for tmp in temps.values():
-            tmp.unlink(missing_ok=True)
+    write_atomic(out_dir / WEIGHTS_FILE, weights)
+    write_atomic(out_dir / CONFIG_FILE, json.dumps(saved, indent=2).encode())
     return out_dir

@@ -12,8 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from regress.generators.eg3d.checkpoint import CheckpointError, file_sha256
+from regress.generators.eg3d.checkpoint import CheckpointError
 from regress.generators.eg3d.generator import EG3DGenerator
+from regress.store.files import file_sha256
 
 
 def convert(pickle_path: str | Path, out_dir: str | Path) -> Path:

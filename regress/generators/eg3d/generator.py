@@ -14,8 +14,8 @@ from typing import Any, Sequence
 import torch
 
 from regress.camera import camera_rays
-from regress.generators import register
-from regress.generators.base import RENDER_STREAM, Generator, to_device
+from regress.generators.registry import register
+from regress.generators.base import RENDER_STREAM, DensityFn, Generator, to_device
 from regress.generators.eg3d.backbone import TriplaneBackbone
 from regress.generators.eg3d.checkpoint import (
     generator_checksum,
@@ -139,6 +139,11 @@ class EG3DGenerator(Generator):
 
     def density(self, points: torch.Tensor, w: torch.Tensor, chunk: int = DENSITY_CHUNK) -> torch.Tensor:
         return self.density_from_planes(self.planes(w), points, chunk)
+
+    def density_fns(self, w: torch.Tensor) -> list[DensityFn]:
+        """The tri-planes of all of w computed once, then queried per latent."""
+        planes = self.planes(w)
+        return [lambda points, i=i: self.density_from_planes(planes[i : i + 1], points) for i in range(len(w))]
 
     def _field(self, planes: torch.Tensor, points: torch.Tensor, with_features: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """sigma (N, P) float32 and features (N, C, P) in the planes' dtype, channels first (one fused kernel where it can)."""

@@ -54,7 +54,3 @@ def keyed_uniform(keys: torch.Tensor, size: int) -> torch.Tensor:
     bits = hash32(hash32(index ^ keys[:, :1]) ^ keys[:, 1:])
     return (bits >> 8).float() * 2.0**-24
 
-
-def hashed_uniform(seeds: Sequence[int], size: int, stream: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(N, size) float32 in [0, 1) on `device`, row i a pure function of (seeds[i], stream)."""
-    return keyed_uniform(seed_keys(seeds, stream).to(device), size)

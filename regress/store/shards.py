@@ -1,11 +1,11 @@
-"""WebDataset shards of Sample records: the seed layout, deterministic writing, the manifest, reading back.
+"""The shard format: one WebDataset tar of Sample records, written deterministically, read back verified.
 
-A shard `name-000123.tar` holds the samples of a fixed seed range (index * samples_per_shard on),
-each under the key `sample_key(seed)`, members in a fixed order with `meta.json` last. Tar headers
-carry no time, owner or mode of the machine, so the same samples give the same bytes. A shard is
-written to `*.partial` and renamed when complete; its record (`*.tar.json`: seeds, count, bytes,
-SHA-256, settings fingerprint) is written just before, so a shard on disk with a matching record is
-complete. `manifest.json` gathers the records once every shard exists.
+A shard `name-000123.tar` holds the samples of a fixed seed range, each under the key
+`sample_key(seed)`, members in a fixed order with `meta.json` last. Tar headers carry no time,
+owner or mode of the machine, so the same samples give the same bytes. A shard is written to
+`*.partial` and renamed when complete; its record (`*.tar.json`: seeds, count, bytes, SHA-256,
+settings fingerprint) is written just before, so a shard on disk with a matching record is
+complete. A folder of shards and its manifest are `regress.store.shard_set`.
 """
 
 from __future__ import annotations
@@ -18,59 +18,20 @@ import os
 import tarfile
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 from urllib.parse import urlparse
 
 import webdataset as wds
-from tqdm import tqdm
 
-from regress.pipes import PipeCommand
+from regress.store.files import AtomicFile, file_sha256, hash_stream, write_json
 
-MANIFEST = "manifest.json"
-PARTIAL = ".partial"
 RECORD = ".json"
-FORMAT = "regress-shards-v1"
 
 
 def sample_key(seed: int) -> str:
     """The zero-padded key of a sample in its shard."""
     return f"{seed:010d}"
-
-
-@dataclass(frozen=True)
-class ShardLayout:
-    """Which seeds go in which shard: fixed by the seed range and shard size, never by the number of workers."""
-
-    name: str
-    seed_start: int
-    num_samples: int
-    samples_per_shard: int
-
-    def __post_init__(self) -> None:
-        if self.seed_start < 0 or self.num_samples < 1 or self.samples_per_shard < 1:
-            raise ValueError(
-                f"need seed_start >= 0, num_samples >= 1 and samples_per_shard >= 1, got {self.seed_start}, "
-                f"{self.num_samples} and {self.samples_per_shard}"
-            )
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            raise ValueError(f"shard name {self.name!r} must be a plain file name prefix")
-
-    @property
-    def num_shards(self) -> int:
-        return -(-self.num_samples // self.samples_per_shard)
-
-    def seeds(self, index: int) -> range:
-        start = self.seed_start + index * self.samples_per_shard
-        return range(start, min(start + self.samples_per_shard, self.seed_start + self.num_samples))
-
-    def filename(self, index: int) -> str:
-        return f"{self.name}-{index:06d}.tar"
-
-    def indices_for_rank(self, rank: int, world_size: int) -> range:
-        """Shard i goes to rank i % world_size."""
-        return range(rank, self.num_shards, world_size)
 
 
 PARALLEL_HASH_BYTES = 1 << 20
@@ -105,13 +66,12 @@ class ShardWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.partial = self.path.with_name(self.path.name + PARTIAL)
         self.count = 0
 
     def __enter__(self) -> "ShardWriter":
-        self.file = open(self.partial, "wb")
+        self.target = AtomicFile(self.path)
         self.hasher = ThreadPoolExecutor(1, thread_name_prefix="regress-hash")
-        self.hashing = _HashingFile(self.file, self.hasher)
+        self.hashing = _HashingFile(self.target.file, self.hasher)
         self.committed = False
         return self
 
@@ -124,45 +84,31 @@ class ShardWriter:
             self.hashing.write(info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape"))
             self.hashing.write(data)
             self.hashing.write(bytes(-len(data) % tarfile.BLOCKSIZE))
-        self.file.flush()
+        self.target.file.flush()
         self.count += 1
 
     def commit(self, record: dict[str, Any]) -> dict[str, Any]:
         """Finish the tar, write its record (count, bytes, SHA-256 added), then rename it into place."""
         end = 2 * tarfile.BLOCKSIZE  # two zero blocks, then zeros to a whole record, as tarfile closes an archive
         self.hashing.write(bytes(end + -(self.hashing.size + end) % tarfile.RECORDSIZE))
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
+        self.target.close()
         record = {**record, "file": self.path.name, "count": self.count, "bytes": self.hashing.size, "sha256": self.hashing.sha256.hexdigest()}
         write_json(record_path(self.path), record)
-        self.partial.replace(self.path)
+        self.target.commit()
         self.committed = True
         return record
 
     def __exit__(self, *exc_info) -> None:
         self.hasher.shutdown()
         if not self.committed:
-            with contextlib.suppress(OSError):  # the error that got us here is the one to report
-                self.file.close()
-            self.partial.unlink(missing_ok=True)
+            self.target.discard()
 
 
 def record_path(shard: Path) -> Path:
     return shard.with_name(shard.name + RECORD)
 
 
-def write_json(path: Path, content: dict[str, Any]) -> None:
-    """Write JSON with sorted keys through a temporary name unique to this process, then rename."""
-    partial = path.with_name(f"{path.name}.{os.getpid()}{PARTIAL}")
-    try:
-        partial.write_text(json.dumps(content, sort_keys=True, indent=1) + "\n")
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def read_record(shard: Path) -> dict[str, Any] | None:
+def read_shard_record(shard: Path) -> dict[str, Any] | None:
     """The record written beside a complete shard, or None when there is none (or it is unreadable)."""
     try:
         return json.loads(record_path(shard).read_text())
@@ -170,42 +116,11 @@ def read_record(shard: Path) -> dict[str, Any] | None:
         return None
 
 
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as file:
-        return hash_stream(file)[1]
-
-
 def shard_is_complete(shard: Path, record: dict[str, Any] | None, verify: bool = True) -> bool:
     """True when the shard exists with its record's size (and, with `verify`, its SHA-256)."""
     if record is None or not shard.is_file() or shard.stat().st_size != record.get("bytes"):
         return False
     return not verify or file_sha256(shard) == record.get("sha256")
-
-
-def shard_url(root: str | Path, name: str) -> str:
-    """Where a file of a shard set is read from: a path in the folder `root`, or a `pipe:` template's URL."""
-    pipe = PipeCommand.parse(root)
-    return pipe.url_for(name) if pipe is not None else str(Path(root) / name)
-
-
-def read_manifest(root: str | Path) -> dict[str, Any]:
-    """The manifest of a shard folder (or `pipe:` template); a clear error when generation has not finished there."""
-    url = shard_url(root, MANIFEST)
-    if not str(root).startswith("pipe:") and not Path(root).is_dir():
-        raise FileNotFoundError(f"shard folder {root} does not exist; give the --output of a python -m regress.generate run")
-    try:
-        with wds.gopen(url, "rb") as stream:
-            text = stream.read()
-    except OSError as error:
-        reason = error.strerror or error
-        raise FileNotFoundError(
-            f"no {MANIFEST} at {url} ({reason}): shards were never generated there, generation has not finished, "
-            "or the pipe: command failed; run (or rerun) python -m regress.generate with the same config"
-        ) from error
-    manifest = json.loads(text)
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{url} is not a regress shard manifest (format {manifest.get('format')!r}, expected {FORMAT!r})")
-    return manifest
 
 
 class ShardReadError(ValueError):
@@ -218,19 +133,6 @@ REGENERATE = "regenerate it (rerun the python -m regress.generate command that m
 def is_local(url: str) -> bool:
     """Whether a shard URL is a plain path (else a WebDataset stream such as `pipe:...`)."""
     return not urlparse(url).scheme
-
-
-def hash_stream(stream: BinaryIO, copy_to: BinaryIO | None = None, on_read: Callable[[int], Any] | None = None) -> tuple[int, str]:
-    """(bytes, SHA-256) of everything `stream` gives, in 4 MiB pieces; each piece also goes to `copy_to` when given."""
-    sha, size = hashlib.sha256(), 0
-    while piece := stream.read(1 << 22):
-        sha.update(piece)
-        if copy_to is not None:
-            copy_to.write(piece)
-        size += len(piece)
-        if on_read is not None:
-            on_read(len(piece))
-    return size, sha.hexdigest()
 
 
 def check_shard(
@@ -318,23 +220,3 @@ def _complete(url: str, key: str, members: dict[str, bytes]) -> tuple[str, dict[
     if "meta.json" not in members:
         raise ShardReadError(f"{url}: sample {key} is incomplete (members {sorted(members)}, no meta.json)")
     return key, members
-
-
-def verify_dataset(root: str | Path, progress: bool = True) -> tuple[int, list[str]]:
-    """(shards checked, one line per bad shard) of a dataset: each shard of its manifest present with its size and
-    SHA-256, and in a folder no shard beside them that the manifest does not list. Reads every byte once."""
-    manifest = read_manifest(root)
-    records, problems, done = manifest["shards"], [], 0
-    with tqdm(total=sum(r["bytes"] for r in records), unit="B", unit_scale=True, desc="verify", disable=not progress) as bar:
-        for record in records:
-            try:
-                check_shard(shard_url(root, record["file"]), record["bytes"], record["sha256"], on_read=bar.update)
-            except ShardReadError as error:
-                problems.append(str(error))
-            done += record["bytes"]
-            bar.update(done - bar.n)
-    if PipeCommand.parse(root) is None:
-        listed = {r["file"] for r in records}
-        extra = sorted(p for p in Path(root).glob("*.tar") if p.name not in listed)
-        problems += [f"{p}: a shard its manifest does not list (another run's or seed range's); move it away" for p in extra]
-    return len(records), problems

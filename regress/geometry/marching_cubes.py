@@ -72,7 +72,7 @@ def case_table() -> torch.Tensor:
     return torch.tensor([edges + [-1] * (width - len(edges)) for edges in cases], dtype=torch.int64)
 
 
-def march(grids: torch.Tensor, level: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def marching_cubes(grids: torch.Tensor, level: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Isosurfaces at `level` (inside: value > level) of grids (N, X, Y, Z), where the grids live.
 
     Returns vertices (V, 3) float32 in grid index units, faces (F, 3) int64 into them, wound

@@ -1,0 +1,97 @@
+"""Encoding rendered samples into shard members (images compressed in worker processes) and writing one shard."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections import deque
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from regress.generation.render import RenderedBatch
+from regress.generation.timing import StageClock, timed_call
+from regress.sample import encode_sample
+from regress.store.shard_set import ShardSet
+from regress.store.shards import ShardWriter, sample_key
+
+
+def record_members(arrays: dict[str, np.ndarray], meta: dict, image_format: str) -> dict[str, bytes]:
+    """One sample's Sample encoding (images compressed): the work of the encoding processes."""
+    return encode_sample({**{k: torch.from_numpy(v)[None] for k, v in arrays.items()}, "meta": [meta]}, 0, image_format)
+
+
+def members_with_mesh(members: dict[str, bytes], mesh: bytes | memoryview | None) -> dict[str, bytes | memoryview]:
+    """A sample's shard members: its encoding, `mesh.ply` when it has one, `meta.json` last."""
+    members = dict(members)
+    meta_json = members.pop("meta.json")
+    return {**members, **({"mesh.ply": mesh} if mesh is not None else {}), "meta.json": meta_json}
+
+
+def encoding_pool(workers: int) -> Executor | None:
+    """`workers` processes for image compression, starting now (they import torch while the first batch
+    compiles); None for 0: encode in this process."""
+    if not workers:
+        return None
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    for _ in range(workers):  # each submission starts a process
+        pool.submit(int)
+    return pool
+
+
+def _done(function: Callable[..., Any], *args: Any) -> Future:
+    """A finished future: the in-process stand-in for a worker pool."""
+    future: Future = Future()
+    future.set_result(function(*args))
+    return future
+
+
+def write_shard(
+    shards: ShardSet,
+    index: int,
+    batches: Iterator[RenderedBatch],
+    image_format: str,
+    max_pending: int,
+    pool: Executor | None,
+    bar: tqdm,
+    clock: StageClock,
+) -> dict[str, Any]:
+    """Encode and write one shard from the rendered batches, at most `max_pending` samples in the encoders at once;
+    its record. On a write error the partial file is removed and the error says why."""
+    seeds, path = shards.layout.seeds(index), shards.path(index)
+    pending: deque[tuple[str, Future, memoryview | None]] = deque()
+
+    def write_first() -> None:
+        key, future, mesh = pending.popleft()
+        with clock("write: waiting for workers"):
+            members, seconds = future.result()
+        clock.add("workers: encode (summed)", seconds)
+        with clock("write: tar + hash"):
+            writer.add(key, members_with_mesh(members, mesh))
+        bar.update(1)
+
+    try:
+        with ShardWriter(path) as writer:
+            done = 0
+            while done < len(seeds):
+                batch = next(batches)
+                assert batch.shard == index and batch.seeds.start == seeds.start + done, "batches out of order"
+                done += len(batch.seeds)
+                with clock("write: submit"):
+                    for i, seed in enumerate(batch.seeds):
+                        sample = {k: v[i] for k, v in batch.arrays.items()}
+                        job = (timed_call, record_members, sample, batch.meta[i], image_format)
+                        pending.append((sample_key(seed), pool.submit(*job) if pool else _done(*job), batch.meshes[i]))
+                while len(pending) > max_pending or (pending and pending[0][1].done()):
+                    write_first()
+            while pending:
+                write_first()
+            return writer.commit({"index": index, "seed_start": seeds.start, "fingerprint": shards.fingerprint})
+    except OSError as error:
+        raise OSError(
+            error.errno,
+            f"writing {path} failed ({error.strerror or error}): the disk may be full or a file size limit reached; "
+            "complete shards are kept, free some space and rerun the same command",
+        ) from error

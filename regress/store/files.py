@@ -1,0 +1,99 @@
+"""Files that appear whole or not at all, and their SHA-256: the one writer and the one hasher of every format.
+
+A file (or a record's folder) is written under a temporary name beside its final one, `NAME.partial`
+(`NAME.PID.partial` where several processes may write it at once), and renamed into place when
+complete, so a reader or a resumed run never sees half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+PARTIAL = ".partial"
+
+
+def partial_path(path: Path, unique: bool = False) -> Path:
+    """Where `path` is written before it is renamed into place; `unique` adds this process's id."""
+    return path.with_name(f"{path.name}.{os.getpid()}{PARTIAL}" if unique else path.name + PARTIAL)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write bytes through a temporary name unique to this process, then rename."""
+    partial = partial_path(path, unique=True)
+    try:
+        partial.write_bytes(data)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def write_json(path: Path, content: dict[str, Any]) -> None:
+    """Write JSON with sorted keys (one space indent, a final newline) through `write_atomic`."""
+    write_atomic(path, (json.dumps(content, sort_keys=True, indent=1) + "\n").encode())
+
+
+def write_folder(folder: Path, members: dict[str, bytes]) -> Path:
+    """Write files named by `members` into `folder.partial/`, then rename that folder to `folder`."""
+    partial = partial_path(folder)
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    for name, data in members.items():
+        (partial / name).write_bytes(data)
+    partial.replace(folder)
+    return folder
+
+
+class AtomicFile:
+    """A file streamed to `path.partial`: `close` syncs it to disk, `commit` renames it into place, `discard` removes it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.partial = Path(path), partial_path(Path(path))
+        self.file = open(self.partial, "wb")
+
+    def close(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+
+    def commit(self) -> None:
+        if not self.file.closed:
+            self.close()
+        self.partial.replace(self.path)
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):  # the error that got us here is the one to report
+            self.file.close()
+        self.partial.unlink(missing_ok=True)
+
+
+def hash_stream(stream: BinaryIO, copy_to: BinaryIO | None = None, on_read: Callable[[int], Any] | None = None) -> tuple[int, str]:
+    """(bytes, SHA-256) of everything `stream` gives, in 4 MiB pieces; each piece also goes to `copy_to` when given."""
+    sha, size = hashlib.sha256(), 0
+    while piece := stream.read(1 << 22):
+        sha.update(piece)
+        if copy_to is not None:
+            copy_to.write(piece)
+        size += len(piece)
+        if on_read is not None:
+            on_read(len(piece))
+    return size, sha.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file's bytes."""
+    with open(path, "rb") as file:
+        return hash_stream(file)[1]
+
+
+def tree_sha256(path: Path) -> str:
+    """SHA-256 of a file, or of a folder: of its files' relative names and SHA-256, one line each, sorted."""
+    if path.is_file():
+        return file_sha256(path)
+    lines = "".join(f"{p.relative_to(path)}:{file_sha256(p)}\n" for p in sorted(path.rglob("*")) if p.is_file())
+    return hashlib.sha256(lines.encode()).hexdigest()
