@@ -79,9 +79,8 @@ def test_cameras_agree_with_the_labels(measured):
         axis = np.array([r["axis_deg"] for r in rows])
         print(f"\ncamera axis to label, {group} ({len(rows)}): mean {axis.mean():.2f} deg, worst {axis.max():.2f}")
     axis = np.array([r["axis_deg"] for r in measured.values()])
-    # issue 11 asks for a mean of 1.5 on all 14; a mirror-symmetric calibration reaches 1.77 (held-out photos 1.83),
-    # an unsymmetric one 1.43 on all but 2.02 on the held-out photos and 4.4 on a mirrored one (overfitted)
-    assert axis.mean() <= 1.8 and axis.max() <= 3.5
+    # issue 11: mean 1.5, worst 3.5 on all 14; we measure 1.37 (calibration 1.14, held-out photos 1.79), worst 2.58
+    assert axis.mean() <= 1.5 and axis.max() <= 3.5
 
 
 def test_a_mirrored_photo_gives_the_mirrored_label():

@@ -35,6 +35,7 @@ TEMPLATES = {
 JAW = slice(0, 17)  # the face contour: silhouette points that slide over the head as it turns
 CONTOUR_WEIGHT = 0.5  # the jaw contour's weight in templates without measured weights
 OPENCV_FROM_OPENGL = np.diag([1.0, -1.0, -1.0])  # a camera looking down -z with y up, as cam2world axes
+YAW_KNEE = 15.0  # degrees: where the yaw correction's saturating term bends
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,12 @@ class LandmarkTemplate:
     mode_sd: np.ndarray = field(default_factory=lambda: np.zeros(0))
     name: str = "template"
     weights: np.ndarray = field(default_factory=lambda: np.where(np.arange(68) < JAW.stop, CONTOUR_WEIGHT, 1.0))
+    yaw_correction: tuple[float, float] = (0.0, 0.0)
+
+    def yaw_error(self, yaw: float) -> float:
+        """The expected error (degrees) of a fitted axis yaw: what the fit takes off label cameras."""
+        a, b = self.yaw_correction
+        return a * yaw + b * YAW_KNEE * math.tanh(yaw / YAW_KNEE)
 
     def world_points(self, coefficients: np.ndarray | None = None) -> np.ndarray:
         """The landmarks (68, 3) in world units, deformed by mode coefficients (K,) when given."""
@@ -78,6 +85,8 @@ def load_template(path: str | Path = TEMPLATES["mean_face"]) -> LandmarkTemplate
         template = replace(template, modes=modes, mode_sd=np.asarray(data["mode_sd"], dtype=np.float64))
     if "weights" in data:
         template = replace(template, weights=np.asarray(data["weights"], dtype=np.float64))
+    if "yaw_correction" in data:
+        template = replace(template, yaw_correction=tuple(data["yaw_correction"]))
     return template
 
 
@@ -197,6 +206,8 @@ class CameraFitter:
         distance = float(np.linalg.norm(cam2world[:3, 3]))
         if label:
             cam2world[:3, 3] *= LABEL_RADIUS / distance
+            yaw, _ = axis_angles(camera_vector(cam2world, focal))
+            cam2world = orbit_yaw(cam2world, -template.yaw_error(yaw))
         rms = float(np.sqrt(((result.fun[: 2 * 68].reshape(68, 2) / sqrt_weights) ** 2).sum(1).mean()))
         return CameraFit(
             camera=torch.from_numpy(camera_vector(cam2world, focal)).float(),
@@ -205,6 +216,14 @@ class CameraFitter:
             rms=rms,
             template=template.name,
         )
+
+
+def orbit_yaw(cam2world: np.ndarray, degrees: float) -> np.ndarray:
+    """cam2world (4, 4) turned about the world's y axis through the origin: its axis yaw grows by `degrees`."""
+    turned = cam2world.copy()
+    rotation = Rotation.from_euler("y", math.radians(degrees)).as_matrix()
+    turned[:3, :3], turned[:3, 3] = rotation @ cam2world[:3, :3], rotation @ cam2world[:3, 3]
+    return turned
 
 
 def _cam2world(params: np.ndarray) -> np.ndarray:
