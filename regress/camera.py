@@ -16,10 +16,13 @@ import numpy as np
 import torch
 import yaml
 
+from regress import configs
+
 DEFAULT_FOV_DEG = 18.837
 DEFAULT_RADIUS = 2.7
 DEFAULT_PIVOT = (0.0, 0.0, 0.2)
 VIEW_STREAM = 1  # rng stream index for view draws; z uses stream 0 (see generators.base)
+VIEWS = "views"  # the shipped mixtures: regress/configs/views/NAME.yaml
 
 
 def fov_to_focal(fov_deg: float) -> float:
@@ -213,7 +216,7 @@ class ViewMixture:
 
     @classmethod
     def load(cls, spec: "str | Path | dict | ViewMixture | None") -> "ViewMixture":
-        """Accept a mixture, a dict, a YAML path, a name under configs/views/, or None (frontal only)."""
+        """Accept a mixture, a dict, a YAML path, a short name of regress/configs/views/, or None (frontal only)."""
         if spec is None:
             return cls((ViewCategory("frontal", 1.0),))
         if isinstance(spec, ViewMixture):
@@ -222,10 +225,9 @@ class ViewMixture:
             return cls.from_dict(spec)
         path = Path(spec)
         if not path.suffix:
-            path = CONFIG_VIEWS / f"{spec}.yaml"
+            path = configs.shipped(VIEWS, str(spec)) or path
         if not path.is_file():
-            known = sorted(p.stem for p in CONFIG_VIEWS.glob("*.yaml"))
-            raise FileNotFoundError(f"no view mixture {spec!r}: not a file, and not one of {known}")
+            raise FileNotFoundError(f"no view mixture {spec!r}: not a file, and not one of {configs.short_names(VIEWS)}")
         return cls.from_yaml(path)
 
     def draw(self, seed: int) -> View:
@@ -253,5 +255,3 @@ def views_to_cameras(views: Sequence[View]) -> torch.Tensor:
         [v.fov_deg for v in views],
     )
 
-
-CONFIG_VIEWS = Path(__file__).resolve().parent.parent / "configs" / "views"

@@ -1,11 +1,12 @@
 """`python -m regress.evaluate pairs|benchmark`: pair real photos with their inversions; score regressors on the pairs.
 
-    python -m regress.evaluate pairs --config configs/evaluate/pairs-analytic.yaml --images photos/
-    python -m regress.evaluate benchmark --config configs/evaluate/benchmark.yaml --pairs data/pairs/analytic \\
+    python -m regress.evaluate pairs --config pairs-analytic --images photos/
+    python -m regress.evaluate benchmark --config benchmark --pairs data/pairs/analytic \\
         --depth_checkpoint depth.ckpt --latent_checkpoint latent.ckpt
 
-Options come from the YAML files under configs/evaluate/ (`--config`) and flags; bad input exits
-with status 1 and says what to fix, except bad photos, which are listed per file in errors.json.
+Options come from YAML files (`--config`: a file, or a short name of regress/configs/evaluate/) and
+flags; bad input exits with status 1 and says what to fix, except bad photos, which are listed per
+file in errors.json.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Literal
 
 import torch
 
+from regress.configs import expand_config_arguments
 from regress.generators import create_generator
 from regress.generators.base import Generator
 from regress.inversion.align import FaceAligner
@@ -168,6 +170,7 @@ def main(args: list[str] | None = None) -> Any:
     from jsonargparse import CLI
 
     try:
+        args = expand_config_arguments(sys.argv[1:] if args is None else args, "evaluate")
         return CLI([pairs, benchmark], args=args, as_positional=False)
     except (ValueError, OSError) as error:
         print(f"regress.evaluate: error: {error}", file=sys.stderr)

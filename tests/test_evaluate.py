@@ -58,7 +58,7 @@ def photos(tmp_path_factory) -> Path:
 
 def _pairs(photos: Path, output: Path, *extra: str) -> dict:
     return evaluate.main([
-        "pairs", "--config", "configs/evaluate/pairs-analytic.yaml", "--images", str(photos), "--output", str(output),
+        "pairs", "--config", "pairs-analytic", "--images", str(photos), "--output", str(output),
         "--generator_options", GENERATOR, "--projection.steps", "8", "--projection.spread_samples", "200",
         "--progress", "false", "--device", "cpu", *extra,
     ])  # fmt: skip
@@ -161,7 +161,7 @@ def test_benchmark_reports_on_lightning_checkpoints(pair_set, tmp_path):
     latent = _fit(output, "latent", tmp_path / "latent", "--model.hidden", "16")
     report_dir = tmp_path / "report"
     report = evaluate.main([
-        "benchmark", "--config", "configs/evaluate/benchmark.yaml", "--pairs", str(output), "--output", str(report_dir),
+        "benchmark", "--config", "benchmark", "--pairs", str(output), "--output", str(report_dir),
         "--depth_checkpoint", str(depth), "--latent_checkpoint", str(latent), "--progress", "false", "--device", "cpu",
     ])  # fmt: skip
     for name in ("report.json", "report.md", "plots/histograms.png", "plots/examples.png"):

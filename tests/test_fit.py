@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 
 import regress.fit as fit
+from regress import configs
 from regress.datamodules import SynthOnlineDataModule
 from regress.models import DepthRegressor, LatentRegressor
 
@@ -50,11 +51,11 @@ def test_latent_regressor_learns():
 
 
 def test_short_names_pick_config_files():
-    configs = fit.CONFIGS
+    root = configs.ROOT
     args = fit.expand_arguments(["--data", "synth-online", "--trainer.max_steps=1"])
-    assert args == ["fit", "--model", str(configs / "model" / "depth.yaml"), "--data", str(configs / "data" / "synth-online.yaml"), "--trainer.max_steps=1"]
+    assert args == ["fit", "--model", str(root / "model" / "depth.yaml"), "--data", str(root / "data" / "synth-online.yaml"), "--trainer.max_steps=1"]
     args = fit.expand_arguments(["validate", "--model=latent", "--data", "shards"])
-    assert args == ["validate", "--model", str(configs / "model" / "latent.yaml"), "--data", str(configs / "data" / "shards.yaml")]
+    assert args == ["validate", "--model", str(root / "model" / "latent.yaml"), "--data", str(root / "data" / "shards.yaml")]
     assert fit.expand_arguments(["--model", "regress.models.DepthRegressor"])[-1] == "regress.models.DepthRegressor"
 
 
@@ -76,7 +77,7 @@ def test_unknown_names_are_usage_errors(args, message, capsys):
 def test_a_config_naming_a_missing_class_says_so(tmp_path, monkeypatch, capsys):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "later.yaml").write_text("class_path: regress.datamodules.later.LaterDataModule\n")
-    monkeypatch.setattr(fit, "CONFIGS", tmp_path)
+    monkeypatch.setattr(configs, "ROOT", tmp_path)
     with pytest.raises(SystemExit):
         fit.main(["--data", "later", "--model", "regress.models.DepthRegressor"])
     assert "--data later: its class regress.datamodules.later.LaterDataModule" in capsys.readouterr().err

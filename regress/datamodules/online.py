@@ -131,7 +131,7 @@ class SynthOnlineDataModule(L.LightningDataModule):
         generator: backend name (None: `eg3d` with a checkpoint, else the analytic default).
         checkpoint: generator weights (a local path).
         generator_kwargs: backend constructor options, e.g. `{image_resolution: 128}`.
-        views: view mixture, a name under configs/views/ or a YAML path.
+        views: view mixture, a short name of regress/configs/views/ or a YAML path.
         epoch_length: training samples per epoch, over all ranks.
         batch_size: samples per batch and rank.
         val_size: validation samples, seeds [val_seed_start, val_seed_start + val_size).
