@@ -142,8 +142,8 @@ def benchmark(
         progress: show a progress bar
     """
     from regress.datamodules.pairs import PairDataset
-    from regress.inversion.benchmark import run_benchmark
-    from regress.inversion.report import write_report
+    from regress.evaluation.benchmark import run_benchmark
+    from regress.evaluation.report import write_report
     from regress.models import DepthRegressor, LatentRegressor
 
     run_on = _device(device)

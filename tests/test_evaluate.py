@@ -145,6 +145,8 @@ def test_pair_data_module_gives_sample_batches(pair_set):
     data = PairDataModule(output, batch_size=3, image_size=64, val_fraction=0.5)
     data.setup("fit")
     assert len(data.train_set) + len(data.val_set) == len(GOOD) and len(data.val_set) >= 1
+    assert data.train_set.dataset is data.val_set.dataset is data.all_set  # the set is read once, then split
+    assert set(data.train_set.indices).isdisjoint(data.val_set.indices)
     assert validation_keys(["a", "b", "c", "d"], 0.0) == [] and len(validation_keys(["a", "b"], 1e-6)) == 1
     assert len(validation_keys(["a", "b", "c", "d"], 0.99)) == 3  # one record is always left to train on
     held = validation_keys(["a", "b", "c", "d"], 0.5)
