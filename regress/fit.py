@@ -124,11 +124,16 @@ def resolve_ckpt_path(config: Namespace) -> str | None:
 
 
 class RegressCLI(LightningCLI):
-    """LightningCLI with a run name, a fixed checkpoint folder per run, `--ckpt_path last` from it, and FiniteGuard."""
+    """LightningCLI with a run name, a fixed checkpoint folder per run, `--ckpt_path last` from it, FiniteGuard,
+    and the data module's image size and latent space linked into the model."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--name", type=str, default="default", help="run name: checkpoints go to <trainer.default_root_dir>/NAME/checkpoints")
         parser.add_lightning_class_args(FiniteGuard, "finite_guard")
+        # Data facts reach the model when it is built; jsonargparse skips a link whose data module
+        # lacks the attribute or whose model lacks the parameter (DepthRegressor: no latent_space).
+        parser.link_arguments("data.image_size", "model.init_args.image_size", apply_on="instantiate")
+        parser.link_arguments("data.latent_space", "model.init_args.latent_space", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: list[str] | None) -> None:
         super().parse_arguments(parser, args)

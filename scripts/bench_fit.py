@@ -85,7 +85,8 @@ def fit_seconds(name: str, args: argparse.Namespace, cached: bool) -> tuple[floa
         image_size=args.image_size, num_workers=args.num_workers,
     )  # fmt: skip
     data = CachedSynthesis(args.warmup, **options) if cached else SynthOnlineDataModule(**options)
-    model = MODELS[name](encoder=args.encoder)
+    linked = {"latent_space": data.latent_space} if MODELS[name] is LatentRegressor else {}  # as python -m regress.fit links it
+    model = MODELS[name](encoder=args.encoder, image_size=data.image_size, **linked)
     clock = StepClock()
     trainer = L.Trainer(
         accelerator=args.device, devices=1, precision=args.precision, max_epochs=1, limit_val_batches=0,

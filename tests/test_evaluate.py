@@ -154,7 +154,7 @@ def test_pair_data_module_gives_sample_batches(pair_set):
     batch = data.on_after_batch_transfer(next(iter(data.test_dataloader())), 0)
     assert batch["image"].shape == (3, 3, 64, 64) and batch["real"].shape == (3, 3, 32, 32)
     assert batch["w"].shape == (3, 14, 32) and len(batch["meta"]) == 3
-    assert data.latent_shape == (14, 32) and data.mean_latent().shape == (14, 32)
+    assert data.latent_space.shape == (14, 32) and data.latent_space.mean.shape == (14, 32) and data.latent_space.generator is None
 
 
 def test_benchmark_reports_on_lightning_checkpoints(pair_set, tmp_path):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 
 import regress.fit as fit
 from regress import configs
@@ -25,11 +26,15 @@ TINY = [
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")  # pytest's own argv
 
 
-def learn(model: L.LightningModule, steps: int) -> tuple[dict, dict]:
-    """Validation metrics of the untrained model and after `steps` steps of batch 8."""
-    data = SynthOnlineDataModule(
+def learning_data(steps: int) -> SynthOnlineDataModule:
+    """`steps` steps of batch 8 on a small analytic head."""
+    return SynthOnlineDataModule(
         generator="analytic", generator_kwargs=LEARNING_GENERATOR, epoch_length=8 * steps, batch_size=8, val_size=32, image_size=32
     )  # fmt: skip
+
+
+def learn(model: L.LightningModule, data: SynthOnlineDataModule) -> tuple[dict, dict]:
+    """Validation metrics of the untrained model and after an epoch of `data`."""
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     first = trainer.validate(model, data, verbose=False)[0]
     trainer.fit(model, data)
@@ -38,14 +43,15 @@ def learn(model: L.LightningModule, steps: int) -> tuple[dict, dict]:
 
 def test_depth_regressor_learns():
     L.seed_everything(0)
-    first, last = learn(DepthRegressor(encoder="test_resnet", lr=3e-3), steps=24)
+    first, last = learn(DepthRegressor(encoder="test_resnet", lr=3e-3), learning_data(steps=24))
     assert last["val/loss"] <= 0.7 * first["val/loss"], (first, last)
     assert last["val/depth_absrel"] < 0.7 * first["val/depth_absrel"]
 
 
 def test_latent_regressor_learns():
     L.seed_everything(0)
-    first, last = learn(LatentRegressor(encoder="test_resnet", lr=3e-3), steps=48)
+    data = learning_data(steps=48)
+    first, last = learn(LatentRegressor(encoder="test_resnet", lr=3e-3, latent_space=data.latent_space), data)
     assert last["val/loss"] <= 0.7 * first["val/loss"], (first, last)
     assert first["val/latent_cosine"] == 0.0 and last["val/latent_cosine"] > 0.5  # starts at the mean latent
 
@@ -91,11 +97,12 @@ def csv_rows(log_dir: Path) -> list[dict]:
 def test_cli_trains_with_a_logger_override_and_checkpoints(tmp_path):
     cli = fit.main(["--data", "synth-online", "--model", "latent", *TINY, "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={tmp_path}", f"--trainer.default_root_dir={tmp_path}"])
     assert isinstance(cli.model, LatentRegressor) and isinstance(cli.datamodule, SynthOnlineDataModule)
-    assert cli.model.hparams.input_size == 32 and cli.model.hparams.latent_shape == (14, 32)
+    assert cli.model.hparams.image_size == 32 and cli.model.hparams.latent_shape == (14, 32)  # linked from the data module
+    assert torch.equal(cli.model.mean_latent, cli.datamodule.generator.mean_latent())
     rows = csv_rows(Path(cli.trainer.logger.log_dir))
     assert any(row["train/loss"] for row in rows) and any(row["val/latent_cosine"] for row in rows)
     last = tmp_path / "default" / "checkpoints" / "last.ckpt"
-    assert last.is_file()
+    assert "latent_space" not in torch.load(last, weights_only=True)["hyper_parameters"]  # no generator inside
     resumed = fit.main(["--data", "synth-online", "--model", "latent", *TINY, "--trainer.max_steps=4", "--trainer.logger=false", f"--ckpt_path={last}", f"--trainer.default_root_dir={tmp_path / 'elsewhere'}"])
     assert resumed.trainer.global_step == 4
 
@@ -127,7 +134,7 @@ def test_bad_input_gets_a_clear_error(args, message, tmp_path, capsys):
 @pytest.mark.gpu
 def test_latent_regressor_trains_on_eg3d_synthesis_on_the_gpu(eg3d_fixture_dir, tmp_path):
     data = SynthOnlineDataModule(checkpoint=eg3d_fixture_dir / "network.pkl", epoch_length=8, batch_size=4, val_size=4, image_size=128)
-    model = LatentRegressor(encoder="resnet18", cycle_weight=0.1)
+    model = LatentRegressor(encoder="resnet18", cycle_weight=0.1, latent_space=data.latent_space)
     trainer = L.Trainer(accelerator="gpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
     trainer.fit(model, data)
     assert model.hparams.latent_shape == (14, 512) and trainer.global_step == 2
