@@ -30,11 +30,6 @@ def fov_to_focal(fov_deg: float) -> float:
     return 1.0 / (math.tan(fov_deg * 3.14159 / 360.0) * 1.414)
 
 
-def focal_to_fov(focal: float) -> float:
-    """Inverse of `fov_to_focal`."""
-    return math.atan(1.0 / (focal * 1.414)) * 360.0 / 3.14159
-
-
 def intrinsics(fov_deg: float = DEFAULT_FOV_DEG) -> torch.Tensor:
     """Normalized 3x3 intrinsics for a field of view: focal from the FOV, principal point 0.5."""
     f = fov_to_focal(fov_deg)

@@ -18,7 +18,7 @@ from regress.models import DepthRegressor, LatentRegressor
 LEARNING_GENERATOR = {"w_dim": 8, "z_dim": 16, "image_resolution": 32, "render_resolution": 16, "depth_resolution": 16}
 TINY = [
     "--data.generator=analytic",
-    "--data.generator_kwargs={image_resolution: 32, render_resolution: 8, depth_resolution: 8}",
+    "--data.generator_options={image_resolution: 32, render_resolution: 8, depth_resolution: 8}",
     "--data.image_size=32", "--data.batch_size=2", "--data.epoch_length=4", "--data.val_size=2",
     "--model.encoder=test_resnet",
     "--trainer.max_steps=2", "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:Us
 def learning_data(steps: int) -> SynthOnlineDataModule:
     """`steps` steps of batch 8 on a small analytic head."""
     return SynthOnlineDataModule(
-        generator="analytic", generator_kwargs=LEARNING_GENERATOR, epoch_length=8 * steps, batch_size=8, val_size=32, image_size=32
+        generator="analytic", generator_options=LEARNING_GENERATOR, epoch_length=8 * steps, batch_size=8, val_size=32, image_size=32
     )  # fmt: skip
 
 

@@ -72,7 +72,7 @@ def test_a_diverging_run_stops_at_the_first_nan_and_saves_nothing_non_finite(tmp
 
 def tiny_data() -> SynthOnlineDataModule:
     kwargs = {"image_resolution": 32, "render_resolution": 8, "depth_resolution": 8}
-    return SynthOnlineDataModule(generator="analytic", generator_kwargs=kwargs, image_size=32, batch_size=2, epoch_length=4, val_size=2)
+    return SynthOnlineDataModule(generator="analytic", generator_options=kwargs, image_size=32, batch_size=2, epoch_length=4, val_size=2)
 
 
 def guarded_trainer(tmp_path: Path, **options) -> tuple[L.Trainer, ModelCheckpoint]:

@@ -131,7 +131,7 @@ class SynthOnlineDataModule(L.LightningDataModule):
     Args:
         generator: backend name (None: `eg3d` with a checkpoint, else the analytic default).
         checkpoint: generator weights (a local path).
-        generator_kwargs: backend constructor options, e.g. `{image_resolution: 128}`.
+        generator_options: backend constructor options, e.g. `{image_resolution: 128}`.
         views: view mixture, a short name of regress/configs/views/ or a YAML path.
         epoch_length: training samples per epoch, over all ranks.
         batch_size: samples per batch and rank.
@@ -148,7 +148,7 @@ class SynthOnlineDataModule(L.LightningDataModule):
         self,
         generator: str | None = None,
         checkpoint: str | Path | None = None,
-        generator_kwargs: dict[str, Any] | None = None,
+        generator_options: dict[str, Any] | None = None,
         views: str | Path = "published",
         epoch_length: int = 512,
         batch_size: int = 16,
@@ -170,7 +170,7 @@ class SynthOnlineDataModule(L.LightningDataModule):
             raise ValueError(f"val_size must be >= 0, got {val_size}")
         val_seeds(val_seed_start, val_size)
         self.save_hyperparameters()
-        self.generator: Generator = create_generator(generator, checkpoint, **(generator_kwargs or {}))
+        self.generator: Generator = create_generator(generator, checkpoint, **(generator_options or {}))
         self.generator.requires_grad_(False).eval()
         self.views = ViewMixture.load(views)
         self.epoch_length, self.batch_size, self.val_size = epoch_length, batch_size, val_size
