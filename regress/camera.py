@@ -2,7 +2,7 @@
 
 A camera is a float32 vector of 25 numbers: cam2world (4x4, row-major, OpenCV axes: x right,
 y down, z forward) followed by the intrinsics K (3x3, row-major) normalized by image size.
-World y is up and the face looks along +z. See eg3d-generator-spec.md sections 8 and 11.
+World y is up and the face looks along +z. See docs/eg3d.md §5.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def camera_to_pose(camera: torch.Tensor) -> Pose:
 
 
 def camera_rays(camera: torch.Tensor, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """World-space ray origins and unit directions (N, R*R, 3), row-major pixels (spec section 8)."""
+    """World-space ray origins and unit directions (N, R*R, 3), row-major pixels (docs/eg3d.md §5)."""
     n = camera.shape[0]
     cam2world = camera[:, :16].reshape(n, 4, 4)
     fx, fy, cx, cy, skew = (camera[:, i, None] for i in (16, 20, 18, 21, 17))

@@ -123,7 +123,7 @@ def test_samples_per_ray_are_stored_under_upstream_names():
 
 
 def test_modulated_conv_equals_per_sample_demodulated_weights():
-    """The activation-scaling form equals the spec's literal per-sample weights (grouped conv), both for up 1 and 2."""
+    """The activation-scaling form equals docs/eg3d.md §1's literal per-sample weights (grouped conv), both for up 1 and 2."""
     torch.manual_seed(1)
     x, w = torch.randn(2, 5, 8, 8), torch.randn(2, 16)
     for up in (1, 2):

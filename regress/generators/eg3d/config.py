@@ -1,6 +1,6 @@
 """The EG3D generator's configuration, and its derivation from an upstream checkpoint's kwargs.
 
-Defaults are the released FFHQ-512 checkpoints (eg3d-generator-spec.md section 0); a
+Defaults are the released FFHQ-512 checkpoints (docs/eg3d.md); a
 checkpoint's `_init_kwargs`, `rendering_kwargs` and `neural_rendering_resolution` override them.
 """
 

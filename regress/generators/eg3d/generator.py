@@ -1,6 +1,6 @@
 """The EG3D generator backend: mapping, tri-plane backbone, neural renderer and super-resolution behind one interface.
 
-Written from eg3d-generator-spec.md. `EG3DGenerator()` is the full FFHQ-512 configuration
+The math is in docs/eg3d.md. `EG3DGenerator()` is the full FFHQ-512 configuration
 with random weights; `EG3DGenerator.from_checkpoint(path)` loads a released upstream pickle
 (safely) or its converted `model.safetensors` + `config.json`.
 """

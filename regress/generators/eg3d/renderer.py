@@ -3,7 +3,7 @@
 Split the nerfstudio way: `sample_triplanes` + `OSGDecoder` say what a point looks like,
 `stratified_depths` / `importance_depths` say where to look along a ray, `march` turns
 densities into weights, features, depth and opacity, and `ImportanceRenderer` chains them
-(eg3d-generator-spec.md sections 6, 7 and 9).
+(docs/eg3d.md §4 and §6).
 """
 
 from __future__ import annotations
