@@ -2,7 +2,7 @@
 
 A camera is a float32 vector of 25 numbers: cam2world (4x4, row-major, OpenCV axes: x right,
 y down, z forward) followed by the intrinsics K (3x3, row-major) normalized by image size.
-World y is up and the face looks along +z. See eg3d-generator-spec.md sections 8 and 11.
+World y is up and the face looks along +z. See docs/eg3d.md §5.
 """
 
 from __future__ import annotations
@@ -16,20 +16,18 @@ import numpy as np
 import torch
 import yaml
 
+from regress import configs
+
 DEFAULT_FOV_DEG = 18.837
 DEFAULT_RADIUS = 2.7
 DEFAULT_PIVOT = (0.0, 0.0, 0.2)
 VIEW_STREAM = 1  # rng stream index for view draws; z uses stream 0 (see generators.base)
+VIEWS = "views"  # the shipped mixtures: regress/configs/views/NAME.yaml
 
 
 def fov_to_focal(fov_deg: float) -> float:
     """Normalized focal length for a field of view, with upstream's own constants (3.14159, 1.414)."""
     return 1.0 / (math.tan(fov_deg * 3.14159 / 360.0) * 1.414)
-
-
-def focal_to_fov(focal: float) -> float:
-    """Inverse of `fov_to_focal`."""
-    return math.atan(1.0 / (focal * 1.414)) * 360.0 / 3.14159
 
 
 def intrinsics(fov_deg: float = DEFAULT_FOV_DEG) -> torch.Tensor:
@@ -116,7 +114,7 @@ def camera_to_pose(camera: torch.Tensor) -> Pose:
 
 
 def camera_rays(camera: torch.Tensor, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """World-space ray origins and unit directions (N, R*R, 3), row-major pixels (spec section 8)."""
+    """World-space ray origins and unit directions (N, R*R, 3), row-major pixels (docs/eg3d.md §5)."""
     n = camera.shape[0]
     cam2world = camera[:, :16].reshape(n, 4, 4)
     fx, fy, cx, cy, skew = (camera[:, i, None] for i in (16, 20, 18, 21, 17))
@@ -213,7 +211,7 @@ class ViewMixture:
 
     @classmethod
     def load(cls, spec: "str | Path | dict | ViewMixture | None") -> "ViewMixture":
-        """Accept a mixture, a dict, a YAML path, a name under configs/views/, or None (frontal only)."""
+        """Accept a mixture, a dict, a YAML path, a short name of regress/configs/views/, or None (frontal only)."""
         if spec is None:
             return cls((ViewCategory("frontal", 1.0),))
         if isinstance(spec, ViewMixture):
@@ -222,10 +220,9 @@ class ViewMixture:
             return cls.from_dict(spec)
         path = Path(spec)
         if not path.suffix:
-            path = CONFIG_VIEWS / f"{spec}.yaml"
+            path = configs.shipped(VIEWS, str(spec)) or path
         if not path.is_file():
-            known = sorted(p.stem for p in CONFIG_VIEWS.glob("*.yaml"))
-            raise FileNotFoundError(f"no view mixture {spec!r}: not a file, and not one of {known}")
+            raise FileNotFoundError(f"no view mixture {spec!r}: not a file, and not one of {configs.short_names(VIEWS)}")
         return cls.from_yaml(path)
 
     def draw(self, seed: int) -> View:
@@ -253,5 +250,3 @@ def views_to_cameras(views: Sequence[View]) -> torch.Tensor:
         [v.fov_deg for v in views],
     )
 
-
-CONFIG_VIEWS = Path(__file__).resolve().parent.parent / "configs" / "views"

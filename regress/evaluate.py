@@ -1,11 +1,12 @@
 """`python -m regress.evaluate pairs|benchmark`: pair real photos with their inversions; score regressors on the pairs.
 
-    python -m regress.evaluate pairs --config configs/evaluate/pairs-analytic.yaml --images photos/
-    python -m regress.evaluate benchmark --config configs/evaluate/benchmark.yaml --pairs data/pairs/analytic \\
+    python -m regress.evaluate pairs --config pairs-analytic --images photos/
+    python -m regress.evaluate benchmark --config benchmark --pairs data/pairs/analytic \\
         --depth_checkpoint depth.ckpt --latent_checkpoint latent.ckpt
 
-Options come from the YAML files under configs/evaluate/ (`--config`) and flags; bad input exits
-with status 1 and says what to fix, except bad photos, which are listed per file in errors.json.
+Options come from YAML files (`--config`: a file, or a short name of regress/configs/evaluate/) and
+flags; bad input exits with status 1 and says what to fix, except bad photos, which are listed per
+file in errors.json.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
+
+from regress.configs import expand_config_arguments
 from regress.generators import create_generator
 from regress.generators.base import Generator
 from regress.inversion.align import FaceAligner
@@ -138,8 +141,8 @@ def benchmark(
         progress: show a progress bar
     """
     from regress.datamodules.pairs import PairDataset
-    from regress.inversion.benchmark import run_benchmark
-    from regress.inversion.report import write_report
+    from regress.evaluation.benchmark import run_benchmark
+    from regress.evaluation.report import write_report
     from regress.models import DepthRegressor, LatentRegressor
 
     run_on = pick_device(device)
@@ -166,6 +169,7 @@ def main(args: list[str] | None = None) -> Any:
     from jsonargparse import CLI
 
     try:
+        args = expand_config_arguments(sys.argv[1:] if args is None else args, "evaluate")
         return CLI([pairs, benchmark], args=args, as_positional=False)
     except (ValueError, OSError) as error:
         print(f"regress.evaluate: error: {error}", file=sys.stderr)

@@ -1,9 +1,10 @@
 """`python -m regress.fit`: train a depth or latent regressor with LightningCLI.
 
-`--data NAME` and `--model NAME` take the short names of `configs/data/NAME.yaml` and
-`configs/model/NAME.yaml` (synth-online, shards, pairs; depth, latent) as well as YAML files and
-class paths. Defaults: `configs/fit.yaml`, `--data synth-online`, `--model depth`; the subcommand
-`fit` is implied. `--name NAME` keeps a run's checkpoints in `<trainer.default_root_dir>/NAME/checkpoints`,
+`--data NAME` and `--model NAME` take the short names of the shipped `regress/configs/data/NAME.yaml`
+and `regress/configs/model/NAME.yaml` (synth-online, shards, pairs; depth, latent) as well as YAML
+files and class paths, and `--config NAME` those of `regress/configs/trainer/` (gpu, ddp, ...) as
+well as files. Defaults: `regress/configs/fit.yaml`, `--data synth-online`, `--model depth`; the
+subcommand `fit` is implied. `--name NAME` keeps a run's checkpoints in `<trainer.default_root_dir>/NAME/checkpoints`,
 where `--ckpt_path last` finds them. Errors print one line; `REGRESS_DEBUG=1` shows the traceback.
 """
 
@@ -23,13 +24,13 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from regress import configs
 from regress.models.base import Regressor
 from regress.models.guards import FiniteGuard
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-DEFAULT_CONFIG = CONFIGS / "fit.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 GROUPS = {"--data": "data", "--model": "model"}
+TRAINER_GROUP = "trainer"  # where `--config NAME` looks
 DEFAULT_CHOICES = {"--data": "synth-online", "--model": "depth"}
 LAST = "last.ckpt"
 DEBUG_VARIABLE = "REGRESS_DEBUG"
@@ -43,11 +44,6 @@ class UsageError(Exception):
 
 
 SAYS_WHAT_WENT_WRONG = (ValueError, OSError, ArithmeticError, argparse.ArgumentError, UsageError)  # others get their type name
-
-
-def short_names(group: str) -> list[str]:
-    """The short names a group accepts: the YAML files under configs/<group>/."""
-    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
 
 
 def import_class(class_path: str) -> type:
@@ -67,19 +63,23 @@ def _check_importable(flag: str, name: str, path: Path) -> None:
 def resolve_choice(flag: str, value: str) -> str:
     """A short name -> its config file (its class checked importable); YAML files and class paths pass through."""
     group = GROUPS[flag]
-    path = CONFIGS / group / f"{value}.yaml"
-    if path.is_file():
+    path = configs.shipped(group, value)
+    if path is not None:
         _check_importable(flag, value, path)
         return str(path)
     if value.endswith((".yaml", ".yml", ".json")) or "." in value or value.startswith("{"):
         return value
-    raise UsageError(f"unknown {flag} {value!r}; choose one of {', '.join(short_names(group))} (configs/{group}/NAME.yaml), a YAML file or a class path")
+    raise UsageError(f"unknown {flag} {value!r}; choose one of {', '.join(configs.short_names(group))} (regress/configs/{group}/NAME.yaml), a YAML file or a class path")
 
 
 def expand_arguments(args: list[str]) -> list[str]:
-    """Imply `fit`, replace short --data/--model names by config files, add the default choices."""
+    """Imply `fit`, replace short --data/--model/--config names by config files, add the default choices."""
     if not args or args[0] not in SUBCOMMANDS:
         args = ["fit", *args]
+    try:
+        args = configs.expand_config_arguments(args, TRAINER_GROUP)
+    except FileNotFoundError as error:
+        raise UsageError(str(error)) from error
     expanded, given = [args[0]], set()
     rest = iter(args[1:])
     for arg in rest:
@@ -90,7 +90,7 @@ def expand_arguments(args: list[str]) -> list[str]:
         if not equals:
             value = next(rest, None)
             if value is None:
-                raise UsageError(f"{flag} needs a value: one of {', '.join(short_names(GROUPS[flag]))}")
+                raise UsageError(f"{flag} needs a value: one of {', '.join(configs.short_names(GROUPS[flag]))}")
         expanded += [flag, resolve_choice(flag, value)]
         given.add(flag)
     defaults = [x for flag, name in DEFAULT_CHOICES.items() if flag not in given for x in (flag, resolve_choice(flag, name))]
@@ -124,11 +124,16 @@ def resolve_ckpt_path(config: Namespace) -> str | None:
 
 
 class RegressCLI(LightningCLI):
-    """LightningCLI with a run name, a fixed checkpoint folder per run, `--ckpt_path last` from it, and FiniteGuard."""
+    """LightningCLI with a run name, a fixed checkpoint folder per run, `--ckpt_path last` from it, FiniteGuard,
+    and the data module's image size and latent space linked into the model."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--name", type=str, default="default", help="run name: checkpoints go to <trainer.default_root_dir>/NAME/checkpoints")
         parser.add_lightning_class_args(FiniteGuard, "finite_guard")
+        # Data facts reach the model when it is built; jsonargparse skips a link whose data module
+        # lacks the attribute or whose model lacks the parameter (DepthRegressor: no latent_space).
+        parser.link_arguments("data.image_size", "model.init_args.image_size", apply_on="instantiate")
+        parser.link_arguments("data.latent_space", "model.init_args.latent_space", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: list[str] | None) -> None:
         super().parse_arguments(parser, args)
@@ -174,7 +179,7 @@ def run(args: list[str] | None, from_command_line: bool) -> LightningCLI:
     args = expand_arguments(list(sys.argv[1:] if from_command_line else args))
     if from_command_line:  # LightningCLI reads sys.argv itself and warns when given both
         sys.argv[1:], args = args, None
-    parser_kwargs = {"exit_on_error": False, "default_config_files": [str(DEFAULT_CONFIG)]}
+    parser_kwargs = {"exit_on_error": False, "default_config_files": [str(configs.ROOT / "fit.yaml")]}
     return RegressCLI(
         Regressor,
         LightningDataModule,

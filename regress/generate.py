@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from regress.camera import ViewMixture
+from regress.configs import expand_config_arguments
 from regress.generation.background import consume_in_background
 from regress.generation.encode import encoding_pool, write_shard
 from regress.generation.render import RenderedBatch, render_batches
@@ -76,7 +77,7 @@ def generate(
         seed_start: first seed
         samples_per_shard: seeds per shard; with seed_start it fixes every shard's seeds
         name: shard file name prefix
-        views: view mixture: a name under configs/views, a YAML path or a mapping
+        views: view mixture: a short name of regress/configs/views, a YAML path or a mapping
         psi: truncation psi
         cutoff: truncation cutoff (rows of w truncated), None for all
         jitter: the renderer's per-seed training jitter
@@ -248,12 +249,13 @@ def _verify_command(args: list[str]) -> int:
 
 
 def main(args: list[str] | None = None) -> dict[str, Any]:
-    """Command line: options from configs/generate/*.yaml (`--config`) and flags, or `--verify DIR` to check a
-    finished dataset; errors on bad input exit with code 1."""
+    """Command line: options from YAML files (`--config`: a file, or a short name of regress/configs/generate/) and
+    flags, or `--verify DIR` to check a finished dataset; errors on bad input exit with code 1."""
     from jsonargparse import CLI
 
     args = sys.argv[1:] if args is None else args
     try:
+        args = expand_config_arguments(args, "generate")
         if any(arg.split("=")[0] == "--verify" for arg in args):
             raise SystemExit(_verify_command(args))
         return CLI(generate, args=args, as_positional=False, epilog="python -m regress.generate --verify DIR checks a finished dataset instead.")

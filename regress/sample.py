@@ -10,11 +10,14 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    from regress.generators.base import Generator
 
 SCHEMA_VERSION = 1
 IMAGE_FORMATS = ("png", "jpg", "webp")
@@ -46,6 +49,16 @@ FIELDS: dict[str, Field] = {
 ARRAY_FIELDS = tuple(FIELDS)
 
 Batch = dict[str, Any]  # field name -> tensor (N, ...), plus "meta": list[dict] and optional "mesh": list
+
+
+@dataclass(frozen=True)
+class LatentSpace:
+    """What a data module knows of its samples' w: shape (num_ws, w_dim), mean (float32, CPU) and the generator
+    that renders it (None for stored samples). `python -m regress.fit` links it into the latent model."""
+
+    shape: tuple[int, int]
+    mean: torch.Tensor
+    generator: Generator | None = None
 
 
 def image_to_uint8(image: torch.Tensor) -> torch.Tensor:

@@ -50,7 +50,7 @@ def main() -> None:
         planes = generator.planes(generator.mapping(z, camera, psi=0.7))
         origins, directions = camera_rays(camera, generator.depth_resolution)
         n, m, _ = origins.shape
-        depths = stratified_depths((n, m), generator.config.depth_resolution, generator.ray_start, generator.ray_end, None, origins.device)
+        depths = stratified_depths((n, m), generator.config.samples_per_ray, generator.ray_start, generator.ray_end, None, origins.device)
         points = (origins[..., None, :] + depths[..., None] * directions[..., None, :]).reshape(n, -1, 3)
     per_image = points.shape[1]
     print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}; batch {n}, {per_image} points per image\n")

@@ -3,7 +3,7 @@
     python scripts/bench_fit.py                                   # CPU, both models, resnet18 at 128
     python scripts/bench_fit.py --device cuda --batch-size 64 --precision bf16-mixed
     python scripts/bench_fit.py --device cuda --generator eg3d --models depth --encoder resnet50 --image-size 512 \
-        --batch-size 32 --precision bf16-mixed --generator-kwargs '{"precision": "float16", "compile": "reduce-overhead"}'
+        --batch-size 32 --precision bf16-mixed --generator-options '{"precision": "float16", "compile": "reduce-overhead"}'
 
 Runs the real Lightning fit loop (SynthOnlineDataModule + DepthRegressor / LatentRegressor) and
 times steps after a warm-up; then the same loop on batches rendered once and handed out again
@@ -80,12 +80,13 @@ def fit_seconds(name: str, args: argparse.Namespace, cached: bool) -> tuple[floa
     """Wall and CPU seconds per timed training step, online or on cached batches (the first `warmup` steps render them)."""
     L.seed_everything(0, verbose=False)
     options = dict(
-        generator=args.generator, checkpoint=args.checkpoint, generator_kwargs=args.generator_kwargs,
+        generator=args.generator, checkpoint=args.checkpoint, generator_options=args.generator_options,
         epoch_length=args.batch_size * (args.steps + args.warmup), batch_size=args.batch_size, val_size=0,
         image_size=args.image_size, num_workers=args.num_workers,
     )  # fmt: skip
     data = CachedSynthesis(args.warmup, **options) if cached else SynthOnlineDataModule(**options)
-    model = MODELS[name](encoder=args.encoder)
+    linked = {"latent_space": data.latent_space} if MODELS[name] is LatentRegressor else {}  # as python -m regress.fit links it
+    model = MODELS[name](encoder=args.encoder, image_size=data.image_size, **linked)
     clock = StepClock()
     trainer = L.Trainer(
         accelerator=args.device, devices=1, precision=args.precision, max_epochs=1, limit_val_batches=0,
@@ -118,7 +119,7 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--generator", default=None, help="backend name; default: eg3d with --checkpoint, else analytic")
     parser.add_argument("--checkpoint", default=None)
-    parser.add_argument("--generator-kwargs", type=json.loads, default={"image_resolution": 128},
+    parser.add_argument("--generator-options", type=json.loads, default={"image_resolution": 128},
                         help="JSON backend options (default: the CPU demo's analytic head); null for none")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
@@ -128,7 +129,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     hardware = torch.cuda.get_device_name() if args.device == "cuda" else f"{machine()}, {torch.get_num_threads()} threads"
     print(f"# fit throughput: {hardware}, torch {torch.__version__}, encoder {args.encoder}, image {args.image_size}, "
-          f"batch {args.batch_size}, precision {args.precision}, generator options {args.generator_kwargs}\n")  # fmt: skip
+          f"batch {args.batch_size}, precision {args.precision}, generator options {args.generator_options}\n")  # fmt: skip
     print("| model | steps/s | samples/s | synthesis alone, samples/s | training alone (cached), samples/s | "
           "online / slower alone | s/step | synthesis share | CPU-s/step |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")

@@ -69,7 +69,7 @@ def fit_worker(args: argparse.Namespace, out: Path) -> dict:
     steps = args.fit_steps + args.fit_warmup
     L.seed_everything(0, verbose=False)
     data = SynthOnlineDataModule(
-        generator=args.generator, checkpoint=args.checkpoint, generator_kwargs=json.loads(args.generator_options),
+        generator=args.generator, checkpoint=args.checkpoint, generator_options=json.loads(args.generator_options),
         epoch_length=args.batch_size * world_size * steps, batch_size=args.batch_size, val_size=0,
         image_size=args.image_size, num_workers=2,
     )  # fmt: skip

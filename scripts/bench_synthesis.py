@@ -130,7 +130,7 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--views", default="published", help="view mixture: a name under configs/views or a YAML path")
+    parser.add_argument("--views", default="published", help="view mixture: a short name of regress/configs/views or a YAML path")
     parser.add_argument("--min-seconds", type=float, default=3.0, help="time each row for at least this long")
     parser.add_argument("--no-jitter", action="store_true", help="deterministic rendering (no per-seed jitter)")
     parser.add_argument("--deterministic", action="store_true", help="deterministic kernels, as regress.generate asks for")

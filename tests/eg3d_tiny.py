@@ -2,6 +2,6 @@
 
 TINY_EG3D = dict(
     z_dim=32, w_dim=32, channel_base=256, channel_max=16, backbone_resolution=32, triplane_channels=8,
-    decoder_hidden=16, neural_rendering_resolution=16, depth_resolution=12, depth_resolution_importance=12,
+    decoder_hidden=16, neural_rendering_resolution=16, samples_per_ray=12, importance_samples_per_ray=12,
     sr_input_resolution=16, image_resolution=64, sr_channels=(16, 8),
 )  # fmt: skip

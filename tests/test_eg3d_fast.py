@@ -73,7 +73,7 @@ def test_hashed_uniforms_look_uniform_and_independent():
 
 
 def reference_march(depths, sigma, features, density_bias=-1.0):
-    """The spec's marcher literally, on features (N, M, S, C) already sorted: weights, then midpoint features."""
+    """The compositing of docs/eg3d.md §6 literally, on features (N, M, S, C) already sorted: weights, then midpoint features."""
     weights = march_weights(depths, sigma, density_bias)
     features_mid = (features[..., :-1, :] + features[..., 1:, :]) / 2
     return (weights[..., None] * features_mid).sum(dim=-2) * 2 - 1, weights.sum(-1)

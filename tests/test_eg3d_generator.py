@@ -113,8 +113,17 @@ def test_converted_random_generator_round_trip(tiny, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_samples_per_ray_are_stored_under_upstream_names():
+    """config.json, manifests and checksums keep upstream's depth_resolution(_importance): old files and sets stay valid."""
+    stored = EG3DConfig(samples_per_ray=40, importance_samples_per_ray=24).to_dict()
+    assert (stored["depth_resolution"], stored["depth_resolution_importance"]) == (40, 24) and "samples_per_ray" not in stored
+    assert EG3DConfig.from_dict(stored) == EG3DConfig(samples_per_ray=40, importance_samples_per_ray=24)
+    with pytest.raises(ValueError, match=r"unknown EG3D options \['depth_resolution'\]"):
+        EG3DGenerator(**TINY_EG3D, depth_resolution=24)  # on EG3D the options say samples_per_ray: one meaning per name
+
+
 def test_modulated_conv_equals_per_sample_demodulated_weights():
-    """The activation-scaling form equals the spec's literal per-sample weights (grouped conv), both for up 1 and 2."""
+    """The activation-scaling form equals docs/eg3d.md §1's literal per-sample weights (grouped conv), both for up 1 and 2."""
     torch.manual_seed(1)
     x, w = torch.randn(2, 5, 8, 8), torch.randn(2, 16)
     for up in (1, 2):

@@ -33,7 +33,7 @@ def max_error(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_fixture_config_is_read_from_the_pickle(generator, reference):
     config = generator.config
     assert (config.channel_base, config.channel_max, config.neural_rendering_resolution) == (2048, 64, 128)
-    assert (config.depth_resolution, config.depth_resolution_importance, config.ray_start, config.ray_end) == (48, 48, 2.25, 3.3)
+    assert (config.samples_per_ray, config.importance_samples_per_ray, config.ray_start, config.ray_end) == (48, 48, 2.25, 3.3)
     assert generator.num_ws == 14 and generator.image_resolution == 512 and generator.depth_resolution == 128
     assert generator.box_size == 1.0 and generator.surface_level == 10.0
 

@@ -62,7 +62,7 @@ def photos(tmp_path_factory) -> Path:
 
 def _pairs(photos: Path, output: Path, *extra: str) -> dict:
     return evaluate.main([
-        "pairs", "--config", "configs/evaluate/pairs-analytic.yaml", "--images", str(photos), "--output", str(output),
+        "pairs", "--config", "pairs-analytic", "--images", str(photos), "--output", str(output),
         "--generator_options", GENERATOR, "--projection.steps", "8", "--projection.spread_samples", "200",
         "--progress", "false", "--device", "cpu", *extra,
     ])  # fmt: skip
@@ -195,6 +195,8 @@ def test_pair_data_module_gives_sample_batches(pair_set):
     data = PairDataModule(output, batch_size=3, image_size=64, val_fraction=0.5)
     data.setup("fit")
     assert len(data.train_set) + len(data.val_set) == len(GOOD) and len(data.val_set) >= 1
+    assert data.train_set.dataset is data.val_set.dataset is data.all_set  # the set is read once, then split
+    assert set(data.train_set.indices).isdisjoint(data.val_set.indices)
     assert validation_keys(["a", "b", "c", "d"], 0.0) == [] and len(validation_keys(["a", "b"], 1e-6)) == 1
     assert len(validation_keys(["a", "b", "c", "d"], 0.99)) == 3  # one record is always left to train on
     held = validation_keys(["a", "b", "c", "d"], 0.5)
@@ -202,7 +204,7 @@ def test_pair_data_module_gives_sample_batches(pair_set):
     batch = data.on_after_batch_transfer(next(iter(data.test_dataloader())), 0)
     assert batch["image"].shape == (3, 3, 64, 64) and batch["real"].shape == (3, 3, 32, 32)
     assert batch["w"].shape == (3, 14, 32) and len(batch["meta"]) == 3
-    assert data.latent_shape == (14, 32) and data.mean_latent().shape == (14, 32)
+    assert data.latent_space.shape == (14, 32) and data.latent_space.mean.shape == (14, 32) and data.latent_space.generator is None
 
 
 def test_benchmark_reports_on_lightning_checkpoints(pair_set, tmp_path):
@@ -211,7 +213,7 @@ def test_benchmark_reports_on_lightning_checkpoints(pair_set, tmp_path):
     latent = _fit(output, "latent", tmp_path / "latent", "--model.hidden", "16")
     report_dir = tmp_path / "report"
     report = evaluate.main([
-        "benchmark", "--config", "configs/evaluate/benchmark.yaml", "--pairs", str(output), "--output", str(report_dir),
+        "benchmark", "--config", "benchmark", "--pairs", str(output), "--output", str(report_dir),
         "--depth_checkpoint", str(depth), "--latent_checkpoint", str(latent), "--progress", "false", "--device", "cpu",
     ])  # fmt: skip
     for name in ("report.json", "report.md", "plots/histograms.png", "plots/examples.png"):

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 
 import regress.fit as fit
+from regress import configs
 from regress.datamodules import SynthOnlineDataModule
 from regress.models import DepthRegressor, LatentRegressor
 
@@ -16,7 +18,7 @@ from regress.models import DepthRegressor, LatentRegressor
 LEARNING_GENERATOR = {"w_dim": 8, "z_dim": 16, "image_resolution": 32, "render_resolution": 16, "depth_resolution": 16}
 TINY = [
     "--data.generator=analytic",
-    "--data.generator_kwargs={image_resolution: 32, render_resolution: 8, depth_resolution: 8}",
+    "--data.generator_options={image_resolution: 32, render_resolution: 8, depth_resolution: 8}",
     "--data.image_size=32", "--data.batch_size=2", "--data.epoch_length=4", "--data.val_size=2",
     "--model.encoder=test_resnet",
     "--trainer.max_steps=2", "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
@@ -24,11 +26,15 @@ TINY = [
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")  # pytest's own argv
 
 
-def learn(model: L.LightningModule, steps: int) -> tuple[dict, dict]:
-    """Validation metrics of the untrained model and after `steps` steps of batch 8."""
-    data = SynthOnlineDataModule(
-        generator="analytic", generator_kwargs=LEARNING_GENERATOR, epoch_length=8 * steps, batch_size=8, val_size=32, image_size=32
+def learning_data(steps: int) -> SynthOnlineDataModule:
+    """`steps` steps of batch 8 on a small analytic head."""
+    return SynthOnlineDataModule(
+        generator="analytic", generator_options=LEARNING_GENERATOR, epoch_length=8 * steps, batch_size=8, val_size=32, image_size=32
     )  # fmt: skip
+
+
+def learn(model: L.LightningModule, data: SynthOnlineDataModule) -> tuple[dict, dict]:
+    """Validation metrics of the untrained model and after an epoch of `data`."""
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     first = trainer.validate(model, data, verbose=False)[0]
     trainer.fit(model, data)
@@ -37,24 +43,25 @@ def learn(model: L.LightningModule, steps: int) -> tuple[dict, dict]:
 
 def test_depth_regressor_learns():
     L.seed_everything(0)
-    first, last = learn(DepthRegressor(encoder="test_resnet", lr=3e-3), steps=24)
+    first, last = learn(DepthRegressor(encoder="test_resnet", lr=3e-3), learning_data(steps=24))
     assert last["val/loss"] <= 0.7 * first["val/loss"], (first, last)
     assert last["val/depth_absrel"] < 0.7 * first["val/depth_absrel"]
 
 
 def test_latent_regressor_learns():
     L.seed_everything(0)
-    first, last = learn(LatentRegressor(encoder="test_resnet", lr=3e-3), steps=48)
+    data = learning_data(steps=48)
+    first, last = learn(LatentRegressor(encoder="test_resnet", lr=3e-3, latent_space=data.latent_space), data)
     assert last["val/loss"] <= 0.7 * first["val/loss"], (first, last)
     assert first["val/latent_cosine"] == 0.0 and last["val/latent_cosine"] > 0.5  # starts at the mean latent
 
 
 def test_short_names_pick_config_files():
-    configs = fit.CONFIGS
+    root = configs.ROOT
     args = fit.expand_arguments(["--data", "synth-online", "--trainer.max_steps=1"])
-    assert args == ["fit", "--model", str(configs / "model" / "depth.yaml"), "--data", str(configs / "data" / "synth-online.yaml"), "--trainer.max_steps=1"]
+    assert args == ["fit", "--model", str(root / "model" / "depth.yaml"), "--data", str(root / "data" / "synth-online.yaml"), "--trainer.max_steps=1"]
     args = fit.expand_arguments(["validate", "--model=latent", "--data", "shards"])
-    assert args == ["validate", "--model", str(configs / "model" / "latent.yaml"), "--data", str(configs / "data" / "shards.yaml")]
+    assert args == ["validate", "--model", str(root / "model" / "latent.yaml"), "--data", str(root / "data" / "shards.yaml")]
     assert fit.expand_arguments(["--model", "regress.models.DepthRegressor"])[-1] == "regress.models.DepthRegressor"
 
 
@@ -76,7 +83,7 @@ def test_unknown_names_are_usage_errors(args, message, capsys):
 def test_a_config_naming_a_missing_class_says_so(tmp_path, monkeypatch, capsys):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "later.yaml").write_text("class_path: regress.datamodules.later.LaterDataModule\n")
-    monkeypatch.setattr(fit, "CONFIGS", tmp_path)
+    monkeypatch.setattr(configs, "ROOT", tmp_path)
     with pytest.raises(SystemExit):
         fit.main(["--data", "later", "--model", "regress.models.DepthRegressor"])
     assert "--data later: its class regress.datamodules.later.LaterDataModule" in capsys.readouterr().err
@@ -90,11 +97,12 @@ def csv_rows(log_dir: Path) -> list[dict]:
 def test_cli_trains_with_a_logger_override_and_checkpoints(tmp_path):
     cli = fit.main(["--data", "synth-online", "--model", "latent", *TINY, "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={tmp_path}", f"--trainer.default_root_dir={tmp_path}"])
     assert isinstance(cli.model, LatentRegressor) and isinstance(cli.datamodule, SynthOnlineDataModule)
-    assert cli.model.hparams.input_size == 32 and cli.model.hparams.latent_shape == (14, 32)
+    assert cli.model.hparams.image_size == 32 and cli.model.hparams.latent_shape == (14, 32)  # linked from the data module
+    assert torch.equal(cli.model.mean_latent, cli.datamodule.generator.mean_latent())
     rows = csv_rows(Path(cli.trainer.logger.log_dir))
     assert any(row["train/loss"] for row in rows) and any(row["val/latent_cosine"] for row in rows)
     last = tmp_path / "default" / "checkpoints" / "last.ckpt"
-    assert last.is_file()
+    assert "latent_space" not in torch.load(last, weights_only=True)["hyper_parameters"]  # no generator inside
     resumed = fit.main(["--data", "synth-online", "--model", "latent", *TINY, "--trainer.max_steps=4", "--trainer.logger=false", f"--ckpt_path={last}", f"--trainer.default_root_dir={tmp_path / 'elsewhere'}"])
     assert resumed.trainer.global_step == 4
 
@@ -126,7 +134,7 @@ def test_bad_input_gets_a_clear_error(args, message, tmp_path, capsys):
 @pytest.mark.gpu
 def test_latent_regressor_trains_on_eg3d_synthesis_on_the_gpu(eg3d_fixture_dir, tmp_path):
     data = SynthOnlineDataModule(checkpoint=eg3d_fixture_dir / "network.pkl", epoch_length=8, batch_size=4, val_size=4, image_size=128)
-    model = LatentRegressor(encoder="resnet18", cycle_weight=0.1)
+    model = LatentRegressor(encoder="resnet18", cycle_weight=0.1, latent_space=data.latent_space)
     trainer = L.Trainer(accelerator="gpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
     trainer.fit(model, data)
     assert model.hparams.latent_shape == (14, 512) and trainer.global_step == 2

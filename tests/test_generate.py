@@ -250,7 +250,7 @@ def test_meshes_and_jpg_images_are_stored_per_sample(tmp_path):
 
 def test_command_line_reads_a_config_file(tmp_path):
     config = tmp_path / "generate.yaml"
-    config.write_text((REPO / "configs" / "generate" / "analytic.yaml").read_text())
+    config.write_text((REPO / "regress" / "configs" / "generate" / "analytic.yaml").read_text())
     output = tmp_path / "out"
     summary = main(["--config", str(config), *cli_args(output, num_samples=1)])
     assert summary["written"] == ["synth-000000.tar"] and (output / MANIFEST).is_file()

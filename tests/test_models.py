@@ -35,7 +35,7 @@ def test_encoder_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="image size 100 does not fit encoder test_resnet.*multiple of .* 32 .*96 or 128"):
         Encoder("test_resnet").check_image_size(100)
     with pytest.raises(ValueError, match="image size 100"):
-        DepthRegressor(encoder="test_resnet", input_size=100)
+        DepthRegressor(encoder="test_resnet", image_size=100)
 
 
 def test_depth_losses_on_known_values():
@@ -65,7 +65,7 @@ def test_latent_loss_weights_rows():
 def test_cycle_loss_is_lowest_at_the_true_latent_and_differentiable():
     data = tiny_data(jitter=False, image_size=32)
     batch = data.on_after_batch_transfer(next(iter(data.train_dataloader())), 0)
-    mean = data.mean_latent().expand_as(batch["w"]).clone().requires_grad_(True)
+    mean = data.latent_space.mean.expand_as(batch["w"]).clone().requires_grad_(True)
     at_mean = cycle_loss(data.generator, mean, batch["camera"], batch["image"])
     at_truth = cycle_loss(data.generator, batch["w"], batch["camera"], batch["image"])
     assert at_truth.item() < 0.5 * at_mean.item()
@@ -118,15 +118,16 @@ def test_previews_colour_depth_and_reach_tensorboard(tmp_path):
     assert events.Tags()["images"] == ["val/preview"]
 
 
-def test_latent_regressor_takes_shape_from_data_and_restores_from_checkpoint(tmp_path):
+def test_latent_regressor_takes_the_data_latent_space_and_restores_from_checkpoint(tmp_path):
     data = tiny_data(epoch_length=2)
-    model = LatentRegressor(encoder="test_resnet", hidden=16)
+    model = LatentRegressor(encoder="test_resnet", hidden=16, image_size=data.image_size, latent_space=data.latent_space)
+    assert model.hparams.latent_shape == data.latent_space.shape == (14, 32) and "latent_space" not in model.hparams
+    assert torch.equal(model.mean_latent, data.generator.mean_latent()) and model.mean_latent.abs().sum() > 0
     trainer = L.Trainer(max_steps=1, limit_val_batches=1, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(model, data)
-    assert model.hparams.latent_shape == data.latent_shape and model.hparams.input_size == 32
-    assert torch.equal(model.mean_latent, data.mean_latent())
     trainer.save_checkpoint(tmp_path / "latent.ckpt")
     restored = LatentRegressor.load_from_checkpoint(tmp_path / "latent.ckpt")
+    assert restored.hparams.image_size == 32 and restored.hparams.latent_shape == (14, 32) and not restored._generator
     image = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     model.eval(), restored.eval()
     assert torch.equal(restored(image), model(image))
@@ -134,5 +135,24 @@ def test_latent_regressor_takes_shape_from_data_and_restores_from_checkpoint(tmp
 
 def test_latent_regressor_refuses_a_cycle_term_without_a_generator():
     model = LatentRegressor(encoder="test_resnet", latent_shape=(14, 32), cycle_weight=1.0)
-    with pytest.raises(ValueError, match="cycle_weight > 0 renders predictions, but the data module NoneType has no generator"):
-        model.setup("fit")  # no data module: nothing to render with
+    with pytest.raises(ValueError, match="cycle_weight > 0 renders predictions, but the model has no generator"):
+        model.setup("fit")  # no latent space with a generator: nothing to render with
+
+
+def test_latent_regressor_needs_a_shape_that_agrees_with_the_data():
+    space = tiny_data().latent_space
+    with pytest.raises(ValueError, match="LatentRegressor needs latent_shape, or the latent_space of its data"):
+        LatentRegressor(encoder="test_resnet")
+    with pytest.raises(ValueError, match=r"the data's latents have shape \(14, 32\) but latent_shape is \(14, 8\)"):
+        LatentRegressor(encoder="test_resnet", latent_shape=(14, 8), latent_space=space)
+
+
+def test_the_data_module_moves_the_generator_the_latent_model_borrows():
+    data = tiny_data(jitter=False)
+    model = LatentRegressor(encoder="test_resnet", hidden=16, cycle_weight=1.0, latent_space=data.latent_space)
+    batch = data.on_after_batch_transfer(next(iter(data.train_dataloader())), 0)
+    parts, _ = model.losses(batch)
+    assert data.generator.device == batch["image"].device and parts["cycle"] > 0
+    data.generator.to("meta")  # somewhere else than the batch: the model says so instead of moving it
+    with pytest.raises(RuntimeError, match="the generator is on meta but the batch on cpu: the data module that holds it moves it"):
+        model.losses(batch)

@@ -14,7 +14,7 @@ TINY_GENERATOR = {"image_resolution": 32, "render_resolution": 8, "depth_resolut
 
 
 def tiny_data(**overrides) -> SynthOnlineDataModule:
-    options = dict(generator="analytic", generator_kwargs=TINY_GENERATOR, epoch_length=8, batch_size=2, val_size=4, image_size=32)
+    options = dict(generator="analytic", generator_options=TINY_GENERATOR, epoch_length=8, batch_size=2, val_size=4, image_size=32)
     return SynthOnlineDataModule(**{**options, **overrides})
 
 

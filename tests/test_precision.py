@@ -64,7 +64,7 @@ def test_analytic_landmarks_are_the_same_inside_cpu_autocast():
 
 def test_latent_regressor_with_cycle_loss_trains_in_bf16_on_the_cpu():
     data = tiny_data(epoch_length=4, val_size=2)
-    model = LatentRegressor(encoder="test_resnet", cycle_weight=1.0)
+    model = LatentRegressor(encoder="test_resnet", cycle_weight=1.0, latent_space=data.latent_space)
     trainer = L.Trainer(max_steps=2, precision="bf16-mixed", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, data)
     assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["val/loss"])
@@ -87,7 +87,7 @@ def test_every_backend_renders_the_same_inside_cuda_autocast(backend):
 def test_latent_regressor_on_the_analytic_generator_trains_in_bf16_on_the_gpu(cycle_weight, tmp_path):
     # the issue-15 defect: index_copy_ of BFloat16 and Float at the first step (cycle) or the first previews
     data = tiny_data(epoch_length=4, val_size=4)  # 2 steps: one epoch, so validation and its previews run
-    model = LatentRegressor(encoder="resnet18", cycle_weight=cycle_weight)
+    model = LatentRegressor(encoder="resnet18", cycle_weight=cycle_weight, latent_space=data.latent_space)
     trainer = L.Trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=2, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)  # fmt: skip
     trainer.fit(model, data)

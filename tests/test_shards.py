@@ -104,9 +104,9 @@ def test_a_manifest_of_another_format_is_refused_by_name(tmp_path):
 
 
 def test_manifest_gives_the_latent_shape_and_mean_latent(dataset, generator):
-    module = data_module(dataset)
-    assert module.latent_shape == generator.latent_shape and module.depth_resolution == 16
-    assert torch.equal(module.mean_latent(), generator.mean_latent().float())
+    space = data_module(dataset).latent_space
+    assert space.shape == generator.latent_shape and space.generator is None
+    assert torch.equal(space.mean, generator.mean_latent().float())
 
 
 def test_meshes_decode_into_the_batch(dataset, generator):

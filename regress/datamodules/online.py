@@ -3,7 +3,8 @@
 A sample seed is a pure function of (global seed, epoch, global rank, index), so DDP ranks never
 share a sample, a resumed run continues the same stream, and validation reads a fixed seed range
 that training never touches. The generator renders in `on_after_batch_transfer`, on the batch's
-device, so worker processes do no CUDA work.
+device, so worker processes do no CUDA work. This module owns the generator: it moves it to the
+batches' device, and a latent model that borrows it (its `latent_space`) renders there.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from regress.camera import View, ViewMixture
 from regress.generators import Generator, create_generator
-from regress.sample import Batch
+from regress.sample import Batch, LatentSpace
 
 INDEX_BITS, RANK_BITS, EPOCH_BITS = 32, 12, 18  # 62 bits of (epoch, rank, index) counter
 TRAIN_FLAG = 1 << 62  # every training seed has this bit; validation seeds lie below it
@@ -130,8 +131,8 @@ class SynthOnlineDataModule(L.LightningDataModule):
     Args:
         generator: backend name (None: `eg3d` with a checkpoint, else the analytic default).
         checkpoint: generator weights (a local path).
-        generator_kwargs: backend constructor options, e.g. `{image_resolution: 128}`.
-        views: view mixture, a name under configs/views/ or a YAML path.
+        generator_options: backend constructor options, e.g. `{image_resolution: 128}`.
+        views: view mixture, a short name of regress/configs/views/ or a YAML path.
         epoch_length: training samples per epoch, over all ranks.
         batch_size: samples per batch and rank.
         val_size: validation samples, seeds [val_seed_start, val_seed_start + val_size).
@@ -147,7 +148,7 @@ class SynthOnlineDataModule(L.LightningDataModule):
         self,
         generator: str | None = None,
         checkpoint: str | Path | None = None,
-        generator_kwargs: dict[str, Any] | None = None,
+        generator_options: dict[str, Any] | None = None,
         views: str | Path = "published",
         epoch_length: int = 512,
         batch_size: int = 16,
@@ -169,7 +170,7 @@ class SynthOnlineDataModule(L.LightningDataModule):
             raise ValueError(f"val_size must be >= 0, got {val_size}")
         val_seeds(val_seed_start, val_size)
         self.save_hyperparameters()
-        self.generator: Generator = create_generator(generator, checkpoint, **(generator_kwargs or {}))
+        self.generator: Generator = create_generator(generator, checkpoint, **(generator_options or {}))
         self.generator.requires_grad_(False).eval()
         self.views = ViewMixture.load(views)
         self.epoch_length, self.batch_size, self.val_size = epoch_length, batch_size, val_size
@@ -182,16 +183,9 @@ class SynthOnlineDataModule(L.LightningDataModule):
         self._resume: dict[str, int] | None = None
 
     @property
-    def latent_shape(self) -> tuple[int, int]:
-        return self.generator.latent_shape
-
-    @property
-    def depth_resolution(self) -> int:
-        return self.generator.depth_resolution
-
-    def mean_latent(self) -> torch.Tensor:
-        """The generator's mean latent (num_ws, w_dim), on the CPU."""
-        return self.generator.mean_latent().detach().float().cpu()
+    def latent_space(self) -> LatentSpace:
+        """The generator's latent shape and mean (on the CPU), and the generator itself."""
+        return LatentSpace(self.generator.latent_shape, self.generator.mean_latent().detach().float().cpu(), self.generator)
 
     def _rank(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -228,12 +222,12 @@ class SynthOnlineDataModule(L.LightningDataModule):
     def synthesize(self, batch: dict[str, torch.Tensor]) -> Batch:
         """Render a loader batch (seeds and views) into a Sample batch on the batch's device."""
         seeds, device = tuple(batch["seed"].tolist()), batch["seed"].device
+        if self.generator.device != device:
+            self.generator.to(device)  # the one place it moves, also for the latent model that borrows it
         validation = bool(batch["validation"].all())
         cached = self._val_cache.get(seeds) if validation else None
         if cached is not None and cached["image"].device == device:
             return dict(cached)
-        if self.generator.device != device:
-            self.generator.to(device)
         with torch.no_grad():
             sample = self.generator.sample(
                 seeds, self._dataset.to_views(batch), psi=self.psi, cutoff=self.cutoff, jitter=self.jitter and not validation

@@ -17,7 +17,7 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from regress.datamodules.online import resize_images
 from regress.datamodules.shards import ManifestLatents
@@ -49,9 +49,9 @@ def collate_pairs(samples: list[dict[str, Any]]) -> Batch:
 
 
 class PairDataset(Dataset):
-    """Pair records of a pairs set, by key order; reads the record folder, or the shards when it is absent."""
+    """Pair records of a pairs set, by key order; reads the record folder, or the shards (all in memory) when it is absent."""
 
-    def __init__(self, root: str | Path, keys: list[str] | None = None, image: Literal["real", "inverted"] = "real") -> None:
+    def __init__(self, root: str | Path, image: Literal["real", "inverted"] = "real") -> None:
         self.root, self.image = Path(root), image
         self.manifest = read_pairs_manifest(root)
         folder = self.root / RECORDS
@@ -65,7 +65,7 @@ class PairDataset(Dataset):
             raise FileNotFoundError(f"{root} has neither {RECORDS}/ nor shards; rebuild it with python -m regress.evaluate pairs")
         if not available:
             raise ValueError(f"{root} holds no pair records: every photo failed (see errors.json there)")
-        self.keys = available if keys is None else [k for k in available if k in set(keys)]
+        self.keys = available
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -126,11 +126,13 @@ class PairDataModule(ManifestLatents, L.LightningDataModule):
         self.val_fraction = val_fraction
 
     def setup(self, stage: str | None = None) -> None:
-        everything = PairDataset(self.root, image=self.image)
-        val = validation_keys(everything.keys, self.val_fraction)
-        train = [k for k in everything.keys if k not in set(val)] or val
-        self.train_set = PairDataset(self.root, train, self.image)
-        self.val_set = PairDataset(self.root, val, self.image) if val else None
+        """Read the set once; training and validation are views of it, split by key."""
+        everything = PairDataset(self.root, self.image)
+        held = set(validation_keys(everything.keys, self.val_fraction))
+        val = [i for i, key in enumerate(everything.keys) if key in held]
+        train = [i for i, key in enumerate(everything.keys) if key not in held] or val
+        self.train_set = Subset(everything, train)
+        self.val_set = Subset(everything, val) if val else None
         self.all_set = everything
 
     def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool = False) -> DataLoader:

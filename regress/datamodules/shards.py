@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from regress.datamodules.online import resize_images
 from regress.geometry.meshes import mesh_from_ply
-from regress.sample import Batch, collate_samples, decode_sample
+from regress.sample import Batch, LatentSpace, collate_samples, decode_sample
 from regress.store.shard_set import read_shard_manifest, shard_url
 from regress.store.shards import ShardReadError, iter_shard
 
@@ -97,21 +97,13 @@ def collate(samples: list[dict]) -> Batch:
 
 
 class ManifestLatents:
-    """`latent_shape`, `depth_resolution` and `mean_latent()` of a data module read from its `manifest`."""
+    """The `latent_space` of a data module read from its `manifest`: shape and mean, no generator."""
 
     manifest: dict
 
     @property
-    def latent_shape(self) -> tuple[int, int]:
-        return tuple(self.manifest["latent_shape"])
-
-    @property
-    def depth_resolution(self) -> int:
-        return self.manifest["depth_resolution"]
-
-    def mean_latent(self) -> torch.Tensor:
-        """The generator's mean latent (num_ws, w_dim), as recorded in the manifest."""
-        return torch.tensor(self.manifest["mean_latent"], dtype=torch.float32)
+    def latent_space(self) -> LatentSpace:
+        return LatentSpace(tuple(self.manifest["latent_shape"]), torch.tensor(self.manifest["mean_latent"], dtype=torch.float32))
 
 
 class ShardDataModule(ManifestLatents, L.LightningDataModule):

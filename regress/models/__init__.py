@@ -1,6 +1,6 @@
 """Regressors trained on Sample batches: `DepthRegressor` (image -> depth) and `LatentRegressor` (image -> w).
 
-`python -m regress.fit --model NAME` picks `configs/model/NAME.yaml`.
+`python -m regress.fit --model NAME` picks `regress/configs/model/NAME.yaml`.
 """
 
 from regress.models.depth import DepthRegressor

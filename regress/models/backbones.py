@@ -54,7 +54,7 @@ class Encoder(nn.Module):
             lower, upper = max(size // self.stride, 1) * self.stride, (size // self.stride + 1) * self.stride
             raise ValueError(
                 f"image size {size} does not fit encoder {self.name}: it must be a multiple of its total stride "
-                f"{self.stride} (for example {lower} or {upper}); set data.image_size (and model.input_size, if given) to one"
+                f"{self.stride} (for example {lower} or {upper}); set data.image_size to one"
             )
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:

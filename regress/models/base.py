@@ -19,13 +19,16 @@ from regress.models.previews import log_preview, preview_grid
 from regress.sample import Batch
 
 PREVIEW_SAMPLES = 4
+# Data facts linked in by `python -m regress.fit` as objects (tensors, a generator): never hyperparameters. The CLI
+# records a link's value for every model, also one whose class has no such parameter (DepthRegressor).
+LINKED_OBJECTS = ["latent_space"]
 
 
 class Regressor(L.LightningModule, abc.ABC):
     """A LightningModule around a timm encoder that trains on Sample batches from any data module.
 
-    `input_size` is the side of the images the model takes; None adopts the data module's
-    `image_size` in `setup()` and records it in the hyperparameters, so checkpoints know it.
+    `image_size` is the side of the images the model takes, recorded in checkpoints (the benchmark
+    resizes photos to it); `python -m regress.fit` links it from the data module's `image_size`.
     """
 
     metrics: Metric
@@ -34,15 +37,16 @@ class Regressor(L.LightningModule, abc.ABC):
         self,
         encoder: str,
         encoder_weights: str | Path | None,
-        input_size: int | None,
+        image_size: int | None,
         lr: float,
         weight_decay: float,
         lr_schedule: Literal["cosine", "constant"],
     ) -> None:
         super().__init__()
+        self.save_hyperparameters(ignore=LINKED_OBJECTS)  # the subclass's arguments too
         self.encoder = Encoder(encoder, encoder_weights)
-        if input_size is not None:
-            self.encoder.check_image_size(input_size)
+        if image_size is not None:
+            self.encoder.check_image_size(image_size)
         self.lr, self.weight_decay, self.lr_schedule = lr, weight_decay, lr_schedule
 
     @abc.abstractmethod
@@ -56,21 +60,6 @@ class Regressor(L.LightningModule, abc.ABC):
     @abc.abstractmethod
     def preview_columns(self, batch: Batch, pred: torch.Tensor) -> list[torch.Tensor]:
         """uint8 image columns (N, 3, H, W) for the preview grid; empty for none."""
-
-    @property
-    def datamodule(self) -> Any:
-        """The trainer's data module, or None outside a trainer."""
-        trainer = self._trainer
-        return getattr(trainer, "datamodule", None) if trainer is not None else None
-
-    def setup(self, stage: str) -> None:
-        size = getattr(self.datamodule, "image_size", None)
-        if self.hparams.get("input_size") is None and size is not None:
-            self.hparams.input_size = size
-        if self.hparams.get("input_size") is not None:
-            self.encoder.check_image_size(self.hparams.input_size)
-        if size is not None and size != self.hparams.input_size:
-            raise ValueError(f"the data gives {size}-pixel images but the model takes {self.hparams.input_size}; set data.image_size to {self.hparams.input_size}")
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         parts, _ = self.losses(batch)

@@ -57,7 +57,7 @@ class DepthRegressor(Regressor):
 
     Args:
         encoder: timm model name; encoder_weights: a local weights file (None: random init).
-        input_size: side of the input images (None: the data module's image_size).
+        image_size: side of the input images (None: any size the encoder takes; the CLI links the data's).
         depth_resolution: side of the predicted depth map.
         decoder_width: channels of the decoder.
         depth_offset, depth_scale: depth = depth_offset + depth_scale * decoder output, so the
@@ -70,7 +70,7 @@ class DepthRegressor(Regressor):
         self,
         encoder: str = "resnet18",
         encoder_weights: str | Path | None = None,
-        input_size: int | None = None,
+        image_size: int | None = None,
         depth_resolution: int = 128,
         decoder_width: int = 64,
         depth_offset: float = 2.5,
@@ -82,8 +82,7 @@ class DepthRegressor(Regressor):
         weight_decay: float = 1e-4,
         lr_schedule: Literal["cosine", "constant"] = "cosine",
     ) -> None:
-        super().__init__(encoder, encoder_weights, input_size, lr, weight_decay, lr_schedule)
-        self.save_hyperparameters()
+        super().__init__(encoder, encoder_weights, image_size, lr, weight_decay, lr_schedule)
         self.levels = [k for k, r in enumerate(self.encoder.reductions) if r >= FINEST_REDUCTION]
         self.decoder = PyramidDecoder([self.encoder.channels[k] for k in self.levels], decoder_width)
         self.loss = DepthLoss(l1_weight, scale_invariant_weight, gradient_weight)

@@ -1,8 +1,8 @@
 """LatentRegressor: one face image -> the generator latent w (num_ws, w_dim) that reproduces it.
 
 The head predicts an offset from the generator's mean latent (zero at initialization, so an
-untrained model answers with the mean face). The latent shape and mean latent come from the
-data module in `setup()` unless given, and are stored in the checkpoint.
+untrained model answers with the mean face). The latent shape and mean latent come from the data's
+`LatentSpace` when the model is built (`python -m regress.fit` links it), and are stored in the checkpoint.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from regress.models.base import Regressor
 from regress.models.losses import cycle_loss, latent_loss
 from regress.models.metrics import LatentMetrics
 from regress.models.previews import colormap_depth, depth_range
-from regress.sample import Batch, image_to_uint8
+from regress.sample import Batch, LatentSpace, image_to_uint8
 
 
 class LatentHead(nn.Module):
@@ -46,25 +46,36 @@ class LatentHead(nn.Module):
         return self.mlp(torch.cat(pooled, dim=1)).view(-1, *self.latent_shape)
 
 
+def latent_shape_of(latent_shape: Sequence[int] | None, latent_space: LatentSpace | None) -> tuple[int, int]:
+    """The shape the head predicts: as given, else the latent space's; the two must agree when both are there."""
+    if latent_shape is None and latent_space is None:
+        raise ValueError("LatentRegressor needs latent_shape, or the latent_space of its data (latent_space=data.latent_space; python -m regress.fit links it)")
+    if latent_space is not None and latent_shape is not None and tuple(latent_shape) != tuple(latent_space.shape):
+        raise ValueError(f"the data's latents have shape {tuple(latent_space.shape)} but latent_shape is {tuple(latent_shape)}")
+    return tuple(latent_shape if latent_shape is not None else latent_space.shape)
+
+
 class LatentRegressor(Regressor):
     """Image -> w; trained with L1/MSE on w (rows optionally weighted) and an optional image cycle term.
 
     Args:
         encoder: timm model name; encoder_weights: a local weights file (None: random init).
-        input_size: side of the input images (None: the data module's image_size).
-        latent_shape: (num_ws, w_dim) (None: the data module's `latent_shape`).
+        image_size: side of the input images (None: any size the encoder takes; the CLI links the data's).
+        latent_shape: (num_ws, w_dim) (None: the latent space's).
         hidden: width of the head's hidden layer.
         loss: "l1" or "mse" on w; ws_weights: one weight per ws row (None: equal).
         cycle_weight: weight of the L1 between the input image and the frozen generator's render of
-            the predicted w at the sample's camera (0: off; needs a data module with a `generator`).
+            the predicted w at the sample's camera (0: off; needs a latent space with a generator).
         lr, weight_decay, lr_schedule: AdamW, and cosine decay over the run or a constant rate.
+        latent_space: the data's w shape, mean and generator (`data.latent_space`; the CLI links it).
+            The generator is borrowed: the data module that holds it moves it to the batches' device.
     """
 
     def __init__(
         self,
         encoder: str = "resnet18",
         encoder_weights: str | Path | None = None,
-        input_size: int | None = None,
+        image_size: int | None = None,
         latent_shape: tuple[int, int] | None = None,
         hidden: int = 512,
         loss: Literal["l1", "mse"] = "l1",
@@ -73,47 +84,30 @@ class LatentRegressor(Regressor):
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         lr_schedule: Literal["cosine", "constant"] = "cosine",
+        latent_space: LatentSpace | None = None,
     ) -> None:
-        super().__init__(encoder, encoder_weights, input_size, lr, weight_decay, lr_schedule)
-        self.save_hyperparameters()
-        self.head: LatentHead | None = None
-        self._generator: tuple[Generator, ...] = ()  # held in a tuple: frozen, not a submodule, not saved
+        super().__init__(encoder, encoder_weights, image_size, lr, weight_decay, lr_schedule)
+        shape = latent_shape_of(latent_shape, latent_space)
+        self.hparams.latent_shape = shape
+        self.head = LatentHead(self.encoder.channels, shape, hidden)
+        self.register_buffer("mean_latent", latent_space.mean.clone() if latent_space is not None else torch.zeros(shape))
+        generator = latent_space.generator if latent_space is not None else None
+        self._generator: tuple[Generator, ...] = (generator,) if generator is not None else ()  # frozen, not a submodule, not saved
         self.metrics = LatentMetrics()
-        if latent_shape is not None:
-            self._build_head(tuple(latent_shape))
-
-    def _build_head(self, latent_shape: tuple[int, int]) -> None:
-        self.head = LatentHead(self.encoder.channels, latent_shape, self.hparams.hidden)
-        self.register_buffer("mean_latent", torch.zeros(latent_shape))
-        self.hparams.latent_shape = latent_shape
 
     def setup(self, stage: str) -> None:
-        super().setup(stage)
-        data = self.datamodule
-        if hasattr(data, "latent_shape"):
-            shape = tuple(data.latent_shape)
-            if self.head is None:
-                self._build_head(shape)
-            if shape != self.head.latent_shape:
-                raise ValueError(f"the data's latents have shape {shape} but the model predicts {self.head.latent_shape}")
-            self.mean_latent.copy_(data.mean_latent())
-        elif self.head is None:
-            raise ValueError("LatentRegressor needs latent_shape: give it, or use a data module that has latent_shape")
-        generator = getattr(data, "generator", None)
-        self._generator = (generator,) if generator is not None else ()
         if self.hparams.cycle_weight and not self._generator:
-            raise ValueError(f"cycle_weight > 0 renders predictions, but the data module {type(data).__name__} has no generator; set cycle_weight 0")
+            raise ValueError("cycle_weight > 0 renders predictions, but the model has no generator: train on data that renders (synth-online), or set cycle_weight 0")
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 images (N, 3, H, W) -> w (N, num_ws, w_dim)."""
-        if self.head is None:
-            raise RuntimeError("the latent head is not built yet: give latent_shape or run setup() with a data module")
         return self.mean_latent + self.head(self.encoder(image))
 
     def _generator_on(self, device: torch.device) -> Generator:
+        """The borrowed generator, which its data module has moved to the batches' device."""
         generator = self._generator[0]
         if generator.device != device:
-            generator.to(device)
+            raise RuntimeError(f"the generator is on {generator.device} but the batch on {device}: the data module that holds it moves it")
         return generator
 
     def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

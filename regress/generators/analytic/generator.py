@@ -121,11 +121,6 @@ class AnalyticGenerator(Generator):
         """World positions (N, 68, 3) of the 68 iBUG facial landmarks on the heads of w (differentiable)."""
         return landmarks.landmarks_3d(self.params(w))
 
-    def landmark_template(self) -> torch.Tensor:
-        """The landmarks (68, 3) of the mean head: a 3D template for estimating cameras from 2D landmarks."""
-        with torch.no_grad():
-            return self.landmarks_3d(self.mean_latent()[None])[0]
-
     def synthesis(
         self, w: torch.Tensor, camera: torch.Tensor, noise_seeds: Sequence[int] | None = None
     ) -> dict[str, torch.Tensor]:

@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from regress.generators.analytic.trace import Field, Trace, TraceSettings, sphere_trace
+from regress.generators.analytic.trace import DistanceField, Trace, TraceSettings, sphere_trace
 
 TETRAHEDRON = ((1.0, -1.0, -1.0), (-1.0, -1.0, 1.0), (-1.0, 1.0, -1.0), (1.0, 1.0, 1.0))
 
@@ -27,7 +27,7 @@ class Surface:
     """Differentiable results for the rays that come near the surface (`index` into all rays)."""
 
     index: torch.Tensor  # (K,)
-    field: Field  # the field restricted to those rays
+    field: DistanceField  # the field restricted to those rays
     mask: torch.Tensor  # (K,) opacity
     depth: torch.Tensor  # (K,) surface depth (meaningful where mask > 0)
     points: torch.Tensor  # (K, 3) at the surface depth
@@ -36,7 +36,7 @@ class Surface:
 
 
 def render_surface(
-    field: Field, origins: torch.Tensor, directions: torch.Tensor, start: torch.Tensor, t_near: float, t_far: float,
+    field: DistanceField, origins: torch.Tensor, directions: torch.Tensor, start: torch.Tensor, t_near: float, t_far: float,
     settings: TraceSettings,
 ) -> Surface:
     """Trace the rays (M, 3) from `start` (M,), then evaluate the field with gradient near the surface (module doc)."""
@@ -84,7 +84,7 @@ class Layers:
 
 
 def render_layers(
-    field: Field, origins: torch.Tensor, directions: torch.Tensor, start: torch.Tensor, background: torch.Tensor,
+    field: DistanceField, origins: torch.Tensor, directions: torch.Tensor, start: torch.Tensor, background: torch.Tensor,
     t_near: float, t_far: float, settings: TraceSettings, shade: Shader, layers: int = 2,
 ) -> Layers:
     """Front-to-back compositing of up to `layers` surfaces per ray over `background` (M, 3) at t_far.

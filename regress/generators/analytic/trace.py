@@ -16,12 +16,12 @@ import torch
 from regress.camera import camera_rays
 
 
-class Field(Protocol):
+class DistanceField(Protocol):
     """A signed distance field over M points: (M, 3) -> (M,), and its restriction to a subset."""
 
     def __call__(self, points: torch.Tensor) -> torch.Tensor: ...
 
-    def take(self, index: torch.Tensor) -> "Field": ...
+    def take(self, index: torch.Tensor) -> "DistanceField": ...
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def _compact(live: torch.Tensor) -> torch.Tensor | None:
 
 @torch.no_grad()
 def cone_trace(
-    field: Field, origins: torch.Tensor, directions: torch.Tensor, spread: torch.Tensor,
+    field: DistanceField, origins: torch.Tensor, directions: torch.Tensor, spread: torch.Tensor,
     t_near: float, t_far: float, settings: TraceSettings,
 ) -> torch.Tensor:
     """Per cone (M,), a depth its rays may start tracing from; inf if no ray in it comes near the surface.
@@ -104,7 +104,7 @@ class Trace:
 
 @torch.no_grad()
 def sphere_trace(
-    field: Field, origins: torch.Tensor, directions: torch.Tensor, start: torch.Tensor, t_far: float,
+    field: DistanceField, origins: torch.Tensor, directions: torch.Tensor, start: torch.Tensor, t_far: float,
     settings: TraceSettings,
 ) -> Trace:
     """Sphere tracing from `start` (M,) to t_far with secant over-stepping, rays dropped as they finish.
@@ -151,7 +151,7 @@ def sphere_trace(
 
 
 def ray_starts(
-    make_field: Callable[[torch.Tensor], Field], camera: torch.Tensor, resolution: int,
+    make_field: Callable[[torch.Tensor], DistanceField], camera: torch.Tensor, resolution: int,
     t_near: float, t_far: float, settings: TraceSettings,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rays (N*R*R, 3) of cameras (N, 25) at R x R, row-major per sample, and where tracing each may start.

@@ -1,4 +1,4 @@
-"""Clean-room EG3D generator (eg3d-generator-spec.md) with a safe loader for the released checkpoints."""
+"""Clean-room EG3D generator (docs/eg3d.md) with a safe loader for the released checkpoints."""
 
 from regress.generators.eg3d.checkpoint import CheckpointError, UnsafeCheckpointError
 from regress.generators.eg3d.config import EG3DConfig

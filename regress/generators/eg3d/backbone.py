@@ -1,4 +1,4 @@
-"""The tri-plane backbone: a StyleGAN2 "skip" synthesis network with 3 x 32 output channels (spec section 5)."""
+"""The tri-plane backbone: a StyleGAN2 "skip" synthesis network with 3 x 32 output channels (docs/eg3d.md §3)."""
 
 from __future__ import annotations
 

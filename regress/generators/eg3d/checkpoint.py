@@ -3,7 +3,7 @@
 An upstream pickle stores every network as a call to `torch_utils.persistence.
 _reconstruct_persistent_obj(meta)` whose meta carries the module's Python source. Plain
 `pickle.load` would execute that source; here a restricted unpickler resolves only the globals
-listed in eg3d-generator-spec.md section 13, to inert stand-ins that record state, and refuses
+a released file uses (docs/eg3d.md §9), to inert stand-ins that record state, and refuses
 every other global. Storages are read with `torch.load(weights_only=True)`. Whatever a damaged
 pickle makes the unpickler do, the caller gets a one-line `CheckpointError`.
 

@@ -1,6 +1,6 @@
 """The EG3D generator's configuration, and its derivation from an upstream checkpoint's kwargs.
 
-Defaults are the released FFHQ-512 checkpoints (eg3d-generator-spec.md section 0); a
+Defaults are the released FFHQ-512 checkpoints (docs/eg3d.md); a
 checkpoint's `_init_kwargs`, `rendering_kwargs` and `neural_rendering_resolution` override them.
 """
 
@@ -14,6 +14,9 @@ NOISE_MODES = ("const", "random", "none")
 PRECISIONS = ("float32", "bfloat16", "float16")
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 SUPPORTED_SUPERRESOLUTION = "training.superresolution.SuperresolutionHybrid8XDC"
+# Fields stored under upstream's rendering_kwargs names, as every config.json, manifest and checksum has them.
+SERIALIZED_NAMES = {"samples_per_ray": "depth_resolution", "importance_samples_per_ray": "depth_resolution_importance"}
+FIELD_NAMES = {stored: field for field, stored in SERIALIZED_NAMES.items()}
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,8 @@ class EG3DConfig:
     decoder_lr_multiplier: float = 1.0
     neural_rendering_resolution: int = 128
     image_resolution: int = 512
-    depth_resolution: int = 48
-    depth_resolution_importance: int = 48
+    samples_per_ray: int = 48  # stratified
+    importance_samples_per_ray: int = 48
     ray_start: float = 2.25
     ray_end: float = 3.3
     box_warp: float = 1.0
@@ -69,8 +72,8 @@ class EG3DConfig:
                 raise ValueError(f"{name} must be one of {NOISE_MODES}, got {getattr(self, name)!r}")
         if not self.ray_start < self.ray_end:
             raise ValueError(f"ray_start ({self.ray_start}) must be below ray_end ({self.ray_end})")
-        if self.depth_resolution < 4:
-            raise ValueError(f"depth_resolution must be at least 4 for importance sampling, got {self.depth_resolution}")
+        if self.samples_per_ray < 4:
+            raise ValueError(f"samples_per_ray must be at least 4 for importance sampling, got {self.samples_per_ray}")
         if self.image_resolution != 4 * self.sr_input_resolution:
             raise ValueError(
                 f"the 8x-hybrid super-resolution maps {self.sr_input_resolution}² to "
@@ -83,16 +86,17 @@ class EG3DConfig:
         return 2 * (self.backbone_resolution.bit_length() - 1) - 2
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields by their stored names (SERIALIZED_NAMES), for config.json, manifests and checksums."""
+        return {SERIALIZED_NAMES.get(k, k): v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "EG3DConfig":
         """Build from `to_dict()` output (e.g. a converted checkpoint's config.json); unknown keys are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {SERIALIZED_NAMES.get(f.name, f.name) for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown EG3D config keys {unknown}; known keys: {sorted(known)}")
-        values = dict(values)
+        values = {FIELD_NAMES.get(k, k): v for k, v in values.items()}
         if "sr_channels" in values:
             values["sr_channels"] = tuple(values["sr_channels"])
         return cls(**values)
@@ -137,8 +141,8 @@ class EG3DConfig:
             decoder_lr_multiplier=rendering.get("decoder_lr_mul", defaults.decoder_lr_multiplier),
             neural_rendering_resolution=neural_rendering_resolution or defaults.neural_rendering_resolution,
             image_resolution=rendering.get("image_resolution", init_kwargs.get("img_resolution", defaults.image_resolution)),
-            depth_resolution=rendering.get("depth_resolution", defaults.depth_resolution),
-            depth_resolution_importance=rendering.get("depth_resolution_importance", defaults.depth_resolution_importance),
+            samples_per_ray=rendering.get("depth_resolution", defaults.samples_per_ray),
+            importance_samples_per_ray=rendering.get("depth_resolution_importance", defaults.importance_samples_per_ray),
             ray_start=rendering.get("ray_start", defaults.ray_start),
             ray_end=rendering.get("ray_end", defaults.ray_end),
             box_warp=rendering.get("box_warp", defaults.box_warp),

@@ -1,6 +1,6 @@
 """The EG3D generator backend: mapping, tri-plane backbone, neural renderer and super-resolution behind one interface.
 
-Written from eg3d-generator-spec.md. `EG3DGenerator()` is the full FFHQ-512 configuration
+The math is in docs/eg3d.md. `EG3DGenerator()` is the full FFHQ-512 configuration
 with random weights; `EG3DGenerator.from_checkpoint(path)` loads a released upstream pickle
 (safely) or its converted `model.safetensors` + `config.json`.
 """
@@ -40,7 +40,7 @@ class EG3DGenerator(Generator):
     """EG3D (tri-plane GAN): z + camera -> ws -> tri-planes -> volume render at R² -> super-resolve to 512².
 
     `depth_resolution` is the neural rendering resolution R of depth and mask; the per-ray
-    sample counts are `config.depth_resolution` (+ `config.depth_resolution_importance`).
+    sample counts are `config.samples_per_ray` (+ `config.importance_samples_per_ray`).
     Keyword arguments override fields of `EG3DConfig` (channel_base, noise_mode, precision, compile, ...).
     """
 
@@ -75,8 +75,8 @@ class EG3DGenerator(Generator):
         )
         self.decoder = OSGDecoder(config.triplane_channels, config.decoder_hidden, config.triplane_channels, config.decoder_lr_multiplier)
         self.renderer = ImportanceRenderer(
-            config.depth_resolution,
-            config.depth_resolution_importance,
+            config.samples_per_ray,
+            config.importance_samples_per_ray,
             config.ray_start,
             config.ray_end,
             config.density_bias,
@@ -96,7 +96,7 @@ class EG3DGenerator(Generator):
     def from_checkpoint(cls, path: str | Path, **overrides: Any) -> "EG3DGenerator":
         """Load an upstream `.pkl` (safe loader) or a converted folder / `model.safetensors`, in eval mode and frozen.
 
-        Keyword arguments override config fields that do not change tensor shapes (noise_mode, depth_resolution, ...).
+        Keyword arguments override config fields that do not change tensor shapes (noise_mode, samples_per_ray, ...).
         """
         path = Path(path)
         converted = path.is_dir() or path.suffix == ".safetensors"

@@ -1,7 +1,7 @@
 """StyleGAN2 building blocks of EG3D: equalized-lr FC, bias-act with clamp, FIR resampling, modulated convs.
 
-Stored tensors are the raw parameters; gains are applied in `forward` (eg3d-generator-spec.md
-sections 1, 3 and 4). Parameter and buffer names follow the upstream state dict.
+Stored tensors are the raw parameters; gains are applied in `forward` (docs/eg3d.md
+§1). Parameter and buffer names follow the upstream state dict.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class FullyConnected(nn.Module):
 
 
 class ModulatedConv(nn.Module):
-    """Modulated 3x3 conv with demodulation, noise and lrelu (spec section 3); `up=2` doubles the resolution.
+    """Modulated 3x3 conv with demodulation, noise and lrelu (docs/eg3d.md §1); `up=2` doubles the resolution.
 
     Implemented by scaling activations: conv(x * s, W) * d equals conv(x, W * s * d) per sample.
     Styles and demodulation are computed in float32; the convolution runs in x's dtype.

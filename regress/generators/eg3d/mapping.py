@@ -1,4 +1,4 @@
-"""The mapping network: z and a conditioning camera -> ws, with truncation towards `w_avg` (spec section 2)."""
+"""The mapping network: z and a conditioning camera -> ws, with truncation towards `w_avg` (docs/eg3d.md §2)."""
 
 from __future__ import annotations
 

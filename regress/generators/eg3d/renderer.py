@@ -3,7 +3,7 @@
 Split the nerfstudio way: `sample_triplanes` + `OSGDecoder` say what a point looks like,
 `stratified_depths` / `importance_depths` say where to look along a ray, `march` turns
 densities into weights, features, depth and opacity, and `ImportanceRenderer` chains them
-(eg3d-generator-spec.md sections 6, 7 and 9).
+(docs/eg3d.md §4 and §6).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ TRANSMITTANCE_EPS = 1e-10
 SMOOTHING_BIAS = 0.01
 PDF_EPS = 1e-5
 
-Field = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # points (N, P, 3) -> sigma (N, P), features (N, C, P)
+RadianceField = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # points (N, P, 3) -> sigma (N, P), features (N, C, P)
 
 
 def sample_triplanes(planes: torch.Tensor, points: torch.Tensor, box_warp: float) -> torch.Tensor:
@@ -74,12 +74,12 @@ def _linear_channels_first(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
 
 
 def stratified_depths(
-    num_rays: tuple[int, int], depth_resolution: int, ray_start: float, ray_end: float, jitter: torch.Tensor | None, device: torch.device
+    num_rays: tuple[int, int], samples_per_ray: int, ray_start: float, ray_end: float, jitter: torch.Tensor | None, device: torch.device
 ) -> torch.Tensor:
     """Depths (N, M, D) at linspace(ray_start, ray_end, D); `jitter` (N, M, D) in [0, 1) shifts each by up to one step."""
-    depths = torch.linspace(ray_start, ray_end, depth_resolution, device=device).expand(*num_rays, depth_resolution)
+    depths = torch.linspace(ray_start, ray_end, samples_per_ray, device=device).expand(*num_rays, samples_per_ray)
     if jitter is not None:
-        depths = depths + jitter * ((ray_end - ray_start) / (depth_resolution - 1))
+        depths = depths + jitter * ((ray_end - ray_start) / (samples_per_ray - 1))
     return depths
 
 
@@ -163,28 +163,28 @@ class ImportanceRenderer:
 
     def __init__(
         self,
-        depth_resolution: int,
-        depth_resolution_importance: int,
+        samples_per_ray: int,
+        importance_samples_per_ray: int,
         ray_start: float,
         ray_end: float,
         density_bias: float = -1.0,
         white_back: bool = False,
     ):
-        self.depth_resolution, self.depth_resolution_importance = depth_resolution, depth_resolution_importance
+        self.samples_per_ray, self.importance_samples_per_ray = samples_per_ray, importance_samples_per_ray
         self.ray_start, self.ray_end = ray_start, ray_end
         self.density_bias, self.white_back = density_bias, white_back
 
     @property
     def uniforms_per_ray(self) -> int:
         """How many U(0, 1) numbers a jittered render draws per ray (stratified, then importance)."""
-        return self.depth_resolution + self.depth_resolution_importance
+        return self.samples_per_ray + self.importance_samples_per_ray
 
     def __call__(
-        self, field: Field, origins: torch.Tensor, directions: torch.Tensor, uniforms: torch.Tensor | None = None
+        self, field: RadianceField, origins: torch.Tensor, directions: torch.Tensor, uniforms: torch.Tensor | None = None
     ) -> RenderOutput:
         """Render rays (N, M, 3); `uniforms` (N, M, uniforms_per_ray) jitters the samples, None is deterministic."""
         n, m, _ = origins.shape
-        d, k = self.depth_resolution, self.depth_resolution_importance
+        d, k = self.samples_per_ray, self.importance_samples_per_ray
         assert uniforms is None or uniforms.shape == (n, m, d + k), f"expected uniforms (N, M, {d + k})"
         jitter = None if uniforms is None else uniforms[..., :d]
         coarse = stratified_depths((n, m), d, self.ray_start, self.ray_end, jitter, origins.device)
@@ -200,7 +200,7 @@ class ImportanceRenderer:
 
     @staticmethod
     def _evaluate(
-        field: Field, origins: torch.Tensor, directions: torch.Tensor, depths: torch.Tensor
+        field: RadianceField, origins: torch.Tensor, directions: torch.Tensor, depths: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """sigma (N, M, S) and features (N, C, M, S) at origins + depths * directions."""
         n, m, s = depths.shape

@@ -1,4 +1,4 @@
-"""The 8x-hybrid super-resolution: two StyleGAN2 blocks from the 128² neural render to 512² (spec section 10)."""
+"""The 8x-hybrid super-resolution: two StyleGAN2 blocks from the 128² neural render to 512² (docs/eg3d.md §7)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from regress.inversion.benchmark import EXAMPLE_COLUMNS
+from regress.evaluation.benchmark import EXAMPLE_COLUMNS
 from regress.models.previews import colormap_depth, depth_range, preview_grid
 from regress.store.files import write_json
 

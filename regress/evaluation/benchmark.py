@@ -95,7 +95,7 @@ def run_benchmark(
                        "inversion_seconds": m.get("inversion", {}).get("seconds")} for m in batch["meta"]]  # fmt: skip
         pred_depth = rendered = None
         if depth_model is not None:
-            image = resize_images(seen, depth_model.hparams.get("input_size") or seen.shape[-1])
+            image = resize_images(seen, depth_model.hparams.get("image_size") or seen.shape[-1])
             pred_depth = depth_model(image, depth.shape[-1])
             scaled = median_scaled(pred_depth, depth, mask)
             depth_all.update(pred_depth, depth, mask)
@@ -106,7 +106,7 @@ def run_benchmark(
             if "depth_seconds_per_image" not in timing:
                 timing["depth_seconds_per_image"] = _seconds_per_image(lambda x: depth_model(x, depth.shape[-1]), image)
         if latent_model is not None:
-            image = resize_images(seen, latent_model.hparams.get("input_size") or seen.shape[-1])
+            image = resize_images(seen, latent_model.hparams.get("image_size") or seen.shape[-1])
             pred_w = latent_model(image)
             latent_all.update(pred_w, w, latent_model.mean_latent)
             rendered = image_to_uint8(generator.synthesis(pred_w, camera)["image"])

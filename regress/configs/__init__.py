@@ -1,0 +1,50 @@
+"""The YAML choices shipped inside the package: fit.yaml, data/, model/, trainer/, generate/, evaluate/, views/.
+
+Found through importlib.resources, so a checkout and an installed wheel read the same files. A
+short name (`gpu`, or `trainer/gpu` from the root) picks one of them; a file of your own is taken as it is.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib.resources import files
+from pathlib import Path
+
+ROOT = Path(str(files(__name__)))  # a folder: pip installs packages unpacked, never as a zip
+SHORT_NAME = re.compile(r"[\w-]+(/[\w-]+)?")  # `gpu` or `trainer/gpu`: no suffix, at most one folder
+
+
+def short_names(group: str) -> list[str]:
+    """The short names of a group: the YAML files under regress/configs/<group>/."""
+    return sorted(p.stem for p in (ROOT / group).glob("*.yaml"))
+
+
+def shipped(group: str, name: str) -> Path | None:
+    """The shipped file a short name stands for (`gpu`: <group>/gpu.yaml, `trainer/gpu`: trainer/gpu.yaml), or None."""
+    path = ROOT / f"{name}.yaml" if "/" in name else ROOT / group / f"{name}.yaml"
+    return path if path.is_file() else None
+
+
+def config_file(group: str, value: str) -> str:
+    """A `--config` value with a short name of `group` replaced by its shipped file; files and YAML text pass through."""
+    if Path(value).is_file() or not SHORT_NAME.fullmatch(value):
+        return value
+    path = shipped(group, value)
+    if path is None:
+        raise FileNotFoundError(f"no config {value!r}: not a file, and not one of {', '.join(short_names(group))} or GROUP/NAME in regress/configs/")
+    return str(path)
+
+
+def expand_config_arguments(args: list[str], group: str) -> list[str]:
+    """`--config NAME` and `--config=NAME` with short names replaced by the shipped files of `group`."""
+    expanded, rest = [], iter(args)
+    for arg in rest:
+        flag, equals, value = arg.partition("=")
+        if flag != "--config":
+            expanded.append(arg)
+        elif equals:
+            expanded.append(f"{flag}={config_file(group, value)}")
+        else:
+            value = next(rest, None)
+            expanded += [flag] if value is None else [flag, config_file(group, value)]
+    return expanded
