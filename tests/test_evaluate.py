@@ -150,7 +150,7 @@ def test_aligned_photos_with_given_cameras_are_paired_as_they_are(tmp_path):
     (photos / "dataset.json").write_text(json.dumps({"labels": [[name, camera.tolist()] for name, camera in labels.items()]}))
     output = tmp_path / "pairs"
     evaluate.main([
-        "pairs", "--config", "configs/evaluate/pairs-analytic.yaml", "--images", str(photos), "--output", str(output),
+        "pairs", "--config", "pairs-analytic", "--images", str(photos), "--output", str(output),
         "--generator_options", '{"image_resolution": 128, "render_resolution": 16, "depth_resolution": 16}',
         "--projection.steps", "2", "--projection.spread_samples", "50", "--aligned", "true",
         "--cameras", str(photos / "dataset.json"), "--progress", "false", "--device", "cpu",
