@@ -11,7 +11,7 @@ import torch
 
 from regress.evaluation.benchmark import EXAMPLE_COLUMNS
 from regress.models.previews import colormap_depth, depth_range, preview_grid
-from regress.store.files import write_json
+from regress.store.files import write_atomic, write_json
 
 HISTOGRAMS = (
     ("depth_absrel", "depth abs-rel"),
@@ -119,9 +119,7 @@ def write_report(report: dict[str, Any], tensors: dict[str, torch.Tensor], outpu
     plots = output / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     write_json(output / "report.json", json.loads(json.dumps(report, default=float)))
-    partial = output / "report.md.partial"
-    partial.write_text(markdown(report))
-    partial.replace(output / "report.md")
+    write_atomic(output / "report.md", markdown(report).encode())
     paths = {"json": output / "report.json", "markdown": output / "report.md", "histograms": plot_histograms(report, plots / "histograms.png")}
     if tensors:
         paths["examples"] = plot_examples(tensors, plots / "examples.png")
