@@ -54,15 +54,17 @@ def fit_worker(args: argparse.Namespace, out: Path) -> dict:
     from regress.datamodules import SynthOnlineDataModule
     from regress.models import DepthRegressor
 
-    class Clock(L.Callback):
+    from bench_fit import StepClock  # scripts/ is on sys.path when this runs as a script
+
+    class Clock(StepClock):
+        """Step times, and the seed of every sample this rank trained on."""
+
         def __init__(self) -> None:
-            self.wall: list[float] = []
+            super().__init__()
             self.seeds: list[int] = []
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            if pl_module.device.type == "cuda":
-                torch.cuda.synchronize(pl_module.device)
-            self.wall.append(time.perf_counter())
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
             self.seeds += [int(m["seed"]) for m in batch["meta"]]
 
     _, world_size = rank_and_world_size()
