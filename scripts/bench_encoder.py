@@ -73,8 +73,9 @@ def markdown(table: list[dict]) -> str:
     lines = ["| method | PSNR (dB) | SSIM | novel-view PSNR (dB) | novel-view SSIM | depth L1 | time per image (ms) |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for r in table:
+        ms = f"{r['ms_per_image']:.1f}" if r["ms_per_image"] else "–"
         lines.append(f"| {r['method']} | {r['image_psnr']:.1f} | {r['image_ssim']:.3f} | {r['novel_psnr']:.1f} | {r['novel_ssim']:.3f} "
-                     f"| {r['render_depth_l1']:.4f} | {r['ms_per_image']:.1f} |" if r["ms_per_image"] else "| – |")  # fmt: skip
+                     f"| {r['render_depth_l1']:.4f} | {ms} |")  # fmt: skip
     return "\n".join(lines)
 
 
