@@ -1,6 +1,7 @@
 """`python -m regress.evaluate pairs|benchmark`: pair real photos with their inversions; score regressors on the pairs.
 
     python -m regress.evaluate pairs --config pairs-analytic --images photos/
+    python -m regress.evaluate pairs --config pairs-analytic --images photos/ --init_checkpoint latent.ckpt
     python -m regress.evaluate benchmark --config benchmark --pairs data/pairs/analytic \\
         --depth_checkpoint depth.ckpt --latent_checkpoint latent.ckpt
 
@@ -36,6 +37,7 @@ def pairs(
     generator_options: dict | None = None,
     aligner: FaceAligner = FaceAligner(),
     projection: ProjectionConfig = ProjectionConfig(),
+    init_checkpoint: str | None = None,
     vgg_weights: str | None = None,
     lpips_weights: str | None = None,
     camera_template: str = "label",
@@ -60,6 +62,8 @@ def pairs(
         generator_options: keyword overrides for the backend, e.g. {image_resolution: 64}
         aligner: face detection and crop options (crop: eg3d or ffhq; all_faces: pair every face, not just the largest)
         projection: inversion options (space w or w+, steps, lr, loss weights, pti_steps for pivotal tuning)
+        init_checkpoint: a LatentRegressor checkpoint (python -m regress.fit --model latent): projection and
+            pivotal tuning start from its prediction on each crop instead of the mean latent
         vgg_weights: a local torchvision VGG16 state dict; enables the perceptual loss
         lpips_weights: the LPIPS v0.1 linear layers for VGG (vgg.pth of the lpips package); with vgg_weights
         camera_template: 3D landmarks the camera is fitted to: `label` (EG3D's label frame: cameras as EG3D's
@@ -85,9 +89,16 @@ def pairs(
     elif lpips_weights is not None:
         raise ValueError("lpips_weights needs vgg_weights too (the VGG16 backbone they sit on)")
     labels = CameraLabels(cameras) if cameras is not None else None
-    builder = PairBuilder(model, aligner, projection, perceptual, name, camera_template, labels, aligned, with_mesh, mesh_resolution, image_format, progress)
+    encoder = None
+    if init_checkpoint is not None:
+        from regress.evaluation.encoder import latent_encoder, load_latent_regressor
+
+        encoder = latent_encoder(load_latent_regressor(init_checkpoint, model))
+    builder = PairBuilder(model, aligner, projection, perceptual, name, camera_template, labels, aligned, with_mesh, mesh_resolution,
+                          image_format, progress, encoder=encoder)  # fmt: skip
     settings = {"checkpoint": checkpoint, "generator_options": generator_options or {}, "camera_template": camera_template,
-                "cameras": cameras, "aligned": aligned, "aligner": dataclasses.asdict(aligner), "perceptual": name if perceptual else None}  # fmt: skip
+                "cameras": cameras, "aligned": aligned, "aligner": dataclasses.asdict(aligner), "perceptual": name if perceptual else None,
+                **({"init_checkpoint": init_checkpoint} if init_checkpoint else {})}  # fmt: skip (the key only when given: older sets still resume)
     summary = build_pairs(photos, Path(output), builder, resume, shards, samples_per_shard, settings, progress)
     print(
         f"regress.evaluate pairs: {summary['records']} records in {summary['output']} ({summary['built']} new, "

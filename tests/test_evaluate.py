@@ -22,11 +22,13 @@ from test_align import _huge_png  # noqa: E402
 from regress import evaluate, fit  # noqa: E402
 from regress.camera import make_cameras  # noqa: E402
 from regress.datamodules.pairs import PairDataModule, PairDataset, validation_keys  # noqa: E402
+from regress.datamodules.online import resize_images  # noqa: E402
 from regress.generators import create_generator  # noqa: E402
 from regress.geometry.meshes import mesh_from_ply  # noqa: E402
 from regress.inversion.align import FaceAligner, FaceError  # noqa: E402
 from regress.inversion.pairs import CameraLabels, PairBuilder  # noqa: E402
 from regress.inversion.project import ProjectionConfig  # noqa: E402
+from regress.models import LatentRegressor  # noqa: E402
 from regress.store.pairs import RECORDS, record_key  # noqa: E402
 
 GENERATOR = '{"image_resolution": 32, "render_resolution": 16, "depth_resolution": 16}'
@@ -233,6 +235,27 @@ def test_benchmark_reports_on_lightning_checkpoints(pair_set, tmp_path):
     assert report["outputs"]["examples"].endswith("examples.png")
     with Image.open(report_dir / "plots" / "examples.png") as grid:
         assert grid.width > grid.height  # five columns of examples, four rows
+
+
+def test_pairs_start_projection_from_a_latent_regressor(pair_set, photos, tmp_path, capsys):
+    output, _ = pair_set
+    latent = _fit(output, "latent", tmp_path / "latent", "--model.hidden", "16")
+    started = tmp_path / "started"
+    _pairs(photos / "astronaut.png", started, "--init_checkpoint", str(latent), "--projection.steps", "0", "--projection.space", "w+")
+    record = started / RECORDS / record_key(photos / "astronaut.png")
+    with Image.open(record / "real.png") as real:
+        crop = torch.from_numpy(np.asarray(real).transpose(2, 0, 1).copy())[None]
+    model = LatentRegressor.load_from_checkpoint(latent).eval()
+    with torch.no_grad():
+        predicted = model(resize_images(crop, 64))[0]  # the regressor's input size
+    w = torch.from_numpy(np.load(record / "w.npy"))
+    assert torch.allclose(w, predicted, atol=1e-5) and not torch.allclose(w, model.mean_latent, atol=1e-5)  # 0 steps: its prediction
+    assert json.loads((record / "meta.json").read_text())["inversion"]["start"] == "encoder"
+    with pytest.raises(SystemExit):  # a regressor of another generator's latents
+        _pairs(photos / "astronaut.png", tmp_path / "other", "--init_checkpoint", str(latent),
+               "--generator_options", '{"image_resolution": 32, "render_resolution": 16, "depth_resolution": 16, "w_dim": 8}')  # fmt: skip
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1] == f"regress.evaluate: error: {latent} predicts latents of shape (14, 32) but the analytic generator's are (14, 8); give a LatentRegressor trained on this generator"
 
 
 def test_benchmark_needs_a_checkpoint(pair_set, tmp_path):

@@ -107,6 +107,20 @@ def test_projection_rejects_mismatched_targets(analytic):
         project(analytic, torch.zeros(1, 3, 64, 64), frontal_camera(1), ProjectionConfig(steps=1))
 
 
+def test_projection_starts_from_the_given_latents(analytic):
+    w_true, camera, target = _known_target(analytic, 5, 0.2, 0.0)
+    init = w_true + torch.linspace(-0.1, 0.1, analytic.num_ws)[:, None]  # rows differ, as a regressor's w+ may
+    untouched = project(analytic, target, camera, ProjectionConfig(space="w+", steps=0, spread_samples=10), init=init)
+    assert torch.equal(untouched.w, init) and untouched.losses == []
+    one_row = project(analytic, target, camera, ProjectionConfig(space="w", steps=0, spread_samples=10), init=init)
+    assert torch.allclose(one_row.w, w_true.expand_as(one_row.w), atol=1e-6)  # W starts from the rows' mean
+    config = ProjectionConfig(steps=10, noise=0.0, spread_samples=10)
+    from_truth, from_mean = project(analytic, target, camera, config, init=w_true), project(analytic, target, camera, config)
+    assert from_truth.losses[0]["loss"] < 1e-6 < from_mean.losses[0]["loss"]
+    with pytest.raises(ValueError, match=r"initial latents have shape \(1, 14, 8\) but the generator's are \(1, 14, 32\)"):
+        project(analytic, target, camera, config, init=torch.zeros(1, 14, 8))
+
+
 def test_learning_rate_ramps_up_then_down():
     config = ProjectionConfig(lr=0.1, lr_rampup=0.05, lr_rampdown=0.25)
     assert learning_rate(config, 0.0) == 0.0

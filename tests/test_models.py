@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from regress.models import DepthRegressor, LatentRegressor
 from regress.models.backbones import Encoder
 from regress.models.losses import DepthLoss, cycle_loss, gradient_l1, latent_loss, masked_l1, scale_invariant_log
-from regress.models.metrics import DepthMetrics, LatentMetrics
+from regress.models.metrics import NOVEL_VIEWS_DEG, DepthMetrics, ImageMetrics, LatentMetrics
 from regress.models.previews import colormap_depth, depth_range, log_preview, preview_grid
 
 from test_online import tiny_data
@@ -156,3 +156,34 @@ def test_the_data_module_moves_the_generator_the_latent_model_borrows():
     data.generator.to("meta")  # somewhere else than the batch: the model says so instead of moving it
     with pytest.raises(RuntimeError, match="the generator is on meta but the batch on cpu: the data module that holds it moves it"):
         model.losses(batch)
+
+
+def validation_batch(data):
+    return data.on_after_batch_transfer(next(iter(data.val_dataloader())), 0)
+
+
+def test_image_metrics_score_the_true_latent_at_their_ceiling_and_a_wrong_one_below():
+    data = tiny_data()
+    batch = validation_batch(data)
+    perfect, mean = ImageMetrics(), ImageMetrics()
+    perfect.update(data.generator, batch["w"], batch["w"], batch["camera"])
+    mean.update(data.generator, data.generator.mean_latent().expand_as(batch["w"]), batch["w"], batch["camera"])
+    best, worse = perfect.compute(), mean.compute()
+    assert best["image_psnr"] == 100.0 and best["novel_psnr"] == 100.0  # psnr caps a zero error at 100 dB
+    assert best["image_ssim"] == pytest.approx(1.0, abs=1e-6) and best["novel_ssim"] == pytest.approx(1.0, abs=1e-6)
+    assert best["render_depth_l1"] == 0.0
+    assert worse["image_psnr"] < 40 and worse["image_ssim"] < best["image_ssim"] and worse["render_depth_l1"] > 0
+    assert perfect.samples == 2 and perfect.novel_images == 2 * len(NOVEL_VIEWS_DEG)
+
+
+def test_latent_regressor_scores_a_fixed_number_of_validation_samples_in_image_space():
+    data = tiny_data()
+    model = LatentRegressor(encoder="test_resnet", hidden=16, image_metrics_samples=3, latent_space=data.latent_space)
+    for batch in map(lambda b: data.on_after_batch_transfer(b, 0), data.val_dataloader()):  # 2 batches of 2
+        model.update_metrics(batch, batch["w"])
+    assert model.image_metrics.samples == 3 and model.image_metrics.compute()["image_psnr"] == 100.0
+    assert model.validation_metrics() == [model.metrics, model.image_metrics]
+    without = LatentRegressor(encoder="test_resnet", hidden=16, latent_shape=(14, 32))  # data from disk: nothing renders
+    batch = validation_batch(data)
+    without.update_metrics(batch, batch["w"])
+    assert without.validation_metrics() == [without.metrics] and without.image_metrics.samples == 0

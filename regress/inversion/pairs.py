@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -109,6 +109,8 @@ class PairBuilder:
 
     `aligned`: the photos are already crops of the generator's framing (EG3D crops): they are
     used as they are, only their landmarks are found. `cameras`: given labels replace the fit.
+    `encoder`: uint8 crops -> w (an inversion encoder); projection and pivotal tuning start from
+    its prediction instead of the mean latent.
     """
 
     generator: Generator
@@ -124,6 +126,7 @@ class PairBuilder:
     image_format: str = "png"
     progress: bool = False
     fitter: CameraFitter = field(default_factory=CameraFitter)
+    encoder: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         self.template = generator_template(self.generator, self.camera_template)
@@ -153,7 +156,8 @@ class PairBuilder:
         real_t = torch.from_numpy(real.transpose(2, 0, 1).copy())[None]
         camera = camera_cpu[None].to(g.device)
         start = time.perf_counter()
-        result = project(g, image_to_float(real_t), camera, self.projection, self.perceptual, self.progress)
+        init = self.encoder(real_t.to(g.device)) if self.encoder is not None else None
+        result = project(g, image_to_float(real_t), camera, self.projection, self.perceptual, self.progress, init)
         renderer = result.generator or g
         with torch.no_grad():
             out = renderer.synthesis(result.w, camera)
@@ -169,6 +173,7 @@ class PairBuilder:
             "inversion": {
                 "space": self.projection.space,
                 "steps": self.projection.steps,
+                "start": "encoder" if self.encoder is not None else "mean_latent",
                 "pti_steps": self.projection.pti_steps,
                 "seconds": seconds,
                 "final_loss": result.losses[-1]["loss"] if result.losses else None,

@@ -1,4 +1,5 @@
-"""GAN inversion: project images into W or W+ from the mean latent, then optionally tune a copy of the generator.
+"""GAN inversion: project images into W or W+ from the mean latent (or given latents, e.g. an encoder's
+prediction), then optionally tune a copy of the generator.
 
 The projection is the StyleGAN/EG3D projector's recipe: Adam on the latent with a learning-rate
 ramp up and cosine ramp down, and latent noise that fades out early. The image loss is pixel L2
@@ -121,6 +122,20 @@ def _check(generator: Generator, target: torch.Tensor, camera: torch.Tensor) -> 
         raise ValueError(f"cameras must be ({target.shape[0]}, 25), got {tuple(camera.shape)}")
 
 
+def start_latent(generator: Generator, rows: int, count: int, init: torch.Tensor | None) -> torch.Tensor:
+    """Where the projection starts, (count, rows, w_dim): the mean latent, or `init` (count, num_ws, w_dim).
+
+    In W (one row) an init starts from the mean of its rows, the one-row latent nearest to it.
+    """
+    if init is None:
+        return generator.mean_latent().to(generator.device).float()[:rows].repeat(count, 1, 1)
+    expected = (count, *generator.latent_shape)
+    if tuple(init.shape) != expected:
+        raise ValueError(f"initial latents have shape {tuple(init.shape)} but the generator's are {expected}; give one latent of its shape per target")
+    init = init.detach().to(generator.device).float()
+    return init.mean(1, keepdim=True) if rows == 1 else init.clone()
+
+
 def project(
     generator: Generator,
     target: torch.Tensor,
@@ -128,11 +143,13 @@ def project(
     config: ProjectionConfig = ProjectionConfig(),
     perceptual: PerceptualDistance | None = None,
     progress: bool = False,
+    init: torch.Tensor | None = None,
 ) -> ProjectionResult:
     """Latents (N, num_ws, w_dim) whose renders from `camera` (N, 25) match `target` (N, 3, H, W) in [-1, 1].
 
-    Each image gets its own latent (the loss is a sum over the batch); the generator is not changed.
-    With `config.pti_steps > 0` a tuned copy of the generator comes back in `generator`.
+    The search starts from `init` (N, num_ws, w_dim), e.g. an encoder's prediction, or else the mean
+    latent. Each image gets its own latent (the loss is a sum over the batch); the generator is not
+    changed. With `config.pti_steps > 0` a tuned copy of the generator comes back in `generator`.
     """
     _check(generator, target, camera)
     start = time.perf_counter()
@@ -140,11 +157,10 @@ def project(
     target, camera = target.to(device).float(), camera.to(device).float()
     loss_fn = ImageLoss(config, perceptual).to(device)
     spread = latent_spread(generator, config.spread_samples, config.seed)
-    w_avg = generator.mean_latent().to(device).float()
     rows = 1 if config.space == "w" else generator.num_ws
     if config.space not in ("w", "w+"):
         raise ValueError(f"projection space must be 'w' or 'w+', got {config.space!r}")
-    latent = w_avg[:rows].repeat(target.shape[0], 1, 1).requires_grad_(True)
+    latent = start_latent(generator, rows, target.shape[0], init).requires_grad_(True)
     optimizer = torch.optim.Adam([latent], lr=config.lr, betas=(0.9, 0.999))
     noise_rng = torch.Generator(device="cpu").manual_seed(config.seed)
     losses = []

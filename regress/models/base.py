@@ -81,10 +81,15 @@ class Regressor(L.LightningModule, abc.ABC):
             if columns:
                 log_preview(self.loggers, "val/preview", preview_grid(columns), self.global_step)
 
+    def validation_metrics(self) -> list[Metric]:
+        """The metrics logged (under `val/`) and reset at the end of every validation epoch."""
+        return [self.metrics]
+
     def on_validation_epoch_end(self) -> None:
-        for name, value in self.metrics.compute().items():
-            self.log(f"val/{name}", value, sync_dist=True)  # already reduced by torchmetrics; quiets the DDP warning
-        self.metrics.reset()
+        for metric in self.validation_metrics():
+            for name, value in metric.compute().items():
+                self.log(f"val/{name}", value, sync_dist=True)  # already reduced by torchmetrics; quiets the DDP warning
+            metric.reset()
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)

@@ -13,11 +13,12 @@ from typing import Literal, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import Metric
 
 from regress.generators import Generator
 from regress.models.base import Regressor
 from regress.models.losses import cycle_loss, latent_loss
-from regress.models.metrics import LatentMetrics
+from regress.models.metrics import ImageMetrics, LatentMetrics
 from regress.models.previews import colormap_depth, depth_range
 from regress.sample import Batch, LatentSpace, image_to_uint8
 
@@ -67,6 +68,9 @@ class LatentRegressor(Regressor):
         cycle_weight: weight of the L1 between the input image and the frozen generator's render of
             the predicted w at the sample's camera (0: off; needs a latent space with a generator).
         lr, weight_decay, lr_schedule: AdamW, and cosine decay over the run or a constant rate.
+        image_metrics_samples: the first this many validation samples are also scored in image space
+            (`val/image_psnr`, `val/novel_psnr`, ...: renders of the predicted against the true w);
+            0: off. Only with a generator.
         latent_space: the data's w shape, mean and generator (`data.latent_space`; the CLI links it).
             The generator is borrowed: the data module that holds it moves it to the batches' device.
     """
@@ -84,6 +88,7 @@ class LatentRegressor(Regressor):
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         lr_schedule: Literal["cosine", "constant"] = "cosine",
+        image_metrics_samples: int = 8,
         latent_space: LatentSpace | None = None,
     ) -> None:
         super().__init__(encoder, encoder_weights, image_size, lr, weight_decay, lr_schedule)
@@ -94,6 +99,7 @@ class LatentRegressor(Regressor):
         generator = latent_space.generator if latent_space is not None else None
         self._generator: tuple[Generator, ...] = (generator,) if generator is not None else ()  # frozen, not a submodule, not saved
         self.metrics = LatentMetrics()
+        self.image_metrics = ImageMetrics()
 
     def setup(self, stage: str) -> None:
         if self.hparams.cycle_weight and not self._generator:
@@ -122,6 +128,13 @@ class LatentRegressor(Regressor):
 
     def update_metrics(self, batch: Batch, pred: torch.Tensor) -> None:
         self.metrics.update(pred, batch["w"], self.mean_latent)
+        wanted = self.hparams.image_metrics_samples - int(self.image_metrics.samples)
+        if self._generator and wanted > 0:
+            self.image_metrics.update(self._generator_on(pred.device), pred[:wanted], batch["w"][:wanted], batch["camera"][:wanted])
+
+    def validation_metrics(self) -> list[Metric]:
+        """Latent errors, and the image-space scores when there is a generator to render with."""
+        return [self.metrics, self.image_metrics] if self._generator and self.hparams.image_metrics_samples else [self.metrics]
 
     def preview_columns(self, batch: Batch, pred: torch.Tensor) -> list[torch.Tensor]:
         """Input, the render of the predicted w at the sample's camera, true depth, the render's depth."""

@@ -1,4 +1,4 @@
-"""torchmetrics metrics for the regressors: depth errors on the face mask, latent errors.
+"""torchmetrics metrics for the regressors: depth errors on the face mask, latent errors, re-render quality.
 
 Both accumulate sums over batches (and ranks, under DDP) and compute dataset-level values, so
 the result does not depend on how the data was split into batches. States are replaced, not
@@ -7,12 +7,21 @@ updated in place, so a metric reset under inference mode (trainer.validate) stil
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
+from regress.camera import make_cameras
+from regress.generators import Generator
+from regress.inversion.quality import psnr, ssim
+
+Render = dict[str, torch.Tensor]  # a generator's synthesis output: image, depth, mask
+
 MASK_THRESHOLD = 0.5  # a pixel is on the face when its renderer opacity exceeds this
 DELTA = 1.25  # threshold accuracy: max(pred / true, true / pred) < DELTA
+NOVEL_VIEWS_DEG = ((30.0, 0.0), (-30.0, 0.0), (0.0, 15.0), (0.0, -15.0))  # (yaw, pitch) of the image metrics' novel views
 
 
 class DepthMetrics(Metric):
@@ -66,3 +75,57 @@ class LatentMetrics(Metric):
     def compute(self) -> dict[str, torch.Tensor]:
         samples = self.samples.clamp_min(1)
         return {"latent_l1": (self.l1 / samples).float(), "latent_cosine": (self.cosine / samples).float()}
+
+
+def render_pair(generator: Generator, pred: torch.Tensor, true: torch.Tensor, camera: torch.Tensor) -> tuple[Render, Render]:
+    """Renders of predicted and true latents (N, num_ws, w_dim) at cameras (N, 25), without jitter, in one call."""
+    with torch.no_grad():
+        out = generator.synthesis(torch.cat([pred, true]).float(), torch.cat([camera, camera]).float())
+    n = pred.shape[0]
+    return {k: v[:n] for k, v in out.items()}, {k: v[n:] for k, v in out.items()}
+
+
+def novel_cameras(n: int) -> list[torch.Tensor]:
+    """Cameras (n, 25) of each novel view of `NOVEL_VIEWS_DEG`, around the frontal camera."""
+    return [make_cameras(math.radians(yaw), math.radians(pitch)).expand(n, -1) for yaw, pitch in NOVEL_VIEWS_DEG]
+
+
+class ImageMetrics(Metric):
+    """How well the generator's re-renders of predicted latents match its renders of the true ones (no jitter).
+
+    PSNR and SSIM at the input's camera (`image_*`) and at the novel views (`novel_*`), and the mean
+    absolute depth error of the input-view re-render on the true render's face mask (`render_depth_l1`);
+    means over the samples (and views) seen.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in ("psnr", "ssim", "samples", "novel_psnr", "novel_ssim", "novel_images", "depth_error", "pixels"):
+            self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, generator: Generator, pred: torch.Tensor, true: torch.Tensor, camera: torch.Tensor) -> None:
+        """Render predicted and true latents (N, num_ws, w_dim) at the inputs' cameras (N, 25) and at the novel views."""
+        mine, truth = render_pair(generator, pred, true, camera)
+        on = truth["mask"] > MASK_THRESHOLD
+        self.psnr = self.psnr + psnr(mine["image"], truth["image"]).double().sum()
+        self.ssim = self.ssim + ssim(mine["image"], truth["image"]).double().sum()
+        self.samples = self.samples + pred.shape[0]
+        self.depth_error = self.depth_error + (mine["depth"][on].double() - truth["depth"][on].double()).abs().sum()
+        self.pixels = self.pixels + on.sum()
+        for view in novel_cameras(pred.shape[0]):
+            mine, truth = render_pair(generator, pred, true, view.to(camera))
+            self.novel_psnr = self.novel_psnr + psnr(mine["image"], truth["image"]).double().sum()
+            self.novel_ssim = self.novel_ssim + ssim(mine["image"], truth["image"]).double().sum()
+            self.novel_images = self.novel_images + pred.shape[0]
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        samples, novel = self.samples.clamp_min(1), self.novel_images.clamp_min(1)
+        return {
+            "image_psnr": (self.psnr / samples).float(),
+            "image_ssim": (self.ssim / samples).float(),
+            "novel_psnr": (self.novel_psnr / novel).float(),
+            "novel_ssim": (self.novel_ssim / novel).float(),
+            "render_depth_l1": (self.depth_error / self.pixels.clamp_min(1)).float(),
+        }
