@@ -110,6 +110,21 @@ def test_cli_trains_with_a_logger_override_and_checkpoints(tmp_path):
     assert resumed.trainer.global_step == 4
 
 
+@pytest.mark.parametrize("logger", ["csv", "tensorboard"])
+def test_the_shipped_logger_configs_write_their_logs(logger, tmp_path):
+    cli = fit.main(["--data", "synth-online", *TINY, "--config", logger, f"--trainer.logger.init_args.save_dir={tmp_path}", f"--trainer.default_root_dir={tmp_path}"])
+    log_dir = Path(cli.trainer.logger.log_dir)
+    assert log_dir.is_relative_to(tmp_path) and cli.trainer.global_step == 2
+    if logger == "csv":
+        assert any(row["val/loss"] for row in csv_rows(log_dir))
+    else:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(log_dir))
+        events.Reload()
+        assert {"train/loss", "val/loss"} <= set(events.Tags()["scalars"])
+
+
 def test_default_logger_is_offline_wandb(tmp_path):
     cli = fit.main(["--data", "synth-online", *TINY, "--trainer.max_steps=1", f"--trainer.logger.init_args.save_dir={tmp_path}", f"--trainer.default_root_dir={tmp_path}"])
     assert type(cli.trainer.logger).__name__ == "WandbLogger"
