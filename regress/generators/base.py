@@ -69,9 +69,10 @@ class Generator(nn.Module, abc.ABC):
     Optional capabilities have defaults: `density_fns` (density per latent, for meshes) and
     `landmarks_3d` (None: the backend has no 3D landmarks, camera fits use a template).
     `mapping`, `synthesis`, `density` and `landmarks_3d` of every backend run in the backend's own
-    precision, also when called inside a model's autocast (`in_own_precision` wraps them). Subclasses set `z_dim`, `num_ws`, `w_dim`, `image_resolution`, `depth_resolution`,
-    `ray_start`, `ray_end`, `box_size` (edge of the cube that holds the head, world units) and
-    `surface_level` (the density level of the surface, for marching cubes).
+    precision, also when called inside a model's autocast (`in_own_precision` wraps them).
+    Subclasses set `z_dim`, `num_ws`, `w_dim`, `image_resolution`, `depth_resolution`, `ray_start`,
+    `ray_end`, `box_size` (edge of the cube that holds the head, world units) and `surface_level`
+    (the density level of the surface, for marching cubes).
     """
 
     name: str = "generator"
