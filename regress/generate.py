@@ -166,8 +166,7 @@ def _render_and_write(
         for index in todo:
             bar.set_postfix_str(layout.filename(index))
             record = write_shard(shards, index, batches, settings["image_format"], batch_size + 2 * workers, pool, bar, clock)
-            if shards.target is not None:
-                shards.send(index, record)
+            shards.send(index, record)
             written += record["bytes"]
         return written
 

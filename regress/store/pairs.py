@@ -16,7 +16,7 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from regress.store.files import PARTIAL, write_folder, write_json
 from regress.store.shards import ShardWriter
@@ -71,12 +71,6 @@ def record_keys(root: str | Path) -> list[str]:
     return sorted(p.name for p in records.iterdir() if p.is_dir() and not p.name.endswith(PARTIAL))
 
 
-def iter_records(root: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, members) of every complete record of a pairs folder, in key order."""
-    for key in record_keys(root):
-        yield key, read_pair_record(root, key)
-
-
 def read_pair_errors(root: Path) -> dict[str, str]:
     """The photos that failed (source -> why), empty when none are listed."""
     path = Path(root) / ERRORS
@@ -105,11 +99,11 @@ def read_pairs_manifest(root: str | Path) -> dict[str, Any]:
 
 def write_pair_shards(root: Path, samples_per_shard: int = 1000) -> list[dict[str, Any]]:
     """Pack the records of a pairs folder into `pairs-000000.tar ...` (same members); their records for the manifest."""
-    items = list(iter_records(root))
+    keys = record_keys(root)  # records are read one at a time: a large set never sits in memory whole
     shards = []
-    for index, start in enumerate(range(0, len(items), samples_per_shard)):
+    for index, start in enumerate(range(0, len(keys), samples_per_shard)):
         with ShardWriter(Path(root) / f"pairs-{index:06d}.tar") as writer:
-            for key, members in items[start : start + samples_per_shard]:
-                writer.add(key, members)
+            for key in keys[start : start + samples_per_shard]:
+                writer.add(key, read_pair_record(root, key))
             shards.append(writer.commit({"index": index}))
     return shards

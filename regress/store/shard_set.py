@@ -20,7 +20,7 @@ from typing import Any
 import webdataset as wds
 from tqdm import tqdm
 
-from regress.store.files import PARTIAL, write_json
+from regress.store.files import partial_path, write_json
 from regress.store.pipes import PipeCommand
 from regress.store.shards import ShardReadError, check_shard, read_shard_record, record_path, shard_is_complete
 
@@ -104,7 +104,7 @@ class ShardSet:
         todo, skipped = [], []
         for index in mine:
             shard = self.path(index)
-            shard.with_name(shard.name + PARTIAL).unlink(missing_ok=True)
+            partial_path(shard).unlink(missing_ok=True)
             record = read_shard_record(shard)
             if record is not None and record.get("fingerprint") != self.fingerprint and (shard.is_file() or record.get("sent_to")):
                 raise ValueError(
@@ -116,8 +116,7 @@ class ShardSet:
             if same_seeds and self.target is not None and self.target.has_taken(shard.name, record):
                 skipped.append(index)
             elif same_seeds and shard_is_complete(shard, record, verify=True):
-                if self.target is not None:
-                    self.send(index, record)
+                self.send(index, record)
                 skipped.append(index)
             else:
                 if shard.is_file():
@@ -126,7 +125,10 @@ class ShardSet:
         return todo, skipped
 
     def send(self, index: int, record: dict[str, Any]) -> None:
-        """Pipe a finished shard to the target, note it in the shard's record, then drop the staged file unless kept."""
+        """Pipe a finished shard to the target, note it in the shard's record, then drop the staged file unless kept;
+        nothing for a local output."""
+        if self.target is None:
+            return
         shard = self.path(index)
         write_json(record_path(shard), {**record, "sent_to": self.target.send(shard)})
         if not self.keep_staged:
@@ -182,7 +184,7 @@ def shard_url(root: str | Path, name: str) -> str:
 def read_shard_manifest(root: str | Path) -> dict[str, Any]:
     """The manifest of a shard folder (or `pipe:` template); a clear error when generation has not finished there."""
     url = shard_url(root, MANIFEST)
-    if not str(root).startswith("pipe:") and not Path(root).is_dir():
+    if PipeCommand.parse(root) is None and not Path(root).is_dir():
         raise FileNotFoundError(f"shard folder {root} does not exist; give the --output of a python -m regress.generate run")
     try:
         with wds.gopen(url, "rb") as stream:
