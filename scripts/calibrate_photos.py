@@ -31,7 +31,7 @@ from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation
 
 from bench_cameras import labelled_photos  # scripts/ is on sys.path when this runs as a script
-from regress.inversion.align import MIRROR_68, cnn_boxes, detect_faces, load_image
+from regress.inversion.align import cnn_boxes, detect_faces, load_image, mirror_landmarks
 from regress.inversion.camera_fit import (
     YAW_KNEE,
     LABEL_FOCAL,
@@ -61,13 +61,6 @@ def similarity_3d(source: np.ndarray, target: np.ndarray) -> tuple[float, np.nda
     rotation = u @ sign @ vt
     k = (singular * np.diag(sign)).sum() / ((source - mu_s) ** 2).sum()
     return k, rotation, mu_t - k * rotation @ mu_s
-
-
-def mirror_landmarks(landmarks: np.ndarray, side: int) -> np.ndarray:
-    """The 68 landmarks of the horizontally mirrored photo (dlib's are mirror-averaged, so this is what it would find)."""
-    mirrored = landmarks[MIRROR_68].copy()
-    mirrored[:, 0] = side - 1 - mirrored[:, 0]
-    return mirrored
 
 
 def crop_calibration(landmarks: list[np.ndarray], poses: list[tuple[float, float]], side: int) -> np.ndarray:

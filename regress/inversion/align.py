@@ -195,9 +195,15 @@ def landmarks_in(image: np.ndarray, box: Box) -> np.ndarray:
     mirrored landmarks of the mirrored photo removes its left-right bias and some of its noise.
     """
     last = image.shape[1] - 1
-    mirrored = _predict(image[:, ::-1], (last - box[2], box[1], last - box[0], box[3]))[MIRROR_68]
-    mirrored[:, 0] = last - mirrored[:, 0]
+    mirrored = mirror_landmarks(_predict(image[:, ::-1], (last - box[2], box[1], last - box[0], box[3])), image.shape[1])
     return (_predict(image, box) + mirrored) / 2
+
+
+def mirror_landmarks(landmarks: np.ndarray, width: int) -> np.ndarray:
+    """68 landmarks (68, 2) of a photo `width` pixels wide as they sit on the horizontally mirrored photo."""
+    mirrored = landmarks[MIRROR_68].copy()
+    mirrored[:, 0] = width - 1 - mirrored[:, 0]
+    return mirrored
 
 
 def detect_faces(

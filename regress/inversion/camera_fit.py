@@ -135,18 +135,21 @@ def mirror_camera(camera: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tenso
     return mirrored
 
 
+def optical_axis(camera: np.ndarray | torch.Tensor) -> np.ndarray:
+    """The unit optical axis (3,) of a camera: its 25 numbers or its 4x4 cam2world (OpenCV axes, +z forward)."""
+    forward = np.asarray(camera, dtype=np.float64).reshape(-1)[:16].reshape(4, 4)[:3, 2]
+    return forward / np.linalg.norm(forward)
+
+
 def axis_angles(camera: np.ndarray | torch.Tensor) -> tuple[float, float]:
     """Yaw and pitch (degrees) of a camera's optical axis: yaw > 0 looks from +x, pitch > 0 from below (EG3D's signs)."""
-    forward = np.asarray(camera[:16], dtype=np.float64).reshape(4, 4)[:3, 2]
-    forward = forward / np.linalg.norm(forward)
+    forward = optical_axis(camera)
     return math.degrees(math.atan2(-forward[0], -forward[2])), math.degrees(math.asin(forward[1]))
 
 
 def axis_angle(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
-    """Angle (degrees) between the optical axes of two 25-number cameras."""
-    fa, fb = (np.asarray(c[:16], dtype=np.float64).reshape(4, 4)[:3, 2] for c in (a, b))
-    cosine = fa @ fb / (np.linalg.norm(fa) * np.linalg.norm(fb))
-    return math.degrees(math.acos(min(1.0, max(-1.0, cosine))))
+    """Angle (degrees) between the optical axes of two cameras."""
+    return math.degrees(math.acos(min(1.0, max(-1.0, float(optical_axis(a) @ optical_axis(b))))))
 
 
 @dataclass(frozen=True)
@@ -206,7 +209,7 @@ class CameraFitter:
         distance = float(np.linalg.norm(cam2world[:3, 3]))
         if label:
             cam2world[:3, 3] *= LABEL_RADIUS / distance
-            yaw, _ = axis_angles(camera_vector(cam2world, focal))
+            yaw, _ = axis_angles(cam2world)
             cam2world = orbit_yaw(cam2world, -template.yaw_error(yaw))
         rms = float(np.sqrt(((result.fun[: 2 * 68].reshape(68, 2) / sqrt_weights) ** 2).sum(1).mean()))
         return CameraFit(

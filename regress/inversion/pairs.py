@@ -135,9 +135,9 @@ class PairBuilder:
 
     def build(self, path: Path) -> list[tuple[str, dict[str, bytes]]]:
         """(key, members) for each face crop of a photo; FaceError when the photo cannot be paired."""
+        given = self.cameras(path) if self.cameras is not None else None  # a missing label fails before detection
         image = load_image(path, self.aligner.max_pixels)
         crops = [self.aligner.uncropped(image, str(path))] if self.aligned else self.aligner(image, str(path))
-        given = self.cameras(path) if self.cameras is not None else None
         return [(record_key(path, index), self._record(path, index, crop, given)) for index, crop in enumerate(crops)]
 
     def _record(self, path: Path, index: int, crop: AlignedFace, given: torch.Tensor | None) -> dict[str, bytes]:
