@@ -153,17 +153,19 @@ def benchmark(
     """
     from regress.datamodules.pairs import PairDataset
     from regress.evaluation.benchmark import run_benchmark
+    from regress.evaluation.encoder import load_latent_regressor
     from regress.evaluation.report import write_report
-    from regress.models import DepthRegressor, LatentRegressor
+    from regress.models import DepthRegressor
 
     run_on = pick_device(device)
-    models = {}
-    for kind, path, cls in (("depth", depth_checkpoint, DepthRegressor), ("latent", latent_checkpoint, LatentRegressor)):
-        if path is not None:
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"{kind} checkpoint {path} does not exist; give a .ckpt written by python -m regress.fit")
-            models[kind] = cls.load_from_checkpoint(path, map_location=run_on).eval()
-    model = pairs_generator(pairs, generator, checkpoint, generator_options).to(run_on).eval() if "latent" in models else None
+    models, model = {}, None
+    if depth_checkpoint is not None:
+        if not Path(depth_checkpoint).is_file():
+            raise FileNotFoundError(f"depth checkpoint {depth_checkpoint} does not exist; give a .ckpt written by python -m regress.fit")
+        models["depth"] = DepthRegressor.load_from_checkpoint(depth_checkpoint, map_location=run_on).eval()
+    if latent_checkpoint is not None:
+        model = pairs_generator(pairs, generator, checkpoint, generator_options).to(run_on).eval()
+        models["latent"] = load_latent_regressor(latent_checkpoint, model)
     dataset = PairDataset(pairs, image=image)
     report, tensors = run_benchmark(dataset, models.get("depth"), models.get("latent"), model, run_on, batch_size, examples, progress)
     report["pairs_root"] = str(pairs)

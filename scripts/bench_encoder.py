@@ -26,7 +26,7 @@ from regress.inversion.project import ProjectionConfig, project
 from regress.models.metrics import ImageMetrics
 from regress.sample import Batch, image_to_float
 
-from bench_synthesis import machine  # scripts/ is on sys.path when this runs as a script
+from bench_synthesis import machine, synchronize  # scripts/ is on sys.path when this runs as a script
 
 HELD_OUT_START = 10_000  # above the default validation seeds [0, 64), far below the training seeds (>= 2**62)
 
@@ -39,11 +39,14 @@ def score(name: str, generator: Generator, w: torch.Tensor, batch: Batch, second
     return {"method": name, **scores, "ms_per_image": 1000 * seconds / w.shape[0]}
 
 
-def timed(run: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
-    """The result of `run` and its wall time, after one untimed warm-up call."""
+def timed(run: Callable[[], torch.Tensor], device: torch.device) -> tuple[torch.Tensor, float]:
+    """The result of `run` and its wall time until the device finished, after one untimed warm-up call."""
     run()
+    synchronize(device)
     start = time.perf_counter()
-    return run(), time.perf_counter() - start
+    result = run()
+    synchronize(device)
+    return result, time.perf_counter() - start
 
 
 def rows(args: argparse.Namespace) -> list[dict]:
@@ -59,7 +62,7 @@ def rows(args: argparse.Namespace) -> list[dict]:
 
     if args.checkpoint:
         encode = latent_encoder(load_latent_regressor(args.checkpoint, generator))
-        predicted, seconds = timed(lambda: encode(batch["image"]))
+        predicted, seconds = timed(lambda: encode(batch["image"]), generator.device)
         table.append(score("regressor", generator, predicted, batch, seconds))
         w, projected = projection(args.k, predicted)
         table.append(score(f"regressor + {args.k} projection steps", generator, w, batch, seconds + projected))
