@@ -66,9 +66,7 @@ def stage_times(args: argparse.Namespace, device: torch.device) -> tuple[dict[st
             grids = density_grid(model, batch["w"], args.mesh_resolution)
             synchronize(device)
             times["density grid"] = (time.perf_counter() - start) / len(seeds)
-        level = model.surface_level
-        if all(grid.max() <= level for grid in grids):
-            level = float(torch.quantile(grids[0].flatten()[:: max(1, grids[0].numel() // 2**24)].float(), args.level_quantile))
+        level = mesh_level(model, grids, args.level_quantile)
         for _ in range(2):  # the second is timed
             synchronize(device)
             start = time.perf_counter()
@@ -76,6 +74,14 @@ def stage_times(args: argparse.Namespace, device: torch.device) -> tuple[dict[st
             times["meshes: march, largest piece, PLY to CPU"] = (time.perf_counter() - start) / len(seeds)
     times["mesh.ply MiB"] = float(np.mean([len(m) for m in meshes])) / 2**20
     return times, level
+
+
+def mesh_level(model: torch.nn.Module, grids: list[torch.Tensor], quantile: float) -> float:
+    """The generator's surface level, or where none of its grids reach it (random EG3D weights), the `quantile`
+    of the first grid's densities (subsampled to 2**24 values for torch.quantile)."""
+    if any(grid.max() > model.surface_level for grid in grids):
+        return model.surface_level
+    return float(torch.quantile(grids[0].flatten()[:: max(1, grids[0].numel() // 2**24)].float(), quantile))
 
 
 def read_rate(root: Path, batch_size: int, workers: int, with_mesh: bool, samples: int) -> tuple[int, float]:

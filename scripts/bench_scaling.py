@@ -30,6 +30,7 @@ FAST_PATH = '{"precision": "float16", "compile": "reduce-overhead"}'
 def generate_worker(args: argparse.Namespace, out: Path) -> dict:
     """One rank of `regress.generate`: its summary, the seeds of its shards, and the shard layout."""
     from regress.generate import generate
+    from regress.store.shard_set import ShardLayout
 
     summary = generate(
         out / "shards", generator=args.generator, checkpoint=args.checkpoint, generator_options=json.loads(args.generator_options),
@@ -37,8 +38,9 @@ def generate_worker(args: argparse.Namespace, out: Path) -> dict:
         mesh_resolution=args.mesh_resolution, mesh_level=args.mesh_level, batch_size=args.batch_size,
         workers=args.workers, progress=False,
     )  # fmt: skip
-    first = {name: int(name.rsplit("-", 1)[1].split(".")[0]) * args.samples_per_shard for name in summary["written"]}
-    seeds = [seed for start in first.values() for seed in range(start, min(start + args.samples_per_shard, args.num_samples))]
+    layout = ShardLayout("synth", 0, args.num_samples, args.samples_per_shard)  # generate's defaults: name synth, seeds from 0
+    index = {layout.filename(i): i for i in range(layout.num_shards)}
+    seeds = [seed for name in summary["written"] for seed in layout.seeds(index[name])]
     steady_seconds = summary["seconds"] - summary["warmup_seconds"]
     return {
         "samples": summary["samples"], "seconds": summary["seconds"], "warmup_seconds": summary["warmup_seconds"],
@@ -97,15 +99,15 @@ def surface_level(args: argparse.Namespace) -> float:
     from regress.generators import create_generator
     from regress.geometry.grids import density_grid
 
+    from bench_generate import mesh_level  # scripts/ is on sys.path when this runs as a script
+
     torch.manual_seed(0)  # the random weights `generate` draws
     device = pick_device()
     model = create_generator(args.generator, args.checkpoint).to(device).eval()
     with torch.inference_mode():
-        grid = density_grid(model, model.sample([0], ViewMixture.load("published"))["w"], args.mesh_resolution)[0]
-    level = model.surface_level
-    if grid.max() <= level:
-        level = float(torch.quantile(grid.flatten()[:: max(1, grid.numel() // 2**24)].float(), args.level_quantile))
-    del model, grid
+        grids = density_grid(model, model.sample([0], ViewMixture.load("published"))["w"], args.mesh_resolution)
+    level = mesh_level(model, grids, args.level_quantile)
+    del model, grids
     torch.cuda.empty_cache()
     return level
 
@@ -113,9 +115,8 @@ def surface_level(args: argparse.Namespace) -> float:
 def run(args: argparse.Namespace, gpus: int, out: Path) -> list[dict]:
     """Launch one job on `gpus` GPUs with torchrun; the ranks' JSON figures."""
     out.mkdir(parents=True)
-    worker = [arg for arg in sys.argv[1:] if arg != "--worker"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}", __file__,
-               *worker, "--worker", "--job", args.job, "--out", str(out)]  # fmt: skip
+               *sys.argv[1:], "--worker", "--job", args.job, "--out", str(out)]  # fmt: skip
     subprocess.run(command, check=True)
     return [json.loads(p.read_text()) for p in sorted(out.glob("rank-*.json"))]
 
