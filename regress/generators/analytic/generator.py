@@ -36,7 +36,12 @@ DENSITY_SCALE = 0.01  # the level EG3D meshes use
 
 @register("analytic")
 class AnalyticGenerator(Generator):
-    """Procedural head generator with EG3D's interface, cameras and depth meaning; fast on a CPU."""
+    """Procedural head generator with EG3D's interface, cameras and depth meaning; fast on a CPU.
+
+    `compile` fuses the distance field into one kernel with torch.compile (dynamic shapes): on a GPU,
+    where the eager field is memory-bound, training synthesis runs several times faster after a
+    compile of about a minute; the draws are the same up to float rounding.
+    """
 
     def __init__(
         self,
@@ -49,6 +54,7 @@ class AnalyticGenerator(Generator):
         seed: int = 0,
         readout_gain: float = 2.0,
         march_steps: int = 24,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         render_resolution = render_resolution or depth_resolution
@@ -66,6 +72,7 @@ class AnalyticGenerator(Generator):
         self.render_resolution = render_resolution
         self.ray_start, self.ray_end, self.box_size, self.surface_level = 2.25, 3.3, 1.0, DENSITY_MAX / 2
         self.readout_gain = readout_gain
+        self.compile = compile  # how it runs, not what it draws: not part of the config or checksum
         self.trace = TraceSettings(steps=march_steps)
         group_rows(num_ws)  # checks that every row group gets a row
         rng = torch.Generator().manual_seed(seed)
@@ -132,7 +139,7 @@ class AnalyticGenerator(Generator):
             raise ValueError(f"camera must have shape ({w.shape[0]}, 25) to match w, got {tuple(camera.shape)}")
         p = self.params(w)
         n, r = w.shape[0], self.render_resolution
-        make_field = lambda samples: head.HeadField(p, samples)  # noqa: E731
+        make_field = lambda samples: head.HeadField(p, samples, self.compile)  # noqa: E731
         origins, directions, start = ray_starts(
             make_field, camera.float(), r, self.ray_start, self.ray_end, self.trace
         )  # fmt: skip
