@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="a LatentRegressor checkpoint (python -m regress.fit --model latent); without it only projection")
     parser.add_argument("--seeds", type=int, default=16, help="held-out seeds, all methods on the same ones")
     parser.add_argument("--seed-start", type=int, default=HELD_OUT_START)
-    parser.add_argument("--k", type=int, nargs="+", default=[5, 10, 20, 40], help="projection steps after the regressor (and from the mean latent, to compare)")
+    parser.add_argument("--k", type=int, nargs="+", default=[5, 10, 20, 40], help="projection steps after the regressor (and from the mean latent)")
     parser.add_argument("--steps", type=int, default=200, help="projection steps from the mean latent that the regressor's start should reach")
     parser.add_argument("--refine-lr", type=float, default=REFINE.lr, help="peak learning rate of the projection from the regressor's w")
     parser.add_argument("--refine-noise", type=float, default=REFINE.noise, help="its latent noise, a fraction of the prior's spread")

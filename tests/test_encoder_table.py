@@ -34,7 +34,8 @@ def test_a_perfect_encoder_scores_the_ceiling_and_its_refinement_stays_near_it(a
                           projection=FAST)  # fmt: skip
     rows = table["rows"]
     assert [r["method"] for r in rows] == ["mean latent", "regressor", "regressor + 2 projection steps", "projection, 2 steps", "projection, 4 steps"]
-    assert [(r["start"], r["steps"]) for r in rows] == [("mean latent", 0), ("regressor", 0), ("regressor", 2), ("mean latent", 2), ("mean latent", 4)]
+    starts = [("mean latent", 0), ("regressor", 0), ("regressor", 2), ("mean latent", 2), ("mean latent", 4)]
+    assert [(r["start"], r["steps"]) for r in rows] == starts
     assert all(math.isfinite(v) for r in rows for k, v in r.items() if isinstance(v, float))
     assert all(r["ms_per_image"] > 0 for r in rows[2:]) and rows[0]["ms_per_image"] == 0.0
     regressor, refined = rows[1], rows[2]
@@ -61,7 +62,8 @@ def test_without_an_encoder_only_projection_and_no_summary(analytic):
 
 def rows(regressor: dict[int, float], reference: float) -> list[dict]:
     """Hand-made rows: regressor + k steps at PSNRs `regressor` (10 ms per step), projection 200 steps at `reference`."""
-    made = [{"method": f"regressor + {k}", "start": "regressor", "steps": k, "image_psnr": p, "ms_per_image": 10.0 * k + 1} for k, p in regressor.items()]
+    made = [{"method": f"regressor + {k}", "start": "regressor", "steps": k, "image_psnr": p, "ms_per_image": 10.0 * k + 1}
+            for k, p in regressor.items()]
     return made + [{"method": "projection, 200 steps", "start": "mean latent", "steps": 200, "image_psnr": reference, "ms_per_image": 2000.0}]
 
 
