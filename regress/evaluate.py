@@ -24,7 +24,7 @@ from regress.generators.base import Generator
 from regress.inversion.align import FaceAligner
 from regress.inversion.pairs import CameraLabels, PairBuilder, build_pairs, list_images
 from regress.inversion.perceptual import PerceptualDistance
-from regress.inversion.project import ProjectionConfig
+from regress.inversion.project import REFINE, ProjectionConfig
 from regress.runtime import pick_device
 from regress.store.pairs import read_pairs_manifest
 
@@ -132,6 +132,10 @@ def benchmark(
     image: Literal["real", "inverted"] = "real",
     batch_size: int = 8,
     examples: int = 4,
+    encoder_seeds: int = 0,
+    encoder_k: tuple[int, ...] = (5, 10, 20, 40),
+    encoder_steps: int = 200,
+    encoder_refine: ProjectionConfig = REFINE,
     device: str = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -148,15 +152,23 @@ def benchmark(
         image: what the regressors see, the real photo or the inverted render
         batch_size: pairs per forward pass
         examples: pairs shown in plots/examples.png
+        encoder_seeds: with a latent checkpoint, > 0 adds the encoder table (regressor, regressor + k projection
+            steps, projection from the mean latent) on this many held-out seeds of the generator; 0: none
+        encoder_k: the table's projection steps after the regressor
+        encoder_steps: the table's projection steps from the mean latent that the regressor's start should reach
+        encoder_refine: projection options from the regressor's prediction (steps replaced by each k)
         device: torch device, or auto
         progress: show a progress bar
     """
     from regress.datamodules.pairs import PairDataset
     from regress.evaluation.benchmark import run_benchmark
-    from regress.evaluation.encoder import load_latent_regressor
+    from regress.evaluation.encoder import latent_encoder, load_latent_regressor
+    from regress.evaluation.encoder_table import HELD_OUT_START, encoder_table
     from regress.evaluation.report import write_report
     from regress.models import DepthRegressor
 
+    if encoder_seeds > 0 and latent_checkpoint is None:
+        raise ValueError("encoder_seeds scores a latent regressor as an encoder: give its latent_checkpoint, or set encoder_seeds: 0")
     run_on = pick_device(device)
     models, model = {}, None
     if depth_checkpoint is not None:
@@ -171,6 +183,9 @@ def benchmark(
     report["pairs_root"] = str(pairs)
     report["inversion_settings"] = dataset.manifest["projection"]  # the inversion times were measured when the pairs were built
     report["checkpoints"] = {"depth": depth_checkpoint, "latent": latent_checkpoint}
+    if encoder_seeds > 0:
+        held_out = range(HELD_OUT_START, HELD_OUT_START + encoder_seeds)
+        report["encoder"] = encoder_table(model, latent_encoder(models["latent"]), held_out, k=encoder_k, steps=encoder_steps, refine=encoder_refine)
     report["device"] = str(run_on)
     report["outputs"] = write_report(report, tensors, output)
     print(f"regress.evaluate benchmark: {report['pairs']} pairs; report in {report['outputs']['markdown']}", file=sys.stderr)

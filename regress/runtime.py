@@ -36,3 +36,9 @@ def rank_and_world_size() -> tuple[int, int]:
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world size {world_size}; check the RANK and WORLD_SIZE variables")
     return rank, world_size
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait until the device finished its queued work, so a wall-clock time covers it (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

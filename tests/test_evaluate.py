@@ -192,6 +192,12 @@ def _fit(pairs: Path, model: str, root: Path, *extra: str) -> Path:
     return next(root.rglob("last.ckpt"))
 
 
+@pytest.fixture(scope="module")
+def latent_checkpoint(pair_set, tmp_path_factory) -> Path:
+    """A LatentRegressor fitted two steps on the pair set."""
+    return _fit(pair_set[0], "latent", tmp_path_factory.mktemp("latent"), "--model.hidden", "16")
+
+
 def test_pair_data_module_gives_sample_batches(pair_set):
     output, _ = pair_set
     data = PairDataModule(output, batch_size=3, image_size=64, val_fraction=0.5)
@@ -209,14 +215,13 @@ def test_pair_data_module_gives_sample_batches(pair_set):
     assert data.latent_space.shape == (14, 32) and data.latent_space.mean.shape == (14, 32) and data.latent_space.generator is None
 
 
-def test_benchmark_reports_on_lightning_checkpoints(pair_set, tmp_path):
+def test_benchmark_reports_on_lightning_checkpoints(pair_set, latent_checkpoint, tmp_path):
     output, _ = pair_set
     depth = _fit(output, "depth", tmp_path / "depth", "--model.decoder_width", "8")
-    latent = _fit(output, "latent", tmp_path / "latent", "--model.hidden", "16")
     report_dir = tmp_path / "report"
     report = evaluate.main([
         "benchmark", "--config", "benchmark", "--pairs", str(output), "--output", str(report_dir),
-        "--depth_checkpoint", str(depth), "--latent_checkpoint", str(latent), "--progress", "false", "--device", "cpu",
+        "--depth_checkpoint", str(depth), "--latent_checkpoint", str(latent_checkpoint), "--progress", "false", "--device", "cpu",
     ])  # fmt: skip
     for name in ("report.json", "report.md", "plots/histograms.png", "plots/examples.png"):
         assert (report_dir / name).is_file() and (report_dir / name).stat().st_size > 100
@@ -235,11 +240,26 @@ def test_benchmark_reports_on_lightning_checkpoints(pair_set, tmp_path):
     assert report["outputs"]["examples"].endswith("examples.png")
     with Image.open(report_dir / "plots" / "examples.png") as grid:
         assert grid.width > grid.height  # five columns of examples, four rows
+    assert "encoder" not in saved and "## encoder" not in markdown  # encoder_seeds: 0 in the config
 
 
-def test_pairs_start_projection_from_a_latent_regressor(pair_set, photos, tmp_path, capsys):
+def test_benchmark_adds_the_encoder_table_on_held_out_seeds(pair_set, latent_checkpoint, tmp_path):
     output, _ = pair_set
-    latent = _fit(output, "latent", tmp_path / "latent", "--model.hidden", "16")
+    evaluate.main([
+        "benchmark", "--config", "benchmark", "--pairs", str(output), "--output", str(tmp_path), "--latent_checkpoint", str(latent_checkpoint),
+        "--encoder_seeds", "2", "--encoder_k", "[2]", "--encoder_steps", "4", "--progress", "false", "--device", "cpu",
+    ])  # fmt: skip
+    encoder = json.loads((tmp_path / "report.json").read_text())["encoder"]
+    assert encoder["seeds"] == [10_000, 10_001] and encoder["k"] == [2] and encoder["refine"]["noise"] == 0.0
+    methods = ["mean latent", "regressor", "regressor + 2 projection steps", "projection, 2 steps", "projection, 4 steps"]
+    assert [r["method"] for r in encoder["rows"]] == methods and all(math.isfinite(r["image_psnr"]) for r in encoder["rows"])
+    assert encoder["summary"]["steps"] == 4 and encoder["summary"]["reference_psnr"] == encoder["rows"][-1]["image_psnr"]
+    markdown = (tmp_path / "report.md").read_text()
+    assert "## encoder" in markdown and "| regressor + 2 projection steps | 2 |" in markdown and "4-step projection's PSNR" in markdown
+
+
+def test_pairs_start_projection_from_a_latent_regressor(pair_set, photos, latent_checkpoint, tmp_path, capsys):
+    latent = latent_checkpoint
     started = tmp_path / "started"
     _pairs(photos / "astronaut.png", started, "--init_checkpoint", str(latent), "--projection.steps", "0", "--projection.space", "w+")
     record = started / RECORDS / record_key(photos / "astronaut.png")
@@ -258,7 +278,13 @@ def test_pairs_start_projection_from_a_latent_regressor(pair_set, photos, tmp_pa
     assert error[-1] == f"regress.evaluate: error: {latent} predicts latents of shape (14, 32) but the analytic generator's are (14, 8); give a LatentRegressor trained on this generator"
 
 
-def test_benchmark_needs_a_checkpoint(pair_set, tmp_path):
+def test_benchmark_needs_a_checkpoint(pair_set, tmp_path, capsys):
     output, _ = pair_set
     with pytest.raises(SystemExit):
         evaluate.main(["benchmark", "--pairs", str(output), "--output", str(tmp_path), "--depth_checkpoint", str(tmp_path / "none.ckpt")])
+    with pytest.raises(SystemExit):
+        evaluate.main(["benchmark", "--pairs", str(output), "--output", str(tmp_path), "--depth_checkpoint", str(tmp_path / "none.ckpt"),
+                       "--encoder_seeds", "2"])  # fmt: skip
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "regress.evaluate: error: encoder_seeds scores a latent regressor as an encoder: give its latent_checkpoint, or set encoder_seeds: 0"
+    )

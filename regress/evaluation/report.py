@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from regress.evaluation.benchmark import EXAMPLE_COLUMNS
+from regress.evaluation.encoder_table import markdown as encoder_markdown
 from regress.models.previews import colormap_depth, depth_range, preview_grid
 from regress.store.files import write_atomic, write_json
 
@@ -42,7 +43,7 @@ def _fmt(value: Any) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """Tables: metrics per section, time per image, and the first pairs one by one."""
+    """Tables: metrics per section, time per image, the encoder table if any, and the first pairs one by one."""
     lines = [f"# Regressor benchmark on {report['pairs']} pairs", ""]
     for section in ("depth", "latent", "inversion", "timing"):
         if not report.get(section):
@@ -50,6 +51,11 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [f"## {section}", "", "| metric | value |", "| --- | --- |"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in report[section].items()]
         lines.append("")
+    encoder = report.get("encoder")
+    if encoder:
+        seeds = encoder["seeds"]
+        lines += ["## encoder", "", f"{len(seeds)} held-out seeds ({seeds[0]}-{seeds[-1]}) of the generator, views {encoder['views']}, "
+                  "no jitter; latents scored against the true latent's render.", "", encoder_markdown(encoder), ""]  # fmt: skip
     rows = report["per_pair"][:PER_PAIR_ROWS]
     if rows:
         columns = [c for c in rows[0] if c != "source"]

@@ -59,6 +59,10 @@ class ProjectionConfig:
     seed: int = 0
 
 
+# From a good start (an encoder's w) the default latent noise and peak step throw much of it away.
+REFINE = ProjectionConfig(noise=0.0, lr=0.01)
+
+
 @dataclass
 class ProjectionResult:
     """The found latents (N, num_ws, w_dim), per-step losses (batch means), wall time, and the tuned generator if any."""
