@@ -44,7 +44,7 @@ def test_a_perfect_encoder_scores_the_ceiling_and_its_refinement_stays_near_it(a
     assert refined["image_psnr"] > 40 and refined["image_ssim"] > 0.99  # no latent noise, a small step: the start is kept
     assert rows[0]["image_psnr"] < rows[3]["image_psnr"] < rows[4]["image_psnr"] < 35  # projection from the mean latent improves
     assert table["summary"]["k"] == 0 and table["summary"]["reference_psnr"] == rows[4]["image_psnr"]
-    assert table["seeds"] == list(SEEDS) and table["refine"]["noise"] == 0.0 and table["refine"]["lr"] == 0.01
+    assert table["seeds"] == list(SEEDS) and table["refine"]["noise"] == 0.0 and table["refine"]["lr"] == REFINE.lr
 
 
 def test_the_default_projector_throws_a_perfect_start_away(analytic, held_out):

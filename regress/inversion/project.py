@@ -60,7 +60,7 @@ class ProjectionConfig:
 
 
 # From a good start (an encoder's w) the default latent noise and peak step throw much of it away.
-REFINE = ProjectionConfig(noise=0.0, lr=0.01)
+REFINE = ProjectionConfig(noise=0.0, lr=0.02)
 
 
 @dataclass
