@@ -165,3 +165,16 @@ def test_quality_metrics_match_reference_values():
     assert psnr((a * 255).to(torch.uint8), (a * 255).to(torch.uint8)).min() == 100
     small = torch.rand(1, 3, 8, 8) * 2 - 1
     assert math.isclose(float(ms_ssim(small, small)), 1.0, abs_tol=1e-5)
+
+
+def test_ssim_inside_a_bf16_autocast_equals_ssim_outside():
+    # validation of a bf16 model scores its renders inside the model's autocast (ImageMetrics)
+    torch.manual_seed(0)
+    a = torch.rand(2, 3, 64, 64) * 2 - 1
+    b = (a + 0.02 * torch.randn_like(a)).clamp(-1, 1)
+    outside = ssim(a, b), ms_ssim(a, b)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = ssim(a, b), ms_ssim(a, b)
+    for got, expected in zip(inside, outside):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)

@@ -38,12 +38,17 @@ def _window(size: int, sigma: float, channels: int, like: torch.Tensor) -> torch
 
 
 def _ssim_terms(x: torch.Tensor, y: torch.Tensor, size: int, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean SSIM and mean contrast-structure term (N,) of [0, 1] images, valid-window Gaussian statistics."""
+    """Mean SSIM and mean contrast-structure term (N,) of [0, 1] images, valid-window Gaussian statistics.
+
+    The blurs run in float32 also inside a model's autocast: var = E[x^2] - E[x]^2 cancels, and in
+    bfloat16 it left SSIM of a 36 dB render anywhere between 0.72 and 0.93.
+    """
     c1, c2 = 0.01**2, 0.03**2
     window = _window(size, sigma, x.shape[1], x)
 
     def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, window, groups=x.shape[1])
+        with torch.autocast(t.device.type, enabled=False):
+            return F.conv2d(t, window, groups=x.shape[1])
 
     mu_x, mu_y = blur(x), blur(y)
     var_x = blur(x * x) - mu_x.square()
