@@ -110,6 +110,19 @@ def place_checkpoints(config: Namespace) -> None:
             callback.init_args.dirpath = str(checkpoint_dir(config))
 
 
+DEFAULT_LOGGER_NAMES = (None, "lightning_logs")  # WandbLogger's, and CSVLogger's and TensorBoardLogger's
+
+
+def name_logs(config: Namespace) -> None:
+    """Give every logger left at its default name the run's name: CSV and TensorBoard logs land in
+    <save_dir>/NAME beside the run's checkpoints, and the wandb run is called NAME."""
+    loggers = config.trainer.logger
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        init_args = getattr(logger, "init_args", None)
+        if init_args is not None and "name" in init_args and init_args.name in DEFAULT_LOGGER_NAMES:
+            init_args.name = config.name
+
+
 def resolve_ckpt_path(config: Namespace) -> str | None:
     """`last` -> the run's last.ckpt; a path must be a file; Lightning's other names pass through."""
     ckpt_path = config.get("ckpt_path")
@@ -139,6 +152,7 @@ class RegressCLI(LightningCLI):
         super().parse_arguments(parser, args)
         config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
         place_checkpoints(config)
+        name_logs(config)
         config.ckpt_path = resolve_ckpt_path(config)
 
 

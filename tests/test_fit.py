@@ -112,9 +112,9 @@ def test_cli_trains_with_a_logger_override_and_checkpoints(tmp_path):
 
 @pytest.mark.parametrize("logger", ["csv", "tensorboard"])
 def test_the_shipped_logger_configs_write_their_logs(logger, tmp_path):
-    cli = fit.main(["--data", "synth-online", *TINY, "--config", logger, f"--trainer.logger.init_args.save_dir={tmp_path}", f"--trainer.default_root_dir={tmp_path}"])
+    cli = fit.main(["--data", "synth-online", *TINY, "--config", logger, "--name=exp", f"--trainer.logger.init_args.save_dir={tmp_path}", f"--trainer.default_root_dir={tmp_path}"])
     log_dir = Path(cli.trainer.logger.log_dir)
-    assert log_dir.is_relative_to(tmp_path) and cli.trainer.global_step == 2
+    assert log_dir == tmp_path / "exp" / "version_0" and cli.trainer.global_step == 2  # beside the run's checkpoints
     if logger == "csv":
         assert any(row["val/loss"] for row in csv_rows(log_dir))
     else:
@@ -127,7 +127,7 @@ def test_the_shipped_logger_configs_write_their_logs(logger, tmp_path):
 
 def test_default_logger_is_offline_wandb(tmp_path):
     cli = fit.main(["--data", "synth-online", *TINY, "--trainer.max_steps=1", f"--trainer.logger.init_args.save_dir={tmp_path}", f"--trainer.default_root_dir={tmp_path}"])
-    assert type(cli.trainer.logger).__name__ == "WandbLogger"
+    assert type(cli.trainer.logger).__name__ == "WandbLogger" and cli.trainer.logger.experiment.name == "default"  # the run's name
     assert list((tmp_path / "wandb").glob("offline-run-*"))
 
 
