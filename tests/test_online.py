@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from regress.camera import ViewMixture
-from regress.datamodules.online import TRAIN_FLAG, SynthOnlineDataModule, train_seed, train_seeds, val_seeds
+from regress.datamodules.online import TRAIN_FLAG, SynthOnlineDataModule, echoed, train_seed, train_seeds, val_seeds
 from regress.models import DepthRegressor
 
 TINY_GENERATOR = {"image_resolution": 32, "render_resolution": 8, "depth_resolution": 8}
@@ -82,6 +82,27 @@ def test_same_seed_gives_the_same_batch():
     assert not torch.equal(a["w"], c["w"])
 
 
+def test_echoed_batches_come_reuse_times_in_a_row_and_keep_the_epoch_length():
+    seeds = list(range(100, 110))  # 10 seeds, batches of 2: 5 batches
+    assert echoed(seeds, 2, 1) == seeds
+    assert echoed(seeds, 2, 2) == [100, 101, 100, 101, 102, 103, 102, 103, 104, 105]
+    assert echoed(seeds, 4, 3) == [100, 101, 102, 103] * 2 + [100, 101]  # a partial last batch is a prefix
+    assert echoed(seeds, 3, 10) == [100, 101, 102] * 3 + [100]
+
+
+def test_reuse_renders_each_training_batch_once_and_hands_it_out_again():
+    data = tiny_data(epoch_length=8, reuse=2)
+    batches = [data.on_after_batch_transfer(b, 0) for b in data.train_dataloader()]
+    seeds = [[m["seed"] for m in b["meta"]] for b in batches]
+    assert seeds[0] == seeds[1] != seeds[2] == seeds[3] and len({s for b in seeds for s in b}) == 4
+    assert batches[1]["image"] is batches[0]["image"] and batches[3]["w"] is batches[2]["w"]  # not rendered again
+    once = tiny_data(epoch_length=8)
+    fresh = once.on_after_batch_transfer(next(iter(once.train_dataloader())), 0)
+    assert torch.equal(fresh["image"], batches[0]["image"])  # the same stream, each batch twice
+    with pytest.raises(ValueError, match="reuse must be positive"):
+        tiny_data(reuse=0)
+
+
 class SeedRecorder(L.Callback):
     """Records the seeds of every training batch the model sees."""
 
@@ -92,7 +113,7 @@ class SeedRecorder(L.Callback):
         self.seeds.append([m["seed"] for m in batch["meta"]])
 
 
-def fit_recording(tmp_path, ckpt_path=None, every_n_steps=None) -> list[list[int]]:
+def fit_recording(tmp_path, ckpt_path=None, every_n_steps=None, reuse=1) -> list[list[int]]:
     L.seed_everything(0)
     recorder = SeedRecorder()
     callbacks = [recorder]
@@ -102,7 +123,7 @@ def fit_recording(tmp_path, ckpt_path=None, every_n_steps=None) -> list[list[int
         max_epochs=2, limit_val_batches=0, logger=False, enable_progress_bar=False, enable_model_summary=False,
         enable_checkpointing=bool(every_n_steps), callbacks=callbacks, default_root_dir=tmp_path,
     )  # fmt: skip
-    trainer.fit(DepthRegressor(encoder="test_resnet", decoder_width=8), tiny_data(epoch_length=6), ckpt_path=ckpt_path)
+    trainer.fit(DepthRegressor(encoder="test_resnet", decoder_width=8), tiny_data(epoch_length=6, reuse=reuse), ckpt_path=ckpt_path)
     return recorder.seeds
 
 
@@ -111,6 +132,12 @@ def test_resumed_run_continues_the_same_stream(tmp_path):
     assert len(full) == 6 and len({s for b in full for s in b}) == 12
     assert fit_recording(tmp_path, ckpt_path=tmp_path / "step=2.ckpt") == full[2:]  # mid-epoch, then the next epoch
     assert fit_recording(tmp_path, ckpt_path=tmp_path / "step=4.ckpt") == full[4:]  # mid-epoch of epoch 1
+
+
+def test_a_resumed_run_with_reuse_continues_between_the_repeats(tmp_path):
+    full = fit_recording(tmp_path, every_n_steps=1, reuse=2)
+    assert full[0] == full[1] != full[2] and len(full) == 6
+    assert fit_recording(tmp_path, ckpt_path=tmp_path / "step=1.ckpt", reuse=2) == full[1:]  # between a batch's two steps
 
 
 @pytest.mark.gpu

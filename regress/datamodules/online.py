@@ -54,6 +54,16 @@ def train_seeds(global_seed: int, epoch: int, rank: int, world_size: int, epoch_
     return [TRAIN_FLAG | ((first | i) ^ key) for i in range(count)]
 
 
+def echoed(seeds: Sequence[int], batch_size: int, reuse: int) -> list[int]:
+    """`seeds` regrouped so that each batch of distinct seeds comes `reuse` times in a row (data echoing).
+
+    The result is as long as `seeds` and uses its first ceil(batches / reuse) batches: a rank trains
+    on as many samples per epoch, rendered `reuse` times less often.
+    """
+    batches = -(-len(seeds) // batch_size)
+    return [s for b in range(batches) for s in seeds[(b // reuse) * batch_size : (b // reuse + 1) * batch_size]][: len(seeds)]
+
+
 def val_seeds(start: int, size: int, rank: int = 0, world_size: int = 1) -> range:
     """One rank's share of the fixed validation seeds [start, start + size), strided over ranks."""
     if not (0 <= start and start + size <= TRAIN_FLAG):
@@ -139,6 +149,9 @@ class SynthOnlineDataModule(L.LightningDataModule):
         image_size: side of the images the model sees (resized on device from the generator's).
         psi, cutoff: truncation of w towards the mean latent.
         jitter: the renderer's training jitter for training batches (validation never jitters).
+        reuse: train on each rendered batch this many steps in a row (data echoing, no augmentation):
+            synthesis per training step drops by this factor when it is the bottleneck; an epoch
+            still has epoch_length training samples, epoch_length / reuse of them distinct.
         cache_val: keep rendered validation batches on the device (they are the same every epoch).
         seed: global seed of the training stream.
         num_workers: loader processes (they only draw views).
@@ -158,12 +171,13 @@ class SynthOnlineDataModule(L.LightningDataModule):
         psi: float = 0.7,
         cutoff: int | None = None,
         jitter: bool = True,
+        reuse: int = 1,
         cache_val: bool = True,
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        for name, value in (("epoch_length", epoch_length), ("batch_size", batch_size), ("image_size", image_size)):
+        for name, value in (("epoch_length", epoch_length), ("batch_size", batch_size), ("image_size", image_size), ("reuse", reuse)):
             if value < 1:
                 raise ValueError(f"{name} must be positive, got {value}")
         if val_size < 0:
@@ -176,9 +190,10 @@ class SynthOnlineDataModule(L.LightningDataModule):
         self.epoch_length, self.batch_size, self.val_size = epoch_length, batch_size, val_size
         self.val_seed_start, self.image_size, self.seed = val_seed_start, image_size, seed
         self.psi, self.cutoff, self.jitter, self.num_workers = psi, cutoff, jitter, num_workers
-        self.cache_val = cache_val
+        self.cache_val, self.reuse = cache_val, reuse
         self._dataset = ViewDataset(self.views, validation=True)
         self._val_cache: dict[tuple[int, ...], Batch] = {}
+        self._echo: tuple[tuple[int, ...], Batch] | None = None  # the last training batch, while reuse > 1
         self._train_sampler: SeedSampler | None = None
         self._resume: dict[str, int] | None = None
 
@@ -192,8 +207,8 @@ class SynthOnlineDataModule(L.LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def train_seeds(self, epoch: int, rank: int = 0, world_size: int = 1) -> list[int]:
-        """The seeds `rank` of `world_size` trains on in `epoch`."""
-        return train_seeds(self.seed, epoch, rank, world_size, self.epoch_length)
+        """The seeds `rank` of `world_size` trains on in `epoch`, in order (each batch `reuse` times)."""
+        return echoed(train_seeds(self.seed, epoch, rank, world_size, self.epoch_length), self.batch_size, self.reuse)
 
     def val_seeds(self, rank: int = 0, world_size: int = 1) -> range:
         """The fixed validation seeds of `rank`; the same in every epoch and run."""
@@ -225,7 +240,10 @@ class SynthOnlineDataModule(L.LightningDataModule):
         if self.generator.device != device:
             self.generator.to(device)  # the one place it moves, also for the latent model that borrows it
         validation = bool(batch["validation"].all())
-        cached = self._val_cache.get(seeds) if validation else None
+        if validation:
+            cached = self._val_cache.get(seeds)
+        else:
+            cached = self._echo[1] if self._echo is not None and self._echo[0] == seeds else None
         if cached is not None and cached["image"].device == device:
             return dict(cached)
         with torch.no_grad():
@@ -235,6 +253,8 @@ class SynthOnlineDataModule(L.LightningDataModule):
         sample["image"] = resize_images(sample["image"], self.image_size)
         if validation and self.cache_val:
             self._val_cache[seeds] = dict(sample)
+        if not validation and self.reuse > 1:
+            self._echo = seeds, dict(sample)
         return sample
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Batch:
