@@ -65,6 +65,16 @@ def test_fit_reads_a_trainer_config_by_short_name(capsys):
     assert printed["trainer"]["max_epochs"] == 4  # regress/configs/fit.yaml, the default config
 
 
+def test_the_latent_encoder_recipe_is_a_whole_run_by_its_short_name(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main(["--config", "recipes/latent-encoder", "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"] == "regress.models.LatentRegressor"  # over the default --model depth
+    assert printed["data"]["init_args"]["generator_options"] == {"image_resolution": 128, "compile": True}
+    assert printed["trainer"]["max_steps"] == 2200 and printed["trainer"]["precision"] == "bf16-mixed"
+
+
 def test_fit_refuses_an_unknown_config_name_as_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         fit.main(["--data", "synth-online", "--config", "gpus"])
