@@ -25,6 +25,7 @@ import torch
 
 from regress.datamodules import SynthOnlineDataModule
 from regress.models import DepthRegressor, LatentRegressor
+from regress.runtime import synchronize
 
 from bench_synthesis import machine  # scripts/ is on sys.path when this runs as a script
 
@@ -59,10 +60,6 @@ class CachedSynthesis(SynthOnlineDataModule):
         self._served += 1
         return self._batches[self._served % self.cache]
 
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def synthesis_seconds(data: SynthOnlineDataModule, device: torch.device, batches: int) -> float:

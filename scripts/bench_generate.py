@@ -28,7 +28,7 @@ from regress.generate import generate
 from regress.generators import create_generator
 from regress.geometry.grids import density_grid
 from regress.geometry.meshes import grids_to_ply
-from regress.runtime import deterministic_kernels, pick_device
+from regress.runtime import deterministic_kernels, pick_device, synchronize
 
 
 def machine(device: torch.device) -> str:
@@ -37,10 +37,6 @@ def machine(device: torch.device) -> str:
         return f"{props.name} ({props.total_memory / 2**30:.0f} GiB), {torch.get_num_threads()} CPU threads"
     return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def stage_times(args: argparse.Namespace, device: torch.device) -> tuple[dict[str, float], float]:

@@ -30,7 +30,7 @@ import torch
 from regress.camera import ViewMixture, frontal_camera, views_to_cameras
 from regress.generators import available_generators, create_generator
 from regress.generators.base import seeded_normal
-from regress.runtime import deterministic_kernels
+from regress.runtime import deterministic_kernels, synchronize
 
 
 def machine() -> str:
@@ -44,10 +44,6 @@ def machine() -> str:
                 break
     return f"{model} x{torch.multiprocessing.cpu_count()}"
 
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def rate(
