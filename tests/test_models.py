@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import pytest
 import timm
@@ -174,6 +176,17 @@ def test_image_metrics_score_the_true_latent_at_their_ceiling_and_a_wrong_one_be
     assert best["render_depth_l1"] == 0.0
     assert worse["image_psnr"] < 40 and worse["image_ssim"] < best["image_ssim"] and worse["render_depth_l1"] > 0
     assert perfect.samples == 2 and perfect.novel_images == 2 * len(NOVEL_VIEWS_DEG)
+
+
+def test_image_metrics_give_no_depth_error_where_no_face_pixel_is_seen():
+    data = tiny_data()
+    batch = validation_batch(data)
+    far = batch["camera"].clone()
+    far[:, [3, 7, 11]] *= 100  # the camera 100x further out: the rays end before the head
+    metric = ImageMetrics()
+    metric.update(data.generator, batch["w"], batch["w"], far)
+    scores = metric.compute()
+    assert metric.pixels == 0 and math.isnan(scores["render_depth_l1"]) and scores["image_psnr"] == 100.0
 
 
 def test_latent_regressor_scores_a_fixed_number_of_validation_samples_in_image_space():

@@ -9,6 +9,7 @@ render at the sample's camera and at the novel views (ImageMetrics), with its ti
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -115,8 +116,9 @@ def markdown(table: dict[str, Any]) -> str:
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for r in table["rows"]:
         ms = f"{r['ms_per_image']:.1f}" if r["ms_per_image"] else "–"
+        depth = "–" if math.isnan(r["render_depth_l1"]) else f"{r['render_depth_l1']:.4f}"  # no face pixel to score
         lines.append(f"| {r['method']} | {r['steps']} | {r['image_psnr']:.1f} | {r['image_ssim']:.3f} | {r['novel_psnr']:.1f} "
-                     f"| {r['novel_ssim']:.3f} | {r['render_depth_l1']:.4f} | {ms} |")  # fmt: skip
+                     f"| {r['novel_ssim']:.3f} | {depth} | {ms} |")  # fmt: skip
     summary = table["summary"]
     if summary is not None:
         lines += ["", summary_line(summary, table["k"])]

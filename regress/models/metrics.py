@@ -94,8 +94,8 @@ class ImageMetrics(Metric):
     """How well the generator's re-renders of predicted latents match its renders of the true ones (no jitter).
 
     PSNR and SSIM at the input's camera (`image_*`) and at the novel views (`novel_*`), and the mean
-    absolute depth error of the input-view re-render on the true render's face mask (`render_depth_l1`);
-    means over the samples (and views) seen.
+    absolute depth error of the input-view re-render on the true render's face mask (`render_depth_l1`,
+    NaN when no true render has a face pixel); means over the samples (and views) seen.
     """
 
     full_state_update = False
@@ -127,5 +127,5 @@ class ImageMetrics(Metric):
             "image_ssim": (self.ssim / samples).float(),
             "novel_psnr": (self.novel_psnr / novel).float(),
             "novel_ssim": (self.novel_ssim / novel).float(),
-            "render_depth_l1": (self.depth_error / self.pixels.clamp_min(1)).float(),
+            "render_depth_l1": (self.depth_error / self.pixels if self.pixels > 0 else torch.full_like(self.pixels, math.nan)).float(),
         }
