@@ -20,13 +20,14 @@ from pathlib import Path
 
 import yaml
 from jsonargparse import Namespace
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from regress import configs
 from regress.models.base import Regressor
 from regress.models.guards import FiniteGuard
+from regress.runtime import load_compile_cache, save_compile_cache
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 GROUPS = {"--data": "data", "--model": "model"}
@@ -136,13 +137,38 @@ def resolve_ckpt_path(config: Namespace) -> str | None:
     return ckpt_path
 
 
+class CompileCache(Callback):
+    """torch.compile's caches kept in a file (`--compile_cache.path`): preloaded when the run starts, so
+    a new machine with the same torch, Triton and GPU skips most compilation; when the file does not
+    exist yet, rank 0 writes it after each validation (training and validation shapes compiled) and at the end."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path, self.write = path, False
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.write = self.path is not None and not load_compile_cache(self.path)
+
+    def _save(self, trainer: Trainer) -> None:
+        if self.write and trainer.is_global_zero:
+            save_compile_cache(self.path)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._save(trainer)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._save(trainer)
+        self.write = False
+
+
 class RegressCLI(LightningCLI):
     """LightningCLI with a run name, a fixed checkpoint folder per run, `--ckpt_path last` from it, FiniteGuard,
-    and the data module's image size and latent space linked into the model."""
+    a compile cache file, and the data module's image size and latent space linked into the model."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--name", type=str, default="default", help="run name: checkpoints go to <trainer.default_root_dir>/NAME/checkpoints")
         parser.add_lightning_class_args(FiniteGuard, "finite_guard")
+        parser.add_lightning_class_args(CompileCache, "compile_cache")
         # Data facts reach the model when it is built; jsonargparse skips a link whose data module
         # lacks the attribute or whose model lacks the parameter (DepthRegressor: no latent_space).
         parser.link_arguments("data.image_size", "model.init_args.image_size", apply_on="instantiate")

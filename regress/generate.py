@@ -31,7 +31,7 @@ from regress.generation.timing import StageClock
 from regress.generators import create_generator
 from regress.generators.base import Generator
 from regress.geometry.grids import check_grid_fits
-from regress.runtime import deterministic_kernels, pick_device, rank_and_world_size
+from regress.runtime import deterministic_kernels, load_compile_cache, pick_device, rank_and_world_size, save_compile_cache
 from regress.sample import IMAGE_FORMATS, SCHEMA_VERSION
 from regress.store.files import tree_sha256
 from regress.store.pipes import PipeCommand
@@ -64,6 +64,7 @@ def generate(
     progress: bool = True,
     staging: Path | None = None,
     keep_staged: bool = False,
+    compile_cache: Path | None = None,
 ) -> dict[str, Any]:
     """Write this rank's shards of seeds [seed_start, seed_start + num_samples) to `output`; return a summary.
 
@@ -92,6 +93,8 @@ def generate(
         progress: show a progress bar
         staging: local folder where shards are written and verified before a `pipe:` output takes them
         keep_staged: keep the staged shards once piped (their records are always kept, to resume)
+        compile_cache: a file of torch.compile's caches: preloaded, or written by rank 0 when it does not
+            exist yet, so a compiled generator (`compile` option) starts in seconds on a new machine
     """
     layout = ShardLayout(name, seed_start, num_samples, samples_per_shard)
     _check_options(batch_size, workers, image_format, mesh_resolution if with_mesh else None)
@@ -100,6 +103,7 @@ def generate(
         check_grid_fits(mesh_resolution, grids_in_flight=batch_size, device=run_on)
     rank, world_size = rank_and_world_size()
     mixture = ViewMixture.load(views)
+    write_cache = compile_cache is not None and not load_compile_cache(compile_cache) and rank == 0
     model = _load_generator(generator, checkpoint, generator_options, run_on)
     folder, target = shard_destination(output, staging)
     mesh = {"resolution": mesh_resolution, "keep_largest": mesh_keep_largest, "level": model.surface_level if mesh_level is None else mesh_level}
@@ -110,6 +114,8 @@ def generate(
     shards.drop_stale_manifest()
     run = _render_and_write(model, shards, todo, mixture, settings, batch_size, workers, f"rank {rank}/{world_size}", progress)
     manifest = shards.write_manifest_if_complete(settings, model.data_facts())
+    if write_cache:
+        save_compile_cache(compile_cache)
     summary = {"output": str(folder), "rank": rank, "world_size": world_size, "skipped": [layout.filename(i) for i in skipped], **run}
     summary["manifest"] = str(manifest) if manifest else None
     _print_summary(summary, layout)

@@ -1,12 +1,16 @@
 """Facts of the running process, in one place: which device it uses, whether its kernels are deterministic,
-its rank and the number of ranks."""
+its rank and the number of ranks, and the torch.compile cache it starts from."""
 
 from __future__ import annotations
 
+import logging
 import os
+from pathlib import Path
 
 import torch
 import webdataset as wds
+
+from regress.store.files import write_atomic
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -42,3 +46,34 @@ def synchronize(device: torch.device) -> None:
     """Wait until the device finished its queued work, so a wall-clock time covers it (a no-op on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def load_compile_cache(path: str | Path | None) -> bool:
+    """Preload torch.compile's caches (Inductor, Triton, autotuning, AOTAutograd) from a file that
+    `save_compile_cache` wrote, on this machine or on another with the same torch, Triton and GPU:
+    a new machine then skips most of the compilation. False when there is no such file yet."""
+    if path is None or not Path(path).is_file():
+        return False
+    refused = f"{path} is not a torch.compile cache this torch can read; delete it, and the run writes a new one"
+    quiet = logging.getLogger("torch.compiler._cache")  # it logs a traceback before returning None
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        loaded = torch.compiler.load_cache_artifacts(Path(path).read_bytes())
+    except Exception as error:
+        raise ValueError(f"{refused} ({error})") from error
+    finally:
+        quiet.setLevel(level)
+    if loaded is None:  # a corrupt or foreign file: torch logs why and returns None
+        raise ValueError(refused)
+    return True
+
+
+def save_compile_cache(path: str | Path) -> int:
+    """Write what torch.compile compiled in this process to `path` (atomically); the bytes written, 0 for none."""
+    artifacts = torch.compiler.save_cache_artifacts()
+    if artifacts is None or not artifacts[0]:
+        return 0
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(Path(path), artifacts[0])
+    return len(artifacts[0])

@@ -150,6 +150,7 @@ def shard_folders(tmp_path_factory) -> Path:
     small = {"image_resolution": 32, "render_resolution": 8, "depth_resolution": 8}
     generate(root / "no-manifest", generator="analytic", generator_options=small, num_samples=8, samples_per_shard=4, progress=False)
     (root / "no-manifest" / MANIFEST).unlink()
+    (root / "foreign.bin").write_bytes(b"not a cache")
     return root
 
 
@@ -162,6 +163,7 @@ ONE_LINE_ERRORS = {
     "misspelled trainer option": (["--trainer.max_epochz", "3"], 2, "unrecognized arguments: --trainer.max_epochz 3"),
     "constructor error": (["--data.image_size", "100"], 1, "image size 100 does not fit encoder test_resnet"),
     "no last checkpoint": (["--ckpt_path", "last", "--name", "fresh"], 1, "no last.ckpt in {root}/fresh/checkpoints; "),
+    "foreign compile cache": (["--compile_cache.path", "{root}/foreign.bin"], 1, "{root}/foreign.bin is not a torch.compile cache"),
 }
 
 
