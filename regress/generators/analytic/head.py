@@ -95,9 +95,15 @@ def sdf(points: torch.Tensor, p: Params) -> torch.Tensor:
     return smooth_min(d, hair, 0.01)
 
 
-def gathered_sdf(points: torch.Tensor, table: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
-    """`sdf` of points (M, 3), each on the head of its sample: table (len(SHAPE_PARAMS), N), samples (M,)."""
-    return sdf(points, dict(zip(SHAPE_PARAMS, table.index_select(1, samples).unbind(0))))
+def gather_params(per_sample: Params, names: Sequence[str], samples: torch.Tensor) -> Params:
+    """The named per-sample parameters (name -> (N,)) taken at each point's sample (M,): name -> (M,)."""
+    table = torch.stack([per_sample[name] for name in names]).index_select(1, samples)
+    return dict(zip(names, table.unbind(0)))
+
+
+def gathered_sdf(points: torch.Tensor, per_sample: Params, samples: torch.Tensor) -> torch.Tensor:
+    """`sdf` of points (M, 3), each on the head of its sample (samples (M,) index the per-sample parameters)."""
+    return sdf(points, gather_params(per_sample, SHAPE_PARAMS, samples))
 
 
 _compiled_sdf: Callable | None = None
@@ -126,12 +132,11 @@ class HeadField:
 
     def gather(self, names: Sequence[str]) -> Params:
         """The named per-sample parameters, one value per point (name -> (M,))."""
-        table = torch.stack([self.per_sample[name] for name in names]).index_select(1, self.samples)
-        return dict(zip(names, table.unbind(0)))
+        return gather_params(self.per_sample, names, self.samples)
 
     def __call__(self, points: torch.Tensor) -> torch.Tensor:
         if self.compiled:
-            return compiled_sdf()(points, torch.stack([self.per_sample[name] for name in SHAPE_PARAMS]), self.samples)
+            return compiled_sdf()(points, self.per_sample, self.samples)
         if self._params is None:
             self._params = self.gather(SHAPE_PARAMS)
         return sdf(points, self._params)
