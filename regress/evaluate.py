@@ -162,7 +162,7 @@ def benchmark(
     """
     from regress.datamodules.pairs import PairDataset
     from regress.evaluation.benchmark import run_benchmark
-    from regress.evaluation.encoder import latent_encoder, load_latent_regressor
+    from regress.evaluation.encoder import latent_encoder, load_latent_regressor, load_regressor
     from regress.evaluation.encoder_table import HELD_OUT_START, encoder_table
     from regress.evaluation.report import write_report
     from regress.models import DepthRegressor
@@ -172,9 +172,7 @@ def benchmark(
     run_on = pick_device(device)
     models, model = {}, None
     if depth_checkpoint is not None:
-        if not Path(depth_checkpoint).is_file():
-            raise FileNotFoundError(f"depth checkpoint {depth_checkpoint} does not exist; give a .ckpt written by python -m regress.fit")
-        models["depth"] = DepthRegressor.load_from_checkpoint(depth_checkpoint, map_location=run_on).eval()
+        models["depth"] = load_regressor(DepthRegressor, depth_checkpoint, run_on, "depth")
     if latent_checkpoint is not None:
         model = pairs_generator(pairs, generator, checkpoint, generator_options).to(run_on).eval()
         models["latent"] = load_latent_regressor(latent_checkpoint, model)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import torch
 import webdataset as wds
@@ -46,6 +48,18 @@ def synchronize(device: torch.device) -> None:
     """Wait until the device finished its queued work, so a wall-clock time covers it (a no-op on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+T = TypeVar("T")
+
+
+def timed(run: Callable[[], T], device: torch.device) -> tuple[T, float]:
+    """The result of `run` and its wall time, from an idle device until the device finished."""
+    synchronize(device)
+    start = time.perf_counter()
+    result = run()
+    synchronize(device)
+    return result, time.perf_counter() - start
 
 
 def load_compile_cache(path: str | Path | None) -> bool:

@@ -10,7 +10,6 @@ beside the inversion's own quality. Timing sets a regressor's forward pass again
 from __future__ import annotations
 
 import statistics
-import time
 from typing import Any
 
 import numpy as np
@@ -18,12 +17,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from regress.datamodules.online import resize_images
 from regress.datamodules.pairs import PairDataset, collate_pairs
+from regress.evaluation.encoder import model_input
 from regress.generators.base import Generator
 from regress.inversion.quality import identity_scores, psnr, ssim
 from regress.models import DepthRegressor, LatentRegressor
 from regress.models.metrics import DepthMetrics, LatentMetrics
+from regress.runtime import timed
 from regress.sample import image_to_uint8
 
 EXAMPLE_COLUMNS = ("real", "inverted", "inverted depth", "predicted depth", "predicted latent render")
@@ -46,19 +46,10 @@ def _depth_scores(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) 
 
 
 def _seconds_per_image(run, image: torch.Tensor, repeats: int = 3) -> float:
-    """Median wall time of `run(image[:1])` after one warm-up call (CUDA synchronized)."""
+    """Median wall time of `run(image[:1])` after one warm-up call (until the device finished)."""
     single = image[:1]
     run(single)
-    times = []
-    for _ in range(repeats):
-        if single.is_cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        run(single)
-        if single.is_cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timed(lambda: run(single), single.device)[1] for _ in range(repeats))
 
 
 def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
@@ -95,7 +86,7 @@ def run_benchmark(
                        "inversion_seconds": m.get("inversion", {}).get("seconds")} for m in batch["meta"]]  # fmt: skip
         pred_depth = rendered = None
         if depth_model is not None:
-            image = resize_images(seen, depth_model.hparams.get("image_size") or seen.shape[-1])
+            image = model_input(depth_model, seen)
             pred_depth = depth_model(image, depth.shape[-1])
             scaled = median_scaled(pred_depth, depth, mask)
             depth_all.update(pred_depth, depth, mask)
@@ -106,7 +97,7 @@ def run_benchmark(
             if "depth_seconds_per_image" not in timing:
                 timing["depth_seconds_per_image"] = _seconds_per_image(lambda x: depth_model(x, depth.shape[-1]), image)
         if latent_model is not None:
-            image = resize_images(seen, latent_model.hparams.get("image_size") or seen.shape[-1])
+            image = model_input(latent_model, seen)
             pred_w = latent_model(image)
             latent_all.update(pred_w, w, latent_model.mean_latent)
             rendered = image_to_uint8(generator.synthesis(pred_w, camera)["image"])

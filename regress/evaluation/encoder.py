@@ -1,28 +1,42 @@
-"""A LatentRegressor checkpoint as an inversion encoder: crops -> w, the start of projection and pivotal tuning.
+"""Regressor checkpoints for evaluation, and a LatentRegressor as an inversion encoder: crops -> w, the start
+of projection and pivotal tuning.
 
-The regressor sees the crop resized to its own input size; its latents must have the generator's
-shape, which is checked when the checkpoint is read, so a wrong file fails before any photo.
+A regressor sees images resized to its own input size (`model_input`); a latent regressor's latents
+must have the generator's shape, which is checked when the checkpoint is read, so a wrong file fails
+before any photo.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 
 from regress.datamodules.online import resize_images
 from regress.generators.base import Generator
 from regress.models import LatentRegressor
+from regress.models.base import Regressor
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]  # uint8 crops (N, 3, H, W) -> w (N, num_ws, w_dim)
+R = TypeVar("R", bound=Regressor)
+
+
+def load_regressor(cls: type[R], path: str | Path, device: torch.device, kind: str, fit_options: str = "") -> R:
+    """The `cls` regressor in a checkpoint, on `device`, in eval mode; a missing file names the fit that makes one."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{kind} checkpoint {path} does not exist; give a .ckpt written by python -m regress.fit{fit_options}")
+    return cls.load_from_checkpoint(path, map_location=device).eval()
+
+
+def model_input(model: Regressor, image: torch.Tensor) -> torch.Tensor:
+    """uint8 images resized to the side the model was trained on (any side when it recorded none)."""
+    return resize_images(image, model.hparams.get("image_size") or image.shape[-1])
 
 
 def load_latent_regressor(path: str | Path, generator: Generator) -> LatentRegressor:
     """The LatentRegressor in a checkpoint, on the generator's device; a ValueError when its latents are not the generator's."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"latent checkpoint {path} does not exist; give a .ckpt written by python -m regress.fit --model latent")
-    model = LatentRegressor.load_from_checkpoint(path, map_location=generator.device).eval()
+    model = load_regressor(LatentRegressor, path, generator.device, "latent", " --model latent")
     shape = tuple(model.hparams.latent_shape)
     if shape != tuple(generator.latent_shape):
         raise ValueError(
@@ -34,10 +48,9 @@ def load_latent_regressor(path: str | Path, generator: Generator) -> LatentRegre
 
 def latent_encoder(model: LatentRegressor) -> Encoder:
     """uint8 crops of any size -> the regressor's w, without gradients."""
-    size = model.hparams.get("image_size")
 
     def encode(image: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return model(resize_images(image.to(model.device), size or image.shape[-1]))
+            return model(model_input(model, image.to(model.device)))
 
     return encode

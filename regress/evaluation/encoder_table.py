@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Sequence
 
 import torch
 
@@ -20,23 +19,11 @@ from regress.evaluation.encoder import Encoder
 from regress.generators.base import Generator
 from regress.inversion.project import REFINE, ProjectionConfig, project
 from regress.models.metrics import ImageMetrics
-from regress.runtime import synchronize
+from regress.runtime import timed
 from regress.sample import Batch, image_to_float
 
 HELD_OUT_START = 10_000  # above the default validation seeds [0, 64), far below the training seeds (>= 2**62)
 MEAN_LATENT, REGRESSOR = "mean latent", "regressor"  # where a row's inversion starts
-
-T = TypeVar("T")
-
-
-def timed(run: Callable[[], T], device: torch.device) -> tuple[T, float]:
-    """The result of `run` and its wall time, from an idle device until the device finished."""
-    synchronize(device)
-    start = time.perf_counter()
-    result = run()
-    synchronize(device)
-    return result, time.perf_counter() - start
-
 
 def score(generator: Generator, w: torch.Tensor, batch: Batch) -> dict[str, float]:
     """ImageMetrics of latents `w` against the batch's true latents: PSNR, SSIM, novel-view PSNR / SSIM, depth L1."""
