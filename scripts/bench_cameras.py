@@ -23,11 +23,12 @@ import numpy as np
 from regress.inversion.align import FaceAligner, FaceError, detect_faces, load_image
 from regress.inversion.camera_fit import CameraFitter, LandmarkTemplate, axis_angle, axis_angles, calibration_photos, generator_template
 from regress.inversion.crop import recrop_error
+from regress.inversion.pairs import IMAGE_SUFFIXES
 
 
 def labelled_photos(folder: Path) -> list[Path]:
     """The photos of a folder that have a label `NAME.npy` beside them, sorted."""
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg") and p.with_suffix(".npy").is_file())
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.with_suffix(".npy").is_file())
 
 
 def measure(path: Path, aligner: FaceAligner, template: LandmarkTemplate) -> dict:

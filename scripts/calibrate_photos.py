@@ -126,10 +126,15 @@ def deformation_modes(points: np.ndarray, uvs: list[np.ndarray], labels: list[np
     return mean.reshape(68, 3), vt[:MODES].reshape(MODES, 68, 3), singular[:MODES] / np.sqrt(len(uvs) - 1)
 
 
+def fitted_angles(template: LandmarkTemplate, uvs: list[np.ndarray]) -> np.ndarray:
+    """(yaw, pitch) of the axis the camera fit finds for each photo's landmarks (N, 2), degrees."""
+    fitter = CameraFitter()
+    return np.array([axis_angles(fitter(uv, template).camera) for uv in uvs])
+
+
 def axis_errors(template: LandmarkTemplate, uvs: list[np.ndarray], labels: list[np.ndarray]) -> np.ndarray:
     """(yaw, pitch) of the fitted axis minus the label's (N, 2), degrees."""
-    fitter = CameraFitter()
-    return np.array([np.subtract(axis_angles(fitter(uv, template).camera), axis_angles(label)) for uv, label in zip(uvs, labels)])
+    return fitted_angles(template, uvs) - np.array([axis_angles(label) for label in labels])
 
 
 def landmark_weights(template: LandmarkTemplate, uvs: list[np.ndarray]) -> np.ndarray:
@@ -158,8 +163,7 @@ def unbiased(template: LandmarkTemplate, uvs: list[np.ndarray], labels: list[np.
 
 def yaw_correction(template: LandmarkTemplate, uvs: list[np.ndarray], labels: list[np.ndarray]) -> tuple[float, float]:
     """Ridge regression of the fits' yaw error on (y, K tanh(y / K)) of the fitted yaw y: the template's `yaw_correction`."""
-    fitter = CameraFitter()
-    yaws = np.array([axis_angles(fitter(uv, template).camera)[0] for uv in uvs])
+    yaws = fitted_angles(template, uvs)[:, 0]
     errors = yaws - np.array([axis_angles(label)[0] for label in labels])
     basis = np.stack([yaws, YAW_KNEE * np.tanh(yaws / YAW_KNEE)], axis=1)
     return tuple(np.linalg.solve(basis.T @ basis + YAW_RIDGE * np.eye(2), basis.T @ errors).tolist())
@@ -197,11 +201,11 @@ def main() -> None:
     uvs = [(points + 0.5) / side for points in landmarks]
     print(f"calibration photos: {', '.join(sorted(photos))}, and their mirror images")
     template, made = label_template(uvs, labels)
-    errors = axis_errors(template, uvs, labels)
+    fitted = fitted_angles(template, uvs)
+    errors = fitted - np.array([axis_angles(label) for label in labels])
     print(f"template: {made}; calibration photos' yaw / pitch error mean {errors.mean(0).round(2)}, rms {np.sqrt((errors**2).mean(0)).round(2)}")
     originals = slice(len(photos))  # the crop is calibrated on the photos only: upstream's detector is not mirror-symmetric
-    poses = [axis_angles(CameraFitter()(uv, template).camera) for uv in uvs[originals]]
-    print(f"EG3D_CALIBRATION = {np.round(crop_calibration(landmarks[originals], poses, side), 6).tolist()}")
+    print(f"EG3D_CALIBRATION = {np.round(crop_calibration(landmarks[originals], list(fitted[originals]), side), 6).tolist()}")
     scale, shift = cnn_box_constants(photos)
     print(f"CNN_BOX_SCALE = {scale:.4f}\nCNN_BOX_SHIFT = ({shift[0]:.4f}, {shift[1]:.4f})")
     if args.template:

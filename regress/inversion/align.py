@@ -155,22 +155,22 @@ def _shrunk(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX)), scale
 
 
+def _in_image_pixels(detections, scale: float, min_score: float) -> list[tuple[Box, float]]:
+    """(dlib rectangle, score) pairs found on an image shrunk by `scale` -> (box in the original's pixels, score), those of at least `min_score`."""
+    return [(tuple(v / scale for v in (r.left(), r.top(), r.right(), r.bottom())), float(s)) for r, s in detections if s >= min_score]
+
+
 def _hog_boxes(image: np.ndarray, upsample: int, min_score: float, max_side: int) -> list[tuple[Box, float]]:
     """dlib's HOG detections (box in `image` pixels, score) above `min_score`."""
     small, scale = _shrunk(image, max_side)
     rects, scores, _ = _dlib_models()[0].run(np.ascontiguousarray(small), upsample, 0.0)
-    return [
-        (tuple(v / scale for v in (r.left(), r.top(), r.right(), r.bottom())), float(s))
-        for r, s in zip(rects, scores)
-        if s >= min_score
-    ]
+    return _in_image_pixels(zip(rects, scores), scale, min_score)
 
 
 def cnn_boxes(image: np.ndarray, min_score: float, max_side: int = CNN_MAX_SIDE) -> list[tuple[Box, float]]:
     """dlib's CNN detections (box in `image` pixels, confidence) above `min_score`, as the CNN gives them."""
     small, scale = _shrunk(image, max_side)
-    rects = [(d.rect, d.confidence) for d in _cnn_detector()(np.ascontiguousarray(small), 0) if d.confidence >= min_score]
-    return [(tuple(v / scale for v in (r.left(), r.top(), r.right(), r.bottom())), float(c)) for r, c in rects]
+    return _in_image_pixels(((d.rect, d.confidence) for d in _cnn_detector()(np.ascontiguousarray(small), 0)), scale, min_score)
 
 
 def hog_like_box(box: Box) -> Box:
