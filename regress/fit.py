@@ -140,10 +140,11 @@ def resolve_ckpt_path(config: Namespace) -> str | None:
 class CompileCache(Callback):
     """torch.compile's caches kept in a file (`--compile_cache.path`): preloaded when the run starts, so
     a new machine with the same torch, Triton and GPU skips most compilation; when the file does not
-    exist yet, rank 0 writes it after each validation (training and validation shapes compiled) and at the end."""
+    exist yet, rank 0 writes it after the first validation (training and validation shapes compiled,
+    so a run killed later still leaves it) and again at the end."""
 
     def __init__(self, path: str | None = None) -> None:
-        self.path, self.write = path, False
+        self.path, self.write, self.saved = path, False, False
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.write = self.path is not None and not load_compile_cache(self.path)
@@ -151,9 +152,10 @@ class CompileCache(Callback):
     def _save(self, trainer: Trainer) -> None:
         if self.write and trainer.is_global_zero:
             save_compile_cache(self.path)
+        self.saved = True
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not trainer.sanity_checking:
+        if not trainer.sanity_checking and not self.saved:
             self._save(trainer)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:

@@ -40,8 +40,7 @@ class StepClock(L.Callback):
         self.cpu: list[float] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
+        synchronize(pl_module.device)
         self.wall.append(time.perf_counter())
         self.cpu.append(time.process_time())
 
@@ -65,8 +64,7 @@ class CachedSynthesis(SynthOnlineDataModule):
 def synthesis_seconds(data: SynthOnlineDataModule, device: torch.device, batches: int) -> float:
     """Wall seconds per rendered batch of on-device synthesis alone (after one warm-up batch; repeats skipped)."""
     loader = iter(data.train_dataloader())
-    moved = [{k: v.to(device) for k, v in batch.items()} for batch in itertools.islice(loader, 0, None, data.reuse)]
-    moved = moved[: batches + 1]
+    moved = [{k: v.to(device) for k, v in batch.items()} for batch in itertools.islice(loader, 0, (batches + 1) * data.reuse, data.reuse)]
     data.synthesize(moved[0])
     synchronize(device)
     start = time.perf_counter()
