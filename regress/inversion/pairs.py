@@ -23,7 +23,7 @@ from tqdm import tqdm
 from regress.camera import camera_to_pose, frontal_camera
 from regress.generators.base import Generator
 from regress.geometry.grids import density_grid
-from regress.geometry.meshes import grid_to_mesh, mesh_to_ply
+from regress.geometry.meshes import grids_to_ply
 from regress.inversion.align import AlignedFace, FaceAligner, FaceError, load_image
 from regress.inversion.camera_fit import CameraFitter, generator_template
 from regress.inversion.perceptual import PerceptualDistance
@@ -193,7 +193,7 @@ class PairBuilder:
         meta_json = members.pop("meta.json")
         if self.with_mesh:
             grid = density_grid(renderer, result.w, self.mesh_resolution)[0]
-            members["mesh.ply"] = mesh_to_ply(grid_to_mesh(grid, renderer.surface_level, renderer.box_size))
+            members["mesh.ply"] = bytes(grids_to_ply(grid[None], renderer.surface_level, renderer.box_size)[0])
         members["real.png"] = encode_image(real, "png")
         members["landmarks.npy"] = npy_bytes(landmarks)
         members["losses.json"] = json.dumps({"projection": result.losses, "pivotal_tuning": result.pti_losses}).encode()
