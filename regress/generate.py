@@ -35,7 +35,7 @@ from regress.runtime import deterministic_kernels, load_compile_cache, pick_devi
 from regress.sample import IMAGE_FORMATS, SCHEMA_VERSION
 from regress.store.files import tree_sha256
 from regress.store.pipes import PipeCommand
-from regress.store.shard_set import ShardLayout, ShardSet, settings_fingerprint, shard_destination, verify_dataset
+from regress.store.shard_set import ShardLayout, ShardSet, shard_destination, verify_dataset
 
 MESH_ALGORITHM = "regress.marching_cubes"  # in the settings: meshes of the earlier CPU marching cubes differ, never mix them
 
@@ -109,11 +109,11 @@ def generate(
     mesh = {"resolution": mesh_resolution, "keep_largest": mesh_keep_largest, "level": model.surface_level if mesh_level is None else mesh_level}
     choices = {"psi": psi, "cutoff": cutoff, "jitter": jitter, "image_format": image_format, "batch_size": batch_size}
     settings = _settings(model, checkpoint, generator_options, mixture, layout, mesh if with_mesh else None, choices)
-    shards = ShardSet(folder, layout, settings_fingerprint(settings), target, keep_staged)
+    shards = ShardSet(folder, layout, settings, target, keep_staged)
     todo, skipped = shards.plan(layout.indices_for_rank(rank, world_size))
     shards.drop_stale_manifest()
     run = _render_and_write(model, shards, todo, mixture, settings, batch_size, workers, f"rank {rank}/{world_size}", progress)
-    manifest = shards.write_manifest_if_complete(settings, model.data_facts())
+    manifest = shards.write_manifest_if_complete(model.data_facts())
     if write_cache:
         save_compile_cache(compile_cache)
     summary = {"output": str(folder), "rank": rank, "world_size": world_size, "skipped": [layout.filename(i) for i in skipped], **run}

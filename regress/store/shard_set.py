@@ -9,6 +9,7 @@ means complete; `verify_dataset` checks a finished set against it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -86,14 +87,18 @@ def shard_destination(output: str | Path, staging: Path | None) -> tuple[Path, P
 
 @dataclass(frozen=True)
 class ShardSet:
-    """The shards of one layout being written to `folder` with one settings fingerprint; with a `target`, each
-    finished file is piped to its command and dropped from the folder unless `keep_staged`."""
+    """The shards of one layout being written to `folder` with one run's settings (each shard carries their
+    fingerprint); with a `target`, each finished file is piped to its command and dropped from the folder unless `keep_staged`."""
 
     folder: Path
     layout: ShardLayout
-    fingerprint: str
+    settings: dict[str, Any]
     target: PipeCommand | None = None
     keep_staged: bool = False
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        return settings_fingerprint(self.settings)
 
     def path(self, index: int) -> Path:
         return self.folder / self.layout.filename(index)
@@ -143,7 +148,7 @@ class ShardSet:
         if (manifest.get("seed_start"), manifest.get("num_samples")) != (self.layout.seed_start, self.layout.num_samples):
             (self.folder / MANIFEST).unlink(missing_ok=True)
 
-    def write_manifest_if_complete(self, settings: dict[str, Any], facts: dict[str, Any]) -> Path | None:
+    def write_manifest_if_complete(self, facts: dict[str, Any]) -> Path | None:
         """Gather every shard's record, the settings and the generator's `facts` into manifest.json once all shards
         of the layout exist; None until then."""
         records = []
@@ -160,7 +165,7 @@ class ShardSet:
         manifest = {
             "format": FORMAT,
             "fingerprint": self.fingerprint,
-            "settings": settings,
+            "settings": self.settings,
             "name": layout.name,
             "seed_start": layout.seed_start,
             "num_samples": layout.num_samples,
