@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 
 from regress.evaluation.encoder import latent_encoder, load_latent_regressor
-from regress.evaluation.encoder_table import HELD_OUT_START, encoder_table, markdown
+from regress.evaluation.encoder_table import HEADER, HELD_OUT_START, encoder_table, markdown, markdown_row
 from regress.generators import create_generator
 from regress.inversion.project import REFINE
 
@@ -45,7 +46,9 @@ def main() -> None:
     encoder = latent_encoder(load_latent_regressor(args.checkpoint, generator)) if args.checkpoint else None
     seeds = range(args.seed_start, args.seed_start + args.seeds)
     refine = dataclasses.replace(REFINE, lr=args.refine_lr, noise=args.refine_noise)
-    table = encoder_table(generator, encoder, seeds, args.views, args.psi, args.k, args.steps, refine)
+    print(HEADER, file=sys.stderr)  # rows as they come (stderr), so a cut-short run still shows them
+    table = encoder_table(generator, encoder, seeds, args.views, args.psi, args.k, args.steps, refine,
+                          report=lambda row: print(markdown_row(row), file=sys.stderr, flush=True))  # fmt: skip
     if args.json:
         print(json.dumps({"machine": machine(), "settings": vars(args), **table}, indent=2))
     else:

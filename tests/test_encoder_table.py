@@ -30,9 +30,11 @@ def held_out(analytic):
 
 
 def test_a_perfect_encoder_scores_the_ceiling_and_its_refinement_stays_near_it(analytic, held_out):
+    reported = []
     table = encoder_table(analytic, lambda image: held_out["w"], SEEDS, k=[2], steps=4, refine=dataclasses.replace(REFINE, spread_samples=100),
-                          projection=FAST)  # fmt: skip
+                          projection=FAST, report=reported.append)  # fmt: skip
     rows = table["rows"]
+    assert reported == rows  # each row as it was scored, in order
     assert [r["method"] for r in rows] == ["mean latent", "regressor", "regressor + 2 projection steps", "projection, 2 steps", "projection, 4 steps"]
     starts = [("mean latent", 0), ("regressor", 0), ("regressor", 2), ("mean latent", 2), ("mean latent", 4)]
     assert [(r["start"], r["steps"]) for r in rows] == starts
@@ -70,10 +72,11 @@ def rows(regressor: dict[int, float], reference: float) -> list[dict]:
 def test_catch_up_picks_the_fewest_steps_that_reach_the_reference():
     found = catch_up(rows({0: 22.0, 20: 35.0, 5: 29.0, 10: 30.5, 40: 38.0}, 30.0), 200)
     assert found["k"] == 10 and found["ms_per_image"] == 101.0 and found["time_fraction"] == pytest.approx(101.0 / 2000.0)
-    assert found["reference_psnr"] == 30.0 and found["reference_ms_per_image"] == 2000.0
+    assert found["reference_psnr"] == 30.0 and found["reference_ms_per_image"] == 2000.0 and found["speedup"] == 2000.0
     assert catch_up(rows({0: 31.0, 5: 33.0}, 30.0), 200)["k"] == 0  # the regressor alone
     assert catch_up(rows({5: 30.0}, 30.0), 200)["k"] == 5  # reaching counts
     missed = catch_up(rows({0: 22.0, 5: 25.0, 10: 29.9}, 30.0), 200)
+    assert catch_up(rows({5: 30.0}, 30.0), 200)["speedup"] is None  # no row for the regressor alone
     assert missed["k"] is None and missed["time_fraction"] is None and missed["ms_per_image"] is None
     with pytest.raises(ValueError, match="no 100-step projection from the mean latent"):
         catch_up(rows({5: 25.0}, 30.0), 100)
@@ -81,11 +84,12 @@ def test_catch_up_picks_the_fewest_steps_that_reach_the_reference():
 
 def test_markdown_states_the_summary():
     scores = {"image_ssim": 0.9, "novel_psnr": 20.0, "novel_ssim": 0.8, "render_depth_l1": 0.01}
-    table_rows = [{**r, **scores} for r in rows({5: 25.0, 10: 31.0}, 30.0)]
+    table_rows = [{**r, **scores} for r in rows({0: 22.0, 5: 25.0, 10: 31.0}, 30.0)]
     found = markdown({"rows": table_rows, "k": [5, 10], "summary": catch_up(table_rows, 200)})
     assert "| regressor + 10 | 10 | 31.0 | 0.900 | 20.0 | 0.800 | 0.0100 | 101.0 |" in found
-    assert found.endswith("Regressor + 10 projection steps reaches the 200-step projection's PSNR (30.0 dB) in 5.1% of its time "
+    assert "| regressor + 0 | 0 | 22.0 | 0.900 | 20.0 | 0.800 | 0.0100 | 1.00 |" in found  # two decimals under 10 ms
+    assert found.endswith("The regressor alone is 2,000x faster than the 200-step projection. Regressor + 10 projection steps reaches the 200-step projection's PSNR (30.0 dB) in 5.1% of its time "
                           "(101.0 against 2000.0 ms per image).")  # fmt: skip
-    table_rows[1]["image_psnr"] = 29.0
+    table_rows[2]["image_psnr"] = 29.0
     missed = markdown({"rows": table_rows, "k": [5, 10], "summary": catch_up(table_rows, 200)})
-    assert missed.endswith("No regressor + k projection steps (k in 5, 10) reaches the 200-step projection's PSNR (30.0 dB).")
+    assert missed.endswith("faster than the 200-step projection. No regressor + k projection steps (k in 5, 10) reaches the 200-step projection's PSNR (30.0 dB).")
