@@ -82,10 +82,9 @@ def pairs(
     """
     photos = list_images(images)
     model = create_generator(generator, checkpoint, **(generator_options or {})).to(pick_device(device)).eval()
-    perceptual, name = None, "perceptual_distance"
+    perceptual = None
     if vgg_weights is not None:
         perceptual = PerceptualDistance(vgg_weights, lpips_weights).to(model.device)
-        name = "lpips" if lpips_weights is not None else name
     elif lpips_weights is not None:
         raise ValueError("lpips_weights needs vgg_weights too (the VGG16 backbone they sit on)")
     labels = CameraLabels(cameras) if cameras is not None else None
@@ -94,10 +93,10 @@ def pairs(
         from regress.evaluation.encoder import latent_encoder, load_latent_regressor
 
         encoder = latent_encoder(load_latent_regressor(init_checkpoint, model))
-    builder = PairBuilder(model, aligner, projection, perceptual, name, camera_template, labels, aligned, with_mesh, mesh_resolution,
+    builder = PairBuilder(model, aligner, projection, perceptual, camera_template, labels, aligned, with_mesh, mesh_resolution,
                           image_format, progress, encoder=encoder)  # fmt: skip
     settings = {"checkpoint": checkpoint, "generator_options": generator_options or {}, "camera_template": camera_template,
-                "cameras": cameras, "aligned": aligned, "aligner": dataclasses.asdict(aligner), "perceptual": name if perceptual else None,
+                "cameras": cameras, "aligned": aligned, "aligner": dataclasses.asdict(aligner), "perceptual": perceptual.name if perceptual else None,
                 **({"init_checkpoint": init_checkpoint} if init_checkpoint else {})}  # fmt: skip (the key only when given: older sets still resume)
     summary = build_pairs(photos, Path(output), builder, resume, shards, samples_per_shard, settings, progress)
     print(

@@ -138,7 +138,9 @@ def test_perceptual_distance_from_local_weights(tmp_path):
     torch.save({f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate(CHANNELS)}, lpips)
     a = torch.rand(2, 3, 32, 32) * 2 - 1
     b = (a + 0.3 * torch.randn_like(a)).clamp(-1, 1)
-    for distance in (PerceptualDistance(vgg), PerceptualDistance(vgg, lpips)):
+    distances = PerceptualDistance(vgg), PerceptualDistance(vgg, lpips)
+    assert [d.name for d in distances] == ["perceptual_distance", "lpips"]  # what pairs and validation call their scores
+    for distance in distances:
         same, different = distance(a, a), distance(a, b)
         assert torch.allclose(same, torch.zeros(2), atol=1e-6) and (different > 1e-4).all()
     config = ProjectionConfig(steps=1)

@@ -5,19 +5,23 @@ from __future__ import annotations
 import math
 
 import lightning as L
+import numpy as np
 import pytest
 import timm
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from safetensors.torch import save_file
+from torchvision.models.vgg import cfgs, make_layers
 
 from regress.models import DepthRegressor, LatentRegressor
 from regress.models.backbones import Encoder
 from regress.models.losses import DepthLoss, cycle_loss, gradient_l1, latent_loss, masked_l1, scale_invariant_log
-from regress.models.metrics import NOVEL_VIEWS_DEG, DepthMetrics, ImageMetrics, LatentMetrics
+from regress.camera import make_cameras
+from regress.inversion.perceptual import PerceptualDistance
+from regress.models.metrics import NOVEL_VIEWS_DEG, DepthMetrics, ImageMetrics, LatentMetrics, true_landmarks
 from regress.models.previews import colormap_depth, depth_range, log_preview, preview_grid
 
-from test_online import tiny_data
+from test_online import TINY_GENERATOR, tiny_data
 
 
 def test_encoder_loads_a_local_weights_file_and_never_needs_the_hub(tmp_path):
@@ -200,3 +204,49 @@ def test_latent_regressor_scores_a_fixed_number_of_validation_samples_in_image_s
     batch = validation_batch(data)
     without.update_metrics(batch, batch["w"])
     assert without.validation_metrics() == [without.metrics] and without.image_metrics.samples == 0
+
+
+def random_vgg(tmp_path) -> str:
+    """A torchvision VGG16 features state dict with random weights (no weights can be downloaded here)."""
+    torch.manual_seed(0)
+    path = tmp_path / "vgg16.pth"
+    torch.save({f"features.{k}": v for k, v in make_layers(cfgs["D"]).state_dict().items()}, path)
+    return str(path)
+
+
+def test_image_metrics_add_perceptual_and_identity_scores_when_asked(tmp_path):
+    data = tiny_data(generator_options={**TINY_GENERATOR, "image_resolution": 128})
+    batch = validation_batch(data)
+    perfect, mean = (ImageMetrics(PerceptualDistance(random_vgg(tmp_path)), identity=True) for _ in range(2))
+    perfect.update(data.generator, batch["w"], batch["w"], batch["camera"])
+    mean.update(data.generator, data.generator.mean_latent().expand_as(batch["w"]), batch["w"], batch["camera"])
+    best, worse = perfect.compute(), mean.compute()
+    assert {"image_perceptual_distance", "novel_perceptual_distance", "image_identity", "novel_identity"} <= best.keys()
+    assert best["image_perceptual_distance"] == pytest.approx(0.0, abs=1e-9) and best["novel_perceptual_distance"] == pytest.approx(0.0, abs=1e-9)
+    assert best["image_identity"] == pytest.approx(1.0) and best["novel_identity"] == pytest.approx(1.0)
+    assert worse["image_perceptual_distance"] > 0 and worse["novel_perceptual_distance"] > 0
+    assert worse["image_identity"] < 0.999 and worse["novel_identity"] < 0.999
+    assert worse["image_psnr"] == mean.compute()["image_psnr"] and ImageMetrics().scores == ("psnr", "ssim")
+
+
+def test_true_landmarks_follow_the_head_and_the_camera():
+    data = tiny_data()
+    batch = validation_batch(data)
+    size = 64
+    marks = true_landmarks(data.generator, batch["w"], batch["camera"], size)
+    assert marks.shape == (2, 68, 2) and ((marks > 0) & (marks < size)).all()  # the face is inside the crop
+    turned = true_landmarks(data.generator, batch["w"], make_cameras(math.radians(30), 0.0).expand(2, -1), size)
+    assert abs(np.mean(turned[:, :, 0] - marks[:, :, 0])) > 1  # a yawed camera moves the face sideways
+
+
+def test_latent_regressor_scores_lpips_in_validation_from_local_weights(tmp_path):
+    data = tiny_data(epoch_length=2)
+    model = LatentRegressor(encoder="test_resnet", hidden=16, image_size=data.image_size, image_metrics_samples=2,
+                            vgg_weights=random_vgg(tmp_path), latent_space=data.latent_space)  # fmt: skip
+    trainer = L.Trainer(max_steps=1, limit_val_batches=1, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, data)
+    logged = trainer.callback_metrics
+    assert logged["val/image_perceptual_distance"] > 0 and logged["val/novel_perceptual_distance"] > 0
+    assert "features.0.weight" not in "".join(model.state_dict())  # the VGG stays out of the checkpoint
+    with pytest.raises(ValueError, match="lpips_weights needs vgg_weights too"):
+        LatentRegressor(encoder="test_resnet", latent_shape=(14, 32), lpips_weights=str(tmp_path / "lpips.pth"))

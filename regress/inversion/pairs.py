@@ -117,7 +117,6 @@ class PairBuilder:
     aligner: FaceAligner = field(default_factory=FaceAligner)
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     perceptual: PerceptualDistance | None = None
-    perceptual_name: str = "perceptual_distance"
     camera_template: str = "label"
     cameras: CameraLabels | None = None
     aligned: bool = False
@@ -222,7 +221,7 @@ class PairBuilder:
             with torch.no_grad():
                 device = self.generator.device
                 distance = self.perceptual(image_to_float(inverted).to(device), image_to_float(real).to(device))
-            quality[self.perceptual_name] = float(distance[0])
+            quality[self.perceptual.name] = float(distance[0])
         quality.update(identity_scores(real[0].permute(1, 2, 0).numpy(), inverted[0].permute(1, 2, 0).numpy(), landmarks))
         return quality
 

@@ -38,6 +38,7 @@ class PerceptualDistance(nn.Module):
         if missing:
             raise ValueError(f"{vgg_weights} is not a torchvision VGG16 state dict: it lacks {missing[:4]}")
         self.features = features.eval().requires_grad_(False)
+        self.name = "lpips" if lpips_weights is not None else "perceptual_distance"  # what its scores are called
         if lpips_weights is None:
             linear = [torch.full((c,), 1.0 / c) for c in CHANNELS]
         else:

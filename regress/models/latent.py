@@ -16,6 +16,7 @@ from torch import nn
 from torchmetrics import Metric
 
 from regress.generators import Generator
+from regress.inversion.perceptual import PerceptualDistance
 from regress.models.base import Regressor
 from regress.models.losses import cycle_loss, latent_loss
 from regress.models.metrics import ImageMetrics, LatentMetrics
@@ -71,6 +72,11 @@ class LatentRegressor(Regressor):
         image_metrics_samples: the first this many validation samples are also scored in image space
             (`val/image_psnr`, `val/novel_psnr`, ...: renders of the predicted against the true w);
             0: off. Only with a generator.
+        vgg_weights, lpips_weights: local VGG16 and LPIPS files (as for `regress.evaluate pairs`); with
+            them the image-space scores include LPIPS (`val/image_lpips`, `val/novel_lpips`). They load
+            when a Trainer sets the model up, not when a checkpoint is loaded for inference.
+        identity_metric: also dlib's identity similarity of the re-renders (`val/image_identity`,
+            `val/novel_identity`; its weights ship with face-recognition-models; CPU time per image).
         latent_space: the data's w shape, mean and generator (`data.latent_space`; the CLI links it).
             The generator is borrowed: the data module that holds it moves it to the batches' device.
     """
@@ -89,6 +95,9 @@ class LatentRegressor(Regressor):
         weight_decay: float = 1e-4,
         lr_schedule: Literal["cosine", "constant"] = "cosine",
         image_metrics_samples: int = 8,
+        vgg_weights: str | Path | None = None,
+        lpips_weights: str | Path | None = None,
+        identity_metric: bool = False,
         latent_space: LatentSpace | None = None,
     ) -> None:
         super().__init__(encoder, encoder_weights, image_size, lr, weight_decay, lr_schedule)
@@ -99,11 +108,16 @@ class LatentRegressor(Regressor):
         generator = latent_space.generator if latent_space is not None else None
         self._generator: tuple[Generator, ...] = (generator,) if generator is not None else ()  # frozen, not a submodule, not saved
         self.metrics = LatentMetrics()
-        self.image_metrics = ImageMetrics()
+        if lpips_weights is not None and vgg_weights is None:
+            raise ValueError("lpips_weights needs vgg_weights too (the VGG16 backbone they sit on)")
+        self.image_metrics = ImageMetrics(identity=identity_metric)
 
     def setup(self, stage: str) -> None:
         if self.hparams.cycle_weight and not self._generator:
             raise ValueError("cycle_weight > 0 renders predictions, but the model has no generator: train on data that renders (synth-online), or set cycle_weight 0")
+        if self.hparams.vgg_weights is not None:
+            perceptual = PerceptualDistance(self.hparams.vgg_weights, self.hparams.lpips_weights)
+            self.image_metrics = ImageMetrics(perceptual, self.hparams.identity_metric)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 images (N, 3, H, W) -> w (N, num_ws, w_dim)."""

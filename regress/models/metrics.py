@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
 from regress.camera import make_cameras
 from regress.generators import Generator
-from regress.inversion.quality import psnr, ssim
+from regress.inversion.camera_fit import generator_template, project_points
+from regress.inversion.perceptual import PerceptualDistance
+from regress.inversion.quality import identity_scores, psnr, ssim
+from regress.sample import image_to_uint8
 
 Render = dict[str, torch.Tensor]  # a generator's synthesis output: image, depth, mask
 
@@ -95,37 +99,79 @@ class ImageMetrics(Metric):
 
     PSNR and SSIM at the input's camera (`image_*`) and at the novel views (`novel_*`), and the mean
     absolute depth error of the input-view re-render on the true render's face mask (`render_depth_l1`,
-    NaN when no true render has a face pixel); means over the samples (and views) seen.
+    NaN when no true render has a face pixel); means over the samples (and views) seen. With a
+    `perceptual` distance also its score (`image_lpips`, ...: the distance's name); with `identity`
+    dlib's identity similarity (`image_identity`, `novel_identity`: the cosine of the 128-d
+    descriptors, read at the true head's landmarks; on the CPU, some 10 ms per image pair).
     """
 
     full_state_update = False
 
-    def __init__(self) -> None:
+    def __init__(self, perceptual: PerceptualDistance | None = None, identity: bool = False) -> None:
         super().__init__()
-        for name in ("psnr", "ssim", "samples", "novel_psnr", "novel_ssim", "novel_images", "depth_error", "pixels"):
+        self.scores = ("psnr", "ssim") + ((perceptual.name,) if perceptual is not None else ()) + (("identity",) if identity else ())
+        for score in self.scores:
+            self.add_state(f"image_{score}", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"novel_{score}", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        for name in ("samples", "novel_images", "depth_error", "pixels"):
             self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self._perceptual = (perceptual,) if perceptual is not None else ()  # not a submodule: its weights stay out of checkpoints
 
     def update(self, generator: Generator, pred: torch.Tensor, true: torch.Tensor, camera: torch.Tensor) -> None:
         """Render predicted and true latents (N, num_ws, w_dim) at the inputs' cameras (N, 25) and at the novel views."""
         mine, truth = render_pair(generator, pred, true, camera)
         on = truth["mask"] > MASK_THRESHOLD
-        self.psnr = self.psnr + psnr(mine["image"], truth["image"]).double().sum()
-        self.ssim = self.ssim + ssim(mine["image"], truth["image"]).double().sum()
+        self._add("image", generator, true, camera, mine, truth)
         self.samples = self.samples + pred.shape[0]
         self.depth_error = self.depth_error + (mine["depth"][on].double() - truth["depth"][on].double()).abs().sum()
         self.pixels = self.pixels + on.sum()
         for view in novel_cameras(pred.shape[0]):
-            mine, truth = render_pair(generator, pred, true, view.to(camera))
-            self.novel_psnr = self.novel_psnr + psnr(mine["image"], truth["image"]).double().sum()
-            self.novel_ssim = self.novel_ssim + ssim(mine["image"], truth["image"]).double().sum()
+            view = view.to(camera)
+            self._add("novel", generator, true, view, *render_pair(generator, pred, true, view))
             self.novel_images = self.novel_images + pred.shape[0]
+
+    def _add(self, where: str, generator: Generator, true: torch.Tensor, camera: torch.Tensor, mine: Render, truth: Render) -> None:
+        """Add each score's sum over the pairs of re-render and true render to the `where` (image, novel) states."""
+        for score in self.scores:
+            if score == "psnr":
+                values = psnr(mine["image"], truth["image"])
+            elif score == "ssim":
+                values = ssim(mine["image"], truth["image"])
+            elif score == "identity":
+                values = identity_similarity(mine["image"], truth["image"], true_landmarks(generator, true, camera, truth["image"].shape[-1]))
+            else:
+                perceptual = self._perceptual[0].to(mine["image"].device)
+                with torch.no_grad(), torch.autocast(mine["image"].device.type, enabled=False):
+                    values = perceptual(mine["image"].float(), truth["image"].float())
+            setattr(self, f"{where}_{score}", getattr(self, f"{where}_{score}") + values.double().sum().to(self.samples.device))
 
     def compute(self) -> dict[str, torch.Tensor]:
         samples, novel = self.samples.clamp_min(1), self.novel_images.clamp_min(1)
-        return {
-            "image_psnr": (self.psnr / samples).float(),
-            "image_ssim": (self.ssim / samples).float(),
-            "novel_psnr": (self.novel_psnr / novel).float(),
-            "novel_ssim": (self.novel_ssim / novel).float(),
-            "render_depth_l1": (self.depth_error / self.pixels if self.pixels > 0 else torch.full_like(self.pixels, math.nan)).float(),
-        }
+        scores = {}
+        for score in self.scores:
+            scores[f"image_{score}"] = (getattr(self, f"image_{score}") / samples).float()
+            scores[f"novel_{score}"] = (getattr(self, f"novel_{score}") / novel).float()
+        depth = self.depth_error / self.pixels if self.pixels > 0 else torch.full_like(self.pixels, math.nan)
+        return {**scores, "render_depth_l1": depth.float()}
+
+
+def true_landmarks(generator: Generator, true: torch.Tensor, camera: torch.Tensor, size: int) -> np.ndarray:
+    """Pixel positions (N, 68, 2) of the 68 landmarks of the heads of `true` (N, num_ws, w_dim) seen from `camera` in size² images.
+
+    The generator's own 3D landmarks where it has them (they follow each head), else EG3D's label
+    template (one mean face for all).
+    """
+    with torch.no_grad():
+        marks = generator.landmarks_3d(true.float())
+    if marks is None:
+        points = np.broadcast_to(generator_template(generator, "label").world_points(), (true.shape[0], 68, 3))
+    else:
+        points = marks.detach().cpu().double().numpy()
+    cameras = camera.detach().cpu().double().numpy()
+    return np.stack([project_points(p, c) for p, c in zip(points, cameras)]) * size - 0.5  # pixel centres at (i + 0.5) / size
+
+
+def identity_similarity(a: torch.Tensor, b: torch.Tensor, landmarks: np.ndarray) -> torch.Tensor:
+    """dlib identity similarity (N,) of generator images (N, 3, H, W) in [-1, 1], both read at `landmarks` (N, 68, 2)."""
+    a, b = (image_to_uint8(x.float()).permute(0, 2, 3, 1).cpu().numpy() for x in (a, b))
+    return torch.tensor([identity_scores(x, y, marks)["identity_similarity"] for x, y, marks in zip(a, b, landmarks)])
