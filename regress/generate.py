@@ -103,9 +103,9 @@ def generate(
         check_grid_fits(mesh_resolution, grids_in_flight=batch_size, device=run_on)
     rank, world_size = rank_and_world_size()
     mixture = ViewMixture.load(views)
-    folder, target = shard_destination(output, staging)  # a bad output fails before the generator loads and compiles
     write_cache = compile_cache is not None and not load_compile_cache(compile_cache) and rank == 0
     model = _load_generator(generator, checkpoint, generator_options, run_on)
+    folder, target = shard_destination(output, staging)
     mesh = {"resolution": mesh_resolution, "keep_largest": mesh_keep_largest, "level": model.surface_level if mesh_level is None else mesh_level}
     choices = {"psi": psi, "cutoff": cutoff, "jitter": jitter, "image_format": image_format, "batch_size": batch_size}
     settings = _settings(model, checkpoint, generator_options, mixture, layout, mesh if with_mesh else None, choices)
