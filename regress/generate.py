@@ -31,7 +31,7 @@ from regress.generation.timing import StageClock
 from regress.generators import create_generator
 from regress.generators.base import Generator
 from regress.geometry.grids import check_grid_fits
-from regress.runtime import deterministic_kernels, load_compile_cache, pick_device, rank_and_world_size, save_compile_cache
+from regress.runtime import deterministic_kernels, load_compile_cache, own_gpu_only, pick_device, rank_and_world_size, save_compile_cache
 from regress.sample import IMAGE_FORMATS, SCHEMA_VERSION
 from regress.store.files import tree_sha256
 from regress.store.pipes import PipeCommand
@@ -259,6 +259,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     from jsonargparse import CLI
 
     args = sys.argv[1:] if args is None else args
+    own_gpu_only()  # under torchrun: every rank on cuda:0, one compile cache for all
     try:
         args = expand_config_arguments(args, "generate")
         if any(arg.split("=")[0] == "--verify" for arg in args):

@@ -16,13 +16,28 @@ from regress.store.files import write_atomic
 
 
 def pick_device(device: str = "auto") -> torch.device:
-    """`auto`: this rank's GPU (torchrun's LOCAL_RANK, else the first) when there is one, else the CPU; any other
-    name as torch reads it (`cpu`, `cuda:1`)."""
+    """`auto`: this rank's GPU (torchrun's LOCAL_RANK, else the first; the only one when the process sees one)
+    when there is one, else the CPU; any other name as torch reads it (`cpu`, `cuda:1`)."""
     if device != "auto":
         return torch.device(device)
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) if torch.cuda.device_count() > 1 else 0)
     return torch.device("cpu")
+
+
+def own_gpu_only() -> None:
+    """Under torchrun with several ranks on this machine, let this process see only its own GPU, before CUDA starts.
+
+    Every rank then runs on cuda:0, so what torch.compile cached on one rank (a compile cache file),
+    keyed by device index, fits the others. Only for jobs without collectives between ranks (generate).
+    """
+    local, ranks = os.environ.get("LOCAL_RANK"), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    if local is None or ranks < 2 or torch.cuda.is_initialized():
+        return
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # torch counts GPUs through NVML here: CUDA does not start
+    gpus = visible.split(",") if visible is not None else [str(i) for i in range(torch.cuda.device_count())]
+    if len(gpus) > 1 and int(local) < len(gpus):  # fewer GPUs than ranks: leave them shared, as before
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[int(local)]
 
 
 def deterministic_kernels(device: torch.device) -> torch.device:

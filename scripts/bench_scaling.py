@@ -7,6 +7,7 @@ steady share of the run, the speed-up over one GPU, and whether any seed was ren
 
     python scripts/bench_scaling.py --gpus 1 2 --jobs plain mesh fit                    # EG3D, random full-size weights
     python scripts/bench_scaling.py --gpus 1 2 --jobs fit --fit-steps 300 --checkpoint ffhq512-128.pkl
+    python scripts/bench_scaling.py --gpus 1 2 --jobs plain --num-samples 40000 --compile-cache cc.bin   # short warm-ups
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from regress.runtime import pick_device, rank_and_world_size
+from regress.runtime import own_gpu_only, pick_device, rank_and_world_size
 
 FAST_PATH = '{"precision": "float16", "compile": "reduce-overhead"}'
 
@@ -36,7 +37,7 @@ def generate_worker(args: argparse.Namespace, out: Path) -> dict:
         out / "shards", generator=args.generator, checkpoint=args.checkpoint, generator_options=json.loads(args.generator_options),
         num_samples=args.num_samples, samples_per_shard=args.samples_per_shard, with_mesh=args.job == "mesh",
         mesh_resolution=args.mesh_resolution, mesh_level=args.mesh_level, batch_size=args.batch_size,
-        workers=args.workers, progress=False,
+        workers=args.workers, progress=False, compile_cache=args.compile_cache,
     )  # fmt: skip
     layout = ShardLayout("synth", 0, args.num_samples, args.samples_per_shard)  # generate's defaults: name synth, seeds from 0
     index = {layout.filename(i): i for i in range(layout.num_shards)}
@@ -152,6 +153,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--fit-steps", type=int, default=200, help="timed training steps per rank, after the warm-up")
     parser.add_argument("--fit-warmup", type=int, default=5)
+    parser.add_argument("--compile-cache", default=None, help="generation runs: a compile cache file, written by the first run, preloaded by the rest")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--job", default=None, help=argparse.SUPPRESS)
@@ -159,6 +161,8 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.worker:
+        if args.job != "fit":
+            own_gpu_only()  # as python -m regress.generate does: every rank on cuda:0
         if torch.cuda.is_available():
             torch.cuda.set_device(pick_device())
         figures = (fit_worker if args.job == "fit" else generate_worker)(args, args.out)
