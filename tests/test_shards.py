@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -20,7 +21,7 @@ from regress.generate import generate
 from regress.generators import create_generator
 from regress.sample import ARRAY_FIELDS, collate_samples, decode_sample
 from regress.store.shard_set import ShardLayout, read_shard_manifest
-from regress.store.shards import ShardReadError, iter_shard
+from regress.store.shards import ShardReadError, iter_shard, read_shard_record
 
 SMALL = {"image_resolution": 32, "render_resolution": 16, "depth_resolution": 16}
 SEED_START, NUM_SAMPLES, PER_SHARD = 10, 6, 2
@@ -181,6 +182,24 @@ def test_a_pipe_shard_is_verified_before_use_too(copy):
     (copy / "synth-000002.tar").unlink()
     with pytest.raises(ShardReadError, match=r"pipe:cat .*synth-000002.tar: cannot be read \(.*exit 1"):
         val_seeds(data_module(f"pipe:cat {copy}/{{name}}", val_shards=1))
+
+
+def test_an_unchanged_local_shard_is_hashed_once_per_process_and_a_touched_one_again(copy):
+    shard = copy / "synth-000001.tar"
+    record = read_shard_record(shard)
+
+    def read() -> list[str]:
+        return [key for key, _ in iter_shard(str(shard), record["count"], record["bytes"], record["sha256"])]
+
+    assert read() == ["0000000012", "0000000013"]  # verified: the hash pass, then the parse
+    stat = shard.stat()
+    flip_bytes(shard, "0000000013.depth.npy")
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    # same inode, size and mtime: the file this process already verified, so no second hash pass
+    assert read() == ["0000000012", "0000000013"]
+    os.utime(shard)  # written since: hashed again before use
+    with pytest.raises(ShardReadError, match=r"synth-000001.tar: SHA-256 \w{16}\.\.\. differs from its manifest's"):
+        read()
 
 
 @pytest.mark.parametrize("change", ["truncate", "append"])

@@ -165,19 +165,36 @@ def _check_size(url: str, found: int, size: int | None) -> None:
         raise ShardReadError(f"{url}: {found} bytes, its manifest says {size}: truncated or replaced; {REGENERATE}")
 
 
+_VERIFIED: set[tuple] = set()  # the local shards this process has hashed, by file identity and expected digest
+
+
+def _local_identity(path: str, size: int | None, sha256: str | None) -> tuple | None:
+    """What a local shard is while its bytes stay put (device, inode, size, mtime) and what it should be; None when missing."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return os.path.realpath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, size, sha256
+
+
 @contextlib.contextmanager
 def open_shard(url: str, size: int | None = None, sha256: str | None = None) -> Iterator[BinaryIO]:
     """A shard's bytes as a stream; with its manifest's `size` or `sha256`, checked before a byte is handed out.
 
     A local file is hashed in a first pass (the parse that follows reads it again, usually from the page
-    cache); a stream (`pipe:`) is copied to a temporary file (in TMPDIR) while it is hashed, and read from
-    there. Either way memory stays bounded whatever the shard's size, and corrupt bytes never leave here.
+    cache), once per process while the file is unchanged (same inode, size and mtime): later epochs
+    read it once, not twice. A stream (`pipe:`) is copied to a temporary file (in TMPDIR) while it is
+    hashed, and read from there. Either way memory stays bounded whatever the shard's size, and
+    corrupt bytes never leave here.
     """
     if size is None and sha256 is None:
         with wds.gopen(url, "rb") as stream:
             yield stream
     elif is_local(url):
-        check_shard(url, size, sha256)
+        identity = _local_identity(url, size, sha256)
+        if identity is None or identity not in _VERIFIED:
+            check_shard(url, size, sha256)
+            _VERIFIED.add(identity)
         with open(url, "rb") as file:
             yield file
     else:
