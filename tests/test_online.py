@@ -48,14 +48,21 @@ def test_validation_seeds_are_a_fixed_range_split_over_ranks():
 
 
 def test_loaders_yield_the_stream_of_the_current_epoch():
-    data = tiny_data(epoch_length=6, batch_size=4)
+    data = tiny_data(epoch_length=8, batch_size=4)
     loader = data.train_dataloader()
     assert loader_seeds(loader) == data.train_seeds(0)
     loader.sampler.set_epoch(3)
     assert loader_seeds(loader) == data.train_seeds(3) != data.train_seeds(0)
     assert loader_seeds(data.val_dataloader()) == [0, 1, 2, 3]
     simulated = [set(data.train_seeds(e, rank, 2)) for e in range(3) for rank in range(2)]
-    assert sum(map(len, simulated)) == len(set().union(*simulated)) == 18
+    assert sum(map(len, simulated)) == len(set().union(*simulated)) == 24
+
+
+def test_training_batches_all_have_one_shape():
+    data = tiny_data(epoch_length=6, batch_size=4)  # 6 seeds: one batch of 4, the 2 left over are not drawn
+    assert [len(b["seed"]) for b in data.train_dataloader()] == [4]
+    assert loader_seeds(data.train_dataloader()) == data.train_seeds(0)[:4]
+    assert [len(b["seed"]) for b in tiny_data(val_size=3, batch_size=2).val_dataloader()] == [2, 1]  # validation keeps every seed
 
 
 def test_views_travel_with_seeds_and_batches_match_the_generator():

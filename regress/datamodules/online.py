@@ -143,7 +143,9 @@ class SynthOnlineDataModule(L.LightningDataModule):
         checkpoint: generator weights (a local path).
         generator_options: backend constructor options, e.g. `{image_resolution: 128}`.
         views: view mixture, a short name of regress/configs/views/ or a YAML path.
-        epoch_length: training samples per epoch, over all ranks.
+        epoch_length: training samples per epoch, over all ranks; each rank's share is rounded down to
+            whole batches, so every training batch has one shape and a generator compiled for fixed
+            shapes (EG3D's fast path) compiles it once, not again for a last, shorter batch.
         batch_size: samples per batch and rank.
         val_size: validation samples, seeds [val_seed_start, val_seed_start + val_size).
         image_size: side of the images the model sees (resized on device from the generator's).
@@ -224,15 +226,15 @@ class SynthOnlineDataModule(L.LightningDataModule):
             sampler.resume(**self._resume)
             self._resume = None
         self._train_sampler = sampler
-        return self._loader(ViewDataset(self.views, validation=False), sampler)
+        return self._loader(ViewDataset(self.views, validation=False), sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
         seeds = self.val_seeds(*self._rank())
         return self._loader(self._dataset, SeedSampler(lambda epoch: seeds, len(seeds)))
 
-    def _loader(self, dataset: ViewDataset, sampler: SeedSampler) -> DataLoader:
+    def _loader(self, dataset: ViewDataset, sampler: SeedSampler, drop_last: bool = False) -> DataLoader:
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)  # fmt: skip
+                          persistent_workers=self.num_workers > 0, drop_last=drop_last)  # fmt: skip
 
     def synthesize(self, batch: dict[str, torch.Tensor]) -> Batch:
         """Render a loader batch (seeds and views) into a Sample batch on the batch's device."""
