@@ -132,9 +132,14 @@ def fitted_angles(template: LandmarkTemplate, uvs: list[np.ndarray]) -> np.ndarr
     return np.array([axis_angles(fitter(uv, template).camera) for uv in uvs])
 
 
+def label_angles(labels: list[np.ndarray]) -> np.ndarray:
+    """(yaw, pitch) of each label camera's axis (N, 2), degrees."""
+    return np.array([axis_angles(label) for label in labels])
+
+
 def axis_errors(template: LandmarkTemplate, uvs: list[np.ndarray], labels: list[np.ndarray]) -> np.ndarray:
     """(yaw, pitch) of the fitted axis minus the label's (N, 2), degrees."""
-    return fitted_angles(template, uvs) - np.array([axis_angles(label) for label in labels])
+    return fitted_angles(template, uvs) - label_angles(labels)
 
 
 def landmark_weights(template: LandmarkTemplate, uvs: list[np.ndarray]) -> np.ndarray:
@@ -164,7 +169,7 @@ def unbiased(template: LandmarkTemplate, uvs: list[np.ndarray], labels: list[np.
 def yaw_correction(template: LandmarkTemplate, uvs: list[np.ndarray], labels: list[np.ndarray]) -> tuple[float, float]:
     """Ridge regression of the fits' yaw error on (y, K tanh(y / K)) of the fitted yaw y: the template's `yaw_correction`."""
     yaws = fitted_angles(template, uvs)[:, 0]
-    errors = yaws - np.array([axis_angles(label)[0] for label in labels])
+    errors = yaws - label_angles(labels)[:, 0]
     basis = np.stack([yaws, YAW_KNEE * np.tanh(yaws / YAW_KNEE)], axis=1)
     return tuple(np.linalg.solve(basis.T @ basis + YAW_RIDGE * np.eye(2), basis.T @ errors).tolist())
 
@@ -202,7 +207,7 @@ def main() -> None:
     print(f"calibration photos: {', '.join(sorted(photos))}, and their mirror images")
     template, made = label_template(uvs, labels)
     fitted = fitted_angles(template, uvs)
-    errors = fitted - np.array([axis_angles(label) for label in labels])
+    errors = fitted - label_angles(labels)
     print(f"template: {made}; calibration photos' yaw / pitch error mean {errors.mean(0).round(2)}, rms {np.sqrt((errors**2).mean(0)).round(2)}")
     originals = slice(len(photos))  # the crop is calibrated on the photos only: upstream's detector is not mirror-symmetric
     print(f"EG3D_CALIBRATION = {np.round(crop_calibration(landmarks[originals], list(fitted[originals]), side), 6).tolist()}")
