@@ -6,6 +6,7 @@ nose tip at z = `nose_z` (0.385..0.415). Mirrored parts are evaluated once on |x
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import torch
@@ -106,16 +107,11 @@ def gathered_sdf(points: torch.Tensor, per_sample: Params, samples: torch.Tensor
     return sdf(points, gather_params(per_sample, SHAPE_PARAMS, samples))
 
 
-_compiled_sdf: Callable | None = None
-
-
+@functools.cache
 def compiled_sdf() -> Callable:
     """`gathered_sdf` under torch.compile with dynamic shapes: one fused kernel instead of some 150
     full-size elementwise passes (the eager field is memory-bound on a GPU); compiled at first use."""
-    global _compiled_sdf
-    if _compiled_sdf is None:
-        _compiled_sdf = torch.compile(gathered_sdf, dynamic=True)
-    return _compiled_sdf
+    return torch.compile(gathered_sdf, dynamic=True)
 
 
 class HeadField:
