@@ -5,15 +5,21 @@ depth regressor on online synthesis. Every rank writes its figures to a JSON fil
 up and prints one Markdown table: warm-up (first batch: compilation) apart from the steady rate, the
 steady share of the run, the speed-up over one GPU, and whether any seed was rendered twice across ranks.
 
+Before the timed runs of a job, a short priming run on the most GPUs compiles what the job needs; its
+warm-up is the cold start, and the timed runs are warm second runs. With `--compile-cache`, the priming
+run writes the file and every generation run starts from an empty inductor folder and that file, as a new
+machine would: the warm-up of the run on N GPUs then says whether every rank found its kernels there.
+
     python scripts/bench_scaling.py --gpus 1 2 --jobs plain mesh fit                    # EG3D, random full-size weights
     python scripts/bench_scaling.py --gpus 1 2 --jobs fit --fit-steps 300 --checkpoint ffhq512-128.pkl
-    python scripts/bench_scaling.py --gpus 1 2 --jobs plain --num-samples 40000 --compile-cache cc.bin   # short warm-ups
+    python scripts/bench_scaling.py --gpus 1 2 --jobs plain --num-samples 20000 --weak-scaling --compile-cache cc.bin
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -28,6 +34,14 @@ from regress.runtime import own_gpu_only, pick_device, rank_and_world_size
 FAST_PATH = '{"precision": "float16", "compile": "reduce-overhead"}'
 
 
+def job_cache(args: argparse.Namespace) -> Path | None:
+    """This job's compile cache file (`cc.bin` -> `cc-mesh.bin`): each job's priming run writes what that job compiles."""
+    if args.compile_cache is None:
+        return None
+    path = Path(args.compile_cache)
+    return path.with_name(f"{path.stem}-{args.job}{path.suffix}")
+
+
 def generate_worker(args: argparse.Namespace, out: Path) -> dict:
     """One rank of `regress.generate`: its summary, the seeds of its shards, and the shard layout."""
     from regress.generate import generate
@@ -37,7 +51,7 @@ def generate_worker(args: argparse.Namespace, out: Path) -> dict:
         out / "shards", generator=args.generator, checkpoint=args.checkpoint, generator_options=json.loads(args.generator_options),
         num_samples=args.num_samples, samples_per_shard=args.samples_per_shard, with_mesh=args.job == "mesh",
         mesh_resolution=args.mesh_resolution, mesh_level=args.mesh_level, batch_size=args.batch_size,
-        workers=args.workers, progress=False, compile_cache=args.compile_cache,
+        workers=args.workers, progress=False, compile_cache=job_cache(args),
     )  # fmt: skip
     layout = ShardLayout("synth", 0, args.num_samples, args.samples_per_shard)  # generate's defaults: name synth, seeds from 0
     index = {layout.filename(i): i for i in range(layout.num_shards)}
@@ -113,13 +127,20 @@ def surface_level(args: argparse.Namespace) -> float:
     return level
 
 
-def run(args: argparse.Namespace, gpus: int, out: Path) -> list[dict]:
-    """Launch one job on `gpus` GPUs with torchrun; the ranks' JSON figures."""
+def run(args: argparse.Namespace, gpus: int, out: Path, samples: int, steps: int) -> list[dict]:
+    """Launch one job on `gpus` GPUs with torchrun (`samples` to generate, or `steps` per rank to train);
+    the ranks' JSON figures. What the run wrote is deleted afterwards: meshed runs fill a disk."""
     out.mkdir(parents=True)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}", __file__,
-               *sys.argv[1:], "--worker", "--job", args.job, "--out", str(out)]  # fmt: skip
-    subprocess.run(command, check=True)
-    return [json.loads(p.read_text()) for p in sorted(out.glob("rank-*.json"))]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}", __file__, *sys.argv[1:],
+               "--worker", "--job", args.job, "--out", str(out), "--num-samples", str(samples), "--fit-steps", str(steps)]  # fmt: skip
+    env = dict(os.environ)
+    if args.compile_cache and args.job != "fit":  # a new machine: nothing compiled but what the file holds
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(out / "inductor")
+    try:
+        subprocess.run(command, check=True, env=env)
+        return [json.loads(p.read_text()) for p in sorted(out.glob("rank-*.json"))]
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def combine(ranks: list[dict]) -> dict:
@@ -142,7 +163,8 @@ def main() -> None:
     parser.add_argument("--generator", default="eg3d")
     parser.add_argument("--checkpoint", default=None, help="generator weights; default: random full-size weights")
     parser.add_argument("--generator-options", default=FAST_PATH, help="JSON backend options")
-    parser.add_argument("--num-samples", type=int, default=4096, help="samples per generation run")
+    parser.add_argument("--num-samples", type=int, default=4096, help="samples per generation run (per GPU with --weak-scaling)")
+    parser.add_argument("--weak-scaling", action="store_true", help="generation on N GPUs renders N times --num-samples, so every run lasts about as long")
     parser.add_argument("--samples-per-shard", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=32, help="per rank, generation and training")
     parser.add_argument("--workers", type=int, default=7, help="encoding processes per rank")
@@ -153,7 +175,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--fit-steps", type=int, default=200, help="timed training steps per rank, after the warm-up")
     parser.add_argument("--fit-warmup", type=int, default=5)
-    parser.add_argument("--compile-cache", default=None, help="generation runs: a compile cache file, written by the first run, preloaded by the rest")
+    parser.add_argument("--prime", action=argparse.BooleanOptionalAction, default=True, help="a short untimed run of each job first: its warm-up is the cold start")
+    parser.add_argument("--compile-cache", default=None, help="generation runs: a compile cache file, written by the priming run; every run starts from it and an empty inductor folder")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--job", default=None, help=argparse.SUPPRESS)
@@ -173,12 +196,17 @@ def main() -> None:
         args.mesh_level = surface_level(args)
         sys.argv += ["--mesh-level", repr(args.mesh_level)]  # the workers mesh at the same level
         print(f"mesh level {args.mesh_level:.4g}", flush=True)
-    root, rows = Path(tempfile.mkdtemp(prefix="bench-scaling-")), []
+    root, rows, cold = Path(tempfile.mkdtemp(prefix="bench-scaling-")), [], {}
     try:
         for job in args.jobs:
+            args.job = job
+            if args.prime:  # two batches (generation) or the warm-up steps (training) on every rank
+                gpus = max(args.gpus)
+                cold[job] = combine(run(args, gpus, root / f"{job}-prime", 2 * args.batch_size * gpus, 1))["warmup_seconds"]
+                print(json.dumps({"job": job, "gpus": gpus, "cold_warmup_seconds": cold[job]}), flush=True)
             for gpus in args.gpus:
-                args.job = job
-                row = {"job": job, "gpus": gpus, **combine(run(args, gpus, root / f"{job}-{gpus}"))}
+                samples = args.num_samples * (gpus if args.weak_scaling else 1)
+                row = {"job": job, "gpus": gpus, **combine(run(args, gpus, root / f"{job}-{gpus}", samples, args.fit_steps))}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     finally:
@@ -193,8 +221,11 @@ def main() -> None:
         speedup = f"{row['steady_rate'] / one['steady_rate']:.2f}x" if one else "-"
         print(f"| {row['job']} | {row['gpus']} | {row['samples']} | {row['warmup_seconds']:.1f} | {row['seconds']:.1f} | "
               f"{row['steady_share']:.0%} | {row['steady_rate']:.1f} | {speedup} | {row['duplicated_seeds']} |")  # fmt: skip
+    for job, seconds in cold.items():
+        caches = "an empty inductor folder" if args.compile_cache and job != "fit" else "this machine's caches"
+        print(f"\ncold start of {job} on {max(args.gpus)} GPUs (priming run, {caches}): {seconds:.1f} s to the first batch")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        args.json.write_text(json.dumps({"rows": rows, "cold_warmup_seconds": cold}, indent=1))
 
 
 if __name__ == "__main__":
