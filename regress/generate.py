@@ -32,7 +32,7 @@ from regress.generators import create_generator
 from regress.generators.base import Generator
 from regress.geometry.grids import check_grid_fits
 from regress.runtime import deterministic_kernels, load_compile_cache, own_gpu_only, pick_device, rank_and_world_size, save_compile_cache
-from regress.sample import IMAGE_FORMATS, SCHEMA_VERSION
+from regress.sample import IMAGE_FORMATS, PNG_LEVEL, SCHEMA_VERSION
 from regress.store.files import tree_sha256
 from regress.store.pipes import PipeCommand
 from regress.store.shard_set import ShardLayout, ShardSet, shard_destination, verify_dataset
@@ -54,6 +54,7 @@ def generate(
     cutoff: int | None = None,
     jitter: bool = True,
     image_format: Literal["png", "jpg", "webp"] = "png",
+    png_level: int = PNG_LEVEL,
     with_mesh: bool = False,
     mesh_resolution: int = 256,
     mesh_level: float | None = None,
@@ -83,6 +84,8 @@ def generate(
         cutoff: truncation cutoff (rows of w truncated), None for all
         jitter: the renderer's per-seed training jitter
         image_format: png (lossless), jpg or webp
+        png_level: zlib level 0-9 of png images; every level decodes to the same pixels, so it is no
+            part of the settings a resumed set must share
         with_mesh: add `mesh.ply` (marching cubes of the density grid) to every sample
         mesh_resolution: density grid points per axis for meshes
         mesh_level: density of the surface; None takes the generator's own level
@@ -97,7 +100,7 @@ def generate(
             exist yet, so a compiled generator (`compile` option) starts in seconds on a new machine
     """
     layout = ShardLayout(name, seed_start, num_samples, samples_per_shard)
-    _check_options(batch_size, workers, image_format, mesh_resolution if with_mesh else None)
+    _check_options(batch_size, workers, image_format, png_level, mesh_resolution if with_mesh else None)
     run_on = deterministic_kernels(pick_device(device))
     if with_mesh:
         check_grid_fits(mesh_resolution, grids_in_flight=batch_size, device=run_on)
@@ -112,7 +115,7 @@ def generate(
     shards = ShardSet(folder, layout, settings, target, keep_staged)
     todo, skipped = shards.plan(layout.indices_for_rank(rank, world_size))
     shards.drop_stale_manifest()
-    run = _render_and_write(model, shards, todo, mixture, settings, batch_size, workers, f"rank {rank}/{world_size}", progress)
+    run = _render_and_write(model, shards, todo, mixture, settings, png_level, batch_size, workers, f"rank {rank}/{world_size}", progress)
     manifest = shards.write_manifest_if_complete(model.data_facts())
     if write_cache:
         save_compile_cache(compile_cache)
@@ -122,11 +125,13 @@ def generate(
     return summary
 
 
-def _check_options(batch_size: int, workers: int, image_format: str, mesh_resolution: int | None) -> None:
+def _check_options(batch_size: int, workers: int, image_format: str, png_level: int, mesh_resolution: int | None) -> None:
     if batch_size < 1 or workers < 0:
         raise ValueError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"unknown image format {image_format!r}; choose one of {IMAGE_FORMATS}")
+    if not 0 <= png_level <= 9:
+        raise ValueError(f"png_level is a zlib level from 0 (none) to 9 (smallest), got {png_level}")
     if mesh_resolution is not None and mesh_resolution < 2:
         raise ValueError(f"mesh_resolution must be at least 2, got {mesh_resolution}")
 
@@ -157,7 +162,16 @@ def _settings(
 
 
 def _render_and_write(
-    model: Generator, shards: ShardSet, todo: list[int], mixture: ViewMixture, settings: dict, batch_size: int, workers: int, desc: str, progress: bool
+    model: Generator,
+    shards: ShardSet,
+    todo: list[int],
+    mixture: ViewMixture,
+    settings: dict,
+    png_level: int,
+    batch_size: int,
+    workers: int,
+    desc: str,
+    progress: bool,
 ) -> dict[str, Any]:
     """Render the shards `todo` on this thread while a background thread encodes (in `workers` processes) and writes
     them, piping each finished one where the set says; what was written, how fast, and where the time went."""
@@ -171,7 +185,7 @@ def _render_and_write(
         written = 0
         for index in todo:
             bar.set_postfix_str(layout.filename(index))
-            record = write_shard(shards, index, batches, settings["image_format"], batch_size + 2 * workers, pool, bar, clock)
+            record = write_shard(shards, index, batches, settings["image_format"], png_level, batch_size + 2 * workers, pool, bar, clock)
             shards.send(index, record)
             written += record["bytes"]
         return written

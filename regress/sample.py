@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 IMAGE_FORMATS = ("png", "jpg", "webp")
+# zlib level of PNG images: 1 encodes about 2.8x faster than PIL's 6 for about 10 % larger files
+# (a 512² face), and shard generation spends its CPU time there
+PNG_LEVEL = 1
 
 
 @dataclass(frozen=True)
@@ -99,14 +102,15 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def encode_image(image: np.ndarray, image_format: str = "png") -> bytes:
-    """Encode an HWC uint8 image; png is lossless, jpg/webp at quality 95, deterministic bytes."""
+def encode_image(image: np.ndarray, image_format: str = "png", png_level: int = PNG_LEVEL) -> bytes:
+    """Encode an HWC uint8 image; png is lossless at every zlib level (0-9), jpg/webp at quality 95;
+    deterministic bytes."""
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"unknown image format {image_format!r}; choose one of {IMAGE_FORMATS}")
     buffer = io.BytesIO()
     pil = Image.fromarray(image)
     if image_format == "png":
-        pil.save(buffer, format="PNG", compress_level=6)
+        pil.save(buffer, format="PNG", compress_level=png_level)
     elif image_format == "jpg":
         pil.save(buffer, format="JPEG", quality=95)
     else:
@@ -114,7 +118,7 @@ def encode_image(image: np.ndarray, image_format: str = "png") -> bytes:
     return buffer.getvalue()
 
 
-def encode_sample(batch: Batch, index: int, image_format: str = "png") -> dict[str, bytes]:
+def encode_sample(batch: Batch, index: int, image_format: str = "png", png_level: int = PNG_LEVEL) -> dict[str, bytes]:
     """Members of one sample of a batch, as shard/folder bytes keyed by member name."""
     members: dict[str, bytes] = {}
     for name in ARRAY_FIELDS:
@@ -122,7 +126,7 @@ def encode_sample(batch: Batch, index: int, image_format: str = "png") -> dict[s
             continue
         array = batch[name][index].detach().cpu().numpy()
         if name == "image":
-            members[f"image.{image_format}"] = encode_image(array.transpose(1, 2, 0), image_format)
+            members[f"image.{image_format}"] = encode_image(array.transpose(1, 2, 0), image_format, png_level)
         else:
             members[f"{name}.npy"] = npy_bytes(array)
     meta = dict(batch["meta"][index]) if "meta" in batch else {}

@@ -5,7 +5,7 @@ depth regressor on online synthesis. Every rank writes its figures to a JSON fil
 up and prints one Markdown table: warm-up (first batch: compilation) apart from the steady rate, the
 steady share of the run, the speed-up over one GPU, and whether any seed was rendered twice across ranks.
 
-Before the timed runs of a job, a short priming run on the most GPUs compiles what the job needs; its
+Before the timed runs of a job, a short priming run compiles what the job needs; its
 warm-up is the cold start, and the timed runs are warm second runs. With `--compile-cache`, the priming
 run writes the file and every generation run starts from an empty inductor folder and that file, as a new
 machine would: the warm-up of the run on N GPUs then says whether every rank found its kernels there.
@@ -200,8 +200,8 @@ def main() -> None:
     try:
         for job in args.jobs:
             args.job = job
-            if args.prime:  # two batches (generation) or the warm-up steps (training) on every rank
-                gpus = max(args.gpus)
+            if args.prime:  # two batches (generation: one rank's compilation fits all) or the warm-up steps (training: each rank's GPU)
+                gpus = max(args.gpus) if job == "fit" else min(args.gpus)
                 cold[job] = combine(run(args, gpus, root / f"{job}-prime", 2 * args.batch_size * gpus, 1))["warmup_seconds"]
                 print(json.dumps({"job": job, "gpus": gpus, "cold_warmup_seconds": cold[job]}), flush=True)
             for gpus in args.gpus:
@@ -223,7 +223,7 @@ def main() -> None:
               f"{row['steady_share']:.0%} | {row['steady_rate']:.1f} | {speedup} | {row['duplicated_seeds']} |")  # fmt: skip
     for job, seconds in cold.items():
         caches = "an empty inductor folder" if args.compile_cache and job != "fit" else "this machine's caches"
-        print(f"\ncold start of {job} on {max(args.gpus)} GPUs (priming run, {caches}): {seconds:.1f} s to the first batch")
+        print(f"\ncold start of {job} (priming run, {caches}): {seconds:.1f} s to the first batch")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "cold_warmup_seconds": cold}, indent=1))
 

@@ -19,7 +19,8 @@ from regress.generate import generate, main
 from regress.generation.background import consume_in_background
 from regress.generators import create_generator
 from regress.store.shard_set import MANIFEST
-from regress.store.shards import REGENERATE, read_shard_record
+from regress.sample import decode_sample
+from regress.store.shards import REGENERATE, iter_shard, read_shard_record
 from tests.eg3d_tiny import TINY_EG3D
 
 REPO = Path(__file__).resolve().parent.parent
@@ -234,6 +235,19 @@ def test_other_settings_in_the_same_folder_are_refused(reference, tmp_path):
     with pytest.raises(ValueError, match="generated with other settings.*new output folder"):
         generate(tmp_path, **{**RUN, "psi": 0.5})
     assert digests(tmp_path) == before
+
+
+def test_png_level_changes_bytes_not_pixels_and_a_set_resumes_at_another_level(reference, tmp_path):
+    smallest = generate(tmp_path / "level9", **{**RUN, "png_level": 9})
+    for name in smallest["written"]:
+        ours, theirs = ([decode_sample(m) for _, m in iter_shard(str(folder / name))] for folder in (reference, tmp_path / "level9"))
+        assert [s["image"] for s in ours] != [] and all(torch.equal(a["image"], b["image"]) for a, b in zip(ours, theirs, strict=True))
+    assert digests(tmp_path / "level9")["synth-000000.tar"] != digests(reference)["synth-000000.tar"]
+    for path in reference.iterdir():
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    assert generate(tmp_path, **{**RUN, "png_level": 9})["written"] == []  # lossless at any level: nothing to redo
+    with pytest.raises(ValueError, match="png_level is a zlib level from 0"):
+        generate(tmp_path / "bad", **{**RUN, "png_level": 10})
 
 
 def test_meshes_and_jpg_images_are_stored_per_sample(tmp_path):

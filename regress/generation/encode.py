@@ -18,9 +18,9 @@ from regress.store.shard_set import ShardSet
 from regress.store.shards import ShardWriter, sample_key
 
 
-def record_members(arrays: dict[str, np.ndarray], meta: dict, image_format: str) -> dict[str, bytes]:
+def record_members(arrays: dict[str, np.ndarray], meta: dict, image_format: str, png_level: int) -> dict[str, bytes]:
     """One sample's Sample encoding (images compressed): the work of the encoding processes."""
-    return encode_sample({**{k: torch.from_numpy(v)[None] for k, v in arrays.items()}, "meta": [meta]}, 0, image_format)
+    return encode_sample({**{k: torch.from_numpy(v)[None] for k, v in arrays.items()}, "meta": [meta]}, 0, image_format, png_level)
 
 
 def members_with_mesh(members: dict[str, bytes], mesh: bytes | memoryview | None) -> dict[str, bytes | memoryview]:
@@ -53,6 +53,7 @@ def write_shard(
     index: int,
     batches: Iterator[RenderedBatch],
     image_format: str,
+    png_level: int,
     max_pending: int,
     pool: Executor | None,
     bar: tqdm,
@@ -82,7 +83,7 @@ def write_shard(
                 with clock("write: submit"):
                     for i, seed in enumerate(batch.seeds):
                         sample = {k: v[i] for k, v in batch.arrays.items()}
-                        job = (timed_call, record_members, sample, batch.meta[i], image_format)
+                        job = (timed_call, record_members, sample, batch.meta[i], image_format, png_level)
                         pending.append((sample_key(seed), pool.submit(*job) if pool else _done(*job), batch.meshes[i]))
                 while len(pending) > max_pending or (pending and pending[0][1].done()):
                     write_first()
