@@ -92,6 +92,17 @@ def test_a_nan_validation_loss_stops_before_the_checkpoint_callback_keeps_it(tmp
     assert trainer.global_step == 2 and not list(tmp_path.glob("*.ckpt")) and best.best_model_path == ""
 
 
+def test_an_infinite_gradient_behind_a_finite_loss_stops_before_the_optimizer_step(tmp_path):
+    model = DepthRegressor(encoder="test_resnet", depth_resolution=8, lr_schedule="constant")
+    first = next(model.parameters())
+    before = first.detach().clone()
+    first.register_hook(lambda grad: grad * float("inf"))
+    trainer, _ = guarded_trainer(tmp_path, max_epochs=1)
+    with pytest.raises(NonFiniteError, match=r"the gradient norm is (inf|nan) at step 0 \(epoch 0\): l1=[0-9.]+, loss=[0-9.]+"):
+        trainer.fit(model, tiny_data())
+    assert torch.equal(first.detach(), before) and not list(tmp_path.glob("*.ckpt"))
+
+
 def test_non_finite_weights_are_never_written(tmp_path):
     model = DepthRegressor(encoder="test_resnet", depth_resolution=8)
     trainer, _ = guarded_trainer(tmp_path / "best", max_epochs=1)

@@ -30,10 +30,10 @@ def where(trainer: L.Trainer) -> str:
     return f"step {trainer.global_step} (epoch {trainer.current_epoch})"
 
 
-def gradient_norm(module: torch.nn.Module) -> float:
-    """The 2-norm of all gradients together; 0.0 when there are none."""
+def gradient_norm(module: torch.nn.Module) -> torch.Tensor | None:
+    """The 2-norm of all gradients together, on their device; None when there are none."""
     grads = [p.grad for p in module.parameters() if p.grad is not None]
-    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+    return torch.nn.utils.get_total_norm(grads) if grads else None
 
 
 def non_finite_tensors(state_dict: dict[str, torch.Tensor]) -> list[str]:
@@ -44,16 +44,23 @@ def non_finite_tensors(state_dict: dict[str, torch.Tensor]) -> list[str]:
 class FiniteGuard(Callback):
     """Raises NonFiniteError, naming the step, the loss terms and what to try, at the first non-finite value."""
 
+    def __init__(self) -> None:
+        self.losses: list[torch.Tensor] = []
+
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
-        if not bool(torch.isfinite(loss).all()):
-            raise NonFiniteError(f"the training loss is not finite at {where(trainer)}: {logged(trainer, 'train/')}; {HINT}")
+        self.losses.append(loss.detach())  # checked with the gradients: one host sync a step, once backward is queued
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer) -> None:
-        if getattr(trainer.precision_plugin, "scaler", None) is not None:
-            return  # 16-bit mixed precision: the grad scaler skips non-finite steps itself
-        norm = gradient_norm(pl_module)
-        if not math.isfinite(norm):
-            raise NonFiniteError(f"the gradient norm is {norm} at {where(trainer)}: {logged(trainer, 'train/')}; {HINT}")
+        losses, self.losses = self.losses, []
+        loss_finite = torch.stack([torch.isfinite(loss).all() for loss in losses]).all() if losses else torch.tensor(True)
+        # 16-bit mixed precision: the grad scaler skips non-finite steps itself, so only the loss counts
+        norm = None if getattr(trainer.precision_plugin, "scaler", None) is not None else gradient_norm(pl_module)
+        checks = [loss_finite.float(), *([norm.float().to(loss_finite.device)] if norm is not None else [])]
+        values = torch.stack(checks).tolist()
+        if values[0] != 1.0:
+            raise NonFiniteError(f"the training loss is not finite at {where(trainer)}: {logged(trainer, 'train/')}; {HINT}")
+        if norm is not None and not math.isfinite(values[1]):
+            raise NonFiniteError(f"the gradient norm is {values[1]} at {where(trainer)}: {logged(trainer, 'train/')}; {HINT}")
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for callback in trainer.checkpoint_callbacks:
