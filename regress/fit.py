@@ -11,6 +11,7 @@ where `--ckpt_path last` finds them. Errors print one line; `REGRESS_DEBUG=1` sh
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import logging
 import os
@@ -61,9 +62,11 @@ def _check_importable(flag: str, name: str, path: Path) -> None:
         raise UsageError(f"{flag} {name}: its class {class_path} (from {path}) is not available ({error})") from error
 
 
-def resolve_choice(flag: str, value: str) -> str:
+def resolve_choice(flag: str, value: str | None) -> str:
     """A short name -> its config file (its class checked importable); YAML files and class paths pass through."""
     group = GROUPS[flag]
+    if value is None:
+        raise UsageError(f"{flag} needs a value: one of {', '.join(configs.short_names(group))}")
     path = configs.shipped(group, value)
     if path is not None:
         _check_importable(flag, value, path)
@@ -81,21 +84,9 @@ def expand_arguments(args: list[str]) -> list[str]:
         args = configs.expand_config_arguments(args, TRAINER_GROUP)
     except FileNotFoundError as error:
         raise UsageError(str(error)) from error
-    expanded, given = [args[0]], set()
-    rest = iter(args[1:])
-    for arg in rest:
-        flag, equals, value = arg.partition("=")
-        if flag not in GROUPS:
-            expanded.append(arg)
-            continue
-        if not equals:
-            value = next(rest, None)
-            if value is None:
-                raise UsageError(f"{flag} needs a value: one of {', '.join(configs.short_names(GROUPS[flag]))}")
-        expanded += [flag, resolve_choice(flag, value)]
-        given.add(flag)
+    expanded, given = configs.expand_flags(args[1:], {flag: functools.partial(resolve_choice, flag) for flag in GROUPS})
     defaults = [x for flag, name in DEFAULT_CHOICES.items() if flag not in given for x in (flag, resolve_choice(flag, name))]
-    return [expanded[0], *defaults, *expanded[1:]]
+    return [args[0], *defaults, *expanded]
 
 
 def checkpoint_dir(config: Namespace) -> Path:

@@ -64,7 +64,7 @@ def test_short_names_pick_config_files():
     args = fit.expand_arguments(["--data", "synth-online", "--trainer.max_steps=1"])
     assert args == ["fit", "--model", str(root / "model" / "depth.yaml"), "--data", str(root / "data" / "synth-online.yaml"), "--trainer.max_steps=1"]
     args = fit.expand_arguments(["validate", "--model=latent", "--data", "shards"])
-    assert args == ["validate", "--model", str(root / "model" / "latent.yaml"), "--data", str(root / "data" / "shards.yaml")]
+    assert args == ["validate", f"--model={root / 'model' / 'latent.yaml'}", "--data", str(root / "data" / "shards.yaml")]
     assert fit.expand_arguments(["--model", "regress.models.DepthRegressor"])[-1] == "regress.models.DepthRegressor"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from importlib.resources import files
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(str(files(__name__)))  # a folder: pip installs packages unpacked, never as a zip
 SHORT_NAME = re.compile(r"[\w-]+(/[\w-]+)?")  # `gpu` or `trainer/gpu`: no suffix, at most one folder
@@ -35,16 +36,22 @@ def config_file(group: str, value: str) -> str:
     return str(path)
 
 
-def expand_config_arguments(args: list[str], group: str) -> list[str]:
-    """`--config NAME` and `--config=NAME` with short names replaced by the shipped files of `group`."""
-    expanded, rest = [], iter(args)
+def expand_flags(args: list[str], resolve: dict[str, Callable[[str | None], str | None]]) -> tuple[list[str], set[str]]:
+    """Command-line arguments with the value of each `--flag VALUE` or `--flag=VALUE` whose flag `resolve` names
+    replaced by `resolve[flag](VALUE)` (None for a flag without a value; a None result keeps the bare flag);
+    and the flags that were given."""
+    expanded, given, rest = [], set(), iter(args)
     for arg in rest:
         flag, equals, value = arg.partition("=")
-        if flag != "--config":
+        if flag not in resolve:
             expanded.append(arg)
-        elif equals:
-            expanded.append(f"{flag}={config_file(group, value)}")
-        else:
-            value = next(rest, None)
-            expanded += [flag] if value is None else [flag, config_file(group, value)]
-    return expanded
+            continue
+        resolved = resolve[flag](value if equals else next(rest, None))
+        expanded += [flag] if resolved is None else [f"{flag}={resolved}"] if equals else [flag, resolved]
+        given.add(flag)
+    return expanded, given
+
+
+def expand_config_arguments(args: list[str], group: str) -> list[str]:
+    """`--config NAME` and `--config=NAME` with short names replaced by the shipped files of `group`."""
+    return expand_flags(args, {"--config": lambda value: None if value is None else str(config_file(group, value))})[0]
