@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 IMAGE_FORMATS = ("png", "jpg", "webp")
-# zlib level of PNG images: 1 encodes about 2.8x faster than PIL's 6 for about 10 % larger files
-# (a 512² face), and shard generation spends its CPU time there
+# zlib level of PNG images: 1 spends 2.4x less time encoding than PIL's 6 for 10-17 % larger files
+# (docs/benchmarks.md), and shard generation spends its CPU time there
 PNG_LEVEL = 1
 
 
