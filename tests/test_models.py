@@ -18,7 +18,7 @@ from regress.models.backbones import Encoder
 from regress.models.losses import DepthLoss, cycle_loss, gradient_l1, latent_loss, masked_l1, scale_invariant_log
 from regress.camera import make_cameras
 from regress.inversion.perceptual import PerceptualDistance
-from regress.models.metrics import NOVEL_VIEWS_DEG, DepthMetrics, ImageMetrics, LatentMetrics, true_landmarks
+from regress.models.metrics import NOVEL_VIEWS_DEG, DepthMetrics, ImageMetrics, LatentMetrics, landmark_points, pixel_landmarks
 from regress.models.previews import colormap_depth, depth_range, log_preview, preview_grid
 
 from test_online import TINY_GENERATOR, tiny_data
@@ -233,9 +233,10 @@ def test_true_landmarks_follow_the_head_and_the_camera():
     data = tiny_data()
     batch = validation_batch(data)
     size = 64
-    marks = true_landmarks(data.generator, batch["w"], batch["camera"], size)
+    points = landmark_points(data.generator, batch["w"])
+    marks = pixel_landmarks(points, batch["camera"], size)
     assert marks.shape == (2, 68, 2) and ((marks > 0) & (marks < size)).all()  # the face is inside the crop
-    turned = true_landmarks(data.generator, batch["w"], make_cameras(math.radians(30), 0.0).expand(2, -1), size)
+    turned = pixel_landmarks(points, make_cameras(math.radians(30), 0.0).expand(2, -1), size)
     assert abs(np.mean(turned[:, :, 0] - marks[:, :, 0])) > 1  # a yawed camera moves the face sideways
 
 

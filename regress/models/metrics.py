@@ -121,24 +121,26 @@ class ImageMetrics(Metric):
         """Render predicted and true latents (N, num_ws, w_dim) at the inputs' cameras (N, 25) and at the novel views."""
         mine, truth = render_pair(generator, pred, true, camera)
         on = truth["mask"] > MASK_THRESHOLD
-        self._add("image", generator, true, camera, mine, truth)
+        points = landmark_points(generator, true) if "identity" in self.scores else None  # once: every view projects them
+        self._add("image", points, camera, mine, truth)
         self.samples = self.samples + pred.shape[0]
         self.depth_error = self.depth_error + (mine["depth"][on].double() - truth["depth"][on].double()).abs().sum()
         self.pixels = self.pixels + on.sum()
         for view in novel_cameras(pred.shape[0]):
             view = view.to(camera)
-            self._add("novel", generator, true, view, *render_pair(generator, pred, true, view))
+            self._add("novel", points, view, *render_pair(generator, pred, true, view))
             self.novel_images = self.novel_images + pred.shape[0]
 
-    def _add(self, where: str, generator: Generator, true: torch.Tensor, camera: torch.Tensor, mine: Render, truth: Render) -> None:
-        """Add each score's sum over the pairs of re-render and true render to the `where` (image, novel) states."""
+    def _add(self, where: str, points: np.ndarray | None, camera: torch.Tensor, mine: Render, truth: Render) -> None:
+        """Add each score's sum over the pairs of re-render and true render to the `where` (image, novel) states;
+        `points`: the true heads' 3D landmarks, for identity."""
         for score in self.scores:
             if score == "psnr":
                 values = psnr(mine["image"], truth["image"])
             elif score == "ssim":
                 values = ssim(mine["image"], truth["image"])
             elif score == "identity":
-                values = identity_similarity(mine["image"], truth["image"], true_landmarks(generator, true, camera, truth["image"].shape[-1]))
+                values = identity_similarity(mine["image"], truth["image"], pixel_landmarks(points, camera, truth["image"].shape[-1]))
             else:
                 perceptual = self._perceptual[0].to(mine["image"].device)
                 with torch.no_grad(), torch.autocast(mine["image"].device.type, enabled=False):
@@ -155,8 +157,8 @@ class ImageMetrics(Metric):
         return {**scores, "render_depth_l1": depth.float()}
 
 
-def true_landmarks(generator: Generator, true: torch.Tensor, camera: torch.Tensor, size: int) -> np.ndarray:
-    """Pixel positions (N, 68, 2) of the 68 landmarks of the heads of `true` (N, num_ws, w_dim) seen from `camera` in size² images.
+def landmark_points(generator: Generator, true: torch.Tensor) -> np.ndarray:
+    """World positions (N, 68, 3) of the 68 landmarks of the heads of `true` (N, num_ws, w_dim).
 
     The generator's own 3D landmarks where it has them (they follow each head), else EG3D's label
     template (one mean face for all).
@@ -164,9 +166,12 @@ def true_landmarks(generator: Generator, true: torch.Tensor, camera: torch.Tenso
     with torch.no_grad():
         marks = generator.landmarks_3d(true.float())
     if marks is None:
-        points = np.broadcast_to(generator_template(generator, "label").world_points(), (true.shape[0], 68, 3))
-    else:
-        points = marks.detach().cpu().double().numpy()
+        return np.broadcast_to(generator_template(generator, "label").world_points(), (true.shape[0], 68, 3))
+    return marks.detach().cpu().double().numpy()
+
+
+def pixel_landmarks(points: np.ndarray, camera: torch.Tensor, size: int) -> np.ndarray:
+    """Pixel positions (N, 68, 2) of landmarks (N, 68, 3) seen from `camera` (N, 25) in size² images."""
     cameras = camera.detach().cpu().double().numpy()
     return np.stack([project_points(p, c) for p, c in zip(points, cameras)]) * size - 0.5  # pixel centres at (i + 0.5) / size
 
