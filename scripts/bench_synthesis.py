@@ -30,7 +30,7 @@ import torch
 from regress.camera import ViewMixture, frontal_camera, views_to_cameras
 from regress.generators import available_generators, create_generator
 from regress.generators.base import seeded_normal
-from regress.runtime import deterministic_kernels, synchronize
+from regress.runtime import deterministic_kernels, load_compile_cache, save_compile_cache, synchronize
 
 
 def machine() -> str:
@@ -133,6 +133,9 @@ def main() -> None:
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls and convolutions (default: off)")
     parser.add_argument("--fidelity", default=None, metavar="CHECKPOINT", help="compare --options with float32 on these weights")
     parser.add_argument("--profile", action="store_true", help="print the top device kernels of one batch per row")
+    parser.add_argument(
+        "--compile-cache", default=None, metavar="FILE", help="torch.compile cache file: preloaded if it exists, else written at the end"
+    )  # fmt: skip
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -153,6 +156,7 @@ def main() -> None:
         for name, value in fidelity(args.fidelity, options, device, range(8)):
             print(f"| {name} | {value} |")
         return
+    write_cache = args.compile_cache is not None and not load_compile_cache(args.compile_cache)
     resolutions = args.resolutions or ([128, 512] if args.generator == "analytic" else [None])
     views = ViewMixture.load(args.views)
     header = ("device", "threads", "generator", "options", "jitter", "image", "depth", "batch", "samples/s", "samples/cpu-s", "peak GiB")
@@ -176,6 +180,8 @@ def main() -> None:
             print(" | ".join(row), flush=True)
             if args.profile:
                 print(profile(generator, batch_size, views, device, not args.no_jitter), flush=True)
+    if write_cache:
+        save_compile_cache(args.compile_cache)
     print(f"\n{machine()}, TF32 {'on' if args.tf32 else 'off'}{', deterministic kernels' if args.deterministic else ''}\n")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))

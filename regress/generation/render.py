@@ -31,22 +31,59 @@ class RenderedBatch:
 def render_batches(
     model: Generator, layout: ShardLayout, shards: list[int], mixture: ViewMixture, settings: dict[str, Any], batch_size: int, clock: StageClock
 ) -> Iterator[RenderedBatch]:
-    """Every batch of the given shards in order; meshes are marched and laid out as PLY files on the device."""
-    mesh = settings["mesh"]
+    """Every batch of the given shards in order; meshes are marched and laid out as PLY files on the device.
+
+    One batch ahead: batch k+1 is queued on the device before batch k's arrays are waited for, so the
+    host's share of a batch (seeded draws, cameras, launches) runs while the device renders.
+    """
+    pending: _QueuedBatch | None = None
     for index in shards:
         seeds = layout.seeds(index)
         for first in range(0, len(seeds), batch_size):
             batch_seeds = seeds[first : first + batch_size]
-            with torch.inference_mode():
-                with clock("render: sample"):
-                    batch = model.sample(batch_seeds, mixture, psi=settings["psi"], cutoff=settings["cutoff"], jitter=settings["jitter"])
-                meshes: list[memoryview | None] = [None] * len(batch_seeds)
-                if mesh:
-                    with clock("render: density grids"):
-                        grids = density_grid(model, batch["w"], mesh["resolution"])
-                    with clock("render: meshes (march, piece, PLY)"):
-                        meshes = grids_to_ply(grids, mesh["level"], mesh["box_size"], mesh["keep_largest"])
-                    del grids
-                with clock("render: arrays to CPU"):
-                    arrays = {k: batch[k].cpu().numpy() for k in ARRAY_FIELDS if k in batch}
-            yield RenderedBatch(index, batch_seeds, arrays, batch["meta"], meshes)
+            with torch.inference_mode(), clock("render: sample"):
+                batch = model.sample(batch_seeds, mixture, psi=settings["psi"], cutoff=settings["cutoff"], jitter=settings["jitter"])
+                copies, copied = _copy_to_host({k: batch[k] for k in ARRAY_FIELDS if k in batch})
+            if pending is not None:
+                yield _finish(model, pending, settings["mesh"], clock)
+            pending = _QueuedBatch(index, batch_seeds, batch, copies, copied)
+    if pending is not None:
+        yield _finish(model, pending, settings["mesh"], clock)
+
+
+@dataclasses.dataclass
+class _QueuedBatch:
+    """A batch whose rendering and copies to the host are queued on the device; `copied` marks their end."""
+
+    shard: int
+    seeds: range
+    batch: dict[str, Any]
+    copies: dict[str, torch.Tensor]
+    copied: torch.cuda.Event | None
+
+
+def _copy_to_host(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.cuda.Event | None]:
+    """Queue copies of device tensors into pinned host memory; the event marks their end (None: already on the host)."""
+    if all(t.device.type == "cpu" for t in tensors.values()):
+        return tensors, None
+    copies = {k: torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True) for k, t in tensors.items()}
+    copied = torch.cuda.Event()
+    copied.record()
+    return copies, copied
+
+
+def _finish(model: Generator, queued: _QueuedBatch, mesh: dict[str, Any] | None, clock: StageClock) -> RenderedBatch:
+    """A queued batch's meshes (marched now) and its arrays on the host (waited for)."""
+    meshes: list[memoryview | None] = [None] * len(queued.seeds)
+    with torch.inference_mode():
+        if mesh:
+            with clock("render: density grids"):
+                grids = density_grid(model, queued.batch["w"], mesh["resolution"])
+            with clock("render: meshes (march, piece, PLY)"):
+                meshes = grids_to_ply(grids, mesh["level"], mesh["box_size"], mesh["keep_largest"])
+            del grids
+        with clock("render: arrays to CPU"):
+            if queued.copied is not None:
+                queued.copied.synchronize()
+            arrays = {k: t.numpy() for k, t in queued.copies.items()}
+    return RenderedBatch(queued.shard, queued.seeds, arrays, queued.batch["meta"], meshes)
