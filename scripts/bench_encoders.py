@@ -1,0 +1,109 @@
+"""What handing samples to `regress.generate`'s encoding processes costs the main process, per sample.
+
+The main process renders, writes and hashes on threads that share one interpreter lock; every sample it
+sends to an encoder is pickled through a pipe, and every encoding comes back the same way. This times
+the real pool (`encoding_pool`, `record_members`) on EG3D-sized samples (`skimage.data.astronaut()` as
+the 512² image, so PNG sizes are those of a photo), then the two directions alone:
+
+    python scripts/bench_encoders.py --workers 2 --png-level 1
+
+Prints main-process CPU ms and wall ms per sample for: the full encode, the sample sent with a tiny
+reply, and a tiny request with a reply the size of the full encode's members. Then why threads are no
+way out: PNG encodes a second on one thread, alone and beside a busy Python thread (PIL takes the lock
+between chunks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from skimage.data import astronaut
+
+from regress.generation.encode import encoding_pool, record_members
+from regress.generation.timing import timed_call
+from regress.sample import encode_image
+
+
+def ignore(*args: Any) -> dict[str, bytes]:
+    """Receive a sample and reply with almost nothing."""
+    return {"ok": b"1"}
+
+
+def reply(size: int) -> dict[str, bytes]:
+    """Reply with `size` bytes, as an encoding would."""
+    return {"image.png": bytes(size)}
+
+
+def eg3d_batch(size: int) -> dict[str, np.ndarray]:
+    """Arrays of a generate batch at EG3D's sizes: 512² uint8 image, 128² depth and mask, 14 x 512 w, z, cameras."""
+    rng = np.random.default_rng(0)
+    image = np.ascontiguousarray(astronaut().transpose(2, 0, 1))
+    return {
+        "image": np.repeat(image[None], size, 0),
+        "depth": rng.random((size, 1, 128, 128), dtype=np.float32),
+        "mask": rng.random((size, 1, 128, 128), dtype=np.float32),
+        "w": rng.standard_normal((size, 14, 512), dtype=np.float32),
+        "z": rng.standard_normal((size, 512), dtype=np.float32),
+        "camera": rng.random((size, 25), dtype=np.float32),
+        "camera_cond": rng.random((size, 25), dtype=np.float32),
+    }
+
+
+def thread_encodes_per_second(image: np.ndarray, png_level: int, beside_python: bool, seconds: float = 2.0) -> float:
+    """PNG encodes a second on one thread, with this thread idle or running a Python loop meanwhile."""
+    count, stop = [0], threading.Event()
+
+    def encode() -> None:
+        while not stop.is_set():
+            encode_image(image, "png", png_level)
+            count[0] += 1
+
+    worker = threading.Thread(target=encode)
+    worker.start()
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        if not beside_python:
+            time.sleep(0.01)
+    stop.set()
+    worker.join()
+    return count[0] / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--png-level", type=int, default=1)
+    parser.add_argument("--samples", type=int, default=256)
+    args = parser.parse_args()
+    batch, meta = eg3d_batch(32), {"seed": 0, "generator": "eg3d"}
+    pool = encoding_pool(args.workers)
+    for future in [pool.submit(int) for _ in range(2 * args.workers)]:
+        future.result()  # every process started and imported
+    samples = [{k: v[i % 32] for k, v in batch.items()} for i in range(args.samples)]
+    members = record_members(samples[0], meta, "png", args.png_level)
+    reply_size = sum(len(v) for v in members.values())
+    jobs = {
+        f"encode (png level {args.png_level})": lambda s: (timed_call, record_members, s, meta, "png", args.png_level),
+        "send the sample, tiny reply": lambda s: (ignore, s),
+        f"tiny request, {reply_size / 1e3:.0f} KB reply": lambda s: (reply, reply_size),
+    }
+    print(f"{args.workers} encoding processes, {args.samples} samples, {sum(v[0].nbytes for v in batch.values()) / 1e3:.0f} KB a sample\n")
+    print("| job | main-process CPU ms/sample | wall ms/sample |\n| --- | ---: | ---: |")
+    for name, job in jobs.items():
+        cpu, wall = time.process_time(), time.perf_counter()
+        for future in [pool.submit(*job(sample)) for sample in samples]:
+            future.result()
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        print(f"| {name} | {1e3 * cpu / len(samples):.3f} | {1e3 * wall / len(samples):.2f} |")
+    pool.shutdown()
+    image = np.ascontiguousarray(batch["image"][0].transpose(1, 2, 0))
+    alone, beside = (thread_encodes_per_second(image, args.png_level, busy) for busy in (False, True))
+    print(f"\nPNG encodes/s on a thread: {alone:.1f} alone, {beside:.1f} beside a busy Python thread")
+
+
+if __name__ == "__main__":
+    main()
