@@ -101,10 +101,11 @@ def fit_worker(args: argparse.Namespace, out: Path) -> dict:
     )  # fmt: skip
     trainer.fit(DepthRegressor(encoder=args.encoder), data)
     warm = clock.wall[args.fit_warmup - 1]
+    steps_ms = sorted(1000 * (b - a) for a, b in zip(clock.wall[args.fit_warmup - 1 :], clock.wall[args.fit_warmup :]))
     return {
         "samples": len(clock.seeds), "seconds": clock.wall[-1] - start, "warmup_seconds": warm - start,
         "steady_samples": args.batch_size * (len(clock.wall) - args.fit_warmup), "steady_seconds": clock.wall[-1] - warm,
-        "seeds": clock.seeds,
+        "seeds": clock.seeds, "step_ms": [steps_ms[len(steps_ms) // 2], steps_ms[len(steps_ms) * 9 // 10], steps_ms[-1]],
     }  # fmt: skip
 
 
@@ -152,7 +153,7 @@ def combine(ranks: list[dict]) -> dict:
     return {
         "samples": sum(r["samples"] for r in ranks), "seconds": seconds, "warmup_seconds": warmup,
         "steady_rate": steady_rate, "steady_share": (seconds - warmup) / seconds,
-        "duplicated_seeds": len(seeds) - len(set(seeds)),
+        "duplicated_seeds": len(seeds) - len(set(seeds)), "step_ms": [r["step_ms"] for r in ranks if "step_ms" in r],
     }  # fmt: skip
 
 
@@ -221,6 +222,10 @@ def main() -> None:
         speedup = f"{row['steady_rate'] / one['steady_rate']:.2f}x" if one else "-"
         print(f"| {row['job']} | {row['gpus']} | {row['samples']} | {row['warmup_seconds']:.1f} | {row['seconds']:.1f} | "
               f"{row['steady_share']:.0%} | {row['steady_rate']:.1f} | {speedup} | {row['duplicated_seeds']} |")  # fmt: skip
+    for row in rows:
+        if row["step_ms"]:  # a rank that waits for the other at every step shows it in its slow steps, not its median
+            ranks = "; ".join(f"rank {i}: {m:.1f} / {p:.1f} / {x:.1f}" for i, (m, p, x) in enumerate(row["step_ms"]))
+            print(f"\n{row['job']} on {row['gpus']} GPU(s), step ms median / p90 / max: {ranks}")
     for job, seconds in cold.items():
         caches = "an empty inductor folder" if args.compile_cache and job != "fit" else "this machine's caches"
         print(f"\ncold start of {job} (priming run, {caches}): {seconds:.1f} s to the first batch")
