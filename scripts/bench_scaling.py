@@ -1,7 +1,7 @@
 """Scaling from 1 to N GPUs of one machine: shard generation (with and without meshes) and online training.
 
 Each run is a real `torchrun` job: `regress.generate.generate` on every rank, or a Lightning DDP fit of the
-depth regressor on online synthesis. Every rank writes its figures to a JSON file; this launcher adds them
+depth regressor on online synthesis (batch-norm synchronized or not as in configs/trainer/ddp.yaml). Every rank writes its figures to a JSON file; this launcher adds them
 up and prints one Markdown table: warm-up (first batch: compilation) apart from the steady rate, the
 steady share of the run, the speed-up over one GPU, and whether any seed was rendered twice across ranks.
 
@@ -28,7 +28,9 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
+from regress import configs
 from regress.runtime import own_gpu_only, pick_device, rank_and_world_size
 
 FAST_PATH = '{"precision": "float16", "compile": "reduce-overhead"}'
@@ -67,6 +69,7 @@ def generate_worker(args: argparse.Namespace, out: Path) -> dict:
 def fit_worker(args: argparse.Namespace, out: Path) -> dict:
     """One rank of a DDP fit on online EG3D synthesis: step times after the warm-up, and the seeds it trained on."""
     import lightning as L
+    from lightning.pytorch.strategies import DDPStrategy
 
     from regress.datamodules import SynthOnlineDataModule
     from regress.models import DepthRegressor
@@ -85,6 +88,7 @@ def fit_worker(args: argparse.Namespace, out: Path) -> dict:
             self.seeds += [int(m["seed"]) for m in batch["meta"]]
 
     _, world_size = rank_and_world_size()
+    strategy = DDPStrategy(**json.loads(args.ddp_options)) if world_size > 1 else "auto"
     steps = args.fit_steps + args.fit_warmup
     L.seed_everything(0, verbose=False)
     data = SynthOnlineDataModule(
@@ -95,7 +99,8 @@ def fit_worker(args: argparse.Namespace, out: Path) -> dict:
     clock = Clock()
     start = time.perf_counter()
     trainer = L.Trainer(
-        accelerator="gpu" if torch.cuda.is_available() else "cpu", devices=world_size, strategy="ddp" if world_size > 1 else "auto", precision="bf16-mixed",
+        accelerator="gpu" if torch.cuda.is_available() else "cpu", devices=world_size, strategy=strategy, precision="bf16-mixed",
+        sync_batchnorm=args.sync_batchnorm and world_size > 1,
         max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, callbacks=[clock],
     )  # fmt: skip
@@ -107,6 +112,11 @@ def fit_worker(args: argparse.Namespace, out: Path) -> dict:
         "steady_samples": args.batch_size * (len(clock.wall) - args.fit_warmup), "steady_seconds": clock.wall[-1] - warm,
         "seeds": clock.seeds, "step_ms": [steps_ms[len(steps_ms) // 2], steps_ms[len(steps_ms) * 9 // 10], steps_ms[-1]],
     }  # fmt: skip
+
+
+def shipped_ddp() -> dict:
+    """The trainer settings of the shipped DDP config (`--config ddp`), which the fit runs follow."""
+    return yaml.safe_load((configs.ROOT / "trainer" / "ddp.yaml").read_text())["trainer"]
 
 
 def surface_level(args: argparse.Namespace) -> float:
@@ -176,6 +186,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--fit-steps", type=int, default=200, help="timed training steps per rank, after the warm-up")
     parser.add_argument("--fit-warmup", type=int, default=5)
+    parser.add_argument("--sync-batchnorm", action=argparse.BooleanOptionalAction, default=shipped_ddp()["sync_batchnorm"],
+                        help="fit on 2+ GPUs: batch-norm statistics over all ranks (default: as configs/trainer/ddp.yaml)")  # fmt: skip
+    parser.add_argument("--ddp-options", default="{}", help='fit on 2+ GPUs: JSON keyword arguments of DDPStrategy, e.g. {"broadcast_buffers": false}')
     parser.add_argument("--prime", action=argparse.BooleanOptionalAction, default=True, help="a short untimed run of each job first: its warm-up is the cold start")
     parser.add_argument("--compile-cache", default=None, help="generation runs: a compile cache file, written by the priming run; every run starts from it and an empty inductor folder")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
@@ -214,7 +227,8 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     hardware = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"\n{hardware} x {max(args.gpus)}, torch {torch.__version__}, {args.generator} "
-          f"{args.checkpoint or 'random full-size weights'}, options {args.generator_options}, batch {args.batch_size} per rank\n")  # fmt: skip
+          f"{args.checkpoint or 'random full-size weights'}, options {args.generator_options}, batch {args.batch_size} per rank"
+          + (f"; fit: sync_batchnorm {args.sync_batchnorm}, DDP options {args.ddp_options}" if "fit" in args.jobs else "") + "\n")  # fmt: skip
     print("| job | GPUs | samples | warm-up s | run s | steady share | steady samples/s | speed-up | seeds rendered twice |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:
