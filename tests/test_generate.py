@@ -313,6 +313,18 @@ def test_disk_full_stops_with_a_clear_error_and_no_partial_file(tmp_path):
     assert all(read_shard_record(p) is not None for p in tmp_path.glob("*.tar"))  # any shard left is a complete one
 
 
+def test_a_script_without_a_main_guard_gets_a_clear_error_and_no_partial_file(tmp_path):
+    """The encoding processes start with spawn and import the calling script: one that runs generate on import fails there."""
+    script = tmp_path / "make_shards.py"
+    script.write_text(f"from regress.generate import main\nmain({cli_args(tmp_path / 'out', workers=1)!r})\n")
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("regress.generate: error:")]
+    assert len(errors) == 1 and "an image-encoding process stopped while synth-000000.tar was written" in errors[0]
+    assert 'without `if __name__ == "__main__":`' in errors[0] and "--workers 0" in errors[0]
+    assert not list((tmp_path / "out").glob("*.partial")) and not list((tmp_path / "out").glob("*.tar"))
+
+
 @pytest.mark.gpu
 def test_eg3d_shards_with_meshes_on_the_gpu_are_byte_identical_run_to_run(tmp_path):
     options = dict(generator="eg3d", generator_options=TINY_EG3D, num_samples=4, samples_per_shard=2, batch_size=2, with_mesh=True, mesh_resolution=48, device="cuda", progress=False)

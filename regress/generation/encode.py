@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 from collections import deque
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -60,7 +61,7 @@ def write_shard(
     clock: StageClock,
 ) -> dict[str, Any]:
     """Encode and write one shard from the rendered batches, at most `max_pending` samples in the encoders at once;
-    its record. On a write error the partial file is removed and the error says why."""
+    its record. On a write error or a dead encoding process the partial file is removed and the error says why."""
     seeds, path = shards.layout.seeds(index), shards.path(index)
     pending: deque[tuple[str, Future, memoryview | None]] = deque()
 
@@ -90,6 +91,12 @@ def write_shard(
             while pending:
                 write_first()
             return writer.commit({"index": index, "seed_start": seeds.start, "fingerprint": shards.fingerprint})
+    except BrokenProcessPool as error:
+        raise ChildProcessError(
+            f"an image-encoding process stopped while {path.name} was written: killed (out of memory?), or started by a "
+            "script that calls regress.generate without `if __name__ == \"__main__\":` (the encoders import that script); "
+            "complete shards are kept: fix the cause and rerun the same command, or pass --workers 0 to encode in this process"
+        ) from error
     except OSError as error:
         raise OSError(
             error.errno,
