@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from regress.camera import ViewMixture
 from regress.configs import expand_config_arguments
-from regress.generation.background import consume_in_background
+from regress.generation.background import consume_in_background, short_switch_interval
 from regress.generation.encode import encoding_pool, write_shard
 from regress.generation.render import RenderedBatch, render_batches
 from regress.generation.timing import StageClock
@@ -197,9 +197,10 @@ def _render_and_write(
             yield batch
 
     try:
-        written_bytes = consume_in_background(
-            write_all, rendered(), clock=clock, consumer_wait="write: waiting for renders", producer_wait="render: waiting for the writer"
-        )
+        with short_switch_interval():
+            written_bytes = consume_in_background(
+                write_all, rendered(), clock=clock, consumer_wait="write: waiting for renders", producer_wait="render: waiting for the writer"
+            )
     finally:
         bar.close()
         if pool is not None:

@@ -5,25 +5,29 @@ sends to an encoder is pickled through a pipe, and every encoding comes back the
 the real pool (`encoding_pool`, `record_members`) on EG3D-sized samples (`skimage.data.astronaut()` as
 the 512² image, so PNG sizes are those of a photo), then the two directions alone:
 
-    python scripts/bench_encoders.py --workers 2 --png-level 1
+    python scripts/bench_encoders.py --workers 2 --png-level 1 [--plain]
 
 Prints main-process CPU ms and wall ms per sample for: the full encode, the sample sent with a tiny
-reply, and a tiny request with a reply the size of the full encode's members. Then why threads are no
-way out: PNG encodes a second on one thread, alone and beside a busy Python thread (PIL takes the lock
-between chunks).
+reply, and a tiny request with a reply the size of the full encode's members; then the wall ms again
+beside a busy Python thread, as the render and write threads are. `--plain` measures without what
+`regress.generate` does against lock contention (64 KB pipes, the default switch interval). Then why
+threads are no way out: PNG encodes a second on one thread, alone and beside a busy Python thread (PIL
+takes the lock between chunks).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import threading
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from skimage.data import astronaut
 
-from regress.generation.encode import encoding_pool, record_members
+from regress.generation.background import short_switch_interval
+from regress.generation.encode import PIPE_BYTES, encoding_pool, record_members
 from regress.generation.timing import timed_call
 from regress.sample import encode_image
 
@@ -53,6 +57,35 @@ def eg3d_batch(size: int) -> dict[str, np.ndarray]:
     }
 
 
+@contextlib.contextmanager
+def busy_python_thread(busy: bool) -> Iterator[None]:
+    """A thread running a Python loop for the length of the block (none when not `busy`)."""
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            sum(range(1000))
+
+    thread = threading.Thread(target=spin)
+    if busy:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if busy:
+            thread.join()
+
+
+def seconds_per_sample(pool: Any, samples: list, job: Any, busy: bool) -> tuple[float, float]:
+    """Main-process CPU and wall seconds per sample of `job` over all samples, with or without a busy thread."""
+    with busy_python_thread(busy):
+        cpu, wall = time.process_time(), time.perf_counter()
+        for future in [pool.submit(*job(sample)) for sample in samples]:
+            future.result()
+        return (time.process_time() - cpu) / len(samples), (time.perf_counter() - wall) / len(samples)
+
+
 def thread_encodes_per_second(image: np.ndarray, png_level: int, beside_python: bool, seconds: float = 2.0) -> float:
     """PNG encodes a second on one thread, with this thread idle or running a Python loop meanwhile."""
     count, stop = [0], threading.Event()
@@ -78,9 +111,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--png-level", type=int, default=1)
     parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--plain", action="store_true", help="64 KB pipes and Python's default switch interval, as before")
     args = parser.parse_args()
     batch, meta = eg3d_batch(32), {"seed": 0, "generator": "eg3d"}
-    pool = encoding_pool(args.workers)
+    pool = encoding_pool(args.workers, pipe_bytes=1 << 16 if args.plain else PIPE_BYTES)
     for future in [pool.submit(int) for _ in range(2 * args.workers)]:
         future.result()  # every process started and imported
     samples = [{k: v[i % 32] for k, v in batch.items()} for i in range(args.samples)]
@@ -91,14 +125,13 @@ def main() -> None:
         "send the sample, tiny reply": lambda s: (ignore, s),
         f"tiny request, {reply_size / 1e3:.0f} KB reply": lambda s: (reply, reply_size),
     }
-    print(f"{args.workers} encoding processes, {args.samples} samples, {sum(v[0].nbytes for v in batch.values()) / 1e3:.0f} KB a sample\n")
-    print("| job | main-process CPU ms/sample | wall ms/sample |\n| --- | ---: | ---: |")
-    for name, job in jobs.items():
-        cpu, wall = time.process_time(), time.perf_counter()
-        for future in [pool.submit(*job(sample)) for sample in samples]:
-            future.result()
-        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-        print(f"| {name} | {1e3 * cpu / len(samples):.3f} | {1e3 * wall / len(samples):.2f} |")
+    setting = "64 KB pipes, default switch interval" if args.plain else "as regress.generate runs (1 MiB pipes, 0.5 ms switch interval)"
+    print(f"{args.workers} encoding processes, {args.samples} samples, {sum(v[0].nbytes for v in batch.values()) / 1e3:.0f} KB a sample; {setting}\n")
+    print("| job | main-process CPU ms/sample | wall ms/sample | wall ms/sample beside a busy Python thread |\n| --- | ---: | ---: | ---: |")
+    with contextlib.nullcontext() if args.plain else short_switch_interval():
+        for name, job in jobs.items():
+            (cpu, wall), (_, busy_wall) = (seconds_per_sample(pool, samples, job, busy) for busy in (False, True))
+            print(f"| {name} | {1e3 * cpu:.3f} | {1e3 * wall:.2f} | {1e3 * busy_wall:.2f} |", flush=True)
     pool.shutdown()
     image = np.ascontiguousarray(batch["image"][0].transpose(1, 2, 0))
     alone, beside = (thread_encodes_per_second(image, args.png_level, busy) for busy in (False, True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -16,7 +17,8 @@ import pytest
 import torch
 
 from regress.generate import generate, main
-from regress.generation.background import consume_in_background
+from regress.generation.background import consume_in_background, short_switch_interval
+from regress.generation.encode import PIPE_BYTES, encoding_pool
 from regress.generators import create_generator
 from regress.store.shard_set import MANIFEST
 from regress.sample import decode_sample
@@ -171,6 +173,25 @@ def test_background_consumer_gets_every_item_in_order_and_errors_surface_on_eith
     with pytest.raises(OSError, match="disk full"):
         consume_in_background(failing_consumer, counting_producer(), depth=2)
     assert len(produced) < 10  # the producer stopped soon after the consumer failed
+
+
+def test_the_switch_interval_is_short_inside_the_block_and_restored_after_an_error():
+    before = sys.getswitchinterval()
+    with pytest.raises(KeyError):
+        with short_switch_interval(0.001):
+            assert sys.getswitchinterval() == pytest.approx(0.001)
+            raise KeyError("render failed")
+    assert sys.getswitchinterval() == before
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_GETPIPE_SZ"), reason="pipe sizes are a Linux feature")
+def test_the_encoders_pipes_take_a_whole_sample_at_once():
+    pool = encoding_pool(1)
+    try:
+        for end in (pool._call_queue._writer, pool._result_queue._reader):
+            assert fcntl.fcntl(end.fileno(), fcntl.F_GETPIPE_SZ) == PIPE_BYTES > 948_000  # an EG3D sample, bench_encoders.py
+    finally:
+        pool.shutdown()
 
 
 def test_batch_size_changes_a_sample_only_by_float_rounding():

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import queue
+import sys
 import threading
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -11,6 +13,22 @@ from regress.generation.timing import StageClock
 
 Item, Result = TypeVar("Item"), TypeVar("Result")
 _END = object()
+SWITCH_INTERVAL_S = 0.0005  # Python's default is 0.005
+
+
+@contextlib.contextmanager
+def short_switch_interval(seconds: float = SWITCH_INTERVAL_S) -> Iterator[None]:
+    """Hand the interpreter lock between threads every `seconds` inside the block, then restore the interval.
+
+    A thread back from a pipe, disk or device call waits for the lock until the busy thread yields it: by
+    default up to 5 ms each time, which a thread moving a sample through a pipe in pieces pays per piece.
+    """
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 def consume_in_background(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
 from collections import deque
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -31,15 +32,35 @@ def members_with_mesh(members: dict[str, bytes], mesh: bytes | memoryview | None
     return {**members, **({"mesh.ply": mesh} if mesh is not None else {}), "meta.json": meta_json}
 
 
-def encoding_pool(workers: int) -> Executor | None:
+PIPE_BYTES = 1 << 20  # a sample (about 0.9 MB at EG3D's sizes) or its encoding in one piece; Linux's limit without privileges
+
+
+def encoding_pool(workers: int, pipe_bytes: int = PIPE_BYTES) -> Executor | None:
     """`workers` processes for image compression, starting now (they import torch while the first batch
     compiles); None for 0: encode in this process."""
     if not workers:
         return None
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    _resize_pipes(pool, pipe_bytes)
     for _ in range(workers):  # each submission starts a process
         pool.submit(int)
     return pool
+
+
+def _resize_pipes(pool: ProcessPoolExecutor, size: int) -> None:
+    """Give the pool's request and reply pipes room for `size` bytes (Linux; elsewhere they stay as they are).
+
+    Through a 64 KB pipe a sample moves in 14 pieces, and the thread moving it gives up the interpreter
+    lock for each; beside a busy thread, getting it back can take the whole switch interval every time.
+    """
+    resize = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if resize is None:
+        return
+    try:
+        for end in (pool._call_queue._writer, pool._result_queue._reader):  # CPython's ProcessPoolExecutor pipes
+            fcntl.fcntl(end.fileno(), resize, size)
+    except (AttributeError, OSError):  # another Python's internals, or fs.pipe-max-size below `size`
+        return
 
 
 def _done(function: Callable[..., Any], *args: Any) -> Future:
