@@ -1,9 +1,10 @@
 """Scaling from 1 to N GPUs of one machine: shard generation (with and without meshes) and online training.
 
 Each run is a real `torchrun` job: `regress.generate.generate` on every rank, or a Lightning DDP fit of the
-depth regressor on online synthesis (batch-norm synchronized or not as in configs/trainer/ddp.yaml). Every rank writes its figures to a JSON file; this launcher adds them
-up and prints one Markdown table: warm-up (first batch: compilation) apart from the steady rate, the
-steady share of the run, the speed-up over one GPU, and whether any seed was rendered twice across ranks.
+depth regressor on online synthesis (batch-norm synchronized or not, as configs/trainer/ddp.yaml says).
+Every rank writes its figures to a JSON file; this launcher adds them up and prints one Markdown table:
+warm-up (first batch: compilation) apart from the steady rate, the steady share of the run, the speed-up
+over one GPU, and whether any seed was rendered twice across ranks; then each fit rank's step times.
 
 Before the timed runs of a job, a short priming run compiles what the job needs; its
 warm-up is the cold start, and the timed runs are warm second runs. With `--compile-cache`, the priming
