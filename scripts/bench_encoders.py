@@ -87,23 +87,13 @@ def seconds_per_sample(pool: Any, samples: list, job: Any, busy: bool) -> tuple[
 
 
 def thread_encodes_per_second(image: np.ndarray, png_level: int, beside_python: bool, seconds: float = 2.0) -> float:
-    """PNG encodes a second on one thread, with this thread idle or running a Python loop meanwhile."""
-    count, stop = [0], threading.Event()
-
-    def encode() -> None:
-        while not stop.is_set():
+    """PNG encodes a second on this thread, alone or beside a thread running a Python loop."""
+    count, end = 0, time.perf_counter() + seconds
+    with busy_python_thread(beside_python):
+        while time.perf_counter() < end:
             encode_image(image, "png", png_level)
-            count[0] += 1
-
-    worker = threading.Thread(target=encode)
-    worker.start()
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        if not beside_python:
-            time.sleep(0.01)
-    stop.set()
-    worker.join()
-    return count[0] / seconds
+            count += 1
+    return count / seconds
 
 
 def main() -> None:
