@@ -1,4 +1,5 @@
-"""Facts of the process: the torch.compile cache file (written from what it compiled, preloaded by the next), and each rank's own GPU."""
+"""Facts of the process: the torch.compile cache file (written from what it compiled, preloaded by the next), each rank's
+own GPU, and the deterministic kernels generate asks for."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import os
 
 import pytest
 import torch
+import torch._inductor.config
 
-from regress.runtime import load_compile_cache, own_gpu_only, save_compile_cache
+from regress.runtime import deterministic_kernels, load_compile_cache, own_gpu_only, save_compile_cache
 
 
 def test_a_compile_cache_round_trips_and_a_foreign_file_is_refused(tmp_path, monkeypatch):
@@ -49,3 +51,18 @@ def test_outside_torchrun_the_visible_gpus_stay(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     own_gpu_only()
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "3,5"
+
+
+def test_deterministic_kernels_fix_cudnn_and_inductor_but_leave_the_global_switch_off(monkeypatch):
+    """The switch would turn the mesh march's unique-index scatter into a sort: 399 against 509 images/s (docs/benchmarks.md)."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    monkeypatch.setattr(torch._inductor.config, "deterministic", False)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # recorded, so the variable the call sets is undone after the test
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    assert deterministic_kernels(torch.device("cpu")) == torch.device("cpu")
+    assert torch.backends.cudnn.benchmark and not torch._inductor.config.deterministic  # nothing to fix on the CPU
+    deterministic_kernels(torch.device("cuda"))  # sets flags only: no CUDA call, so it runs without a GPU
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    assert torch._inductor.config.deterministic and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert not torch.are_deterministic_algorithms_enabled()
