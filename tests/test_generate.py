@@ -18,7 +18,7 @@ import torch
 
 from regress.generate import generate, main
 from regress.generation.background import consume_in_background, short_switch_interval
-from regress.generation.encode import PIPE_BYTES, encoding_pool
+from regress.generation.encode import PIPE_BYTES, encoding_pool, pool_pipes
 from regress.generators import create_generator
 from regress.store.shard_set import MANIFEST
 from regress.sample import decode_sample
@@ -188,7 +188,7 @@ def test_the_switch_interval_is_short_inside_the_block_and_restored_after_an_err
 def test_the_encoders_pipes_take_a_whole_sample_at_once():
     pool = encoding_pool(1)
     try:
-        for end in (pool._call_queue._writer, pool._result_queue._reader):
+        for end in pool_pipes(pool):
             assert fcntl.fcntl(end.fileno(), fcntl.F_GETPIPE_SZ) == PIPE_BYTES > 948_000  # an EG3D sample, bench_encoders.py
     finally:
         pool.shutdown()

@@ -57,10 +57,15 @@ def _resize_pipes(pool: ProcessPoolExecutor, size: int) -> None:
     if resize is None:
         return
     try:
-        for end in (pool._call_queue._writer, pool._result_queue._reader):  # CPython's ProcessPoolExecutor pipes
+        for end in pool_pipes(pool):
             fcntl.fcntl(end.fileno(), resize, size)
     except (AttributeError, OSError):  # another Python's internals, or fs.pipe-max-size below `size`
         return
+
+
+def pool_pipes(pool: ProcessPoolExecutor) -> tuple[Any, Any]:
+    """The pool's request pipe (write end) and reply pipe (read end): CPython's ProcessPoolExecutor internals."""
+    return pool._call_queue._writer, pool._result_queue._reader
 
 
 def _done(function: Callable[..., Any], *args: Any) -> Future:
