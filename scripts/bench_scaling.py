@@ -117,7 +117,7 @@ def fit_worker(args: argparse.Namespace, out: Path) -> dict:
 
 def shipped_ddp() -> dict:
     """The trainer settings of the shipped DDP config (`--config ddp`), which the fit runs follow."""
-    return yaml.safe_load((configs.ROOT / "trainer" / "ddp.yaml").read_text())["trainer"]
+    return yaml.safe_load(configs.shipped("trainer", "ddp").read_text())["trainer"]
 
 
 def surface_level(args: argparse.Namespace) -> float:
