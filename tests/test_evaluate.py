@@ -218,9 +218,13 @@ def test_pair_data_module_gives_sample_batches(pair_set):
 def test_benchmark_reports_on_lightning_checkpoints(pair_set, latent_checkpoint, tmp_path):
     output, _ = pair_set
     depth = _fit(output, "depth", tmp_path / "depth", "--model.decoder_width", "8")
+    faceless = tmp_path / "set"  # one inversion whose mask holds no face pixel: no depth score, not a perfect one
+    shutil.copytree(output, faceless)
+    empty = sorted((faceless / RECORDS).iterdir())[0]
+    np.save(empty / "mask.npy", np.zeros_like(np.load(empty / "mask.npy")))
     report_dir = tmp_path / "report"
     report = evaluate.main([
-        "benchmark", "--config", "benchmark", "--pairs", str(output), "--output", str(report_dir),
+        "benchmark", "--config", "benchmark", "--pairs", str(faceless), "--output", str(report_dir),
         "--depth_checkpoint", str(depth), "--latent_checkpoint", str(latent_checkpoint), "--progress", "false", "--device", "cpu",
     ])  # fmt: skip
     for name in ("report.json", "report.md", "plots/histograms.png", "plots/examples.png"):
@@ -231,6 +235,10 @@ def test_benchmark_reports_on_lightning_checkpoints(pair_set, latent_checkpoint,
         assert math.isfinite(saved["depth"][key]) and saved["depth"][key] >= 0
     assert 0 <= saved["depth"]["depth_delta1"] <= 1
     assert saved["depth"]["depth_absrel_median_scaled"] <= saved["depth"]["depth_absrel"] + 0.05
+    assert saved["depth"]["pairs_without_face_pixels"] == 1
+    unscored = [r for r in saved["per_pair"] if r["depth_absrel"] is None]
+    assert [r["key"] for r in unscored] == [empty.name] and unscored[0]["depth_rmse_median_scaled"] is None
+    assert all(r["depth_absrel"] > 0 for r in saved["per_pair"] if r["key"] != empty.name)
     for key in ("latent_l1", "rerender_psnr", "rerender_ssim", "rerender_identity_similarity"):
         assert math.isfinite(saved["latent"][key])
     timing = saved["timing"]
@@ -288,3 +296,27 @@ def test_benchmark_needs_a_checkpoint(pair_set, tmp_path, capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "regress.evaluate: error: encoder_seeds scores a latent regressor as an encoder: give its latent_checkpoint, or set encoder_seeds: 0"
     )
+
+
+def test_unusable_regressor_checkpoints_are_one_line_errors(pair_set, photos, latent_checkpoint, tmp_path, capsys):
+    output, _ = pair_set
+    text, truncated = tmp_path / "notes.ckpt", tmp_path / "truncated.ckpt"
+    text.write_text("not a checkpoint\n")
+    truncated.write_bytes(latent_checkpoint.read_bytes()[:5000])
+    expected = {
+        text: f"depth checkpoint {text} cannot be read as a PyTorch checkpoint",
+        truncated: f"depth checkpoint {truncated} cannot be read as a PyTorch checkpoint",
+        latent_checkpoint: f"depth checkpoint {latent_checkpoint} holds a LatentRegressor, not a DepthRegressor",
+        tmp_path: f"depth checkpoint {tmp_path} is a folder",
+    }
+    for path, start in expected.items():
+        with pytest.raises(SystemExit) as stop:
+            evaluate.main(["benchmark", "--pairs", str(output), "--output", str(tmp_path / "r"), "--depth_checkpoint", str(path), "--device", "cpu"])
+        assert stop.value.code == 1
+        error = capsys.readouterr().err.strip().splitlines()
+        assert error[-1].startswith(f"regress.evaluate: error: {start}") and "Traceback" not in "\n".join(error)
+    with pytest.raises(SystemExit):  # latents of the same shape from a generator with other weights (another seed)
+        _pairs(photos / "astronaut.png", tmp_path / "other", "--init_checkpoint", str(latent_checkpoint),
+               "--generator_options", '{"image_resolution": 32, "render_resolution": 16, "depth_resolution": 16, "seed": 7}')  # fmt: skip
+    assert f"{latent_checkpoint} was trained on another generator's latents" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "r").exists() and not (tmp_path / "other").exists()

@@ -92,6 +92,12 @@ def test_depth_metrics_on_known_values():
     assert values["depth_delta1"].item() == pytest.approx(2 / 3)
 
 
+def test_depth_metrics_without_a_face_pixel_are_nan_not_perfect():
+    metric = DepthMetrics()
+    metric.update(torch.ones(1, 1, 2, 2), torch.full((1, 1, 2, 2), 2.0), torch.full((1, 1, 2, 2), 0.3))
+    assert all(math.isnan(v.item()) for v in metric.compute().values())
+
+
 def test_latent_metrics_on_known_values():
     metric = LatentMetrics()
     mean = torch.ones(2, 3)

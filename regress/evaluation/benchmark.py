@@ -39,10 +39,15 @@ def median_scaled(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) 
     return torch.stack(scaled)
 
 
-def _depth_scores(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+def _finite_or_none(metric: DepthMetrics) -> dict[str, float | None]:
+    """The metric's values, None where it saw no face pixel (JSON null, left out of means)."""
+    return {k: float(v) if torch.isfinite(v) else None for k, v in metric.compute().items()}
+
+
+def _depth_scores(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float | None]:
     metric = DepthMetrics().to(pred.device)
     metric.update(pred, target, mask)
-    return {k: float(v) for k, v in metric.compute().items()}
+    return _finite_or_none(metric)
 
 
 def _seconds_per_image(run, image: torch.Tensor, repeats: int = 3) -> float:
@@ -141,8 +146,9 @@ def _summarize(rows: list[dict], timing: dict[str, float], depth: DepthMetrics |
                latent: LatentMetrics | None) -> dict[str, Any]:  # fmt: skip
     report: dict[str, Any] = {"pairs": len(rows)}
     if depth is not None:
-        report["depth"] = {k: float(v) for k, v in depth.compute().items()}
-        report["depth"].update({f"{k}_median_scaled": float(v) for k, v in depth_scaled.compute().items()})
+        report["depth"] = _finite_or_none(depth)
+        report["depth"].update({f"{k}_median_scaled": v for k, v in _finite_or_none(depth_scaled).items()})
+        report["depth"]["pairs_without_face_pixels"] = sum(r.get("depth_absrel", 0.0) is None for r in rows)
     if latent is not None:
         report["latent"] = {k: float(v) for k, v in latent.compute().items()}
         report["latent"].update({k: _mean(rows, k) for k in ("rerender_psnr", "rerender_ssim", "rerender_identity_similarity", "rerender_identity_distance")})

@@ -20,12 +20,28 @@ from regress.models.base import Regressor
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]  # uint8 crops (N, 3, H, W) -> w (N, num_ws, w_dim)
 R = TypeVar("R", bound=Regressor)
+MEAN_LATENT_TOLERANCE = 0.01  # relative: float16 and float32 renders of one checkpoint agree far closer than this
 
 
 def load_regressor(cls: type[R], path: str | Path, device: torch.device, kind: str, fit_options: str = "") -> R:
-    """The `cls` regressor in a checkpoint, on `device`, in eval mode; a missing file names the fit that makes one."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{kind} checkpoint {path} does not exist; give a .ckpt written by python -m regress.fit{fit_options}")
+    """The `cls` regressor in a checkpoint, on `device`, in eval mode.
+
+    A missing, unreadable or foreign file, or another regressor's checkpoint, is a one-line error
+    that names the file and what to give instead, before any weight is built.
+    """
+    path, make = Path(path), f"give a .ckpt written by python -m regress.fit{fit_options}"
+    if not path.is_file():
+        raise FileNotFoundError(f"{kind} checkpoint {path} {'is a folder' if path.is_dir() else 'does not exist'}; {make}")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # torch raises a different type for each way a file can be damaged or foreign
+        raise ValueError(f"{kind} checkpoint {path} cannot be read as a PyTorch checkpoint ({type(error).__name__}); "
+                         f"it is truncated, damaged or not a checkpoint: {make}") from error  # fmt: skip
+    found = saved.get("hyper_parameters", {}).get("_class_path", "") if isinstance(saved, dict) else ""
+    if not isinstance(saved, dict) or "state_dict" not in saved:
+        raise ValueError(f"{kind} checkpoint {path} is a PyTorch file but not a Lightning checkpoint; {make}")
+    if found and found.rsplit(".", 1)[-1] != cls.__name__:
+        raise ValueError(f"{kind} checkpoint {path} holds a {found.rsplit('.', 1)[-1]}, not a {cls.__name__}; {make}")
     return cls.load_from_checkpoint(path, map_location=device).eval()
 
 
@@ -35,14 +51,20 @@ def model_input(model: Regressor, image: torch.Tensor) -> torch.Tensor:
 
 
 def load_latent_regressor(path: str | Path, generator: Generator) -> LatentRegressor:
-    """The LatentRegressor in a checkpoint, on the generator's device; a ValueError when its latents are not the generator's."""
+    """The LatentRegressor in a checkpoint, on the generator's device; a ValueError when its latents are not the generator's.
+
+    Latents of the same shape can still belong to another generator (other weights, another seed): the
+    mean latent the regressor was trained around tells them apart.
+    """
     model = load_regressor(LatentRegressor, path, generator.device, "latent", " --model latent")
-    shape = tuple(model.hparams.latent_shape)
+    shape, fix = tuple(model.hparams.latent_shape), "give a LatentRegressor trained on this generator"
     if shape != tuple(generator.latent_shape):
-        raise ValueError(
-            f"{path} predicts latents of shape {shape} but the {generator.name} generator's are {tuple(generator.latent_shape)}; "
-            "give a LatentRegressor trained on this generator"
-        )
+        raise ValueError(f"{path} predicts latents of shape {shape} but the {generator.name} generator's are {tuple(generator.latent_shape)}; {fix}")
+    mean = generator.mean_latent().to(model.mean_latent)
+    offset = float((model.mean_latent - mean).norm() / mean.norm().clamp_min(1e-12))
+    if offset > MEAN_LATENT_TOLERANCE:
+        raise ValueError(f"{path} was trained on another generator's latents: its mean latent is {offset:.0%} away from "
+                         f"this {generator.name} generator's (other weights or options); {fix}")  # fmt: skip
     return model
 
 

@@ -29,7 +29,10 @@ NOVEL_VIEWS_DEG = ((30.0, 0.0), (-30.0, 0.0), (0.0, 15.0), (0.0, -15.0))  # (yaw
 
 
 class DepthMetrics(Metric):
-    """Abs-rel, RMSE and delta < 1.25 over all face pixels (mask > 0.5) seen, keyed without prefix."""
+    """Abs-rel, RMSE and delta < 1.25 over all face pixels (mask > 0.5) seen, keyed without prefix.
+
+    With no face pixel seen every value is NaN: an empty mask scores nothing, not a perfect 0.
+    """
 
     full_state_update = False
 
@@ -48,7 +51,7 @@ class DepthMetrics(Metric):
         self.pixels = self.pixels + on.sum()
 
     def compute(self) -> dict[str, torch.Tensor]:
-        pixels = self.pixels.clamp_min(1)
+        pixels = self.pixels
         return {
             "depth_absrel": (self.abs_rel / pixels).float(),
             "depth_rmse": (self.squared / pixels).sqrt().float(),
