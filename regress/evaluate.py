@@ -99,9 +99,12 @@ def pairs(
                 "cameras": cameras, "aligned": aligned, "aligner": dataclasses.asdict(aligner), "perceptual": perceptual.name if perceptual else None,
                 **({"init_checkpoint": init_checkpoint} if init_checkpoint else {})}  # fmt: skip (the key only when given: older sets still resume)
     summary = build_pairs(photos, Path(output), builder, resume, shards, samples_per_shard, settings, progress)
+    failed = f"{len(summary['errors'])} failed" + (f": see {Path(output) / 'errors.json'}" if summary["errors"] else "")
+    if summary["records"] == 0:
+        raise ValueError(f"no photo could be paired, {failed}")
     print(
         f"regress.evaluate pairs: {summary['records']} records in {summary['output']} ({summary['built']} new, "
-        f"{summary['skipped']} photos already done, {len(summary['errors'])} failed: see errors.json)",
+        f"{summary['skipped']} photos already done, {failed})",
         file=sys.stderr,
     )
     return summary

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -180,6 +181,49 @@ def test_given_cameras_from_npy_files_and_missing_ones_are_per_file_errors(tmp_p
     assert np.array_equal(np.load(io.BytesIO(members["camera.npy"])), make_cameras(0.1, 0.0)[0].numpy())
     with pytest.raises(FaceError, match="no camera label without_label.npy"):
         builder.build(photos / "without_label.png")
+
+
+def test_camera_label_files_that_are_not_eg3d_labels_are_named_with_what_is_wrong(tmp_path):
+    files = {
+        "broken.json": ('{"labels": [["a.png", [1, 2', "are not valid JSON"),
+        "list.json": ('[["a.png", []]]', "has no 'labels' list"),
+        "entries.json": ('{"labels": [["a.png"]]}', "the entry ['a.png'] is not [name, [25 numbers]]"),
+    }
+    for name, (text, message) in files.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=re.escape(message)) as error:
+            CameraLabels(tmp_path / name)
+        assert str(tmp_path / name) in str(error.value)
+    camera = make_cameras(0.1, 0.0)[0]
+    pixels = camera.clone()
+    pixels[[16, 18, 20, 21]] *= 512  # fx, cx, fy, cy in pixels of a 512² photo
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": [["good.png", camera.tolist()], ["pixels.png", pixels.tolist()],
+                                                                  ["none.png", None]]}))  # fmt: skip
+    labels = CameraLabels(tmp_path / "dataset.json")
+    assert torch.equal(labels(tmp_path / "good.png"), camera)
+    with pytest.raises(FaceError, match="not normalized by the image size"):
+        labels(tmp_path / "pixels.png")
+    with pytest.raises(FaceError, match="no camera label for it"):
+        labels(tmp_path / "none.png")
+
+
+def test_a_photo_listed_twice_is_paired_once_and_a_set_that_pairs_nothing_is_an_error(photos, tmp_path, capsys):
+    listed = tmp_path / "photos.txt"
+    listed.write_text(f"{photos / 'astronaut.png'}\n{photos / 'astronaut.png'}\n{photos / 'no_face.png'}\n")
+    summary = _pairs(listed, tmp_path / "twice")
+    assert summary["built"] == 1 and summary["records"] == 1 and list(summary["errors"]) == [str((photos / "no_face.png").resolve())]
+    assert not list((tmp_path / "twice" / RECORDS).glob("*.partial"))
+    listed.write_text(f"{photos / 'no_face.png'}\n")
+    with pytest.raises(SystemExit) as stop:
+        _pairs(listed, tmp_path / "none")
+    assert stop.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"regress.evaluate: error: no photo could be paired, 1 failed: see {tmp_path / 'none' / 'errors.json'}"
+    )
+    listed.write_text("# nothing yet\n")
+    with pytest.raises(SystemExit):
+        _pairs(listed, tmp_path / "empty")
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"regress.evaluate: error: {listed} lists no photos (one path a line, relative to its folder)"
 
 
 def _fit(pairs: Path, model: str, root: Path, *extra: str) -> Path:

@@ -38,6 +38,8 @@ def test_write_folder_renames_a_complete_folder_into_place(tmp_path):
     write_folder(tmp_path / "record", {"meta.json": json.dumps({"k": 1}).encode(), "w.npy": b"\x93NUMPY"})
     assert [p.name for p in tmp_path.iterdir()] == ["record"]
     assert sorted(p.name for p in (tmp_path / "record").iterdir()) == ["meta.json", "w.npy"]
+    write_folder(tmp_path / "record", {"meta.json": b"{}"})  # written again: the new folder replaces the old one whole
+    assert [p.name for p in tmp_path.iterdir()] == ["record"] and [p.name for p in (tmp_path / "record").iterdir()] == ["meta.json"]
 
 
 def test_hashes_are_sha256_of_the_bytes_and_of_a_folders_names_and_hashes(tmp_path):

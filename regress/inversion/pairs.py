@@ -56,6 +56,8 @@ def list_images(source: str | Path | list) -> list[Path]:
         return found
     if source.suffix.lower() == ".txt":
         lines = [line.strip() for line in source.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        if not lines:
+            raise ValueError(f"{source} lists no photos (one path a line, relative to its folder)")
         return [p if p.is_absolute() else source.parent / p for p in map(Path, lines)]
     if source.is_file():
         return [source]
@@ -73,10 +75,18 @@ class CameraLabels:
             path = Path(source)
             if not path.is_file():
                 raise FileNotFoundError(f"camera labels {path} do not exist; give an EG3D dataset.json or 'npy' (NAME.npy beside each photo)")
-            self.root, entries = path.parent, json.loads(path.read_text()).get("labels")
+            form = 'an EG3D dataset.json holds {"labels": [[name, [25 numbers]], ...]}'
+            try:
+                content = json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                raise ValueError(f"camera labels {path} are not valid JSON ({error}); {form}") from error
+            entries = content.get("labels") if isinstance(content, dict) else None
             if not isinstance(entries, list):
-                raise ValueError(f"{path} has no 'labels' list; an EG3D dataset.json holds {{\"labels\": [[name, [25 numbers]], ...]}}")
-            self.labels = {str(name): label for name, label in entries}
+                raise ValueError(f"{path} has no 'labels' list; {form}")
+            bad = next((e for e in entries if not (isinstance(e, list) and len(e) == 2 and isinstance(e[0], str))), None)
+            if bad is not None:
+                raise ValueError(f"{path}: the entry {str(bad)[:60]} is not [name, [25 numbers]]; {form}")
+            self.root, self.labels = path.parent, {name: label for name, label in entries}
 
     def __call__(self, photo: Path) -> torch.Tensor:
         """The photo's label (25,) float32; FaceError when it has none or it is not 25 finite numbers."""
@@ -89,9 +99,16 @@ class CameraLabels:
             label = self.labels.get(self._name(photo))
             if label is None:
                 raise FaceError(f"{photo}: no camera label for it in {self.source}")
-        label = np.asarray(label, dtype=np.float32).reshape(-1)
+        try:
+            label = np.asarray(label, dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError):
+            label = np.zeros(0, np.float32)
         if label.shape != (25,) or not np.isfinite(label).all():
             raise FaceError(f"{photo}: its camera label is not 25 finite numbers (cam2world 4x4, then intrinsics 3x3)")
+        fx, cx, cy = label[16], label[18], label[21]
+        if not (0 < cx < 1 and 0 < cy < 1 and 0 < fx < 100):
+            raise FaceError(f"{photo}: its camera label's intrinsics (fx {fx:g}, cx {cx:g}, cy {cy:g}) are not normalized by the "
+                            "image size as EG3D's are (fx about 4.26, cx = cy = 0.5); divide the pixel values by the side")  # fmt: skip
         return torch.from_numpy(label)
 
     def _name(self, photo: Path) -> str:
@@ -246,19 +263,23 @@ def build_pairs(
     bar = tqdm(images, desc="pairs", unit="photo", disable=not progress, dynamic_ncols=True)
     for path in bar:
         bar.set_postfix_str(path.name[:32])
+        source = str(path.resolve())  # errors are keyed like records: one photo, however its path is spelled
+        errors.pop(str(path), None)  # sets written before errors were keyed so
         if record_key(path) in done:
+            errors.pop(source, None)
             skipped += 1
             continue
         try:
             for key, members in reversed(builder.build(path)):  # face 0 last: its key marks the photo done
                 write_pair_record(output, key, members)
                 built += 1
-            errors.pop(str(path), None)
+            errors.pop(source, None)
+            done.add(record_key(path))  # a photo listed twice is paired once
         except FaceError as error:
-            errors[str(path)] = str(error)
+            errors[source] = str(error)
             tqdm.write(f"regress.evaluate pairs: skipped {error}")
         except Exception as error:  # noqa: BLE001 - one photo's failure must not stop the set; it is listed
-            errors[str(path)] = f"{path}: {type(error).__name__}: {error}"
+            errors[source] = f"{path}: {type(error).__name__}: {error}"
             tqdm.write(f"regress.evaluate pairs: failed on {path}: {type(error).__name__}: {error}")
         write_pair_errors(output, errors)
     bar.close()

@@ -39,12 +39,14 @@ def write_json(path: Path, content: dict[str, Any]) -> None:
 
 
 def write_folder(folder: Path, members: dict[str, bytes]) -> Path:
-    """Write files named by `members` into `folder.partial/`, then rename that folder to `folder`."""
+    """Write files named by `members` into `folder.partial/`, then rename that folder to `folder`, replacing it."""
     partial = partial_path(folder)
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     for name, data in members.items():
         (partial / name).write_bytes(data)
+    if folder.is_dir():  # a rename cannot replace a folder that holds files; a crash here leaves neither, so it is redone
+        shutil.rmtree(folder)
     partial.replace(folder)
     return folder
 
