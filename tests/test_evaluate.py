@@ -110,7 +110,7 @@ def test_astronaut_record_is_a_sample_beside_the_real_crop(pair_set, photos):
     assert (sample["mask"] > 0.5).float().mean() > 0.1  # the inverted head covers the face
 
 
-def test_pairs_resume_and_shards(pair_set, photos, tmp_path):
+def test_pairs_resume_and_shards(pair_set, photos, tmp_path, capsys):
     output, _ = pair_set
     copy = tmp_path / "copy"
     shutil.copytree(output, copy)
@@ -120,10 +120,14 @@ def test_pairs_resume_and_shards(pair_set, photos, tmp_path):
     assert set(Path(s).name for s in summary["errors"]) == set(BAD)
     with pytest.raises(SystemExit):  # other settings must not be mixed into this set
         _pairs(photos, copy, "--projection.space", "w+")
+    assert "(projection.space: 'w' -> 'w+'; see " in capsys.readouterr().err
     shards_only = tmp_path / "shards-only"
     shards_only.mkdir()
     for path in copy.glob("pairs-*.tar"):
         shutil.copy(path, shards_only)
+    (shards_only / "manifest.json").write_text('{"format": ')
+    with pytest.raises(ValueError, match="manifest.json is damaged"):
+        PairDataset(shards_only)
     shutil.copy(copy / "manifest.json", shards_only)
     from_folder, from_shards = PairDataset(copy), PairDataset(shards_only)
     assert from_folder.keys == from_shards.keys

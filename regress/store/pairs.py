@@ -38,9 +38,11 @@ def record_key(path: Path, face_index: int = 0) -> str:
 def prepare_pairs_folder(output: Path, fingerprint: dict, resume: bool) -> None:
     """Check a resumed folder was made with the same settings, or clear our files from it; record the settings."""
     path = output / SETTINGS
-    if resume and path.is_file() and json.loads(path.read_text()) != fingerprint:
+    saved = json.loads(path.read_text()) if resume and path.is_file() else fingerprint
+    if saved != fingerprint:
+        differ = ", ".join(_differences(saved, fingerprint))
         raise ValueError(
-            f"{output} holds pairs made with other settings (see {path}); choose another output or pass --resume false to rebuild"
+            f"{output} holds pairs made with other settings ({differ}; see {path}); choose another output or pass --resume false to rebuild"
         )
     if not resume:
         shutil.rmtree(output / RECORDS, ignore_errors=True)
@@ -86,14 +88,25 @@ def write_pairs_manifest(root: Path, content: dict[str, Any]) -> None:
     write_json(Path(root) / MANIFEST, {"format": PAIRS_FORMAT, **content})
 
 
+def _differences(saved: Any, given: Any, name: str = "") -> list[str]:
+    """Dotted names of the settings that differ, e.g. `settings.checkpoint: 'a.pkl' -> 'b.pkl'`."""
+    if isinstance(saved, dict) and isinstance(given, dict):
+        return [d for key in sorted(saved.keys() | given.keys()) for d in _differences(saved.get(key), given.get(key), f"{name}.{key}".lstrip("."))]
+    return [] if saved == given else [f"{name}: {saved!r} -> {given!r}"]
+
+
 def read_pairs_manifest(root: str | Path) -> dict[str, Any]:
     """A pairs folder's manifest; a clear error when the set was never finished."""
     path = Path(root) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"no {MANIFEST} in {root}: run (or rerun) python -m regress.evaluate pairs to finish the set")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != PAIRS_FORMAT:
-        raise ValueError(f"{path} is not a pairs manifest (format {manifest.get('format')!r}, expected {PAIRS_FORMAT!r})")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is damaged ({error}): rerun python -m regress.evaluate pairs to write it again") from error
+    found = manifest.get("format") if isinstance(manifest, dict) else None
+    if found != PAIRS_FORMAT:
+        raise ValueError(f"{path} is not a pairs manifest (format {found!r}, expected {PAIRS_FORMAT!r})")
     return manifest
 
 
