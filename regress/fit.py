@@ -18,15 +18,17 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 from jsonargparse import Namespace
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from regress import configs
 from regress.models.base import Regressor
+from regress.models.checkpoint_io import read_checkpoint
 from regress.models.guards import FiniteGuard
 from regress.runtime import load_compile_cache, save_compile_cache
 
@@ -35,6 +37,7 @@ GROUPS = {"--data": "data", "--model": "model"}
 TRAINER_GROUP = "trainer"  # where `--config NAME` looks
 DEFAULT_CHOICES = {"--data": "synth-online", "--model": "depth"}
 LAST = "last.ckpt"
+SHIPPED_ROOT = yaml.safe_load((configs.ROOT / "fit.yaml").read_text())["trainer"]["default_root_dir"]  # data/runs
 DEBUG_VARIABLE = "REGRESS_DEBUG"
 # The lines jsonargparse wraps around the error that matters: the option they name is kept, the rest dropped.
 OPTION_LINE = re.compile(r'^Parser key "(?P<key>[^"]+)":$')
@@ -71,6 +74,11 @@ def resolve_choice(flag: str, value: str | None) -> str:
     if path is not None:
         _check_importable(flag, value, path)
         return str(path)
+    if value.endswith((".yaml", ".yml", ".json")) and Path(value).is_file():
+        try:
+            return str(configs.checked_yaml(Path(value)))
+        except ValueError as error:
+            raise UsageError(f"{flag} {error}") from error
     if value.endswith((".yaml", ".yml", ".json")) or "." in value or value.startswith("{"):
         return value
     raise UsageError(f"unknown {flag} {value!r}; choose one of {', '.join(configs.short_names(group))} (regress/configs/{group}/NAME.yaml), a YAML file or a class path")
@@ -82,7 +90,7 @@ def expand_arguments(args: list[str]) -> list[str]:
         args = ["fit", *args]
     try:
         args = configs.expand_config_arguments(args, TRAINER_GROUP)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from error
     expanded, given = configs.expand_flags(args[1:], {flag: functools.partial(resolve_choice, flag) for flag in GROUPS})
     defaults = [x for flag, name in DEFAULT_CHOICES.items() if flag not in given for x in (flag, resolve_choice(flag, name))]
@@ -105,27 +113,104 @@ def place_checkpoints(config: Namespace) -> None:
 DEFAULT_LOGGER_NAMES = (None, "lightning_logs")  # WandbLogger's, and CSVLogger's and TensorBoardLogger's
 
 
-def name_logs(config: Namespace) -> None:
+def name_logs(config: Namespace, shipped_root: str) -> None:
     """Give every logger left at its default name the run's name: CSV and TensorBoard logs land in
-    <save_dir>/NAME beside the run's checkpoints, and the wandb run is called NAME."""
+    <save_dir>/NAME beside the run's checkpoints, and the wandb run is called NAME. A logger's save_dir
+    left at the shipped root follows --trainer.default_root_dir, as the checkpoints do."""
     loggers = config.trainer.logger
     for logger in loggers if isinstance(loggers, list) else [loggers]:
         init_args = getattr(logger, "init_args", None)
-        if init_args is not None and "name" in init_args and init_args.name in DEFAULT_LOGGER_NAMES:
+        if init_args is None:
+            continue
+        if "name" in init_args and init_args.name in DEFAULT_LOGGER_NAMES:
             init_args.name = config.name
+        if init_args.get("save_dir") == shipped_root and config.trainer.default_root_dir:
+            init_args.save_dir = config.trainer.default_root_dir
 
 
-def resolve_ckpt_path(config: Namespace) -> str | None:
-    """`last` -> the run's last.ckpt; a path must be a file; Lightning's other names pass through."""
+TRAINABLE_PRECISIONS = ("32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16")
+
+
+def check_precision(config: Namespace) -> None:
+    """Refuse precisions that cast the weights (16-true, bf16-true, 64-true): the data reaches the model in float32."""
+    precision = config.trainer.get("precision")
+    if precision is not None and str(precision) not in TRAINABLE_PRECISIONS:
+        raise UsageError(f"--trainer.precision {precision}: regressors train in 32-true, 16-mixed or bf16-mixed "
+                         "(a precision that casts the weights meets float32 images)")  # fmt: skip
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """The run's whole config in <default_root_dir>/NAME/config.yaml, beside its checkpoints (the logger's
+    folder is shared by every run logging to wandb, so one run's config would replace another's)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "save_to_log_dir": False})
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        path = checkpoint_dir(self.config).parent / self.config_filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.parser.save(self.config, str(path), skip_none=False, overwrite=True, multifile=self.multifile)
+
+
+def resolve_ckpt_path(config: Namespace, explicit_model: set[str]) -> str | None:
+    """`last` -> the run's last.ckpt, `best` -> the best by the monitored metric that last.ckpt records; a path
+    must be a readable checkpoint whose model the command does not contradict; Lightning's other names pass through."""
     ckpt_path = config.get("ckpt_path")
-    if ckpt_path == "last":
+    if ckpt_path in ("last", "best"):
         last = checkpoint_dir(config) / LAST
         if not last.is_file():
             raise FileNotFoundError(f"no {LAST} in {last.parent}; start the run without --ckpt_path, or give the --name of the run to resume")
-        return str(last)
-    if ckpt_path not in (None, "best", "hpc", "registry") and not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist; give the path of a .ckpt file, or last")
+        ckpt_path = str(last) if ckpt_path == "last" else best_checkpoint(last)
+    if ckpt_path in (None, "hpc", "registry"):
+        return ckpt_path
+    saved = read_checkpoint(ckpt_path, "checkpoint", "give a .ckpt written by python -m regress.fit, or last")
+    check_resumed_model(config.model, saved["hyper_parameters"], ckpt_path, explicit_model)
     return ckpt_path
+
+
+def best_checkpoint(last: Path) -> str:
+    """The best checkpoint that the run's monitoring ModelCheckpoint recorded in `last`."""
+    states = read_checkpoint(last, "checkpoint", "start the run again").get("callbacks", {})
+    best = next((s.get("best_model_path") for k, s in states.items() if k.startswith("ModelCheckpoint") and s.get("monitor")), None)
+    if not best or not Path(best).is_file():
+        raise FileNotFoundError(f"{last} records no best checkpoint that still exists ({best or 'none monitored'}); give its path, or last")
+    return best
+
+
+LINKED_FROM_DATA = ("image_size", "latent_space")  # set from the data module when the model is built, not by the user
+
+
+def explicit_model_options(args: list[str]) -> set[str]:
+    """The model settings a command line gives itself: `class` for --model, NAME for --model[.init_args].NAME."""
+    names = set()
+    for arg in args:
+        flag = arg.partition("=")[0]
+        if flag == "--model":
+            names.add("class")
+        elif flag.startswith("--model."):
+            names.add(flag.removeprefix("--model.").removeprefix("init_args.").split(".")[0])
+    return names
+
+
+def check_resumed_model(model: Namespace, saved: dict, path: str, explicit: set[str]) -> None:
+    """Refuse a resumed run whose own --model or --model.* options differ from the checkpoint's: Lightning builds
+    the model from the checkpoint's settings and would drop them without a word. Settings the command leaves
+    at their defaults are the checkpoint's to set."""
+    given = model.init_args.as_dict() if model.get("init_args") else {}
+    found, asked = saved.get("_class_path", ""), model.get("class_path", "")
+    if "class" in explicit and found and asked and found != asked:
+        raise UsageError(f"{path} holds a {found.rpartition('.')[2]}, but the command asks for a {asked.rpartition('.')[2]}; "
+                         "a resumed run keeps its checkpoint's model: drop --model, or start a new run (another --name)")  # fmt: skip
+    differ = [f"{k}={given[k]!r} (the checkpoint's: {v!r})" for k, v in saved.items()
+              if k in explicit and k not in LINKED_FROM_DATA and k in given and _plain(given[k]) != _plain(v)]  # fmt: skip
+    if differ:
+        raise UsageError(f"{path} was trained with other model settings than asked for here: --model.{', --model.'.join(differ)}; "
+                         "a resumed run keeps its checkpoint's: drop those options, or start a new run (another --name)")  # fmt: skip
+
+
+def _plain(value: object) -> object:
+    """Tuples as lists, the way YAML and a checkpoint's hyperparameters spell the same value."""
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 class CompileCache(Callback):
@@ -158,6 +243,10 @@ class RegressCLI(LightningCLI):
     """LightningCLI with a run name, a fixed checkpoint folder per run, `--ckpt_path last` from it, FiniteGuard,
     a compile cache file, and the data module's image size and latent space linked into the model."""
 
+    def __init__(self, *args: Any, explicit_model: set[str] = frozenset(), **kwargs: Any) -> None:
+        self.explicit_model = explicit_model  # read while parsing, which LightningCLI.__init__ does
+        super().__init__(*args, **kwargs)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--name", type=str, default="default", help="run name: checkpoints go to <trainer.default_root_dir>/NAME/checkpoints")
         parser.add_lightning_class_args(FiniteGuard, "finite_guard")
@@ -171,8 +260,9 @@ class RegressCLI(LightningCLI):
         super().parse_arguments(parser, args)
         config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
         place_checkpoints(config)
-        name_logs(config)
-        config.ckpt_path = resolve_ckpt_path(config)
+        name_logs(config, SHIPPED_ROOT)
+        check_precision(config)
+        config.ckpt_path = resolve_ckpt_path(config, self.explicit_model)
 
 
 def first_line(error: BaseException) -> str:
@@ -209,7 +299,8 @@ def fail(message: str, hint: str, status: int) -> SystemExit:
 
 
 def run(args: list[str] | None, from_command_line: bool) -> LightningCLI:
-    args = expand_arguments(list(sys.argv[1:] if from_command_line else args))
+    given = list(sys.argv[1:] if from_command_line else args)
+    args = expand_arguments(given)
     if from_command_line:  # LightningCLI reads sys.argv itself and warns when given both
         sys.argv[1:], args = args, None
     parser_kwargs = {"exit_on_error": False, "default_config_files": [str(configs.ROOT / "fit.yaml")]}
@@ -219,6 +310,8 @@ def run(args: list[str] | None, from_command_line: bool) -> LightningCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         parser_kwargs={"exit_on_error": False, **{command: parser_kwargs for command in SUBCOMMANDS}},
+        save_config_callback=SaveRunConfig,
+        explicit_model=explicit_model_options(given),
         save_config_kwargs={"overwrite": True},
         args=args,
     )

@@ -20,6 +20,7 @@ from regress.datamodules import SynthOnlineDataModule
 from regress.generate import generate
 from regress.models import DepthRegressor
 from regress.models.guards import FiniteGuard, NonFiniteError
+from regress.store.files import file_sha256
 from regress.store.shard_set import MANIFEST
 from tests.test_fit import TINY
 
@@ -162,6 +163,7 @@ def shard_folders(tmp_path_factory) -> Path:
     generate(root / "no-manifest", generator="analytic", generator_options=small, num_samples=8, samples_per_shard=4, progress=False)
     (root / "no-manifest" / MANIFEST).unlink()
     (root / "foreign.bin").write_bytes(b"not a cache")
+    (root / "bad.yaml").write_text("trainer:\n  max_epochs: [1: 2\n")
     return root
 
 
@@ -175,6 +177,9 @@ ONE_LINE_ERRORS = {
     "constructor error": (["--data.image_size", "100"], 1, "image size 100 does not fit encoder test_resnet"),
     "no last checkpoint": (["--ckpt_path", "last", "--name", "fresh"], 1, "no last.ckpt in {root}/fresh/checkpoints; "),
     "foreign compile cache": (["--compile_cache.path", "{root}/foreign.bin"], 1, "{root}/foreign.bin is not a torch.compile cache"),
+    "unreadable checkpoint": (["--ckpt_path", "{root}/foreign.bin"], 1, "checkpoint {root}/foreign.bin cannot be read as a PyTorch checkpoint"),
+    "config that is not YAML": (["--config", "{root}/bad.yaml"], 2, "config {root}/bad.yaml is not valid YAML at line 3, column 1: expected ',' or ']'"),
+    "weights cast to float16": (["--trainer.precision", "16-true"], 2, "--trainer.precision 16-true: regressors train in 32-true"),
 }
 
 
@@ -205,4 +210,44 @@ def test_a_run_name_keeps_its_checkpoints_in_one_folder_across_runs(tmp_path):
     assert [cb.dirpath for cb in first.trainer.checkpoint_callbacks] == [str(folder)] * 2
     assert Path(first.trainer.checkpoint_callback.best_model_path).parent == folder and load(folder / "last.ckpt")["global_step"] == 2
     fit.main([*args, "--trainer.max_steps=4"])
-    assert load(folder / "last.ckpt")["global_step"] == 4 and [p.name for p in folder.glob("last*")] == ["last.ckpt"]
+    assert load(folder / "last.ckpt")["global_step"] == 4 and sorted(p.name for p in folder.glob("last*")) == ["last.ckpt", "last.ckpt.sha256"]
+
+
+# --- checkpoint integrity and resuming what was asked for --------------------------------------------
+
+
+def test_checkpoints_carry_their_sha256_and_a_damaged_one_is_refused(tmp_path, capsys):
+    args = [*TINY, "--name=exp", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"]
+    fit.main(args)
+    folder = tmp_path / "exp" / "checkpoints"
+    for checkpoint in folder.glob("*.ckpt"):  # sha256sum's format: `sha256sum -c last.ckpt.sha256` checks it
+        assert (folder / f"{checkpoint.name}.sha256").read_text() == f"{file_sha256(checkpoint)}  {checkpoint.name}\n"
+    assert not list(folder.glob("*.partial"))
+    damaged = bytearray((folder / "last.ckpt").read_bytes())
+    damaged[len(damaged) // 2 : len(damaged) // 2 + 64] = bytes(64)  # flipped bits that torch.load would still read
+    (folder / "last.ckpt").write_bytes(bytes(damaged))
+    with pytest.raises(SystemExit) as stop:
+        fit.main([*args, "--trainer.max_steps=4", "--ckpt_path=last"])
+    assert stop.value.code == 1
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"regress.fit: error: checkpoint {folder / 'last.ckpt'} is damaged: its bytes no longer match the SHA-256 in last.ckpt.sha256 "
+        "saved beside it; restore it from a copy, or give a .ckpt written by python -m regress.fit, or last"
+    )
+
+
+def test_a_resume_that_asks_for_another_model_is_refused_and_best_resumes_the_best(tmp_path, capsys):
+    args = [*TINY, "--name=exp", f"--trainer.default_root_dir={tmp_path}", "--config=csv"]
+    first = fit.main(args)
+    run = tmp_path / "exp"
+    assert (run / "config.yaml").is_file() and (run / "version_0" / "metrics.csv").is_file()  # logs beside the checkpoints
+    last = run / "checkpoints" / "last.ckpt"
+    refused = {
+        "--model=latent": f"{last} holds a DepthRegressor, but the command asks for a LatentRegressor; a resumed run keeps",
+        "--model.lr=1e30": f"{last} was trained with other model settings than asked for here: --model.lr=1e+30 (the checkpoint's: 0.001);",
+    }
+    for option, message in refused.items():
+        with pytest.raises(SystemExit) as stop:
+            fit.main([option, *args, "--ckpt_path=last"])  # --model before the --model.* options of TINY
+        assert stop.value.code == 2 and capsys.readouterr().err.splitlines()[0].startswith(f"regress.fit: error: {message}")
+    resumed = fit.main([*args, "--trainer.max_steps=4", "--ckpt_path=best"])  # a new process's `best`: what last.ckpt recorded
+    assert resumed.trainer.ckpt_path == first.trainer.checkpoint_callback.best_model_path and resumed.trainer.global_step == 4

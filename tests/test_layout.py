@@ -1,5 +1,5 @@
 """Imports run one way: commands -> evaluation -> data modules and models -> generation and inversion -> geometry
--> generators -> store -> the rest."""
+-> generators -> runtime -> store -> the rest."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "regress"
 # Lowest first; a layer may import the layers below it and modules listed in none (camera, sample, configs, ...).
 LAYERS = [
-    {"store"}, {"generators"}, {"geometry"}, {"generation", "inversion"}, {"datamodules", "models"}, {"evaluation"},
+    {"store"}, {"runtime"}, {"generators"}, {"geometry"}, {"generation", "inversion"}, {"datamodules", "models"}, {"evaluation"},
     {"fit", "generate", "evaluate"},
 ]
 

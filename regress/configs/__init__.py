@@ -11,6 +11,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Callable
 
+import yaml
+
 ROOT = Path(str(files(__name__)))  # a folder: pip installs packages unpacked, never as a zip
 SHORT_NAME = re.compile(r"[\w-]+(/[\w-]+)?")  # `gpu` or `trainer/gpu`: no suffix, at most one folder
 
@@ -26,9 +28,25 @@ def shipped(group: str, name: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def checked_yaml(path: Path) -> Path:
+    """`path`, once its text has parsed as YAML; a ValueError naming the file, line and column where it does not."""
+    try:
+        yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValueError(f"config {path} is not valid YAML{where}: {getattr(error, 'problem', None) or error}") from error
+    return path
+
+
 def config_file(group: str, value: str) -> str:
-    """A `--config` value with a short name of `group` replaced by its shipped file; files and YAML text pass through."""
-    if Path(value).is_file() or not SHORT_NAME.fullmatch(value):
+    """A `--config` value with a short name of `group` replaced by its shipped file; a file is checked to be YAML;
+    YAML text passes through."""
+    if Path(value).is_file():
+        return str(checked_yaml(Path(value)))
+    if value.endswith((".yaml", ".yml")):
+        raise FileNotFoundError(f"config file {value} does not exist")
+    if not SHORT_NAME.fullmatch(value):
         return value
     path = shipped(group, value)
     if path is None:

@@ -17,6 +17,7 @@ from regress.datamodules.online import resize_images
 from regress.generators.base import Generator
 from regress.models import LatentRegressor
 from regress.models.base import Regressor
+from regress.models.checkpoint_io import checkpoint_class, read_checkpoint
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]  # uint8 crops (N, 3, H, W) -> w (N, num_ws, w_dim)
 R = TypeVar("R", bound=Regressor)
@@ -29,19 +30,10 @@ def load_regressor(cls: type[R], path: str | Path, device: torch.device, kind: s
     A missing, unreadable or foreign file, or another regressor's checkpoint, is a one-line error
     that names the file and what to give instead, before any weight is built.
     """
-    path, make = Path(path), f"give a .ckpt written by python -m regress.fit{fit_options}"
-    if not path.is_file():
-        raise FileNotFoundError(f"{kind} checkpoint {path} {'is a folder' if path.is_dir() else 'does not exist'}; {make}")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # torch raises a different type for each way a file can be damaged or foreign
-        raise ValueError(f"{kind} checkpoint {path} cannot be read as a PyTorch checkpoint ({type(error).__name__}); "
-                         f"it is truncated, damaged or not a checkpoint: {make}") from error  # fmt: skip
-    found = saved.get("hyper_parameters", {}).get("_class_path", "") if isinstance(saved, dict) else ""
-    if not isinstance(saved, dict) or "state_dict" not in saved:
-        raise ValueError(f"{kind} checkpoint {path} is a PyTorch file but not a Lightning checkpoint; {make}")
-    if found and found.rsplit(".", 1)[-1] != cls.__name__:
-        raise ValueError(f"{kind} checkpoint {path} holds a {found.rsplit('.', 1)[-1]}, not a {cls.__name__}; {make}")
+    make = f"give a .ckpt written by python -m regress.fit{fit_options}"
+    found = checkpoint_class(read_checkpoint(path, f"{kind} checkpoint", make))
+    if found and found != cls.__name__:
+        raise ValueError(f"{kind} checkpoint {path} holds a {found}, not a {cls.__name__}; {make}")
     return cls.load_from_checkpoint(path, map_location=device).eval()
 
 
