@@ -251,3 +251,16 @@ def test_a_resume_that_asks_for_another_model_is_refused_and_best_resumes_the_be
         assert stop.value.code == 2 and capsys.readouterr().err.splitlines()[0].startswith(f"regress.fit: error: {message}")
     resumed = fit.main([*args, "--trainer.max_steps=4", "--ckpt_path=best"])  # a new process's `best`: what last.ckpt recorded
     assert resumed.trainer.ckpt_path == first.trainer.checkpoint_callback.best_model_path and resumed.trainer.global_step == 4
+
+
+def test_the_ddp_config_trains_two_ranks_on_the_cpu_and_writes_one_verified_checkpoint(tmp_path):
+    """configs/trainer/ddp.yaml with the checkpoint plugin, on two gloo ranks: rank 0 alone writes, whole and hashed."""
+    small = [arg for arg in TINY if not arg.startswith("--trainer.max_steps")]
+    result = run_fit("--config=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.precision=32-true",
+                     *small, "--data.epoch_length=8", "--trainer.max_epochs=1", "--trainer.logger=false",
+                     f"--trainer.default_root_dir={tmp_path}", "--name=ddp")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    folder = tmp_path / "ddp" / "checkpoints"
+    assert load(folder / "last.ckpt")["global_step"] == 2  # 8 samples, 2 ranks of batch 2
+    assert (folder / "last.ckpt.sha256").read_text() == f"{file_sha256(folder / 'last.ckpt')}  last.ckpt\n"
+    assert not list(folder.glob("*.partial"))
