@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,9 @@ class SaveRunConfig(SaveConfigCallback):
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         path = checkpoint_dir(self.config).parent / self.config_filename
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.parser.save(self.config, str(path), skip_none=False, overwrite=True, multifile=self.multifile)
+        with warnings.catch_warnings():  # jsonargparse >= 4.49 deprecates skip_none, which Lightning's own save still passes
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.parser.save(self.config, str(path), skip_none=False, overwrite=True, multifile=self.multifile)
 
 
 def resolve_ckpt_path(config: Namespace, explicit_model: set[str]) -> str | None:
@@ -270,8 +273,16 @@ def first_line(error: BaseException) -> str:
     return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
 
 
+# A loader worker's exception reaches the main process as this, with the original's traceback in the message.
+WORKER_ERROR = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.$")
+
+
 def describe(error: BaseException) -> str:
-    """One line for an error: the first exception under jsonargparse's wrappers, after the option they name."""
+    """One line for an error: the first exception under jsonargparse's wrappers, after the option they name; for a
+    loader worker's, the original's last line."""
+    if WORKER_ERROR.match(first_line(error)):
+        last = next(line.strip() for line in reversed(str(error).splitlines()) if line.strip())
+        return re.sub(r"^[\w.]+(Error|Exception): ", "", last)  # `regress.store.shards.ShardReadError: ...`
     options = []
     while any(pattern.match(first_line(error)) for pattern in WRAPPER_LINES) and (error.__cause__ or error.__context__):
         option = OPTION_LINE.match(first_line(error))

@@ -30,14 +30,22 @@ log = logging.getLogger(__name__)
 
 
 class CorruptCounter:
-    """Counts corrupt data skipped in this process and logs each skip with the running count."""
+    """Counts corrupt data skipped in this process and logs each skip with the running count.
 
-    def __init__(self) -> None:
-        self.count = 0
+    Once every one of the `shards` it watches has been skipped whole, nothing is left to train on: it
+    raises then, instead of drawing corrupt shards forever.
+    """
 
-    def skip(self, error: Exception) -> None:
+    def __init__(self, shards: Iterable[str] = ()) -> None:
+        self.count, self.shards, self.bad = 0, set(shards), set()
+
+    def skip(self, error: Exception, shard: str | None = None) -> None:
         self.count += 1
         log.warning("skipped corrupt shard data (%d so far in this process): %s", self.count, error)
+        if shard is not None:
+            self.bad.add(shard)
+            if self.shards and self.shards <= self.bad:
+                raise ShardReadError(f"all {len(self.shards)} training shards are corrupt, none can be used (the last: {error})") from error
 
 
 def read_samples(shards: Iterable[dict], records: dict[str, dict], corrupt: CorruptCounter | None) -> Iterator[dict]:
@@ -52,7 +60,7 @@ def read_samples(shards: Iterable[dict], records: dict[str, dict], corrupt: Corr
         except ShardReadError as error:
             if corrupt is None:
                 raise
-            corrupt.skip(error)
+            corrupt.skip(error, url)
 
 
 def decode_samples(samples: Iterable[dict], with_mesh: bool, corrupt: CorruptCounter | None) -> Iterator[dict]:
@@ -155,7 +163,9 @@ class ShardDataModule(ManifestLatents, L.LightningDataModule):
         self.batch_size, self.image_size, self.num_workers = batch_size, image_size, num_workers
         self.epoch_length = epoch_length or sum(self.records[u]["count"] for u in self.train_urls)
         self.resampled, self.shuffle_buffer, self.seed = resampled, shuffle_buffer, seed
-        self.corrupt = CorruptCounter() if skip_corrupt else None
+        self.corrupt = CorruptCounter(self.train_urls) if skip_corrupt else None
+        if with_mesh and not self.manifest.get("settings", {}).get("mesh", True):
+            raise ValueError(f"{root} was generated without meshes; drop --data.with_mesh, or generate the shards with --with_mesh true")
         self.with_mesh = with_mesh
 
     def _world_size(self) -> int:
