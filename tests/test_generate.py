@@ -354,3 +354,22 @@ def test_eg3d_shards_with_meshes_on_the_gpu_are_byte_identical_run_to_run(tmp_pa
         generate(tmp_path / run, **options)
     assert digests(tmp_path / "a") == digests(tmp_path / "b")
     assert json.loads((tmp_path / "a" / MANIFEST).read_text())["settings"]["generator"]["generator"] == "eg3d"
+
+
+def test_encoding_workers_end_when_their_parent_is_killed_outright(tmp_path):
+    code = (
+        "import os, sys, time\n"
+        "from regress.generation.encode import encoding_pool\n"
+        "pool = encoding_pool(2)\n"
+        "print(*[p.pid for p in pool._processes.values()], flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=child_env(), stdout=subprocess.PIPE, text=True)
+    workers = [int(pid) for pid in child.stdout.readline().split()]
+    assert len(workers) == 2 and all(Path(f"/proc/{pid}").exists() for pid in workers)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    deadline = time.monotonic() + 20
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "an encoding worker outlived its killed parent"

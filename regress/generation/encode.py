@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import fcntl
 import multiprocessing
+import os
+import threading
+import time
 from collections import deque
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -40,11 +43,24 @@ def encoding_pool(workers: int, pipe_bytes: int = PIPE_BYTES) -> Executor | None
     compiles); None for 0: encode in this process."""
     if not workers:
         return None
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    spawn = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=spawn, initializer=exit_with_parent, initargs=(os.getpid(),))
     _resize_pipes(pool, pipe_bytes)
     for _ in range(workers):  # each submission starts a process
         pool.submit(int)
     return pool
+
+
+def exit_with_parent(parent: int, every: float = 0.5) -> None:
+    """In a worker: end this process once `parent` is gone. A parent killed outright (kill -9, the OOM killer)
+    never tells its workers, and they hold their own request pipe open, so they would wait forever."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _resize_pipes(pool: ProcessPoolExecutor, size: int) -> None:
