@@ -113,6 +113,7 @@ def generate(
     choices = {"psi": psi, "cutoff": cutoff, "jitter": jitter, "image_format": image_format, "batch_size": batch_size}
     settings = _settings(model, checkpoint, generator_options, mixture, layout, mesh if with_mesh else None, choices)
     shards = ShardSet(folder, layout, settings, target, keep_staged)
+    shards.check_output()
     todo, skipped = shards.plan(layout.indices_for_rank(rank, world_size))
     shards.drop_stale_manifest()
     run = _render_and_write(model, shards, todo, mixture, settings, png_level, batch_size, workers, f"rank {rank}/{world_size}", progress)
@@ -283,6 +284,9 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     except (ValueError, OSError, MemoryError) as error:
         print(f"regress.generate: error: {error}", file=sys.stderr)
         raise SystemExit(1) from error
+    except KeyboardInterrupt:
+        print("regress.generate: interrupted; complete shards are kept: rerun the command to go on", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -19,7 +19,15 @@ def pick_device(device: str = "auto") -> torch.device:
     """`auto`: this rank's GPU (torchrun's LOCAL_RANK, else the first; the only one when the process sees one)
     when there is one, else the CPU; any other name as torch reads it (`cpu`, `cuda:1`)."""
     if device != "auto":
-        return torch.device(device)
+        try:
+            chosen = torch.device(device)
+        except RuntimeError as error:
+            raise ValueError(f"device {device!r} is not a torch device: give auto, cpu, cuda or cuda:N") from error
+        if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+            seen = torch.cuda.device_count()
+            raise ValueError(f"device {device!r}: {'no CUDA GPU is visible' if not seen else f'{seen} CUDA GPUs are visible'} here; "
+                             "give auto (a GPU when there is one, else the CPU) or cpu")  # fmt: skip
+        return chosen
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) if torch.cuda.device_count() > 1 else 0)
     return torch.device("cpu")

@@ -6,6 +6,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -293,11 +294,21 @@ def test_command_line_reads_a_config_file(tmp_path):
     assert manifest["settings"]["image_format"] == "png" and manifest["settings"]["psi"] == 0.7
 
 
-def test_unknown_generator_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
+BAD_OPTIONS = {
+    "unknown generator": ({"generator": "stylegan9"}, "unknown generator 'stylegan9'; known generators: analytic"),
+    "unknown generator option": ({"generator_options": {**SMALL, "foo": 1}}, "unknown analytic generator option(s) foo; its options: z_dim,"),
+    "a device that is not one": ({"device": "bogus"}, "device 'bogus' is not a torch device: give auto, cpu, cuda or cuda:N"),
+    "a GPU that is not there": ({"device": "cuda:7"}, "device 'cuda:7': "),
+    "a checkpoint that is not there": ({"generator": "eg3d", "checkpoint": "nowhere.pkl"}, "generator checkpoint nowhere.pkl does not exist; give"),
+}
+
+
+@pytest.mark.parametrize("options, message", BAD_OPTIONS.values(), ids=BAD_OPTIONS.keys())
+def test_bad_options_are_one_line_errors_and_write_nothing(options, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(cli_args(tmp_path / "out", generator="stylegan9"))
+        main(cli_args(tmp_path / "out", **options))
     assert exit_info.value.code == 1
-    assert "unknown generator 'stylegan9'; known generators: analytic" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"regress.generate: error: {message}")
     assert not (tmp_path / "out").exists()
 
 
@@ -373,3 +384,25 @@ def test_encoding_workers_end_when_their_parent_is_killed_outright(tmp_path):
     while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "an encoding worker outlived its killed parent"
+
+
+def test_an_output_folder_holding_something_else_is_refused_untouched(reference, tmp_path, capsys):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / MANIFEST).write_text('{"dataset": "my labels"}')
+    other_set = tmp_path / "other-set"
+    shrunk = tmp_path / "shrunk"
+    for folder in (other_set, shrunk):
+        shutil.copytree(reference, folder)
+    before = {folder: digests(folder) for folder in (foreign, other_set, shrunk)}
+    refused = {
+        foreign: ([], f"{foreign / MANIFEST} is not a regress shard manifest; use another output folder, so that it is not replaced"),
+        other_set: (["--name", "other"], f"{other_set} holds the shard set 'synth', whose manifest this run (--name other) would replace"),
+        shrunk: (["--num_samples", "2"], f"{shrunk} holds 2 more shards of 'synth' than this run makes (synth-000001.tar ...)"),
+        reference: (["--psi", "0.5"], f"{reference / 'synth-000000.tar'} was generated with other settings than this run's (psi: 0.7 -> 0.5)"),
+    }
+    for folder, (extra, message) in refused.items():
+        with pytest.raises(SystemExit) as stop:
+            main([*cli_args(folder), *extra])
+        assert stop.value.code == 1 and capsys.readouterr().err.strip().splitlines()[-1].startswith(f"regress.generate: error: {message}")
+    assert {folder: digests(folder) for folder in before} == before

@@ -98,9 +98,20 @@ def test_a_pipe_template_reads_the_same_batches_as_the_folder(dataset, generator
         data_module(f"pipe:cat {dataset}/missing/{{name}}")
 
 
-def test_a_manifest_of_another_format_is_refused_by_name(tmp_path):
+def test_a_manifest_of_another_format_or_damaged_is_refused_by_name(tmp_path, dataset):
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "something-else", "shards": []}))
     with pytest.raises(ValueError, match=r"manifest.json is not a regress shard manifest \(format 'something-else'"):
+        data_module(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps([1]))
+    with pytest.raises(ValueError, match=r"manifest.json is not a regress shard manifest \(format None"):
+        data_module(tmp_path)
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    del manifest["shards"][0]["sha256"]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"manifest.json is damaged: its 'shards' are not a list of records with bytes, count, file"):
+        data_module(tmp_path)
+    (tmp_path / "manifest.json").write_text('{"format": ')
+    with pytest.raises(ValueError, match=r"manifest.json is damaged \(Expecting value.*\); rerun the python -m regress.generate command"):
         data_module(tmp_path)
 
 

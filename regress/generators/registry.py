@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from pathlib import Path
 from typing import Callable
@@ -46,7 +47,13 @@ def create_generator(name: str | None = None, checkpoint: str | Path | None = No
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
         if not checkpoint.exists():
-            raise FileNotFoundError(f"generator checkpoint {checkpoint} does not exist")
+            raise FileNotFoundError(f"generator checkpoint {checkpoint} does not exist; give the path of a local checkpoint "
+                                    "(EG3D: the upstream .pkl, or the folder python -m regress.generators.eg3d.convert makes)")  # fmt: skip
         return cls.from_checkpoint(checkpoint, **kwargs)
+    unknown = sorted(set(kwargs) - set(inspect.signature(cls).parameters))
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls).parameters.values()):
+        raise ValueError(f"unknown {name} generator option(s) {', '.join(unknown)}; its options: {', '.join(inspect.signature(cls).parameters)}")
+    if name != "analytic":  # the embedded default is a model in its own right; any other without weights is noise
+        print(f"regress: no checkpoint given for {name}: random weights, whose images are noise (for tests and timing only)", file=sys.stderr)
     return cls(**kwargs)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from regress.store.files import PARTIAL, write_folder, write_json
+from regress.store.shard_set import setting_differences
 from regress.store.shards import ShardWriter
 
 PAIRS_FORMAT = "regress-pairs-v1"
@@ -40,7 +41,7 @@ def prepare_pairs_folder(output: Path, fingerprint: dict, resume: bool) -> None:
     path = output / SETTINGS
     saved = json.loads(path.read_text()) if resume and path.is_file() else fingerprint
     if saved != fingerprint:
-        differ = ", ".join(_differences(saved, fingerprint))
+        differ = ", ".join(setting_differences(saved, fingerprint))
         raise ValueError(
             f"{output} holds pairs made with other settings ({differ}; see {path}); choose another output or pass --resume false to rebuild"
         )
@@ -86,13 +87,6 @@ def write_pair_errors(root: Path, errors: dict[str, str]) -> None:
 def write_pairs_manifest(root: Path, content: dict[str, Any]) -> None:
     """The manifest of a finished pairs folder: `content` marked with the format."""
     write_json(Path(root) / MANIFEST, {"format": PAIRS_FORMAT, **content})
-
-
-def _differences(saved: Any, given: Any, name: str = "") -> list[str]:
-    """Dotted names of the settings that differ, e.g. `settings.checkpoint: 'a.pkl' -> 'b.pkl'`."""
-    if isinstance(saved, dict) and isinstance(given, dict):
-        return [d for key in sorted(saved.keys() | given.keys()) for d in _differences(saved.get(key), given.get(key), f"{name}.{key}".lstrip("."))]
-    return [] if saved == given else [f"{name}: {saved!r} -> {given!r}"]
 
 
 def read_pairs_manifest(root: str | Path) -> dict[str, Any]:

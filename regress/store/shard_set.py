@@ -26,6 +26,7 @@ from regress.store.pipes import PipeCommand
 from regress.store.shards import ShardReadError, check_shard, read_shard_record, record_path, shard_is_complete
 
 MANIFEST = "manifest.json"
+SHARD_RECORD_KEYS = {"file", "index", "count", "bytes", "sha256"}  # what readers and --verify take from each shard's record
 FORMAT = "regress-shards-v1"
 
 
@@ -61,6 +62,13 @@ class ShardLayout:
     def indices_for_rank(self, rank: int, world_size: int) -> range:
         """Shard i goes to rank i % world_size."""
         return range(rank, self.num_shards, world_size)
+
+
+def setting_differences(saved: Any, given: Any, name: str = "") -> list[str]:
+    """Dotted names of the settings that differ, with both values: `psi: 0.7 -> 0.5`."""
+    if isinstance(saved, dict) and isinstance(given, dict):
+        return [d for key in sorted(saved.keys() | given.keys()) for d in setting_differences(saved.get(key), given.get(key), f"{name}.{key}".lstrip("."))]
+    return [] if saved == given else [f"{name}: {saved!r} -> {given!r}"]
 
 
 def settings_fingerprint(settings: dict[str, Any]) -> str:
@@ -113,7 +121,7 @@ class ShardSet:
             record = read_shard_record(shard)
             if record is not None and record.get("fingerprint") != self.fingerprint and (shard.is_file() or record.get("sent_to")):
                 raise ValueError(
-                    f"{shard} was generated with other settings than this run's; use a new output folder, "
+                    f"{shard} was generated with other settings than this run's{self._what_differs()}; use a new output folder, "
                     "or delete the shards there to regenerate them"
                 )
             seeds = self.layout.seeds(index)
@@ -139,13 +147,45 @@ class ShardSet:
         if not self.keep_staged:
             shard.unlink()
 
+    def _manifest(self) -> dict[str, Any] | None:
+        """The folder's manifest.json as it is; None when there is none. A ValueError when it is not one of ours."""
+        path = self.folder / MANIFEST
+        if not path.is_file():
+            return None
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{path} cannot be read ({error}); if this tool wrote it, delete it and rerun, else use another output folder") from error
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a regress shard manifest; use another output folder, so that it is not replaced")
+        return manifest
+
+    def _what_differs(self) -> str:
+        """` (psi: 0.7 -> 0.5, ...)` from the finished set's manifest, when there is one to compare with."""
+        try:
+            manifest = self._manifest()
+        except ValueError:
+            return ""
+        given = json.loads(json.dumps(self.settings))  # as the manifest spells them: tuples are lists
+        differ = setting_differences(manifest["settings"], given) if manifest and manifest.get("settings") else []
+        return f" ({', '.join(differ[:4])})" if differ else ""
+
+    def check_output(self) -> None:
+        """Refuse a folder whose manifest belongs to something else (another tool, another set's name), or that
+        holds more shards of this set's name than this run makes: writing would replace or orphan them."""
+        manifest = self._manifest()
+        if manifest is not None and manifest.get("name") != self.layout.name:
+            raise ValueError(f"{self.folder} holds the shard set {manifest.get('name')!r}, whose manifest this run (--name "
+                             f"{self.layout.name}) would replace; use another output folder for a second set")  # fmt: skip
+        beyond = sorted(p.name for p in self.folder.glob(f"{self.layout.name}-*.tar") if p.name > self.layout.filename(self.layout.num_shards - 1))
+        if beyond:
+            raise ValueError(f"{self.folder} holds {len(beyond)} more shards of {self.layout.name!r} than this run makes ({beyond[0]} ...): "
+                             "a smaller --num_samples would leave them out of the manifest; use another output folder, or move them away")  # fmt: skip
+
     def drop_stale_manifest(self) -> None:
         """Remove a manifest of another seed range (a set being extended): a manifest always means complete."""
-        try:
-            manifest = json.loads((self.folder / MANIFEST).read_text())
-        except (OSError, ValueError):
-            return
-        if (manifest.get("seed_start"), manifest.get("num_samples")) != (self.layout.seed_start, self.layout.num_samples):
+        manifest = self._manifest()
+        if manifest is not None and (manifest.get("seed_start"), manifest.get("num_samples")) != (self.layout.seed_start, self.layout.num_samples):
             (self.folder / MANIFEST).unlink(missing_ok=True)
 
     def write_manifest_if_complete(self, facts: dict[str, Any]) -> Path | None:
@@ -200,9 +240,17 @@ def read_shard_manifest(root: str | Path) -> dict[str, Any]:
             f"no {MANIFEST} at {url} ({reason}): shards were never generated there, generation has not finished, "
             "or the pipe: command failed; run (or rerun) python -m regress.generate with the same config"
         ) from error
-    manifest = json.loads(text)
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{url} is not a regress shard manifest (format {manifest.get('format')!r}, expected {FORMAT!r})")
+    rewrite = "rerun the python -m regress.generate command that made the set to write it again"
+    try:
+        manifest = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{url} is damaged ({error}); {rewrite}") from error
+    found = manifest.get("format") if isinstance(manifest, dict) else None
+    if found != FORMAT:
+        raise ValueError(f"{url} is not a regress shard manifest (format {found!r}, expected {FORMAT!r})")
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or not all(isinstance(r, dict) and SHARD_RECORD_KEYS <= r.keys() for r in shards):
+        raise ValueError(f"{url} is damaged: its 'shards' are not a list of records with {', '.join(sorted(SHARD_RECORD_KEYS))}; {rewrite}")
     return manifest
 
 
