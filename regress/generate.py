@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -99,6 +100,8 @@ def generate(
         compile_cache: a file of torch.compile's caches: preloaded, or written by rank 0 when it does not
             exist yet, so a compiled generator (`compile` option) starts in seconds on a new machine
     """
+    if getattr(multiprocessing.current_process(), "_inheriting", False):  # an encoding process importing a script without a guard
+        raise RuntimeError('regress.generate ran while a worker process imported the calling script: put the call under if __name__ == "__main__":')
     layout = ShardLayout(name, seed_start, num_samples, samples_per_shard)
     _check_options(batch_size, workers, image_format, png_level, mesh_resolution if with_mesh else None)
     run_on = deterministic_kernels(pick_device(device))
@@ -114,10 +117,11 @@ def generate(
     settings = _settings(model, checkpoint, generator_options, mixture, layout, mesh if with_mesh else None, choices)
     shards = ShardSet(folder, layout, settings, target, keep_staged)
     shards.check_output()
-    todo, skipped = shards.plan(layout.indices_for_rank(rank, world_size))
-    shards.drop_stale_manifest()
-    run = _render_and_write(model, shards, todo, mixture, settings, png_level, batch_size, workers, f"rank {rank}/{world_size}", progress)
-    manifest = shards.write_manifest_if_complete(model.data_facts())
+    with shards.claimed(rank):
+        todo, skipped = shards.plan(layout.indices_for_rank(rank, world_size))
+        shards.drop_stale_manifest()
+        run = _render_and_write(model, shards, todo, mixture, settings, png_level, batch_size, workers, f"rank {rank}/{world_size}", progress)
+        manifest = shards.write_manifest_if_complete(model.data_facts())
     if write_cache:
         save_compile_cache(compile_cache)
     summary = {"output": str(folder), "rank": rank, "world_size": world_size, "skipped": [layout.filename(i) for i in skipped], **run}

@@ -137,6 +137,21 @@ def test_kill_mid_shard_then_resume_gives_the_uninterrupted_shards(reference, tm
     assert not list(tmp_path.glob("*.partial"))
 
 
+def test_a_second_run_writing_the_same_shards_at_once_is_refused(tmp_path):
+    command = [sys.executable, "-m", "regress.generate", *cli_args(tmp_path, num_samples=40)]
+    first = subprocess.Popen(command, cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while not list(tmp_path.glob("*.partial")) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        assert first.poll() is None, f"the first run ended too soon: {first.stderr.read().decode()}"
+        with pytest.raises(ValueError, match=f"another python -m regress.generate is writing the 'synth' shards of rank 0 in {tmp_path}"):
+            generate(tmp_path, **{**RUN, "num_samples": 40})
+    finally:
+        first.kill()
+        first.wait()
+
+
 def test_two_ranks_write_disjoint_shards_identical_to_one_rank(reference, tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
@@ -321,8 +336,12 @@ def test_mesh_grid_too_large_for_memory_is_refused_up_front(tmp_path):
 def test_unwritable_output_folder_is_a_clear_error(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    with pytest.raises(OSError, match=r"output folder .*a-file/shards is not writable.*choose another output folder"):
+    with pytest.raises(OSError, match=r"^output folder .*a-file/shards is not writable.*choose another output folder"):
         generate(blocker / "shards", **RUN)
+    with pytest.raises(FileExistsError, match=r"^output .*a-file is a file, not a folder; choose another output folder"):
+        generate(blocker, **RUN)
+    with pytest.raises(ValueError, match=r"^the output folder is empty: give --output DIR"):
+        generate("", **RUN)
     if os.geteuid() != 0:  # root writes anywhere; then only the case above applies
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)

@@ -9,6 +9,8 @@ means complete; `verify_dataset` checks a finished set against it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import json
@@ -16,7 +18,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import webdataset as wds
 from tqdm import tqdm
@@ -82,14 +84,18 @@ def shard_destination(output: str | Path, staging: Path | None) -> tuple[Path, P
     target = PipeCommand.parse(output)
     if target is not None and staging is None:
         raise ValueError("a pipe: output needs a local --staging folder, where shards are written and verified before they are piped")
+    if not str(staging if target is not None else output).strip():
+        raise ValueError("the output folder is empty: give --output DIR")
     folder = Path(staging if target is not None else output)
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"output {folder} is a file, not a folder; choose another output folder")
     probe = folder / f".write-probe-{os.getpid()}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
-        raise OSError(error.errno, f"output folder {folder} is not writable ({error.strerror or error}); choose another output folder or fix its permissions") from error
+        raise PermissionError(f"output folder {folder} is not writable ({error.strerror or error}); choose another output folder or fix its permissions") from error
     return folder, target
 
 
@@ -146,6 +152,22 @@ class ShardSet:
         write_json(record_path(shard), {**record, "sent_to": self.target.send(shard)})
         if not self.keep_staged:
             shard.unlink()
+
+    @contextlib.contextmanager
+    def claimed(self, rank: int) -> Iterator[None]:
+        """This rank's lock on the folder while it plans and writes: a second run writing the same shards at
+        once would delete the first one's partial files under it."""
+        path = self.folder / f".{self.layout.name}-rank{rank}.lock"
+        with open(path, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as error:
+                raise ValueError(f"another python -m regress.generate is writing the {self.layout.name!r} shards of rank {rank} "
+                                 f"in {self.folder}; let it finish, or use another output folder") from error  # fmt: skip
+            try:
+                yield
+            finally:
+                path.unlink(missing_ok=True)  # still held: the folder keeps no lock file after a run
 
     def _manifest(self) -> dict[str, Any] | None:
         """The folder's manifest.json as it is; None when there is none. A ValueError when it is not one of ours."""
