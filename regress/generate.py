@@ -184,7 +184,9 @@ def _render_and_write(
     samples = sum(len(layout.seeds(i)) for i in todo)
     bar = tqdm(total=samples, unit="sample", desc=desc, disable=not progress, dynamic_ncols=True)
     pool, clock = encoding_pool(workers), StageClock()
-    warmup: list[tuple[float, int]] = []  # (seconds, samples) until the first batch is rendered: compilation, cuDNN search
+    # (seconds, samples) until the first batch is rendered: compilation, cuDNN search. render_batches works one batch
+    # ahead, so by then the next batch has been rendered too (on the CPU) or is under way (on a GPU): it counts as warm-up.
+    warmup: list[tuple[float, int]] = []
 
     def write_all(batches: Iterator[RenderedBatch]) -> int:
         written = 0
@@ -198,7 +200,7 @@ def _render_and_write(
     def rendered() -> Iterator[RenderedBatch]:
         for batch in render_batches(model, layout, todo, mixture, settings, batch_size, clock):
             if not warmup:
-                warmup.append((time.perf_counter() - start, len(batch.seeds)))
+                warmup.append((time.perf_counter() - start, min(samples, len(batch.seeds) + batch_size)))
             yield batch
 
     try:

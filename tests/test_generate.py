@@ -425,3 +425,12 @@ def test_an_output_folder_holding_something_else_is_refused_untouched(reference,
             main([*cli_args(folder), *extra])
         assert stop.value.code == 1 and capsys.readouterr().err.strip().splitlines()[-1].startswith(f"regress.generate: error: {message}")
     assert {folder: digests(folder) for folder in before} == before
+
+
+def test_the_steady_rate_leaves_out_the_batch_rendered_ahead_during_warm_up(tmp_path):
+    """render_batches works one batch ahead: by the first batch's hand-over the second is rendered too (CPU), so a
+    two-batch run has no steady part to report (it once reported one of a few milliseconds, 460x the true rate)."""
+    two = generate(tmp_path / "two", **{**RUN, "num_samples": 2})
+    assert two["steady_samples_per_second"] is None and 0 < two["warmup_seconds"] <= two["seconds"]
+    five = generate(tmp_path / "five", **RUN)
+    assert five["steady_samples_per_second"] is not None and five["warmup_seconds"] < five["seconds"]
