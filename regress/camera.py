@@ -191,15 +191,21 @@ class ViewMixture:
 
     @classmethod
     def from_dict(cls, config: dict) -> "ViewMixture":
-        """Build from a mapping `{categories: [{name, weight, yaw_deg, ...}, ...]}`."""
-        items = config["categories"] if "categories" in config else config
+        """Build from a mapping `{categories: [{name, weight, yaw_deg, ...}, ...]}`; a ValueError that shows the form otherwise."""
+        form = "a view mixture is {categories: [{name, weight, yaw_deg: [lo, hi], pitch_deg: [lo, hi], ...}, ...]}"
+        items = config.get("categories") if isinstance(config, dict) else config
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            raise ValueError(f"{str(config)[:60]!r} is not a view mixture: {form}")
         categories = []
         for item in items:
             item = dict(item)
             for key in ("yaw_deg", "pitch_deg", "pivot"):
                 if key in item:
                     item[key] = tuple(float(x) for x in item[key])
-            categories.append(ViewCategory(**item))
+            try:
+                categories.append(ViewCategory(**item))
+            except TypeError as error:
+                raise ValueError(f"view category {item.get('name', '?')!r}: {error}; {form}") from error
         return cls(tuple(categories))
 
     @classmethod
@@ -207,7 +213,10 @@ class ViewMixture:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"view mixture file {path} does not exist")
-        return cls.from_dict(yaml.safe_load(path.read_text()))
+        try:
+            return cls.from_dict(yaml.safe_load(path.read_text()))
+        except (ValueError, yaml.YAMLError) as error:
+            raise ValueError(f"view mixture file {path}: {error}") from error
 
     @classmethod
     def load(cls, spec: "str | Path | dict | ViewMixture | None") -> "ViewMixture":

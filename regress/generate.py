@@ -103,7 +103,7 @@ def generate(
     if getattr(multiprocessing.current_process(), "_inheriting", False):  # an encoding process importing a script without a guard
         raise RuntimeError('regress.generate ran while a worker process imported the calling script: put the call under if __name__ == "__main__":')
     layout = ShardLayout(name, seed_start, num_samples, samples_per_shard)
-    _check_options(batch_size, workers, image_format, png_level, mesh_resolution if with_mesh else None)
+    _check_options(batch_size, workers, image_format, png_level, mesh_resolution if with_mesh else None, cutoff)
     run_on = deterministic_kernels(pick_device(device))
     if with_mesh:
         check_grid_fits(mesh_resolution, grids_in_flight=batch_size, device=run_on)
@@ -130,7 +130,7 @@ def generate(
     return summary
 
 
-def _check_options(batch_size: int, workers: int, image_format: str, png_level: int, mesh_resolution: int | None) -> None:
+def _check_options(batch_size: int, workers: int, image_format: str, png_level: int, mesh_resolution: int | None, cutoff: int | None) -> None:
     if batch_size < 1 or workers < 0:
         raise ValueError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
     if image_format not in IMAGE_FORMATS:
@@ -139,6 +139,8 @@ def _check_options(batch_size: int, workers: int, image_format: str, png_level: 
         raise ValueError(f"png_level is a zlib level from 0 (none) to 9 (smallest), got {png_level}")
     if mesh_resolution is not None and mesh_resolution < 2:
         raise ValueError(f"mesh_resolution must be at least 2, got {mesh_resolution}")
+    if cutoff is not None and cutoff < 0:
+        raise ValueError(f"cutoff is the number of latent layers truncated, from 0, got {cutoff}; null truncates them all")
 
 
 def _load_generator(name: str | None, checkpoint: Path | None, options: dict | None, device: torch.device) -> Generator:

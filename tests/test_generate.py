@@ -314,6 +314,8 @@ BAD_OPTIONS = {
     "unknown generator option": ({"generator_options": {**SMALL, "foo": 1}}, "unknown analytic generator option(s) foo; its options: z_dim,"),
     "a device that is not one": ({"device": "bogus"}, "device 'bogus' is not a torch device: give auto, cpu, cuda or cuda:N"),
     "a GPU that is not there": ({"device": "cuda:7"}, "device 'cuda:7': "),
+    "a view mixture that is not one": ({"views": {"foo": 1}}, "\"{'foo': 1}\" is not a view mixture: a view mixture is {categories:"),
+    "a negative truncation cutoff": ({"cutoff": -5}, "cutoff is the number of latent layers truncated, from 0, got -5"),
     "a checkpoint that is not there": ({"generator": "eg3d", "checkpoint": "nowhere.pkl"}, "generator checkpoint nowhere.pkl does not exist; give"),
 }
 

@@ -92,6 +92,8 @@ def write_pairs_manifest(root: Path, content: dict[str, Any]) -> None:
 def read_pairs_manifest(root: str | Path) -> dict[str, Any]:
     """A pairs folder's manifest; a clear error when the set was never finished."""
     path = Path(root) / MANIFEST
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"pairs folder {root} does not exist; build it with python -m regress.evaluate pairs --output {root}")
     if not path.is_file():
         raise FileNotFoundError(f"no {MANIFEST} in {root}: run (or rerun) python -m regress.evaluate pairs to finish the set")
     try:

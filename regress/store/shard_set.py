@@ -252,7 +252,8 @@ def read_shard_manifest(root: str | Path) -> dict[str, Any]:
     """The manifest of a shard folder (or `pipe:` template); a clear error when generation has not finished there."""
     url = shard_url(root, MANIFEST)
     if PipeCommand.parse(root) is None and not Path(root).is_dir():
-        raise FileNotFoundError(f"shard folder {root} does not exist; give the --output of a python -m regress.generate run")
+        state = "is a file, not a folder" if Path(root).exists() else "does not exist"
+        raise FileNotFoundError(f"shard folder {root} {state}; give the --output of a python -m regress.generate run")
     try:
         with wds.gopen(url, "rb") as stream:
             text = stream.read()
