@@ -12,7 +12,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-HINT = "try a lower --model.lr, --trainer.gradient_clip_val 1.0, full precision (--trainer.precision 32), or check the data for non-finite values"
+HINT = "try a lower --model.lr (in a new run: a resumed one keeps its checkpoint's), --trainer.gradient_clip_val 1.0, full precision (--trainer.precision 32), or check the data for non-finite values"
 
 
 class NonFiniteError(FloatingPointError):
