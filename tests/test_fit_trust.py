@@ -19,8 +19,9 @@ import regress.fit as fit
 from regress.datamodules import SynthOnlineDataModule
 from regress.generate import generate
 from regress.models import DepthRegressor
+from regress.models.checkpoint_io import VerifiedCheckpointIO, listed_hashes, read_checkpoint
 from regress.models.guards import FiniteGuard, NonFiniteError
-from regress.store.files import file_sha256
+from regress.store.files import AtomicFile, file_sha256
 from regress.store.shard_set import MANIFEST
 from tests.test_fit import TINY
 
@@ -275,3 +276,19 @@ def test_the_ddp_config_trains_two_ranks_on_the_cpu_and_writes_one_verified_chec
     assert load(folder / "last.ckpt")["global_step"] == 2  # 8 samples, 2 ranks of batch 2
     assert (folder / "last.ckpt.sha256").read_text() == f"{file_sha256(folder / 'last.ckpt')}  last.ckpt\n"
     assert not list(folder.glob("*.partial"))
+
+
+def test_a_save_over_a_checkpoint_lists_only_the_new_hash_and_a_removal_takes_the_list(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {}}, path)  # written before lists were kept
+    old = file_sha256(path)
+    plugin = VerifiedCheckpointIO()
+    lists_during_the_rename = []
+    rename = AtomicFile.commit
+    monkeypatch.setattr(AtomicFile, "commit", lambda self: (lists_during_the_rename.append(listed_hashes(path)), rename(self)))
+    plugin.save_checkpoint({"state_dict": {"w": torch.ones(2)}, "hyper_parameters": {}}, path)
+    new = file_sha256(path)
+    assert lists_during_the_rename == [{old, new}]  # a kill mid-replace leaves a file its list accepts
+    assert listed_hashes(path) == {new} and read_checkpoint(path, "checkpoint", "")["state_dict"]["w"].sum() == 2
+    plugin.remove_checkpoint(path)
+    assert list(tmp_path.iterdir()) == []

@@ -49,8 +49,8 @@ class VerifiedCheckpointIO(TorchCheckpointIO):
             partial.discard()
             raise
         new = file_sha256(partial.partial)
-        old = sorted(listed_hashes(path) - {new}) if path.is_file() else []
-        _write_hashes(path, [new, *old])  # both, while the rename below is under way
+        old = (listed_hashes(path) or {file_sha256(path)}) if path.is_file() else set()  # a file saved before lists were kept
+        _write_hashes(path, [new, *sorted(old - {new})])  # both, while the rename below is under way
         partial.commit()
         _write_hashes(path, [new])
 
