@@ -30,7 +30,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from regress import configs
 from regress.models.base import Regressor
 from regress.models.checkpoint_io import read_checkpoint
-from regress.models.guards import FiniteGuard
+from regress.models.guards import EmptyEpochGuard, FiniteGuard
 from regress.runtime import load_compile_cache, save_compile_cache
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -243,7 +243,7 @@ class CompileCache(Callback):
 
 
 class RegressCLI(LightningCLI):
-    """LightningCLI with a run name, a fixed checkpoint folder per run, `--ckpt_path last` from it, FiniteGuard,
+    """LightningCLI with a run name, a fixed checkpoint folder per run, `--ckpt_path last` from it, the guards,
     a compile cache file, and the data module's image size and latent space linked into the model."""
 
     def __init__(self, *args: Any, explicit_model: set[str] = frozenset(), **kwargs: Any) -> None:
@@ -253,6 +253,7 @@ class RegressCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--name", type=str, default="default", help="run name: checkpoints go to <trainer.default_root_dir>/NAME/checkpoints")
         parser.add_lightning_class_args(FiniteGuard, "finite_guard")
+        parser.add_lightning_class_args(EmptyEpochGuard, "empty_epoch_guard")
         parser.add_lightning_class_args(CompileCache, "compile_cache")
         # Data facts reach the model when it is built; jsonargparse skips a link whose data module
         # lacks the attribute or whose model lacks the parameter (DepthRegressor: no latent_space).

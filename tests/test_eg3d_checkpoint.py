@@ -257,3 +257,13 @@ def test_full_ffhq512_config_maps_one_to_one_onto_the_released_manifest(eg3d_fix
     shapes = {k: list(v.shape) for k, v in generator.state_dict().items()}
     assert shapes == manifest
     assert generator.num_ws == 14 and generator.z_dim == 512 and generator.w_dim == 512
+
+
+def test_a_converted_checkpoint_missing_a_file_names_the_missing_one(tmp_path):
+    weights = tmp_path / "ffhq.safetensors"
+    weights.write_bytes(b"\0" * 64)
+    with pytest.raises(CheckpointError, match=r"side by side in .*: config.json is not there; convert the .pkl again"):
+        create_generator("eg3d", checkpoint=weights)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=r": model.safetensors is not there"):
+        create_generator("eg3d", checkpoint=tmp_path)

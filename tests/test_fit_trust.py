@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -164,6 +165,7 @@ def shard_folders(tmp_path_factory) -> Path:
     generate(root / "no-manifest", generator="analytic", generator_options=small, num_samples=8, samples_per_shard=4, progress=False)
     (root / "no-manifest" / MANIFEST).unlink()
     generate(root / "corrupt", generator="analytic", generator_options=small, num_samples=8, samples_per_shard=4, progress=False)
+    shutil.copytree(root / "corrupt", root / "small")  # 4 training samples: fewer than a batch of 8
     for shard in (root / "corrupt").glob("*.tar"):
         damaged = bytearray(shard.read_bytes())
         damaged[len(damaged) // 2] ^= 1
@@ -187,6 +189,8 @@ ONE_LINE_ERRORS = {
                                          "{root}/corrupt/synth-000000.tar: SHA-256 "),
     "every training shard corrupt and skipped": (["--data", "shards", "--data.root", "{root}/corrupt", "--data.skip_corrupt", "true",
                                                  "--data.num_workers", "0"], 1, "all 1 training shards are corrupt, none can be used"),
+    "no training batch in an epoch": (["--data", "shards", "--data.root", "{root}/small", "--data.resampled", "false", "--data.batch_size", "8",
+                                      "--data.num_workers", "0"], 1, "training epoch 0 got no batch from the data"),
     "meshes the shards lack": (["--data", "shards", "--data.root", "{root}/corrupt", "--data.with_mesh", "true"], 1,
                                "{root}/corrupt was generated without meshes; drop --data.with_mesh"),
     "unreadable checkpoint": (["--ckpt_path", "{root}/foreign.bin"], 1, "checkpoint {root}/foreign.bin cannot be read as a PyTorch checkpoint"),

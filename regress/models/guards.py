@@ -1,6 +1,7 @@
 """FiniteGuard: training stops at the first non-finite loss, gradient or monitored metric, and never saves one.
+EmptyEpochGuard: a training epoch that got no batch at all stops the run instead of ending it as a success.
 
-`python -m regress.fit` always adds it. Each check runs where the value first exists, before the
+`python -m regress.fit` always adds both. Each check runs where the value first exists, before the
 optimizer step or the checkpoint callbacks (Lightning runs those last) can use it.
 """
 
@@ -74,3 +75,18 @@ class FiniteGuard(Callback):
         if bad:
             total = len(checkpoint["state_dict"])
             raise NonFiniteError(f"not saving a checkpoint at {where(trainer)}: {len(bad)} of {total} weight tensors are not finite (first {bad[0]}); {HINT}")
+
+
+class EmptyEpochGuard(Callback):
+    """Raises ValueError at the end of a training epoch that trained on no batch (every shard skipped as corrupt,
+    fewer samples than one batch a rank): such a run would otherwise finish, exit 0 and leave nothing trained.
+
+    Batches are counted by the fit loop, whose count a resumed run restores: an epoch resumed after its last
+    batch has trained on its batches before the checkpoint.
+    """
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trained = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        if trained == 0 and trainer.limit_train_batches != 0:
+            raise ValueError(f"training epoch {trainer.current_epoch} got no batch from the data: every shard skipped as corrupt, "
+                             "or fewer samples than one batch a rank; check the data (python -m regress.generate --verify DIR)")  # fmt: skip

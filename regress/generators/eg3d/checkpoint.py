@@ -310,8 +310,11 @@ def load_converted(path: str | Path) -> tuple[EG3DConfig, dict[str, torch.Tensor
     path = Path(path)
     weights = path / WEIGHTS_FILE if path.is_dir() else path
     config_path = weights.with_name(CONFIG_FILE)
-    if not weights.is_file() or not config_path.is_file():
-        raise CheckpointError(f"a converted EG3D checkpoint needs {WEIGHTS_FILE} and {CONFIG_FILE} side by side in {weights.parent}")
+    missing = [p.name for p in (weights, config_path) if not p.is_file()]
+    if missing:
+        raise CheckpointError(f"a converted EG3D checkpoint needs {WEIGHTS_FILE} and {CONFIG_FILE} side by side in {weights.parent}: "
+                              f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not there; convert the .pkl again "
+                              "(python -m regress.generators.eg3d.convert)")  # fmt: skip
     saved = _read_config_file(config_path)
     data = weights.read_bytes()
     _check_recorded_hashes(saved, data, weights, config_path)
