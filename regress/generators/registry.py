@@ -50,9 +50,10 @@ def create_generator(name: str | None = None, checkpoint: str | Path | None = No
             raise FileNotFoundError(f"generator checkpoint {checkpoint} does not exist; give the path of a local checkpoint "
                                     "(EG3D: the upstream .pkl, or the folder python -m regress.generators.eg3d.convert makes)")  # fmt: skip
         return cls.from_checkpoint(checkpoint, **kwargs)
-    unknown = sorted(set(kwargs) - set(inspect.signature(cls).parameters))
-    if unknown and not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls).parameters.values()):
-        raise ValueError(f"unknown {name} generator option(s) {', '.join(unknown)}; its options: {', '.join(inspect.signature(cls).parameters)}")
+    options = inspect.signature(cls).parameters
+    unknown = sorted(set(kwargs) - set(options))
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in options.values()):
+        raise ValueError(f"unknown {name} generator option(s) {', '.join(unknown)}; its options: {', '.join(options)}")
     if name != "analytic":  # the embedded default is a model in its own right; any other without weights is noise
         print(f"regress: no checkpoint given for {name}: random weights, whose images are noise (for tests and timing only)", file=sys.stderr)
     return cls(**kwargs)
