@@ -436,3 +436,14 @@ def test_the_steady_rate_leaves_out_the_batch_rendered_ahead_during_warm_up(tmp_
     assert two["steady_samples_per_second"] is None and 0 < two["warmup_seconds"] <= two["seconds"]
     five = generate(tmp_path / "five", **RUN)
     assert five["steady_samples_per_second"] is not None and five["warmup_seconds"] < five["seconds"]
+
+
+def test_a_manifest_that_cannot_be_written_is_a_one_line_error_naming_it(tmp_path, capsys):
+    (tmp_path / MANIFEST).mkdir()  # the rename into place fails, as a full disk's write would
+    with pytest.raises(SystemExit) as exit_info:
+        main(cli_args(tmp_path))
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"regress.generate: error: [Errno 21] writing {tmp_path / MANIFEST} failed (Is a directory)")
+    assert error.endswith("complete shards are kept, free some space and rerun the same command")
+    assert all(read_shard_record(p) is not None for p in tmp_path.glob("*.tar")) and len(list(tmp_path.glob("*.tar"))) == 3

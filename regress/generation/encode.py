@@ -19,6 +19,7 @@ from tqdm import tqdm
 from regress.generation.render import RenderedBatch
 from regress.generation.timing import StageClock, timed_call
 from regress.sample import encode_sample
+from regress.store.files import write_failed
 from regress.store.shard_set import ShardSet
 from regress.store.shards import ShardWriter, sample_key
 
@@ -140,8 +141,4 @@ def write_shard(
             "complete shards are kept: fix the cause and rerun the same command, or pass --workers 0 to encode in this process"
         ) from error
     except OSError as error:
-        raise OSError(
-            error.errno,
-            f"writing {path} failed ({error.strerror or error}): the disk may be full or a file size limit reached; "
-            "complete shards are kept, free some space and rerun the same command",
-        ) from error
+        raise write_failed(path, error) from error

@@ -33,6 +33,15 @@ def write_atomic(path: Path, data: bytes) -> None:
         partial.unlink(missing_ok=True)
 
 
+def write_failed(path: Path, error: OSError) -> OSError:
+    """The error to raise when writing `path` failed: what failed, the likely cause, and that a rerun goes on."""
+    return OSError(
+        error.errno,
+        f"writing {path} failed ({error.strerror or error}): the disk may be full or a file size limit reached; "
+        "complete shards are kept, free some space and rerun the same command",
+    )
+
+
 def write_json(path: Path, content: dict[str, Any]) -> None:
     """Write JSON with sorted keys (one space indent, a final newline) through `write_atomic`."""
     write_atomic(path, (json.dumps(content, sort_keys=True, indent=1) + "\n").encode())

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import webdataset as wds
 from tqdm import tqdm
 
-from regress.store.files import partial_path, write_json
+from regress.store.files import partial_path, write_failed, write_json
 from regress.store.pipes import PipeCommand
 from regress.store.shards import ShardReadError, check_shard, read_shard_record, record_path, shard_is_complete
 
@@ -236,7 +236,10 @@ class ShardSet:
             "shards": records,
         }
         path = self.folder / MANIFEST
-        write_json(path, manifest)
+        try:
+            write_json(path, manifest)
+        except OSError as error:
+            raise write_failed(path, error) from error
         if self.target is not None:
             self.target.send(path)
         return path
