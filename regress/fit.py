@@ -75,12 +75,12 @@ def resolve_choice(flag: str, value: str | None) -> str:
     if path is not None:
         _check_importable(flag, value, path)
         return str(path)
-    if value.endswith((".yaml", ".yml", ".json")) and Path(value).is_file():
+    if value.endswith((".yaml", ".yml", ".json")):
         try:
-            return str(configs.checked_yaml(Path(value)))
-        except ValueError as error:
+            return configs.config_file(group, value)  # a file checked to be YAML
+        except (FileNotFoundError, ValueError) as error:
             raise UsageError(f"{flag} {error}") from error
-    if value.endswith((".yaml", ".yml", ".json")) or "." in value or value.startswith("{"):
+    if "." in value or value.startswith("{"):
         return value
     raise UsageError(f"unknown {flag} {value!r}; choose one of {', '.join(configs.short_names(group))} (regress/configs/{group}/NAME.yaml), a YAML file or a class path")
 

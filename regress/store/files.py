@@ -42,6 +42,18 @@ def write_failed(path: Path, error: OSError) -> OSError:
     )
 
 
+def parse_manifest(text: str | bytes, where: str, kind: str, expected: str, rewrite: str) -> dict[str, Any]:
+    """A manifest's JSON in the format `expected`; a ValueError naming `where` when it is damaged, or is not `kind`."""
+    try:
+        manifest = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{where} is damaged ({error}); {rewrite}") from error
+    found = manifest.get("format") if isinstance(manifest, dict) else None
+    if found != expected:
+        raise ValueError(f"{where} is not {kind} (format {found!r}, expected {expected!r})")
+    return manifest
+
+
 def write_json(path: Path, content: dict[str, Any]) -> None:
     """Write JSON with sorted keys (one space indent, a final newline) through `write_atomic`."""
     write_atomic(path, (json.dumps(content, sort_keys=True, indent=1) + "\n").encode())

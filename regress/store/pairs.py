@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from regress.store.files import PARTIAL, write_folder, write_json
+from regress.store.files import PARTIAL, parse_manifest, write_folder, write_json
 from regress.store.shard_set import setting_differences
 from regress.store.shards import ShardWriter
 
@@ -96,14 +96,7 @@ def read_pairs_manifest(root: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"pairs folder {root} does not exist; build it with python -m regress.evaluate pairs --output {root}")
     if not path.is_file():
         raise FileNotFoundError(f"no {MANIFEST} in {root}: run (or rerun) python -m regress.evaluate pairs to finish the set")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is damaged ({error}): rerun python -m regress.evaluate pairs to write it again") from error
-    found = manifest.get("format") if isinstance(manifest, dict) else None
-    if found != PAIRS_FORMAT:
-        raise ValueError(f"{path} is not a pairs manifest (format {found!r}, expected {PAIRS_FORMAT!r})")
-    return manifest
+    return parse_manifest(path.read_bytes(), str(path), "a pairs manifest", PAIRS_FORMAT, "rerun python -m regress.evaluate pairs to write it again")
 
 
 def write_pair_shards(root: Path, samples_per_shard: int = 1000) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import webdataset as wds
 from tqdm import tqdm
 
-from regress.store.files import partial_path, write_failed, write_json
+from regress.store.files import parse_manifest, partial_path, write_failed, write_json
 from regress.store.pipes import PipeCommand
 from regress.store.shards import ShardReadError, check_shard, read_shard_record, record_path, shard_is_complete
 
@@ -267,13 +267,7 @@ def read_shard_manifest(root: str | Path) -> dict[str, Any]:
             "or the pipe: command failed; run (or rerun) python -m regress.generate with the same config"
         ) from error
     rewrite = "rerun the python -m regress.generate command that made the set to write it again"
-    try:
-        manifest = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{url} is damaged ({error}); {rewrite}") from error
-    found = manifest.get("format") if isinstance(manifest, dict) else None
-    if found != FORMAT:
-        raise ValueError(f"{url} is not a regress shard manifest (format {found!r}, expected {FORMAT!r})")
+    manifest = parse_manifest(text, url, "a regress shard manifest", FORMAT, rewrite)
     shards = manifest.get("shards")
     if not isinstance(shards, list) or not all(isinstance(r, dict) and SHARD_RECORD_KEYS <= r.keys() for r in shards):
         raise ValueError(f"{url} is damaged: its 'shards' are not a list of records with {', '.join(sorted(SHARD_RECORD_KEYS))}; {rewrite}")
