@@ -3,9 +3,11 @@
 Planes come from the full FFHQ-512 configuration with random weights (float16 fast path), the
 points are the coarse stratified samples of `published` views (128² rays x 48), features and sigma
 as the renderer asks for them, and sigma alone as the density grid does. Every setting must give
-the same numbers as the first one (the largest difference is printed).
+the same numbers as the first one (the largest difference is printed). `--importance` also times
+the renderer's second call, on its importance samples (jittered CDF levels, as `sample()` draws
+them, and the same levels sorted per ray).
 
-    python scripts/bench_field.py --blocks 32 64 128 --warps 2 4 8
+    python scripts/bench_field.py --blocks 32 64 128 --warps 2 4 8 [--importance]
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from regress.camera import ViewMixture, camera_rays, views_to_cameras
 from regress.generators.base import seeded_normal
 from regress.generators.eg3d import fused_field as kernel
 from regress.generators.eg3d.generator import EG3DGenerator
-from regress.generators.eg3d.renderer import stratified_depths
+from regress.generators.eg3d.renderer import importance_depths, march_weights, stratified_depths
 
 
 def timed(function, repeats: int) -> float:
@@ -40,6 +42,10 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, nargs="+", default=[32, 64, 128, 256])
     parser.add_argument("--warps", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--importance", action="store_true", help="also time the importance samples' call (launch settings in use)")
+    parser.add_argument(
+        "--compiled", action="store_true", help="also time the call inside torch.compile with CUDA graphs, as synthesis runs it"
+    )  # fmt: skip
     args = parser.parse_args()
     torch.manual_seed(0)
     generator = EG3DGenerator(precision="float16").cuda().eval()
@@ -52,6 +58,28 @@ def main() -> None:
         n, m, _ = origins.shape
         depths = stratified_depths((n, m), generator.config.samples_per_ray, generator.ray_start, generator.ray_end, None, origins.device)
         points = (origins[..., None, :] + depths[..., None] * directions[..., None, :]).reshape(n, -1, 3)
+        if args.importance:
+            renderer, d = generator.renderer, generator.config.samples_per_ray
+            sigma = generator._field(planes, points, with_features=False)[0].reshape(n, m, d)
+            weights = march_weights(depths, sigma, renderer.density_bias)
+            levels = torch.rand((n, m, renderer.importance_samples_per_ray), generator=torch.Generator(device="cuda").manual_seed(0), device="cuda")
+            fine = {
+                "importance, jittered levels": importance_depths(depths, weights, levels),
+                "importance, levels sorted per ray": importance_depths(depths, weights, levels.sort(dim=-1).values),
+            }
+            for name, fine_depths in fine.items():
+                fine_points = (origins[..., None, :] + fine_depths[..., None] * directions[..., None, :]).reshape(n, -1, 3)
+                field = timed(lambda: generator._field(planes, fine_points), args.repeats) / n
+                sigma_only = timed(lambda: generator._field(planes, fine_points, with_features=False), args.repeats) / n
+                print(f"{name}: field {field:.3f} ms/image, sigma only {sigma_only:.3f} ms/image ({fine_points.shape[1]} points per image)")
+            coarse = timed(lambda: generator._field(planes, points), args.repeats) / n
+            print(f"coarse, same settings: field {coarse:.3f} ms/image\n")
+        if args.compiled:
+            compiled = torch.compile(lambda q: generator._field(planes, q), mode="reduce-overhead", dynamic=False)
+            for _ in range(3):
+                compiled(points)
+            print(f"inside torch.compile (CUDA graphs): field {timed(lambda: compiled(points), args.repeats) / n:.3f} ms/image")
+            print(f"eager, same settings: field {timed(lambda: generator._field(planes, points), args.repeats) / n:.3f} ms/image\n")
     per_image = points.shape[1]
     print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}; batch {n}, {per_image} points per image\n")
     print("| block | warps | field ms/image | Gpoints/s | sigma-only ms/image | max diff vs first |")

@@ -47,12 +47,14 @@ def machine() -> str:
 
 
 def rate(
-    generator, batch_size: int, views: ViewMixture, min_seconds: float, device: torch.device, jitter: bool
+    generator, batch_size: int, views: ViewMixture, min_seconds: float, device: torch.device, jitter: bool, in_flight: int = 0
 ) -> tuple[float, float, float]:
     """Samples per wall second and per CPU second of this process over at least `min_seconds` (fresh seeds), peak GiB.
 
     The host queues groups of about 64 samples before waiting for the device, so host work of one
-    batch (seeded draws, cameras, launches) overlaps the device work of the one before.
+    batch (seeded draws, cameras, launches) overlaps the device work of the one before. With
+    `in_flight` > 0 the queue never drains instead: before queuing a batch the host waits only for the
+    batch `in_flight` places back, as `regress.generate` does.
     """
     next_seed = 0
 
@@ -68,6 +70,20 @@ def rate(
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         start, cpu_start, done = time.perf_counter(), time.process_time(), 0
+        queued: list[torch.cuda.Event] = []
+        while in_flight > 0:
+            if len(queued) == in_flight:
+                queued.pop(0).synchronize()
+            batch()
+            done += batch_size
+            queued.append(torch.cuda.Event())
+            queued[-1].record()
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds:
+                synchronize(device)
+                elapsed = time.perf_counter() - start
+                peak = torch.cuda.max_memory_allocated(device) / 2**30
+                return done / elapsed, done / (time.process_time() - cpu_start), peak
         while True:  # batches are queued back to back, as a training or generation loop would: sync per group
             for _ in range(max(1, 64 // batch_size)):
                 batch()
@@ -100,7 +116,7 @@ def fidelity(checkpoint: str, options: dict, device: torch.device, seeds: range)
     ]
 
 
-def profile(generator, batch_size: int, views: ViewMixture, device: torch.device, jitter: bool, rows: int = 25) -> str:
+def profile(generator, batch_size: int, views: ViewMixture, device: torch.device, jitter: bool, rows: int) -> str:
     """The most expensive device kernels of one batch (torch.profiler), after a warm-up batch."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -133,6 +149,11 @@ def main() -> None:
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls and convolutions (default: off)")
     parser.add_argument("--fidelity", default=None, metavar="CHECKPOINT", help="compare --options with float32 on these weights")
     parser.add_argument("--profile", action="store_true", help="print the top device kernels of one batch per row")
+    parser.add_argument("--profile-rows", type=int, default=25, help="how many kernels --profile prints")
+    parser.add_argument(
+        "--in-flight", type=int, default=0, metavar="K",
+        help="GPU only: keep K batches queued and never drain (as regress.generate does) instead of a sync every 64 samples",
+    )  # fmt: skip
     parser.add_argument(
         "--compile-cache", default=None, metavar="FILE", help="torch.compile cache file: preloaded if it exists, else written at the end"
     )  # fmt: skip
@@ -144,6 +165,8 @@ def main() -> None:
             parser.error(f"checkpoint {path} does not exist")
     options = json.loads(args.options)
     device = torch.device(args.device)
+    if args.in_flight and device.type != "cuda":
+        parser.error("--in-flight waits on CUDA events: it needs a GPU device")
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
     torch.backends.cudnn.benchmark = True
     if args.deterministic:
@@ -167,7 +190,9 @@ def main() -> None:
         generator = create_generator(args.generator, checkpoint=args.checkpoint, **kwargs).to(device).eval()
         for batch_size in args.batch_sizes:
             try:
-                per_second, per_cpu_second, peak = rate(generator, batch_size, views, args.min_seconds, device, not args.no_jitter)
+                per_second, per_cpu_second, peak = rate(
+                    generator, batch_size, views, args.min_seconds, device, not args.no_jitter, args.in_flight
+                )
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 per_second = per_cpu_second = peak = math.nan
@@ -179,10 +204,11 @@ def main() -> None:
             rows.append(row)
             print(" | ".join(row), flush=True)
             if args.profile:
-                print(profile(generator, batch_size, views, device, not args.no_jitter), flush=True)
+                print(profile(generator, batch_size, views, device, not args.no_jitter, args.profile_rows), flush=True)
     if write_cache:
         save_compile_cache(args.compile_cache)
-    print(f"\n{machine()}, TF32 {'on' if args.tf32 else 'off'}{', deterministic kernels' if args.deterministic else ''}\n")
+    queue = f"{args.in_flight} batches in flight" if args.in_flight else "a sync every 64 samples"
+    print(f"\n{machine()}, TF32 {'on' if args.tf32 else 'off'}{', deterministic kernels' if args.deterministic else ''}, {queue}\n")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:

@@ -4,6 +4,10 @@ The unfused field writes and rereads about 1 KB per point (plane samples, hidden
 gathers read each 128-byte line for 4 bytes; here each tap is one contiguous C-channel row of
 channels-last half-precision planes and only sigma and the features leave the chip. Same math as
 `sample_triplanes` + `OSGDecoder` (grid_sample bilinear, zeros padding, align_corners False).
+
+The kernel is an opaque custom op, launched by Triton itself also under `torch.compile`: as a
+`triton_op`, inductor launched it and it ran 1.8x slower there (0.292 against 0.161 ms/image,
+`scripts/bench_field.py --compiled`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from regress.generators.eg3d.renderer import FEATURE_PAD, OSGDecoder
 try:
     import triton
     import triton.language as tl
-    from torch.library import triton_op, wrap_triton
 except ImportError:  # CPU-only installs: the unfused field is used
     triton = None
 
@@ -112,7 +115,7 @@ if triton is not None:
             target = features_ptr + (n * C + wide[None, :]).to(tl.int64) * P + offsets[:, None]
             tl.store(target, features.to(features_ptr.dtype.element_ty), mask=valid[:, None] & (wide[None, :] < C))
 
-    @triton_op("regress::triplane_field", mutates_args=())
+    @torch.library.custom_op("regress::triplane_field", mutates_args=())
     def triplane_field(
         planes: torch.Tensor,
         points: torch.Tensor,
@@ -130,8 +133,15 @@ if triton is not None:
         sigma = torch.empty((n, p), dtype=torch.float32, device=points.device)
         features = torch.empty((n, c, p if with_features else 0), dtype=planes.dtype, device=points.device)
         grid = (triton.cdiv(p, BLOCK_POINTS), n)
-        wrap_triton(_triplane_field_kernel)[grid](
+        _triplane_field_kernel[grid](
             planes, points, w1, b1, w2, w2_sigma, b2, sigma, features, p, h, w, scale, FEATURE_PAD, SOFTPLUS_THRESHOLD,
             C=c, HIDDEN=w1.shape[1], WIDE=max(c, 64), BLOCK=BLOCK_POINTS, WITH_FEATURES=with_features, num_warps=NUM_WARPS,
         )  # fmt: skip
         return sigma, features
+
+    @triplane_field.register_fake
+    def _triplane_field_shapes(planes, points, w1, b1, w2, w2_sigma, b2, scale, with_features):
+        """Empty outputs of the right shapes, for tracing under `torch.compile`."""
+        n, p, _ = points.shape
+        c = planes.shape[-1]
+        return points.new_empty((n, p)), planes.new_empty((n, c, p if with_features else 0))
