@@ -36,6 +36,35 @@ def timed(function, repeats: int) -> float:
     return start.elapsed_time(end) / repeats
 
 
+def time_importance_calls(generator, planes, origins, directions, depths, repeats: int) -> None:
+    """Print the field's cost on the renderer's importance samples (jittered CDF levels, and sorted per ray) beside the coarse."""
+    n, m, d = depths.shape
+    coarse = (origins[..., None, :] + depths[..., None] * directions[..., None, :]).reshape(n, -1, 3)
+    with torch.no_grad():
+        renderer = generator.renderer
+        weights = march_weights(depths, generator._field(planes, coarse, with_features=False)[0].reshape(n, m, d), renderer.density_bias)
+        seeded = torch.Generator(device=depths.device).manual_seed(0)
+        levels = torch.rand((n, m, renderer.importance_samples_per_ray), generator=seeded, device=depths.device)
+        for name, cdf_levels in (("jittered levels", levels), ("levels sorted per ray", levels.sort(dim=-1).values)):
+            fine = importance_depths(depths, weights, cdf_levels)
+            points = (origins[..., None, :] + fine[..., None] * directions[..., None, :]).reshape(n, -1, 3)
+            field = timed(lambda: generator._field(planes, points), repeats) / n
+            sigma_only = timed(lambda: generator._field(planes, points, with_features=False), repeats) / n
+            print(f"importance, {name}: field {field:.3f} ms/image, sigma only {sigma_only:.3f} ms/image")
+        print(f"coarse, same settings: field {timed(lambda: generator._field(planes, coarse), repeats) / n:.3f} ms/image\n")
+
+
+def time_compiled_call(generator, planes, points, repeats: int) -> None:
+    """Print the field's cost inside torch.compile with CUDA graphs, as synthesis runs it, beside the eager call."""
+    n = points.shape[0]
+    with torch.no_grad():
+        compiled = torch.compile(lambda q: generator._field(planes, q), mode="reduce-overhead", dynamic=False)
+        for _ in range(3):  # warm-up, recording, first replay
+            compiled(points)
+        print(f"inside torch.compile (CUDA graphs): field {timed(lambda: compiled(points), repeats) / n:.3f} ms/image")
+        print(f"eager, same settings: field {timed(lambda: generator._field(planes, points), repeats) / n:.3f} ms/image\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=32)
@@ -58,28 +87,10 @@ def main() -> None:
         n, m, _ = origins.shape
         depths = stratified_depths((n, m), generator.config.samples_per_ray, generator.ray_start, generator.ray_end, None, origins.device)
         points = (origins[..., None, :] + depths[..., None] * directions[..., None, :]).reshape(n, -1, 3)
-        if args.importance:
-            renderer, d = generator.renderer, generator.config.samples_per_ray
-            sigma = generator._field(planes, points, with_features=False)[0].reshape(n, m, d)
-            weights = march_weights(depths, sigma, renderer.density_bias)
-            levels = torch.rand((n, m, renderer.importance_samples_per_ray), generator=torch.Generator(device="cuda").manual_seed(0), device="cuda")
-            fine = {
-                "importance, jittered levels": importance_depths(depths, weights, levels),
-                "importance, levels sorted per ray": importance_depths(depths, weights, levels.sort(dim=-1).values),
-            }
-            for name, fine_depths in fine.items():
-                fine_points = (origins[..., None, :] + fine_depths[..., None] * directions[..., None, :]).reshape(n, -1, 3)
-                field = timed(lambda: generator._field(planes, fine_points), args.repeats) / n
-                sigma_only = timed(lambda: generator._field(planes, fine_points, with_features=False), args.repeats) / n
-                print(f"{name}: field {field:.3f} ms/image, sigma only {sigma_only:.3f} ms/image ({fine_points.shape[1]} points per image)")
-            coarse = timed(lambda: generator._field(planes, points), args.repeats) / n
-            print(f"coarse, same settings: field {coarse:.3f} ms/image\n")
-        if args.compiled:
-            compiled = torch.compile(lambda q: generator._field(planes, q), mode="reduce-overhead", dynamic=False)
-            for _ in range(3):
-                compiled(points)
-            print(f"inside torch.compile (CUDA graphs): field {timed(lambda: compiled(points), args.repeats) / n:.3f} ms/image")
-            print(f"eager, same settings: field {timed(lambda: generator._field(planes, points), args.repeats) / n:.3f} ms/image\n")
+    if args.importance:
+        time_importance_calls(generator, planes, origins, directions, depths, args.repeats)
+    if args.compiled:
+        time_compiled_call(generator, planes, points, args.repeats)
     per_image = points.shape[1]
     print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}; batch {n}, {per_image} points per image\n")
     print("| block | warps | field ms/image | Gpoints/s | sigma-only ms/image | max diff vs first |")

@@ -186,6 +186,23 @@ def test_jitter_on_the_gpu_equals_the_cpu():
     assert torch.equal(hashed_uniform(seeds, 100_000, 2, "cuda").cpu(), hashed_uniform(seeds, 100_000, 2))
 
 
+def test_fused_field_traces_to_the_shapes_it_returns():
+    """torch.compile traces the opaque op through its fake implementation: shapes and dtypes must be the kernel's."""
+    pytest.importorskip("triton")
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        planes = torch.empty(2 * 3, 64, 64, 32, dtype=torch.float16)
+        points = torch.empty(2, 5000, 3)
+        w1, w2 = torch.empty(32, 64, dtype=torch.float16), torch.empty(64, 32, dtype=torch.float16)
+        layers = (w1, torch.empty(64), w2, torch.empty(64), torch.empty(33))
+        sigma, features = torch.ops.regress.triplane_field(planes, points, *layers, 2.0, True)
+        _, no_features = torch.ops.regress.triplane_field(planes, points, *layers, 2.0, False)
+    assert (sigma.shape, sigma.dtype) == ((2, 5000), torch.float32)
+    assert (features.shape, features.dtype) == ((2, 32, 5000), torch.float16)
+    assert no_features.shape == (2, 32, 0)
+
+
 @pytest.mark.gpu
 def test_fused_field_equals_plane_sampling_and_decoder():
     torch.manual_seed(0)
