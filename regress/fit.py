@@ -82,7 +82,23 @@ def resolve_choice(flag: str, value: str | None) -> str:
             raise UsageError(f"{flag} {error}") from error
     if "." in value or value.startswith("{"):
         return value
-    raise UsageError(f"unknown {flag} {value!r}; choose one of {', '.join(configs.short_names(group))} (regress/configs/{group}/NAME.yaml), a YAML file or a class path")
+    raise unknown_choice(flag, value)
+
+
+def unknown_choice(flag: str, value: str) -> UsageError:
+    group = GROUPS[flag]
+    names = ", ".join(configs.short_names(group))
+    return UsageError(f"unknown {flag} {value!r}; choose one of {names} (regress/configs/{group}/NAME.yaml), a YAML file or a class path")
+
+
+def help_target(flag: str, value: str | None) -> str | None:
+    """`--data.help NAME` / `--model.help NAME`: a short name -> the class its config file names (jsonargparse takes classes)."""
+    if value is None or "." in value:
+        return value
+    path = configs.shipped(GROUPS[flag], value)
+    if path is None:
+        raise unknown_choice(flag, value)
+    return yaml.safe_load(path.read_text())["class_path"]
 
 
 def expand_arguments(args: list[str]) -> list[str]:
@@ -93,6 +109,7 @@ def expand_arguments(args: list[str]) -> list[str]:
         args = configs.expand_config_arguments(args, TRAINER_GROUP)
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from error
+    args = configs.expand_flags(args, {f"{flag}.help": functools.partial(help_target, flag) for flag in GROUPS})[0]
     expanded, given = configs.expand_flags(args[1:], {flag: functools.partial(resolve_choice, flag) for flag in GROUPS})
     defaults = [x for flag, name in DEFAULT_CHOICES.items() if flag not in given for x in (flag, resolve_choice(flag, name))]
     return [args[0], *defaults, *expanded]

@@ -74,6 +74,7 @@ def test_short_names_pick_config_files():
         (["--data", "nope"], "unknown --data 'nope'; choose one of pairs, shards, synth-online"),
         (["--data", "synth-online", "--model", "resnet"], "unknown --model 'resnet'; choose one of depth, latent"),
         (["--model"], "--model needs a value: one of depth, latent"),
+        (["--data.help", "nope"], "unknown --data 'nope'; choose one of pairs, shards, synth-online"),
     ],
 )
 def test_unknown_names_are_usage_errors(args, message, capsys):
@@ -81,6 +82,14 @@ def test_unknown_names_are_usage_errors(args, message, capsys):
         fit.main(args)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, name, option", [("--data.help", "shards", "--data.skip_corrupt"), ("--model.help=latent", None, "--model.cycle_weight")])
+def test_help_on_a_short_name_shows_its_class_options(flag, name, option, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main([flag] if name is None else [flag, name])
+    assert exit_info.value.code == 0
+    assert option in capsys.readouterr().out
 
 
 def test_a_config_naming_a_missing_class_says_so(tmp_path, monkeypatch, capsys):
