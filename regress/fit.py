@@ -338,7 +338,7 @@ def run(args: list[str] | None, from_command_line: bool) -> LightningCLI:
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        parser_kwargs={"exit_on_error": False, **{command: parser_kwargs for command in SUBCOMMANDS}},
+        parser_kwargs={"exit_on_error": False, "prog": "python -m regress.fit", **{command: parser_kwargs for command in SUBCOMMANDS}},
         save_config_callback=SaveRunConfig,
         explicit_model=explicit_model_options(given),
         save_config_kwargs={"overwrite": True},

@@ -92,6 +92,12 @@ def test_help_on_a_short_name_shows_its_class_options(flag, name, option, capsys
     assert option in capsys.readouterr().out
 
 
+def test_usage_names_the_command_to_type(capsys):
+    with pytest.raises(SystemExit):
+        fit.main(["--help"])
+    assert capsys.readouterr().out.startswith("usage: python -m regress.fit [options] fit")
+
+
 def test_a_config_naming_a_missing_class_says_so(tmp_path, monkeypatch, capsys):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "later.yaml").write_text("class_path: regress.datamodules.later.LaterDataModule\n")
