@@ -259,6 +259,47 @@ class CompileCache(Callback):
         self.write = False
 
 
+class CountingTrainer(Trainer):
+    """Lightning's Trainer with its batch counts typed int before float, so that `limit_train_batches 1` is one batch.
+
+    Lightning types them `float | int`: an int counts batches, a float is a fraction of the epoch. jsonargparse
+    tries the types in order, so a whole number from the command line or YAML became a float: `1` ran the
+    whole epoch (1.0). Here `1` is one batch and `1.0` the whole epoch, as in Python.
+    """
+
+    def __init__(
+
+        self,
+        *args: Any,
+        limit_train_batches: int | float | None = None,
+        limit_val_batches: int | float | None = None,
+        limit_test_batches: int | float | None = None,
+        limit_predict_batches: int | float | None = None,
+        overfit_batches: int | float = 0.0,
+        val_check_interval: int | float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            limit_train_batches: training batches an epoch: an int counts them, a float is a share (default 1.0)
+            limit_val_batches: validation batches a check: an int counts them, a float is a share (default 1.0)
+            limit_test_batches: test batches: an int counts them, a float is a share (default 1.0)
+            limit_predict_batches: prediction batches: an int counts them, a float is a share (default 1.0)
+            overfit_batches: train and validate on this many training batches (int) or this share of them (float)
+            val_check_interval: validate every this many training batches (int) or this share of an epoch (float)
+        """
+        super().__init__(
+            *args,
+            limit_train_batches=limit_train_batches,
+            limit_val_batches=limit_val_batches,
+            limit_test_batches=limit_test_batches,
+            limit_predict_batches=limit_predict_batches,
+            overfit_batches=overfit_batches,
+            val_check_interval=val_check_interval,
+            **kwargs,
+        )
+
+
 class RegressCLI(LightningCLI):
     """LightningCLI with a run name, a fixed checkpoint folder per run, `--ckpt_path last` from it, the guards,
     a compile cache file, and the data module's image size and latent space linked into the model."""
@@ -338,6 +379,7 @@ def run(args: list[str] | None, from_command_line: bool) -> LightningCLI:
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
+        trainer_class=CountingTrainer,
         parser_kwargs={"exit_on_error": False, "prog": "python -m regress.fit", **{command: parser_kwargs for command in SUBCOMMANDS}},
         save_config_callback=SaveRunConfig,
         explicit_model=explicit_model_options(given),

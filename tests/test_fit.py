@@ -98,6 +98,18 @@ def test_usage_names_the_command_to_type(capsys):
     assert capsys.readouterr().out.startswith("usage: python -m regress.fit [options] fit")
 
 
+@pytest.mark.parametrize("given, steps", [("1", 1), ("1.0", 2), ("yaml 1", 1), ("0.5", 1)])
+def test_a_whole_number_of_batches_counts_batches(given, steps, tmp_path):
+    """Lightning reads an int as a count and a float as a share: `1` is one batch, `1.0` the whole epoch (2 here)."""
+    limit = [f"--trainer.limit_train_batches={given}"]
+    if given.startswith("yaml"):
+        (tmp_path / "limit.yaml").write_text(f"trainer:\n  limit_train_batches: {given.split()[1]}\n")
+        limit = ["--config", str(tmp_path / "limit.yaml")]
+    args = ["--data", "synth-online", *TINY, "--trainer.max_steps=-1", "--trainer.max_epochs=1", "--trainer.limit_val_batches=0"]
+    cli = fit.main([*args, *limit, "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"])
+    assert cli.trainer.global_step == steps
+
+
 def test_a_config_naming_a_missing_class_says_so(tmp_path, monkeypatch, capsys):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "later.yaml").write_text("class_path: regress.datamodules.later.LaterDataModule\n")
