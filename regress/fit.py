@@ -86,6 +86,7 @@ def resolve_choice(flag: str, value: str | None) -> str:
 
 
 def unknown_choice(flag: str, value: str) -> UsageError:
+    """The error for a --data/--model value that is no shipped name, YAML file or class path."""
     group = GROUPS[flag]
     names = ", ".join(configs.short_names(group))
     return UsageError(f"unknown {flag} {value!r}; choose one of {names} (regress/configs/{group}/NAME.yaml), a YAML file or a class path")
@@ -268,7 +269,6 @@ class CountingTrainer(Trainer):
     """
 
     def __init__(
-
         self,
         *args: Any,
         limit_train_batches: int | float | None = None,

@@ -144,4 +144,4 @@ if triton is not None:
         """Empty outputs of the right shapes, for tracing under `torch.compile`."""
         n, p, _ = points.shape
         c = planes.shape[-1]
-        return points.new_empty((n, p)), planes.new_empty((n, c, p if with_features else 0))
+        return points.new_empty((n, p), dtype=torch.float32), planes.new_empty((n, c, p if with_features else 0))
