@@ -122,9 +122,14 @@ def checkpoint_dir(config: Namespace) -> Path:
 
 
 def place_checkpoints(config: Namespace) -> None:
-    """Point every ModelCheckpoint without a dirpath at the run's checkpoint folder."""
+    """Point every ModelCheckpoint without a dirpath at the run's checkpoint folder; with `enable_checkpointing`
+    false, drop them (Lightning refuses a ModelCheckpoint then, and fit.yaml ships two)."""
     callbacks = config.trainer.callbacks or []
-    for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
+    callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+    if config.trainer.enable_checkpointing is False:
+        config.trainer.callbacks = [c for c in callbacks if not issubclass(import_class(c.class_path), ModelCheckpoint)]
+        return
+    for callback in callbacks:
         if issubclass(import_class(callback.class_path), ModelCheckpoint) and callback.init_args.get("dirpath") is None:
             callback.init_args.dirpath = str(checkpoint_dir(config))
 

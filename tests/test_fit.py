@@ -110,6 +110,14 @@ def test_a_whole_number_of_batches_counts_batches(given, steps, tmp_path):
     assert cli.trainer.global_step == steps
 
 
+def test_checkpointing_off_trains_and_writes_no_checkpoint(tmp_path):
+    """fit.yaml's two ModelCheckpoints go with `enable_checkpointing false` (Lightning refused the pair)."""
+    args = ["--data", "synth-online", *TINY, "--trainer.enable_checkpointing=false", "--trainer.logger=false"]
+    cli = fit.main([*args, f"--trainer.default_root_dir={tmp_path}"])
+    assert cli.trainer.global_step == 2 and cli.trainer.checkpoint_callbacks == []
+    assert not any(tmp_path.rglob("*.ckpt"))
+
+
 def test_a_config_naming_a_missing_class_says_so(tmp_path, monkeypatch, capsys):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "later.yaml").write_text("class_path: regress.datamodules.later.LaterDataModule\n")
