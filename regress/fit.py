@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from jsonargparse import Namespace
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
@@ -161,6 +162,14 @@ def check_precision(config: Namespace) -> None:
     if precision is not None and str(precision) not in TRAINABLE_PRECISIONS:
         raise UsageError(f"--trainer.precision {precision}: regressors train in 32-true, 16-mixed or bf16-mixed "
                          "(a precision that casts the weights meets float32 images)")  # fmt: skip
+
+
+def check_accelerator(config: Namespace) -> None:
+    """Refuse a GPU accelerator where no CUDA GPU is visible, naming the way back to the CPU."""
+    accelerator = config.trainer.get("accelerator")
+    if str(accelerator) in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--trainer.accelerator {accelerator} (--config gpu and ddp set it): no CUDA GPU is visible here; "
+                         "leave those out to train on the CPU")  # fmt: skip
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -329,6 +338,7 @@ class RegressCLI(LightningCLI):
         place_checkpoints(config)
         name_logs(config, SHIPPED_ROOT)
         check_precision(config)
+        check_accelerator(config)
         config.ckpt_path = resolve_ckpt_path(config, self.explicit_model)
 
 

@@ -118,6 +118,15 @@ def test_checkpointing_off_trains_and_writes_no_checkpoint(tmp_path):
     assert not any(tmp_path.rglob("*.ckpt"))
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")
+@pytest.mark.parametrize("config", ["gpu", "ddp"])
+def test_a_gpu_config_without_a_gpu_is_a_usage_error(config, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main(["--data", "synth-online", "--config", config, f"--trainer.default_root_dir={tmp_path}"])
+    assert exit_info.value.code == 2
+    assert "--trainer.accelerator gpu (--config gpu and ddp set it): no CUDA GPU is visible here" in capsys.readouterr().err
+
+
 def test_a_config_naming_a_missing_class_says_so(tmp_path, monkeypatch, capsys):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "later.yaml").write_text("class_path: regress.datamodules.later.LaterDataModule\n")
