@@ -49,5 +49,5 @@ def pytest_collection_modifyitems(config, items):
         return
     skip_gpu = pytest.mark.skip(reason="needs CUDA (run on the device machine)")
     for item in items:
-        if "gpu" in item.keywords:
+        if item.get_closest_marker("gpu") is not None:  # the marker, not any keyword: a parameter id "gpu" is none
             item.add_marker(skip_gpu)

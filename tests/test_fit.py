@@ -119,7 +119,7 @@ def test_checkpointing_off_trains_and_writes_no_checkpoint(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")
-@pytest.mark.parametrize("config", ["gpu", "ddp"], ids=["trainer-gpu", "trainer-ddp"])  # an id "gpu" would mark it a GPU test
+@pytest.mark.parametrize("config", ["gpu", "ddp"])
 def test_a_gpu_config_without_a_gpu_is_a_usage_error(config, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         fit.main(["--data", "synth-online", "--config", config, f"--trainer.default_root_dir={tmp_path}"])
