@@ -18,7 +18,7 @@ import numpy as np
 
 from regress.inversion.align import detect_faces, load_image
 from regress.inversion.pairs import list_images
-from regress.inversion.quality import face_descriptor
+from regress.inversion.quality import descriptor_scores, face_descriptor
 
 SAME_PERSON_DISTANCE = 0.6  # dlib's rule for its 128-d descriptors
 
@@ -43,10 +43,8 @@ def main() -> None:
     found = descriptors(list_images(args.photos))
     if len(found) < 2:
         parser.error(f"{args.photos}: faces in {len(found)} photo(s); pairs need at least two")
-    similarity, distance = [], []
-    for a, b in itertools.combinations(found.values(), 2):
-        similarity.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
-        distance.append(float(np.linalg.norm(a - b)))
+    scores = [descriptor_scores(a, b) for a, b in itertools.combinations(found.values(), 2)]
+    similarity, distance = [s["identity_similarity"] for s in scores], [s["identity_distance"] for s in scores]
     same = sum(d < SAME_PERSON_DISTANCE for d in distance)
     print(f"\n{len(found)} faces, {len(distance)} pairs\n")
     print("| score | min | median | max |\n| --- | ---: | ---: | ---: |")

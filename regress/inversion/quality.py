@@ -108,6 +108,10 @@ def identity_scores(a: np.ndarray, b: np.ndarray, landmarks: np.ndarray) -> dict
     Both images are read at the same landmarks (the real crop's): the inverted image is meant
     to be pixel-aligned with the real crop, so they pick the same face region in both.
     """
-    da, db = face_descriptor(a, landmarks), face_descriptor(b, landmarks)
+    return descriptor_scores(face_descriptor(a, landmarks), face_descriptor(b, landmarks))
+
+
+def descriptor_scores(da: np.ndarray, db: np.ndarray) -> dict[str, float]:
+    """`identity_similarity` (cosine) and `identity_distance` (Euclidean) of two dlib descriptors (128,)."""
     similarity = float(da @ db / (np.linalg.norm(da) * np.linalg.norm(db) + 1e-12))
     return {"identity_similarity": similarity, "identity_distance": float(np.linalg.norm(da - db))}
