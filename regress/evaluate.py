@@ -6,8 +6,8 @@
         --depth_checkpoint depth.ckpt --latent_checkpoint latent.ckpt
 
 Options come from YAML files (`--config`: a file, or a short name of regress/configs/evaluate/) and
-flags; bad input exits with status 1 and says what to fix, except bad photos, which are listed per
-file in errors.json.
+flags; a bad command line exits with status 2, other bad input with 1 (`regress.errors`), each in one line
+that says what to fix, except bad photos, which are listed per file in errors.json.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from typing import Any, Literal
 
 
 from regress.configs import expand_config_arguments
-from regress.generators import create_generator
-from regress.generators.base import Generator
+from regress.errors import run_command
+from regress.faces.perceptual import PerceptualDistance
+from regress.generators import GeneratorSpec
 from regress.inversion.align import FaceAligner
 from regress.inversion.pairs import CameraLabels, PairBuilder, build_pairs, list_images
-from regress.inversion.perceptual import PerceptualDistance
 from regress.inversion.project import REFINE, ProjectionConfig
 from regress.runtime import pick_device
 from regress.store.pairs import read_pairs_manifest
@@ -81,10 +81,11 @@ def pairs(
         progress: show progress bars
     """
     photos = list_images(images)
-    model = create_generator(generator, checkpoint, **(generator_options or {})).to(pick_device(device)).eval()
+    spec = GeneratorSpec(generator, checkpoint, generator_options or {})
+    synthesizer = spec.build(pick_device(device))
     perceptual = None
     if vgg_weights is not None:
-        perceptual = PerceptualDistance(vgg_weights, lpips_weights).to(model.device)
+        perceptual = PerceptualDistance(vgg_weights, lpips_weights).to(synthesizer.device)
     elif lpips_weights is not None:
         raise ValueError("lpips_weights needs vgg_weights too (the VGG16 backbone they sit on)")
     labels = CameraLabels(cameras) if cameras is not None else None
@@ -92,10 +93,10 @@ def pairs(
     if init_checkpoint is not None:
         from regress.evaluation.encoder import latent_encoder, load_latent_regressor
 
-        encoder = latent_encoder(load_latent_regressor(init_checkpoint, model))
-    builder = PairBuilder(model, aligner, projection, perceptual, camera_template, labels, aligned, with_mesh, mesh_resolution,
+        encoder = latent_encoder(load_latent_regressor(init_checkpoint, synthesizer))
+    builder = PairBuilder(synthesizer, aligner, projection, perceptual, camera_template, labels, aligned, with_mesh, mesh_resolution,
                           image_format, progress, encoder=encoder)  # fmt: skip
-    settings = {"checkpoint": checkpoint, "generator_options": generator_options or {}, "camera_template": camera_template,
+    settings = {"checkpoint": spec.checkpoint, "generator_options": spec.options, "camera_template": camera_template,
                 "cameras": cameras, "aligned": aligned, "aligner": dataclasses.asdict(aligner), "perceptual": perceptual.name if perceptual else None,
                 **({"init_checkpoint": init_checkpoint} if init_checkpoint else {})}  # fmt: skip (the key only when given: older sets still resume)
     summary = build_pairs(photos, Path(output), builder, resume, shards, samples_per_shard, settings, progress)
@@ -110,17 +111,18 @@ def pairs(
     return summary
 
 
-def pairs_generator(root: str | Path, name: str | None, checkpoint: str | None, options: dict | None) -> Generator:
+def pairs_generator_spec(root: str | Path, name: str | None, checkpoint: str | None, options: dict | None) -> GeneratorSpec:
     """The generator that made a pairs set: as given, or rebuilt from its manifest (analytic needs no weights)."""
     identity = read_pairs_manifest(root)["generator"]
     if name is None and checkpoint is None:
         if identity["generator"] != "analytic":
             raise ValueError(f"{root} was inverted with {identity['generator']}; give its --checkpoint to render predicted latents")
         name, options = "analytic", {**identity["config"], **(options or {})}
-    model = create_generator(name, checkpoint, **(options or {}))
-    if model.identity()["checksum"] != identity["checksum"]:
-        print(f"regress.evaluate benchmark: warning: generator {model.identity()['checksum']} differs from the pairs' {identity['checksum']}", file=sys.stderr)
-    return model
+    spec = GeneratorSpec(name, checkpoint, options or {})
+    checksum = spec.build().identity()["checksum"]
+    if checksum != identity["checksum"]:
+        print(f"regress.evaluate benchmark: warning: generator {checksum} differs from the pairs' {identity['checksum']}", file=sys.stderr)
+    return spec
 
 
 def benchmark(
@@ -172,20 +174,20 @@ def benchmark(
     if encoder_seeds > 0 and latent_checkpoint is None:
         raise ValueError("encoder_seeds scores a latent regressor as an encoder: give its latent_checkpoint, or set encoder_seeds: 0")
     run_on = pick_device(device)
-    models, model = {}, None
+    models, synthesizer = {}, None
     if depth_checkpoint is not None:
         models["depth"] = load_regressor(DepthRegressor, depth_checkpoint, run_on, "depth")
     if latent_checkpoint is not None:
-        model = pairs_generator(pairs, generator, checkpoint, generator_options).to(run_on).eval()
-        models["latent"] = load_latent_regressor(latent_checkpoint, model)
+        synthesizer = pairs_generator_spec(pairs, generator, checkpoint, generator_options).build(run_on)
+        models["latent"] = load_latent_regressor(latent_checkpoint, synthesizer)
     dataset = PairDataset(pairs, image=image)
-    report, tensors = run_benchmark(dataset, models.get("depth"), models.get("latent"), model, run_on, batch_size, examples, progress)
+    report, tensors = run_benchmark(dataset, models.get("depth"), models.get("latent"), synthesizer, run_on, batch_size, examples, progress)
     report["pairs_root"] = str(pairs)
     report["inversion_settings"] = dataset.manifest["projection"]  # the inversion times were measured when the pairs were built
     report["checkpoints"] = {"depth": depth_checkpoint, "latent": latent_checkpoint}
     if encoder_seeds > 0:
         held_out = range(HELD_OUT_START, HELD_OUT_START + encoder_seeds)
-        report["encoder"] = encoder_table(model, latent_encoder(models["latent"]), held_out, k=encoder_k, steps=encoder_steps, refine=encoder_refine)
+        report["encoder"] = encoder_table(synthesizer, latent_encoder(models["latent"]), held_out, k=encoder_k, steps=encoder_steps, refine=encoder_refine)
     report["device"] = str(run_on)
     report["outputs"] = write_report(report, tensors, output)
     print(f"regress.evaluate benchmark: {report['pairs']} pairs; report in {report['outputs']['markdown']}", file=sys.stderr)
@@ -193,15 +195,14 @@ def benchmark(
 
 
 def main(args: list[str] | None = None) -> Any:
-    """Command line: subcommands `pairs` and `benchmark`; errors on bad input exit with status 1."""
+    """Command line: subcommands `pairs` and `benchmark`; errors exit 2 (usage) or 1 with one line (regress.errors)."""
     from jsonargparse import CLI
 
-    try:
-        args = expand_config_arguments(sys.argv[1:] if args is None else args, "evaluate")
-        return CLI([pairs, benchmark], args=args, as_positional=False)
-    except (ValueError, OSError) as error:
-        print(f"regress.evaluate: error: {error}", file=sys.stderr)
-        raise SystemExit(1) from error
+    def command() -> Any:
+        expanded = expand_config_arguments(sys.argv[1:] if args is None else args, "evaluate")
+        return CLI([pairs, benchmark], args=expanded, as_positional=False, exit_on_error=False, prog="python -m regress.evaluate")
+
+    return run_command("regress.evaluate", command)
 
 
 if __name__ == "__main__":

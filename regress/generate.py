@@ -14,27 +14,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import multiprocessing
 import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
-import torch
 from tqdm import tqdm
 
 from regress.camera import ViewMixture
 from regress.configs import expand_config_arguments
+from regress.errors import importing_for_a_worker, run_command
 from regress.generation.background import consume_in_background, short_switch_interval
-from regress.generation.encode import encoding_pool, write_shard
+from regress.generation.compress import compression_pool, write_shard
 from regress.generation.render import RenderedBatch, render_batches
 from regress.generation.timing import StageClock
-from regress.generators import create_generator
-from regress.generators.base import Generator
+from regress.generators import Generator, GeneratorSpec
 from regress.geometry.grids import check_grid_fits
 from regress.runtime import deterministic_kernels, load_compile_cache, own_gpu_only, pick_device, rank_and_world_size, save_compile_cache
 from regress.sample import IMAGE_FORMATS, PNG_LEVEL, SCHEMA_VERSION
-from regress.store.files import tree_sha256
 from regress.store.pipes import PipeCommand
 from regress.store.shard_set import ShardLayout, ShardSet, shard_destination, verify_dataset
 
@@ -46,7 +43,7 @@ def generate(
     generator: str | None = None,
     checkpoint: Path | None = None,
     generator_options: dict | None = None,
-    num_samples: int = 1000,
+    num_samples: int = 10000,
     seed_start: int = 0,
     samples_per_shard: int = 1000,
     name: str = "synth",
@@ -57,7 +54,7 @@ def generate(
     image_format: Literal["png", "jpg", "webp"] = "png",
     png_level: int = PNG_LEVEL,
     with_mesh: bool = False,
-    mesh_resolution: int = 256,
+    mesh_resolution: int = 128,
     mesh_level: float | None = None,
     mesh_keep_largest: bool = True,
     batch_size: int = 8,
@@ -76,7 +73,7 @@ def generate(
         generator: backend name (`analytic`, `eg3d`); None picks eg3d with a checkpoint, else analytic
         checkpoint: generator weights file (never downloaded)
         generator_options: keyword overrides for the backend, e.g. {image_resolution: 64}
-        num_samples: how many seeds, from seed_start on
+        num_samples: how many seeds, from seed_start on (10,000: ten shards, nine to train on and one to validate)
         seed_start: first seed
         samples_per_shard: seeds per shard; with seed_start it fixes every shard's seeds
         name: shard file name prefix
@@ -88,7 +85,7 @@ def generate(
         png_level: zlib level 0-9 of png images; every level decodes to the same pixels, so it is no
             part of the settings a resumed set must share
         with_mesh: add `mesh.ply` (marching cubes of the density grid) to every sample
-        mesh_resolution: density grid points per axis for meshes
+        mesh_resolution: density grid points per axis for meshes (128: a CPU-sized grid; EG3D's configs use 256)
         mesh_level: density of the surface; None takes the generator's own level
         mesh_keep_largest: keep only the largest connected piece of each mesh
         batch_size: samples per generator call
@@ -100,7 +97,7 @@ def generate(
         compile_cache: a file of torch.compile's caches: preloaded, or written by rank 0 when it does not
             exist yet, so a compiled generator (`compile` option) starts in seconds on a new machine
     """
-    if getattr(multiprocessing.current_process(), "_inheriting", False):  # an encoding process importing a script without a guard
+    if importing_for_a_worker():  # a compression process importing a script without a guard
         raise RuntimeError('regress.generate ran while a worker process imported the calling script: put the call under if __name__ == "__main__":')
     layout = ShardLayout(name, seed_start, num_samples, samples_per_shard)
     _check_options(batch_size, workers, image_format, png_level, mesh_resolution if with_mesh else None, cutoff)
@@ -109,19 +106,20 @@ def generate(
         check_grid_fits(mesh_resolution, grids_in_flight=batch_size, device=run_on)
     rank, world_size = rank_and_world_size()
     mixture = ViewMixture.load(views)
+    spec = GeneratorSpec(generator, None if checkpoint is None else str(checkpoint), generator_options or {})
     write_cache = compile_cache is not None and not load_compile_cache(compile_cache) and rank == 0
-    model = _load_generator(generator, checkpoint, generator_options, run_on)
+    synthesizer = spec.build(run_on)
     folder, target = shard_destination(output, staging)
-    mesh = {"resolution": mesh_resolution, "keep_largest": mesh_keep_largest, "level": model.surface_level if mesh_level is None else mesh_level}
+    mesh = {"resolution": mesh_resolution, "keep_largest": mesh_keep_largest, "level": synthesizer.surface_level if mesh_level is None else mesh_level}
     choices = {"psi": psi, "cutoff": cutoff, "jitter": jitter, "image_format": image_format, "batch_size": batch_size}
-    settings = _settings(model, checkpoint, generator_options, mixture, layout, mesh if with_mesh else None, choices)
+    settings = _settings(spec, synthesizer.box_size, mixture, layout, mesh if with_mesh else None, choices)
     shards = ShardSet(folder, layout, settings, target, keep_staged)
     shards.check_output()
     with shards.claimed(rank):
         todo, skipped = shards.plan(layout.indices_for_rank(rank, world_size))
         shards.drop_stale_manifest()
-        run = _render_and_write(model, shards, todo, mixture, settings, png_level, batch_size, workers, f"rank {rank}/{world_size}", progress)
-        manifest = shards.write_manifest_if_complete(model.data_facts())
+        run = _render_and_write(synthesizer, shards, todo, mixture, settings, png_level, batch_size, workers, f"rank {rank}/{world_size}", progress)
+        manifest = shards.write_manifest_if_complete(synthesizer.data_facts())
     if write_cache:
         save_compile_cache(compile_cache)
     summary = {"output": str(folder), "rank": rank, "world_size": world_size, "skipped": [layout.filename(i) for i in skipped], **run}
@@ -143,23 +141,12 @@ def _check_options(batch_size: int, workers: int, image_format: str, png_level: 
         raise ValueError(f"cutoff is the number of latent layers truncated, from 0, got {cutoff}; null truncates them all")
 
 
-def _load_generator(name: str | None, checkpoint: Path | None, options: dict | None, device: torch.device) -> Generator:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # backends without a checkpoint draw random weights: the same ones on every rerun and rank
-        model = create_generator(name, checkpoint, **(options or {}))
-    return model.to(device).eval()
-
-
-def _settings(
-    model: Generator, checkpoint: Path | None, options: dict | None, mixture: ViewMixture, layout: ShardLayout, mesh: dict | None, choices: dict
-) -> dict[str, Any]:
+def _settings(spec: GeneratorSpec, box_size: float, mixture: ViewMixture, layout: ShardLayout, mesh: dict | None, choices: dict) -> dict[str, Any]:
     """Everything that decides a shard's bytes: its fingerprint goes in every shard's record, it all in the manifest."""
     return {
-        "generator": model.identity(),
-        "checkpoint_sha256": tree_sha256(Path(checkpoint)) if checkpoint is not None else None,
-        "generator_options": options or {},
+        **spec.fingerprint(),  # generator (identity), checkpoint_sha256, generator_options
         "views": dataclasses.asdict(mixture),
-        "mesh": {**mesh, "box_size": model.box_size, "algorithm": MESH_ALGORITHM} if mesh else None,
+        "mesh": {**mesh, "box_size": box_size, "algorithm": MESH_ALGORITHM} if mesh else None,
         "name": layout.name,
         "seed_start": layout.seed_start,
         "samples_per_shard": layout.samples_per_shard,
@@ -169,7 +156,7 @@ def _settings(
 
 
 def _render_and_write(
-    model: Generator,
+    generator: Generator,
     shards: ShardSet,
     todo: list[int],
     mixture: ViewMixture,
@@ -180,12 +167,12 @@ def _render_and_write(
     desc: str,
     progress: bool,
 ) -> dict[str, Any]:
-    """Render the shards `todo` on this thread while a background thread encodes (in `workers` processes) and writes
+    """Render the shards `todo` on this thread while a background thread compresses (in `workers` processes) and writes
     them, piping each finished one where the set says; what was written, how fast, and where the time went."""
     layout, start = shards.layout, time.perf_counter()
     samples = sum(len(layout.seeds(i)) for i in todo)
     bar = tqdm(total=samples, unit="sample", desc=desc, disable=not progress, dynamic_ncols=True)
-    pool, clock = encoding_pool(workers), StageClock()
+    pool, clock = compression_pool(workers), StageClock()
     # (seconds, samples) until the first batch is rendered: compilation, cuDNN search. render_batches works one batch
     # ahead, so by then the next batch has been rendered too (on the CPU) or is under way (on a GPU): it counts as warm-up.
     warmup: list[tuple[float, int]] = []
@@ -200,7 +187,7 @@ def _render_and_write(
         return written
 
     def rendered() -> Iterator[RenderedBatch]:
-        for batch in render_batches(model, layout, todo, mixture, settings, batch_size, clock):
+        for batch in render_batches(generator, layout, todo, mixture, settings, batch_size, clock):
             if not warmup:
                 warmup.append((time.perf_counter() - start, min(samples, len(batch.seeds) + batch_size)))
             yield batch
@@ -279,22 +266,20 @@ def _verify_command(args: list[str]) -> int:
 
 def main(args: list[str] | None = None) -> dict[str, Any]:
     """Command line: options from YAML files (`--config`: a file, or a short name of regress/configs/generate/) and
-    flags, or `--verify DIR` to check a finished dataset; errors on bad input exit with code 1."""
+    flags, or `--verify DIR` to check a finished dataset; errors exit 2 (usage) or 1 with one line (regress.errors)."""
     from jsonargparse import CLI
 
-    args = sys.argv[1:] if args is None else args
+    given = sys.argv[1:] if args is None else args
     own_gpu_only()  # under torchrun: every rank on cuda:0, one compile cache for all
-    try:
-        args = expand_config_arguments(args, "generate")
-        if any(arg.split("=")[0] == "--verify" for arg in args):
-            raise SystemExit(_verify_command(args))
-        return CLI(generate, args=args, as_positional=False, epilog="python -m regress.generate --verify DIR checks a finished dataset instead.")
-    except (ValueError, OSError, MemoryError) as error:
-        print(f"regress.generate: error: {error}", file=sys.stderr)
-        raise SystemExit(1) from error
-    except KeyboardInterrupt:
-        print("regress.generate: interrupted; complete shards are kept: rerun the command to go on", file=sys.stderr)
-        raise SystemExit(130) from None
+
+    def command() -> dict[str, Any]:
+        expanded = expand_config_arguments(given, "generate")
+        if any(arg.split("=")[0] == "--verify" for arg in expanded):
+            raise SystemExit(_verify_command(expanded))
+        return CLI(generate, args=expanded, as_positional=False, exit_on_error=False, prog="python -m regress.generate",
+                   epilog="python -m regress.generate --verify DIR checks a finished dataset instead.")  # fmt: skip
+
+    return run_command("regress.generate", command, interrupted="interrupted; complete shards are kept: rerun the command to go on")
 
 
 if __name__ == "__main__":

@@ -10,14 +10,12 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
-
-if TYPE_CHECKING:
-    from regress.generators.base import Generator
 
 SCHEMA_VERSION = 1
 IMAGE_FORMATS = ("png", "jpg", "webp")
@@ -50,18 +48,9 @@ FIELDS: dict[str, Field] = {
     )
 }
 ARRAY_FIELDS = tuple(FIELDS)
+MASK_THRESHOLD = 0.5  # a pixel is on the face when its mask (renderer opacity) exceeds this
 
 Batch = dict[str, Any]  # field name -> tensor (N, ...), plus "meta": list[dict] and optional "mesh": list
-
-
-@dataclass(frozen=True)
-class LatentSpace:
-    """What a data module knows of its samples' w: shape (num_ws, w_dim), mean (float32, CPU) and the generator
-    that renders it (None for stored samples). `python -m regress.fit` links it into the latent model."""
-
-    shape: tuple[int, int]
-    mean: torch.Tensor
-    generator: Generator | None = None
 
 
 def image_to_uint8(image: torch.Tensor) -> torch.Tensor:
@@ -72,6 +61,14 @@ def image_to_uint8(image: torch.Tensor) -> torch.Tensor:
 def image_to_float(image: torch.Tensor) -> torch.Tensor:
     """uint8 images to float in [-1, 1], the inverse of `image_to_uint8` up to quantization."""
     return (image.float() - 127.5) / 127.5
+
+
+def resize_images(image: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 images (N, 3, H, W) resized to size x size, antialiased, still uint8."""
+    if image.shape[-2:] == (size, size):
+        return image
+    resized = F.interpolate(image.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return resized.round().clamp(0, 255).to(torch.uint8)
 
 
 def validate_batch(batch: Batch) -> None:

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from regress.faces.landmarks import LandmarkTemplate, calibration_photos, generator_template
 from regress.inversion.align import FaceAligner, FaceError, detect_faces, load_image
-from regress.inversion.camera_fit import CameraFitter, LandmarkTemplate, axis_angle, axis_angles, calibration_photos, generator_template
+from regress.inversion.camera_fit import CameraFitter, axis_angle, axis_angles
 from regress.inversion.crop import recrop_error
 from regress.inversion.pairs import IMAGE_SUFFIXES
 

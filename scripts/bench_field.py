@@ -77,7 +77,7 @@ def main() -> None:
     )  # fmt: skip
     args = parser.parse_args()
     torch.manual_seed(0)
-    generator = EG3DGenerator(precision="float16").cuda().eval()
+    generator = EG3DGenerator(render_precision="float16").cuda().eval()
     seeds = list(range(args.batch_size))
     with torch.no_grad():
         z = seeded_normal(seeds, generator.z_dim).cuda()

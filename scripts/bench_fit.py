@@ -3,7 +3,7 @@
     python scripts/bench_fit.py                                   # CPU, both models, resnet18 at 128
     python scripts/bench_fit.py --device cuda --batch-size 64 --precision bf16-mixed
     python scripts/bench_fit.py --device cuda --generator eg3d --models depth --encoder resnet50 --image-size 512 \
-        --batch-size 32 --precision bf16-mixed --generator-options '{"precision": "float16", "compile": "reduce-overhead"}'
+        --batch-size 32 --precision bf16-mixed --generator-options '{"render_precision": "float16", "compile": "reduce-overhead"}'
 
 Runs the real Lightning fit loop (SynthOnlineDataModule + DepthRegressor / LatentRegressor) and
 times steps after a warm-up; then the same loop on batches rendered once and handed out again
@@ -108,7 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--encoder", default="resnet18")
+    parser.add_argument("--encoder", default="resnet18", help="the regressors' timm backbone (their encoder option)")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=10, help="timed steps, after the warm-up")
@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--reuse", type=int, default=1, help="train on each rendered batch this many steps (SynthOnlineDataModule reuse)")
     parser.add_argument("--generator", default=None, help="backend name; default: eg3d with --checkpoint, else analytic")
-    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--checkpoint", default=None, help="the generator's weights (eg3d)")
     parser.add_argument("--generator-options", type=json.loads, default={"image_resolution": 128},
                         help="JSON backend options (default: the CPU demo's analytic head); null for none")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

@@ -25,7 +25,7 @@ import torch
 from regress.camera import ViewMixture
 from regress.datamodules.shards import ShardDataModule
 from regress.generate import generate
-from regress.generators import create_generator
+from regress.generators import GeneratorSpec
 from regress.geometry.grids import density_grid
 from regress.geometry.meshes import grids_to_ply
 from regress.runtime import deterministic_kernels, pick_device, synchronize
@@ -47,8 +47,7 @@ def stage_times(args: argparse.Namespace, device: torch.device) -> tuple[dict[st
     meshing is timed, and the write run meshes, on surfaces of the generator's own field.
     """
     deterministic_kernels(device)  # as `generate` runs
-    torch.manual_seed(0)  # the random weights `generate` draws
-    model = create_generator(args.generator, args.checkpoint, **json.loads(args.generator_options)).to(device).eval()
+    model = GeneratorSpec(args.generator, args.checkpoint, json.loads(args.generator_options)).build(device)  # generate's instance too
     mixture, seeds = ViewMixture.load("published"), list(range(args.batch_size))
     times = {}
     with torch.inference_mode():
@@ -96,13 +95,13 @@ def read_rate(root: Path, batch_size: int, workers: int, with_mesh: bool, sample
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generator", default="analytic")
-    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--checkpoint", default=None, help="the generator's weights (eg3d); default: random full-size weights")
     parser.add_argument("--generator-options", default="{}", help='JSON backend options, e.g. \'{"image_resolution": 256}\'')
     parser.add_argument("--num-samples", type=int, default=64)
     parser.add_argument("--samples-per-shard", type=int, default=16)
     parser.add_argument("--mesh-resolution", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=0, help="encoding/meshing processes of the write runs")
+    parser.add_argument("--workers", type=int, default=0, help="compression processes of the write runs")
     parser.add_argument("--read-workers", type=int, default=2)
     parser.add_argument("--read-samples", type=int, default=1024, help="samples read per read run (shards are resampled)")
     parser.add_argument("--read-only", action="store_true", help="only read the shards a run with --output left there")
@@ -143,7 +142,7 @@ def main() -> None:
         if args.output is None:
             shutil.rmtree(root, ignore_errors=True)
 
-    print(f"\n{args.generator} generator, {machine(device)}, batch {args.batch_size}, {args.workers} encoding workers, options {args.generator_options}\n")
+    print(f"\n{args.generator} generator, {machine(device)}, batch {args.batch_size}, {args.workers} compression workers, options {args.generator_options}\n")
     print("| run | samples | seconds | samples/s | MiB/sample |\n| --- | ---: | ---: | ---: | ---: |")
     for label, samples, seconds, size in rows:
         print(f"| {label} | {samples} | {seconds:.1f} | {samples / seconds:.2f} | {size:.3f} |")

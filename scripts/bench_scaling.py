@@ -34,7 +34,7 @@ import yaml
 from regress import configs
 from regress.runtime import own_gpu_only, pick_device, rank_and_world_size
 
-FAST_PATH = '{"precision": "float16", "compile": "reduce-overhead"}'
+FAST_PATH = '{"render_precision": "float16", "compile": "reduce-overhead"}'
 
 
 def job_cache(args: argparse.Namespace) -> Path | None:
@@ -123,14 +123,13 @@ def shipped_ddp() -> dict:
 def surface_level(args: argparse.Namespace) -> float:
     """The generator's surface level, or where its random weights have no surface there, a density quantile."""
     from regress.camera import ViewMixture
-    from regress.generators import create_generator
+    from regress.generators import GeneratorSpec
     from regress.geometry.grids import density_grid
 
     from bench_generate import mesh_level  # scripts/ is on sys.path when this runs as a script
 
-    torch.manual_seed(0)  # the random weights `generate` draws
     device = pick_device()
-    model = create_generator(args.generator, args.checkpoint).to(device).eval()
+    model = GeneratorSpec(args.generator, args.checkpoint).create().to(device)  # generate's random weights; its own instance, freed below
     with torch.inference_mode():
         grids = density_grid(model, model.sample([0], ViewMixture.load("published"))["w"], args.mesh_resolution)
     level = mesh_level(model, grids, args.level_quantile)
@@ -179,16 +178,16 @@ def main() -> None:
     parser.add_argument("--weak-scaling", action="store_true", help="generation on N GPUs renders N times --num-samples, so every run lasts about as long")
     parser.add_argument("--samples-per-shard", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=32, help="per rank, generation and training")
-    parser.add_argument("--workers", type=int, default=7, help="encoding processes per rank")
+    parser.add_argument("--workers", type=int, default=7, help="compression processes per rank")
     parser.add_argument("--mesh-resolution", type=int, default=256)
     parser.add_argument("--mesh-level", type=float, default=None, help="iso-level (random weights have no surface at the default)")
     parser.add_argument("--level-quantile", type=float, default=0.8, help="mesh level quantile where the generator has no surface")
-    parser.add_argument("--encoder", default="resnet50")
+    parser.add_argument("--encoder", default="resnet50", help="the regressor's timm backbone (its encoder option)")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--fit-steps", type=int, default=200, help="timed training steps per rank, after the warm-up")
     parser.add_argument("--fit-warmup", type=int, default=5)
-    parser.add_argument("--sync-batchnorm", action=argparse.BooleanOptionalAction, default=shipped_ddp()["sync_batchnorm"],
-                        help="fit on 2+ GPUs: batch-norm statistics over all ranks (default: as configs/trainer/ddp.yaml)")  # fmt: skip
+    parser.add_argument("--sync-batchnorm", action=argparse.BooleanOptionalAction, default=shipped_ddp().get("sync_batchnorm", False),
+                        help="fit on 2+ GPUs: batch-norm statistics over all ranks (default: as configs/trainer/ddp.yaml, else Lightning's off)")  # fmt: skip
     parser.add_argument("--ddp-options", default="{}", help='fit on 2+ GPUs: JSON keyword arguments of DDPStrategy, e.g. {"broadcast_buffers": false}')
     parser.add_argument("--prime", action=argparse.BooleanOptionalAction, default=True, help="a short untimed run of each job first: its warm-up is the cold start")
     parser.add_argument("--compile-cache", default=None, help="generation runs: a compile cache file, written by the priming run; every run starts from it and an empty inductor folder")

@@ -3,9 +3,9 @@
     python scripts/bench_synthesis.py --generator analytic
     python scripts/bench_synthesis.py --generator eg3d --no-jitter --batch-sizes 1 8 32          # float32 reference
     python scripts/bench_synthesis.py --generator eg3d --no-jitter --batch-sizes 1 8 32 \
-        --options '{"precision": "float16", "compile": true}'                                  # EG3D fast path
+        --options '{"render_precision": "float16", "compile": true}'                                  # EG3D fast path
     python scripts/bench_synthesis.py --generator eg3d --fidelity .gpu/eg3d-reference/network.pkl \
-        --options '{"precision": "float16"}'                                                   # fast vs float32
+        --options '{"render_precision": "float16"}'                                                   # fast vs float32
 
 Prints one table row per (resolution, batch size): machine, torch version, device, threads,
 generator, options, image and depth resolution, batch size, samples/s (wall time, after two warm-up
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from regress.camera import ViewMixture, frontal_camera, views_to_cameras
-from regress.generators import available_generators, create_generator
+from regress.generators import GeneratorSpec, available_generators
 from regress.generators.base import seeded_normal
 from regress.runtime import deterministic_kernels, load_compile_cache, save_compile_cache, synchronize
 
@@ -97,8 +97,8 @@ def rate(
 
 def fidelity(checkpoint: str, options: dict, device: torch.device, seeds: range) -> list[tuple[str, str]]:
     """PSNR of the options' images against float32's (peak-to-peak 2) and the largest depth / mask errors, same w and cameras."""
-    reference = create_generator("eg3d", checkpoint=checkpoint).to(device)
-    fast = create_generator("eg3d", checkpoint=checkpoint, **options).to(device)
+    reference = GeneratorSpec("eg3d", checkpoint).build(device)
+    fast = GeneratorSpec("eg3d", checkpoint, options).build(device)
     views = ViewMixture.load("published").draw_many(list(seeds))
     z = seeded_normal(list(seeds), reference.z_dim).to(device)
     camera = views_to_cameras(views).to(device)
@@ -134,7 +134,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generator", default="analytic", choices=available_generators())
     parser.add_argument("--checkpoint", default=None, help="weights file for backends that need one (eg3d: none is random weights)")
-    parser.add_argument("--options", default="{}", help='JSON backend options, e.g. \'{"precision": "float16", "compile": true}\'')
+    parser.add_argument("--options", default="{}", help='JSON backend options, e.g. \'{"render_precision": "float16", "compile": true}\'')
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument(
         "--resolutions", type=int, nargs="+", default=None,
@@ -187,7 +187,7 @@ def main() -> None:
     print(" | ".join(header), flush=True)
     for resolution in resolutions:
         kwargs = {**options, **({} if resolution is None else {"image_resolution": resolution})}
-        generator = create_generator(args.generator, checkpoint=args.checkpoint, **kwargs).to(device).eval()
+        generator = GeneratorSpec(args.generator, args.checkpoint, kwargs).build(device)
         for batch_size in args.batch_sizes:
             try:
                 per_second, per_cpu_second, peak = rate(

@@ -1,6 +1,6 @@
 """Calibrate the photo pipeline on EG3D-labelled crops: the EG3D crop's constants, the CNN box, the label template.
 
-    python scripts/calibrate_photos.py --photos ../shared/fixtures/eg3d-photos --template regress/inversion/landmarks68_label.json
+    python scripts/calibrate_photos.py --photos ../shared/fixtures/eg3d-photos --template regress/faces/landmarks68_label.json
 
 Only the photos not named by `--holdout` are used, as they are (they are EG3D crops), each with its
 mirror image and the mirrored label (so that the calibration, like faces, is mirror-symmetric). Writes the
@@ -31,20 +31,9 @@ from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation
 
 from bench_cameras import labelled_photos  # scripts/ is on sys.path when this runs as a script
+from regress.faces.landmarks import LABEL_OFFSET, LABEL_SCALE, TEMPLATES, YAW_KNEE, LandmarkTemplate, load_template, project_points
 from regress.inversion.align import cnn_boxes, detect_faces, load_image, mirror_landmarks
-from regress.inversion.camera_fit import (
-    YAW_KNEE,
-    LABEL_FOCAL,
-    LABEL_OFFSET,
-    LABEL_SCALE,
-    TEMPLATES,
-    CameraFitter,
-    LandmarkTemplate,
-    axis_angles,
-    load_template,
-    mirror_camera,
-    project_points,
-)
+from regress.inversion.camera_fit import LABEL_FOCAL, CameraFitter, axis_angles, mirror_camera
 from regress.inversion.crop import EG3D_SIDE, STANDARD_POINTS, eg3d_frame, five_points
 
 HOLDOUT = ("celebahq_7", "celebahq_8", "celebahq_9", "celebahq_t79", "celebahq_t83")  # kept out: a third of each source

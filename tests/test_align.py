@@ -16,19 +16,10 @@ pytest.importorskip("dlib")
 skimage_data = pytest.importorskip("skimage.data")
 
 from regress.camera import camera_rays, make_cameras  # noqa: E402
+from regress.faces.landmarks import generator_template, packaged_template, project_points  # noqa: E402
 from regress.generators import create_generator  # noqa: E402
 from regress.inversion.align import FaceAligner, FaceError, detect_faces, load_image  # noqa: E402
-from regress.inversion.camera_fit import (  # noqa: E402
-    LABEL_FOCAL,
-    LABEL_RADIUS,
-    CameraFitter,
-    axis_angle,
-    axis_angles,
-    generator_template,
-    mirror_camera,
-    packaged_template,
-    project_points,
-)
+from regress.inversion.camera_fit import LABEL_FOCAL, LABEL_RADIUS, CameraFitter, axis_angle, axis_angles, mirror_camera  # noqa: E402
 from regress.inversion.crop import eg3d_quad, ffhq_quad, quad_coordinates  # noqa: E402
 from tests.eg3d_tiny import TINY_EG3D  # noqa: E402
 

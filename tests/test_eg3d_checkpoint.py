@@ -212,7 +212,7 @@ def test_the_checksum_in_every_sample_covers_the_config_and_the_weights(eg3d_fix
     original = EG3DGenerator.from_checkpoint(converted).identity()["checksum"]
     assert EG3DGenerator.from_checkpoint(eg3d_fixture_dir / "network.pkl").identity()["checksum"] == original
     assert EG3DGenerator.from_checkpoint(converted, ray_end=4.5).identity()["checksum"] != original
-    fast = EG3DGenerator.from_checkpoint(converted, precision="float16", compile="reduce-overhead").identity()
+    fast = EG3DGenerator.from_checkpoint(converted, render_precision="float16", compile="reduce-overhead").identity()
     assert fast["checksum"] == original and fast["config"]["precision"] == "float16"  # how it runs: same weights, said in the config
 
     def forge(saved):

@@ -123,7 +123,7 @@ def test_torgb_product_equals_the_scaled_1x1_conv_in_both_layouts():
 def tiny_pair() -> tuple[EG3DGenerator, EG3DGenerator]:
     torch.manual_seed(0)
     reference = EG3DGenerator(**TINY_EG3D).eval()
-    fast = EG3DGenerator(**TINY_EG3D, precision="float16").eval()
+    fast = EG3DGenerator(**TINY_EG3D, render_precision="float16").eval()
     fast.load_state_dict(reference.state_dict())
     return reference, fast
 
@@ -139,7 +139,7 @@ def test_reduced_precision_follows_float32_on_the_cpu(tiny_pair):
     assert (a["depth"] - b["depth"]).abs().max() < 1e-2
     assert fast.identity()["config"]["precision"] == "float16"
     with pytest.raises(ValueError, match="precision"):
-        EG3DGenerator(**TINY_EG3D, precision="int8")
+        EG3DGenerator(**TINY_EG3D, render_precision="int8")
     with pytest.raises(ValueError, match="compile"):
         EG3DGenerator(**TINY_EG3D, compile=True)
 
@@ -162,7 +162,7 @@ def fixture_inputs(eg3d_fixture_dir) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("options", [{"precision": "float16"}, {"precision": "float16", "compile": "reduce-overhead"}])
+@pytest.mark.parametrize("options", [{"render_precision": "float16"}, {"render_precision": "float16", "compile": "reduce-overhead"}])
 def test_fast_path_fidelity_on_the_fixture(eg3d_fixture_dir, fixture_inputs, options):
     """PSNR >= 40 dB and depth within 1e-2 of the float32 path (TF32 off) on the reference weights."""
     matmul_tf32, cudnn_tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
@@ -224,7 +224,7 @@ def test_fused_field_equals_plane_sampling_and_decoder():
 def test_compiled_fast_path_is_deterministic_per_seed_whatever_the_batch():
     torch.manual_seed(0)
     options = {**TINY_EG3D, "triplane_channels": 32, "decoder_hidden": 64}  # widths the fused field takes
-    generator = EG3DGenerator(**options, precision="float16", compile="reduce-overhead").cuda().eval()
+    generator = EG3DGenerator(**options, render_precision="float16", compile="reduce-overhead").cuda().eval()
     views = ViewMixture.load("published")
     with torch.no_grad():
         batch = generator.sample([31, 32, 33], views=views)

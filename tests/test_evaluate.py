@@ -23,13 +23,13 @@ from test_align import _huge_png  # noqa: E402
 from regress import evaluate, fit  # noqa: E402
 from regress.camera import make_cameras  # noqa: E402
 from regress.datamodules.pairs import PairDataModule, PairDataset, validation_keys  # noqa: E402
-from regress.datamodules.online import resize_images  # noqa: E402
 from regress.generators import create_generator  # noqa: E402
 from regress.geometry.meshes import mesh_from_ply  # noqa: E402
 from regress.inversion.align import FaceAligner, FaceError  # noqa: E402
 from regress.inversion.pairs import CameraLabels, PairBuilder  # noqa: E402
 from regress.inversion.project import ProjectionConfig  # noqa: E402
 from regress.models import LatentRegressor  # noqa: E402
+from regress.sample import resize_images  # noqa: E402
 from regress.store.pairs import RECORDS, record_key  # noqa: E402
 
 GENERATOR = '{"image_resolution": 32, "render_resolution": 16, "depth_resolution": 16}'

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import csv
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import regress.fit as fit
 from regress import configs
 from regress.datamodules import SynthOnlineDataModule
 from regress.models import DepthRegressor, LatentRegressor
+from regress.training.arguments import expand_arguments
 
 # A small analytic head (8-number latent, 16-pixel renders) so a few dozen steps show learning.
 LEARNING_GENERATOR = {"w_dim": 8, "z_dim": 16, "image_resolution": 32, "render_resolution": 16, "depth_resolution": 16}
@@ -61,11 +64,11 @@ def test_latent_regressor_learns():
 
 def test_short_names_pick_config_files():
     root = configs.ROOT
-    args = fit.expand_arguments(["--data", "synth-online", "--trainer.max_steps=1"])
+    args = expand_arguments(["--data", "synth-online", "--trainer.max_steps=1"])
     assert args == ["fit", "--model", str(root / "model" / "depth.yaml"), "--data", str(root / "data" / "synth-online.yaml"), "--trainer.max_steps=1"]
-    args = fit.expand_arguments(["validate", "--model=latent", "--data", "shards"])
+    args = expand_arguments(["validate", "--model=latent", "--data", "shards"])
     assert args == ["validate", f"--model={root / 'model' / 'latent.yaml'}", "--data", str(root / "data" / "shards.yaml")]
-    assert fit.expand_arguments(["--model", "regress.models.DepthRegressor"])[-1] == "regress.models.DepthRegressor"
+    assert expand_arguments(["--model", "regress.models.DepthRegressor"])[-1] == "regress.models.DepthRegressor"
 
 
 @pytest.mark.parametrize(
@@ -149,7 +152,9 @@ def test_cli_trains_with_a_logger_override_and_checkpoints(tmp_path):
     rows = csv_rows(Path(cli.trainer.logger.log_dir))
     assert any(row["train/loss"] for row in rows) and any(row["val/latent_cosine"] for row in rows) and any(row["val/image_psnr"] for row in rows)
     last = tmp_path / "default" / "checkpoints" / "last.ckpt"
-    assert "latent_space" not in torch.load(last, weights_only=True)["hyper_parameters"]  # no generator inside
+    saved = torch.load(last, weights_only=True)["hyper_parameters"]
+    assert "latent_space" not in saved  # no generator inside, but its record: plain data
+    assert saved["generator_record"] == {**dataclasses.asdict(cli.datamodule.generator_spec), "checksum": cli.datamodule.generator.identity()["checksum"]}
     resumed = fit.main(["--data", "synth-online", "--model", "latent", *TINY, "--trainer.max_steps=4", "--trainer.logger=false", f"--ckpt_path={last}", f"--trainer.default_root_dir={tmp_path / 'elsewhere'}"])
     assert resumed.trainer.global_step == 4
 
@@ -191,6 +196,19 @@ def test_bad_input_gets_a_clear_error(args, message, tmp_path, capsys):
     assert exit_info.value.code == 1
     error = capsys.readouterr().err.splitlines()
     assert error[-2].startswith(f"regress.fit: error: {message}") and error[-1] == "regress.fit: REGRESS_DEBUG=1 shows the traceback"
+
+
+@pytest.mark.parametrize("spelling", ["--compile_cache FILE", "--compile_cache=FILE", "--compile_cache.path FILE", "--compile_cache.path=FILE"])
+def test_compile_cache_takes_a_file_as_generate_does_and_the_old_spelling_still_works(spelling, tmp_path, capsys):
+    """`--compile_cache FILE`, as in regress.generate; `--compile_cache.path` keeps working for a release, with a note."""
+    foreign = tmp_path / "foreign.bin"
+    foreign.write_bytes(b"not a cache")  # refused when the run starts: the file reached the callback
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main([*TINY, "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}", *spelling.replace("FILE", str(foreign)).split()])
+    error = capsys.readouterr().err.splitlines()
+    assert exit_info.value.code == 1 and error[-2].startswith(f"regress.fit: error: {foreign} is not a torch.compile cache")
+    deprecated = [line for line in error if "deprecated" in line]
+    assert deprecated == (["regress.fit: --compile_cache.path is deprecated, use --compile_cache FILE"] if ".path" in spelling else [])
 
 
 @pytest.mark.gpu

@@ -18,12 +18,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 import regress.fit as fit
 from regress.datamodules import SynthOnlineDataModule
+from regress.errors import DEBUG_VARIABLE
 from regress.generate import generate
 from regress.models import DepthRegressor
 from regress.models.checkpoint_io import VerifiedCheckpointIO, listed_hashes, read_checkpoint
-from regress.models.guards import FiniteGuard, NonFiniteError
 from regress.store.files import AtomicFile, file_sha256
 from regress.store.shard_set import MANIFEST
+from regress.training.callbacks import FiniteGuard, NonFiniteError
 from tests.test_fit import TINY
 
 REPO = Path(__file__).resolve().parent.parent
@@ -184,7 +185,7 @@ ONE_LINE_ERRORS = {
     "misspelled trainer option": (["--trainer.max_epochz", "3"], 2, "unrecognized arguments: --trainer.max_epochz 3"),
     "constructor error": (["--data.image_size", "100"], 1, "image size 100 does not fit encoder test_resnet"),
     "no last checkpoint": (["--ckpt_path", "last", "--name", "fresh"], 1, "no last.ckpt in {root}/fresh/checkpoints; "),
-    "foreign compile cache": (["--compile_cache.path", "{root}/foreign.bin"], 1, "{root}/foreign.bin is not a torch.compile cache"),
+    "foreign compile cache": (["--compile_cache", "{root}/foreign.bin"], 1, "{root}/foreign.bin is not a torch.compile cache"),
     "corrupt shard in a loader worker": (["--data", "shards", "--data.root", "{root}/corrupt", "--data.num_workers", "2"], 1,
                                          "{root}/corrupt/synth-000000.tar: SHA-256 "),
     "every training shard corrupt and skipped": (["--data", "shards", "--data.root", "{root}/corrupt", "--data.skip_corrupt", "true",
@@ -212,7 +213,7 @@ def test_errors_are_one_line_with_the_cause(shard_folders, args, status, cause):
 def test_the_debug_variable_shows_the_traceback(tmp_path):
     result = subprocess.run(
         fit_command("--model.encoder=test_resnet", f"--model.encoder_weights={tmp_path}/resnet.pth"),
-        cwd=REPO, env={**child_env(), fit.DEBUG_VARIABLE: "1"}, capture_output=True, text=True, timeout=600,
+        cwd=REPO, env={**child_env(), DEBUG_VARIABLE: "1"}, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 1 and "Traceback (most recent call last)" in result.stderr
     assert f"FileNotFoundError: encoder weights {tmp_path}/resnet.pth do not exist" in result.stderr

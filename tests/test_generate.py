@@ -19,7 +19,7 @@ import torch
 
 from regress.generate import generate, main
 from regress.generation.background import consume_in_background, short_switch_interval
-from regress.generation.encode import PIPE_BYTES, encoding_pool, pool_pipes
+from regress.generation.compress import PIPE_BYTES, compression_pool, pool_pipes
 from regress.generators import create_generator
 from regress.store.shard_set import MANIFEST
 from regress.sample import decode_sample
@@ -158,7 +158,7 @@ def test_two_ranks_write_disjoint_shards_identical_to_one_rank(reference, tmp_pa
     second = generate(tmp_path, **RUN)
     assert second["written"] == ["synth-000001.tar"] and second["manifest"] is None  # rank 0's shards are missing
     monkeypatch.setenv("RANK", "0")
-    first = generate(tmp_path, workers=1, **RUN)  # encoding in a worker process changes nothing
+    first = generate(tmp_path, workers=1, **RUN)  # compressing in a worker process changes nothing
     assert first["written"] == ["synth-000000.tar", "synth-000002.tar"] and first["manifest"]  # the last rank writes it
     assert digests(tmp_path) == digests(reference)
 
@@ -201,11 +201,11 @@ def test_the_switch_interval_is_short_inside_the_block_and_restored_after_an_err
 
 
 @pytest.mark.skipif(not hasattr(fcntl, "F_GETPIPE_SZ"), reason="pipe sizes are a Linux feature")
-def test_the_encoders_pipes_take_a_whole_sample_at_once():
-    pool = encoding_pool(1)
+def test_the_compression_pipes_take_a_whole_sample_at_once():
+    pool = compression_pool(1)
     try:
         for end in pool_pipes(pool):
-            assert fcntl.fcntl(end.fileno(), fcntl.F_GETPIPE_SZ) == PIPE_BYTES > 948_000  # an EG3D sample, bench_encoders.py
+            assert fcntl.fcntl(end.fileno(), fcntl.F_GETPIPE_SZ) == PIPE_BYTES > 948_000  # an EG3D sample, bench_compression.py
     finally:
         pool.shutdown()
 
@@ -367,13 +367,13 @@ def test_disk_full_stops_with_a_clear_error_and_no_partial_file(tmp_path):
 
 
 def test_a_script_without_a_main_guard_gets_a_clear_error_and_no_partial_file(tmp_path):
-    """The encoding processes start with spawn and import the calling script: one that runs generate on import fails there."""
+    """The compression processes start with spawn and import the calling script: one that runs generate on import fails there."""
     script = tmp_path / "make_shards.py"
     script.write_text(f"from regress.generate import main\nmain({cli_args(tmp_path / 'out', workers=1)!r})\n")
     result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("regress.generate: error:")]
-    assert len(errors) == 1 and "an image-encoding process stopped while synth-000000.tar was written" in errors[0]
+    assert len(errors) == 1 and "an image-compression process stopped while synth-000000.tar was written" in errors[0]
     assert 'without `if __name__ == "__main__":`' in errors[0] and "--workers 0" in errors[0]
     assert not list((tmp_path / "out").glob("*.partial")) and not list((tmp_path / "out").glob("*.tar"))
 
@@ -388,11 +388,11 @@ def test_eg3d_shards_with_meshes_on_the_gpu_are_byte_identical_run_to_run(tmp_pa
     assert json.loads((tmp_path / "a" / MANIFEST).read_text())["settings"]["generator"]["generator"] == "eg3d"
 
 
-def test_encoding_workers_end_when_their_parent_is_killed_outright(tmp_path):
+def test_compression_workers_end_when_their_parent_is_killed_outright(tmp_path):
     code = (
         "import os, sys, time\n"
-        "from regress.generation.encode import encoding_pool\n"
-        "pool = encoding_pool(2)\n"
+        "from regress.generation.compress import compression_pool\n"
+        "pool = compression_pool(2)\n"
         "print(*[p.pid for p in pool._processes.values()], flush=True)\n"
         "time.sleep(600)\n"
     )
@@ -404,7 +404,7 @@ def test_encoding_workers_end_when_their_parent_is_killed_outright(tmp_path):
     deadline = time.monotonic() + 20
     while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "an encoding worker outlived its killed parent"
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "a compression worker outlived its killed parent"
 
 
 def test_an_output_folder_holding_something_else_is_refused_untouched(reference, tmp_path, capsys):

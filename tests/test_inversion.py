@@ -9,12 +9,12 @@ import torch
 from torchvision.models.vgg import cfgs, make_layers
 
 from regress.camera import frontal_camera, make_cameras
+from regress.faces.perceptual import CHANNELS, PerceptualDistance
+from regress.faces.quality import ms_ssim, psnr, ssim
 from regress.generators import create_generator
 from regress.generators.base import seeded_normal
 from regress.generators.eg3d import EG3DGenerator
-from regress.inversion.perceptual import CHANNELS, PerceptualDistance
 from regress.inversion.project import ProjectionConfig, latent_distance, latent_spread, learning_rate, project
-from regress.inversion.quality import ms_ssim, psnr, ssim
 from tests.eg3d_tiny import TINY_EG3D
 
 

@@ -1,6 +1,8 @@
-"""Regressor parts: encoders from local weights, losses and metrics on known values, previews, checkpoints."""
+"""Regressor parts: timm backbones from local weights, losses and metrics on known values, previews, checkpoints."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import math
 
@@ -13,33 +15,35 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from safetensors.torch import save_file
 from torchvision.models.vgg import cfgs, make_layers
 
+from regress.evaluation.encoder import load_latent_regressor
+from regress.generators import GeneratorSpec
 from regress.models import DepthRegressor, LatentRegressor
-from regress.models.backbones import Encoder
+from regress.models.backbones import Backbone
 from regress.models.losses import DepthLoss, cycle_loss, gradient_l1, latent_loss, masked_l1, scale_invariant_log
 from regress.camera import make_cameras
-from regress.inversion.perceptual import PerceptualDistance
+from regress.faces.perceptual import PerceptualDistance
 from regress.models.metrics import NOVEL_VIEWS_DEG, DepthMetrics, ImageMetrics, LatentMetrics, landmark_points, pixel_landmarks
 from regress.models.previews import colormap_depth, depth_range, log_preview, preview_grid
 
 from test_online import TINY_GENERATOR, tiny_data
 
 
-def test_encoder_loads_a_local_weights_file_and_never_needs_the_hub(tmp_path):
+def test_backbone_loads_a_local_weights_file_and_never_needs_the_hub(tmp_path):
     reference = timm.create_model("test_resnet", pretrained=False)
     path = tmp_path / "test_resnet.safetensors"
     save_file(reference.state_dict(), path)
-    encoder = Encoder("test_resnet", weights=path)
-    assert torch.equal(encoder.body.conv1[0].weight, reference.conv1[0].weight)
-    assert not torch.equal(Encoder("test_resnet").body.conv1[0].weight, reference.conv1[0].weight)
+    backbone = Backbone("test_resnet", weights=path)
+    assert torch.equal(backbone.body.conv1[0].weight, reference.conv1[0].weight)
+    assert not torch.equal(Backbone("test_resnet").body.conv1[0].weight, reference.conv1[0].weight)
 
 
-def test_encoder_errors_name_the_problem(tmp_path):
+def test_backbone_errors_name_the_encoder_option_and_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="encoder weights .*missing.pth do not exist"):
-        Encoder("resnet18", weights=tmp_path / "missing.pth")
+        Backbone("resnet18", weights=tmp_path / "missing.pth")
     with pytest.raises(ValueError, match="unknown encoder 'resnet_nope'"):
-        Encoder("resnet_nope")
+        Backbone("resnet_nope")
     with pytest.raises(ValueError, match="image size 100 does not fit encoder test_resnet.*multiple of .* 32 .*96 or 128"):
-        Encoder("test_resnet").check_image_size(100)
+        Backbone("test_resnet").check_image_size(100)
     with pytest.raises(ValueError, match="image size 100"):
         DepthRegressor(encoder="test_resnet", image_size=100)
 
@@ -139,10 +143,34 @@ def test_latent_regressor_takes_the_data_latent_space_and_restores_from_checkpoi
     trainer.fit(model, data)
     trainer.save_checkpoint(tmp_path / "latent.ckpt")
     restored = LatentRegressor.load_from_checkpoint(tmp_path / "latent.ckpt")
-    assert restored.hparams.image_size == 32 and restored.hparams.latent_shape == (14, 32) and not restored._generator
+    assert restored.hparams.image_size == 32 and restored.hparams.latent_shape == (14, 32) and restored.generator_spec is None
+    recorded = restored.hparams.generator_record  # the checkpoint names its generator: spec and checksum, plain data
+    assert recorded == model.hparams.generator_record == {**dataclasses.asdict(data.generator_spec), "checksum": data.generator.identity()["checksum"]}
+    assert recorded["name"] == "analytic" and recorded["checkpoint"] is None and recorded["options"]["image_resolution"] == 32
     image = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     model.eval(), restored.eval()
     assert torch.equal(restored(image), model(image))
+
+
+def test_a_latent_checkpoint_names_its_generator_and_one_from_before_still_loads_with_a_note(tmp_path, capsys):
+    data = tiny_data(epoch_length=2)
+    model = LatentRegressor(encoder="test_resnet", hidden=16, image_size=data.image_size, latent_space=data.latent_space)
+    trainer = L.Trainer(max_steps=1, limit_val_batches=1, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, data)
+    trainer.save_checkpoint(tmp_path / "new.ckpt")
+    assert torch.load(tmp_path / "new.ckpt", weights_only=True)["hyper_parameters"]["generator_record"]["name"] == "analytic"
+    capsys.readouterr()
+    loaded = load_latent_regressor(tmp_path / "new.ckpt", data.generator)
+    assert loaded.hparams.generator_record["checksum"] == data.generator.identity()["checksum"] and capsys.readouterr().err == ""
+    other = GeneratorSpec("analytic", options={**TINY_GENERATOR, "readout_gain": 2.001}).build()  # other draws, the same mean latent
+    load_latent_regressor(tmp_path / "new.ckpt", other)
+    assert f"was trained against analytic {data.generator.identity()['checksum']} (no checkpoint), but renders with analytic " in capsys.readouterr().err
+    before = torch.load(tmp_path / "new.ckpt", weights_only=True)
+    del before["hyper_parameters"]["generator_record"]  # what checkpoints held before they named their generator
+    torch.save(before, tmp_path / "before.ckpt")
+    old = load_latent_regressor(tmp_path / "before.ckpt", data.generator)
+    assert old.hparams.generator_record is None and torch.equal(old.mean_latent, loaded.mean_latent)
+    assert "does not name the generator it was trained against (written before checkpoints recorded it): its generator is unknown" in capsys.readouterr().err
 
 
 def test_latent_regressor_refuses_a_cycle_term_without_a_generator():
@@ -159,15 +187,15 @@ def test_latent_regressor_needs_a_shape_that_agrees_with_the_data():
         LatentRegressor(encoder="test_resnet", latent_shape=(14, 8), latent_space=space)
 
 
-def test_the_data_module_moves_the_generator_the_latent_model_borrows():
+def test_the_latent_model_and_its_data_render_with_one_generator_built_from_the_spec():
     data = tiny_data(jitter=False)
     model = LatentRegressor(encoder="test_resnet", hidden=16, cycle_weight=1.0, latent_space=data.latent_space)
     batch = data.on_after_batch_transfer(next(iter(data.train_dataloader())), 0)
     parts, _ = model.losses(batch)
-    assert data.generator.device == batch["image"].device and parts["cycle"] > 0
-    data.generator.to("meta")  # somewhere else than the batch: the model says so instead of moving it
-    with pytest.raises(RuntimeError, match="the generator is on meta but the batch on cpu: the data module that holds it moves it"):
-        model.losses(batch)
+    assert model.generator_spec == data.generator_spec and parts["cycle"] > 0
+    assert model._generator_on(batch["image"].device) is data.generator  # one instance a process, not a copy each
+    assert not any(name.startswith("generator") for name, _ in model.named_modules() if name)  # never a submodule, never saved
+    assert not any(key.startswith(("generator", "_generator")) for key in model.state_dict())
 
 
 def validation_batch(data):

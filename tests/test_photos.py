@@ -14,8 +14,9 @@ import pytest
 
 pytest.importorskip("dlib")
 
+from regress.faces.landmarks import calibration_photos, packaged_template  # noqa: E402
 from regress.inversion.align import FaceAligner, detect_faces, load_image  # noqa: E402
-from regress.inversion.camera_fit import CameraFitter, axis_angle, axis_angles, calibration_photos, mirror_camera, packaged_template  # noqa: E402
+from regress.inversion.camera_fit import CameraFitter, axis_angle, axis_angles, mirror_camera  # noqa: E402
 from regress.inversion.crop import recrop_error  # noqa: E402
 
 PHOTOS = Path(os.environ.get("REGRESS_EG3D_PHOTOS", Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "eg3d-photos"))

@@ -77,7 +77,7 @@ def test_every_backend_renders_the_same_inside_cuda_autocast(backend):
     if backend == "analytic":
         generator = create_generator("analytic", **TINY_GENERATOR)
     else:
-        generator = create_generator("eg3d", **TINY_EG3D, **({"precision": "float16"} if backend == "eg3d-fast" else {}))
+        generator = create_generator("eg3d", **TINY_EG3D, **({"render_precision": "float16"} if backend == "eg3d-fast" else {}))
     reference, inside, grad = _renders(generator, "cuda")
     _assert_same_render(reference, inside, grad, tolerance=2e-2 if backend != "analytic" else 5e-3)
 

@@ -13,6 +13,8 @@ from typing import Callable
 
 import yaml
 
+from regress.errors import UsageError
+
 ROOT = Path(str(files(__name__)))  # a folder: pip installs packages unpacked, never as a zip
 SHORT_NAME = re.compile(r"[\w-]+(/[\w-]+)?")  # `gpu` or `trainer/gpu`: no suffix, at most one folder
 
@@ -71,5 +73,9 @@ def expand_flags(args: list[str], resolve: dict[str, Callable[[str | None], str 
 
 
 def expand_config_arguments(args: list[str], group: str) -> list[str]:
-    """`--config NAME` and `--config=NAME` with short names replaced by the shipped files of `group`."""
-    return expand_flags(args, {"--config": lambda value: None if value is None else str(config_file(group, value))})[0]
+    """`--config NAME` and `--config=NAME` with short names replaced by the shipped files of `group`; a file that
+    does not exist or is not YAML, or an unknown name, is a UsageError (the command line's fault: exit status 2)."""
+    try:
+        return expand_flags(args, {"--config": lambda value: None if value is None else str(config_file(group, value))})[0]
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(str(error)) from error

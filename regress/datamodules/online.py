@@ -3,8 +3,8 @@
 A sample seed is a pure function of (global seed, epoch, global rank, index), so DDP ranks never
 share a sample, a resumed run continues the same stream, and validation reads a fixed seed range
 that training never touches. The generator renders in `on_after_batch_transfer`, on the batch's
-device, so worker processes do no CUDA work. This module owns the generator: it moves it to the
-batches' device, and a latent model that borrows it (its `latent_space`) renders there.
+device, so worker processes do no CUDA work. The generator enters as a `GeneratorSpec`; this module and
+a latent model that renders its latents each ask the spec for it on their device and share one instance.
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ from typing import Any, Callable, Iterator, Sequence
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from regress.camera import View, ViewMixture
-from regress.generators import Generator, create_generator
-from regress.sample import Batch, LatentSpace
+from regress.generators import Generator, GeneratorSpec, LatentSpace
+from regress.sample import Batch, resize_images
 
 INDEX_BITS, RANK_BITS, EPOCH_BITS = 32, 12, 18  # 62 bits of (epoch, rank, index) counter
 TRAIN_FLAG = 1 << 62  # every training seed has this bit; validation seeds lie below it
@@ -127,14 +126,6 @@ class ViewDataset(Dataset):
         return [View(names[c], yaw, pitch, fov, radius, tuple(pivot)) for c, yaw, pitch, fov, radius, pivot in rows]
 
 
-def resize_images(image: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 images (N, 3, H, W) resized to size x size, antialiased, still uint8."""
-    if image.shape[-2:] == (size, size):
-        return image
-    resized = F.interpolate(image.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return resized.round().clamp(0, 255).to(torch.uint8)
-
-
 class SynthOnlineDataModule(L.LightningDataModule):
     """Sample batches rendered on the training device from seeds; `--data synth-online`.
 
@@ -143,7 +134,7 @@ class SynthOnlineDataModule(L.LightningDataModule):
         checkpoint: generator weights (a local path).
         generator_options: backend constructor options, e.g. `{image_resolution: 128}`.
         views: view mixture, a short name of regress/configs/views/ or a YAML path.
-        epoch_length: training samples per epoch, over all ranks; each rank's share is rounded down to
+        epoch_length: training samples per epoch, over all ranks (256: a short CPU run); each rank's share is rounded down to
             whole batches, so every training batch has one shape and a generator compiled for fixed
             shapes (EG3D's fast path) compiles it once, not again for a last, shorter batch.
         batch_size: samples per batch and rank.
@@ -165,7 +156,7 @@ class SynthOnlineDataModule(L.LightningDataModule):
         checkpoint: str | Path | None = None,
         generator_options: dict[str, Any] | None = None,
         views: str | Path = "published",
-        epoch_length: int = 512,
+        epoch_length: int = 256,
         batch_size: int = 16,
         val_size: int = 64,
         val_seed_start: int = 0,
@@ -186,8 +177,7 @@ class SynthOnlineDataModule(L.LightningDataModule):
             raise ValueError(f"val_size must be >= 0, got {val_size}")
         val_seeds(val_seed_start, val_size)
         self.save_hyperparameters()
-        self.generator: Generator = create_generator(generator, checkpoint, **(generator_options or {}))
-        self.generator.requires_grad_(False).eval()
+        self.generator_spec = GeneratorSpec(generator, None if checkpoint is None else str(checkpoint), generator_options or {})
         self.views = ViewMixture.load(views)
         self.epoch_length, self.batch_size, self.val_size = epoch_length, batch_size, val_size
         self.val_seed_start, self.image_size, self.seed = val_seed_start, image_size, seed
@@ -200,9 +190,15 @@ class SynthOnlineDataModule(L.LightningDataModule):
         self._resume: dict[str, int] | None = None
 
     @property
+    def generator(self) -> Generator:
+        """The generator this data renders with: this process's instance of its spec, wherever it last ran."""
+        return self.generator_spec.build()
+
+    @property
     def latent_space(self) -> LatentSpace:
-        """The generator's latent shape and mean (on the CPU), and the generator itself."""
-        return LatentSpace(self.generator.latent_shape, self.generator.mean_latent().detach().float().cpu(), self.generator)
+        """The generator's latent shape and mean (on the CPU), and its spec."""
+        generator = self.generator_spec.build()
+        return LatentSpace(generator.latent_shape, generator.mean_latent().detach().float().cpu(), self.generator_spec)
 
     def _rank(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -239,8 +235,6 @@ class SynthOnlineDataModule(L.LightningDataModule):
     def synthesize(self, batch: dict[str, torch.Tensor]) -> Batch:
         """Render a loader batch (seeds and views) into a Sample batch on the batch's device."""
         seeds, device = tuple(batch["seed"].tolist()), batch["seed"].device
-        if self.generator.device != device:
-            self.generator.to(device)  # the one place it moves, also for the latent model that borrows it
         validation = bool(batch["validation"].all())
         if validation:
             cached = self._val_cache.get(seeds)
@@ -249,7 +243,7 @@ class SynthOnlineDataModule(L.LightningDataModule):
         if cached is not None and cached["image"].device == device:
             return dict(cached)
         with torch.no_grad():
-            sample = self.generator.sample(
+            sample = self.generator_spec.build(device).sample(
                 seeds, self._dataset.to_views(batch), psi=self.psi, cutoff=self.cutoff, jitter=self.jitter and not validation
             )
         sample["image"] = resize_images(sample["image"], self.image_size)

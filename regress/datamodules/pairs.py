@@ -19,9 +19,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from regress.datamodules.online import resize_images
-from regress.datamodules.shards import ManifestLatents
-from regress.sample import Batch, collate_samples, decode_sample
+from regress.datamodules.manifest import ManifestLatents
+from regress.sample import Batch, collate_samples, decode_sample, resize_images
 from regress.store.pairs import RECORDS, read_pair_record, read_pairs_manifest, record_keys
 from regress.store.shards import iter_shard
 

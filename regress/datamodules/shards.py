@@ -20,9 +20,9 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from regress.datamodules.online import resize_images
+from regress.datamodules.manifest import ManifestLatents
 from regress.geometry.meshes import mesh_from_ply
-from regress.sample import Batch, LatentSpace, collate_samples, decode_sample
+from regress.sample import Batch, collate_samples, decode_sample, resize_images
 from regress.store.shard_set import read_shard_manifest, shard_url
 from regress.store.shards import ShardReadError, iter_shard
 
@@ -102,16 +102,6 @@ def collate(samples: list[dict]) -> Batch:
     if samples and "mesh" in samples[0]:
         batch["mesh"] = [s["mesh"] for s in samples]
     return batch
-
-
-class ManifestLatents:
-    """The `latent_space` of a data module read from its `manifest`: shape and mean, no generator."""
-
-    manifest: dict
-
-    @property
-    def latent_space(self) -> LatentSpace:
-        return LatentSpace(tuple(self.manifest["latent_shape"]), torch.tensor(self.manifest["mean_latent"], dtype=torch.float32))
 
 
 class ShardDataModule(ManifestLatents, L.LightningDataModule):

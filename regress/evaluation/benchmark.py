@@ -19,12 +19,13 @@ from tqdm import tqdm
 
 from regress.datamodules.pairs import PairDataset, collate_pairs
 from regress.evaluation.encoder import model_input
+from regress.faces.identity import identity_scores
+from regress.faces.quality import psnr, ssim
 from regress.generators.base import Generator
-from regress.inversion.quality import identity_scores, psnr, ssim
 from regress.models import DepthRegressor, LatentRegressor
 from regress.models.metrics import DepthMetrics, LatentMetrics
 from regress.runtime import timed
-from regress.sample import image_to_uint8
+from regress.sample import MASK_THRESHOLD, image_to_uint8
 
 EXAMPLE_COLUMNS = ("real", "inverted", "inverted depth", "predicted depth", "predicted latent render")
 
@@ -33,7 +34,7 @@ def median_scaled(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) 
     """Predictions (N, 1, R, R) scaled per image so their median on the face mask is the target's."""
     scaled = []
     for p, t, m in zip(pred, target, mask):
-        on = m > 0.5
+        on = m > MASK_THRESHOLD
         factor = t[on].median() / p[on].median().clamp_min(1e-6) if on.any() else torch.ones((), device=p.device)
         scaled.append(p * factor)
     return torch.stack(scaled)

@@ -8,16 +8,17 @@ before any photo.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Callable, TypeVar
 
 import torch
 
-from regress.datamodules.online import resize_images
 from regress.generators.base import Generator
 from regress.models import LatentRegressor
 from regress.models.base import Regressor
 from regress.models.checkpoint_io import checkpoint_class, read_checkpoint
+from regress.sample import resize_images
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]  # uint8 crops (N, 3, H, W) -> w (N, num_ws, w_dim)
 R = TypeVar("R", bound=Regressor)
@@ -52,12 +53,25 @@ def load_latent_regressor(path: str | Path, generator: Generator) -> LatentRegre
     shape, fix = tuple(model.hparams.latent_shape), "give a LatentRegressor trained on this generator"
     if shape != tuple(generator.latent_shape):
         raise ValueError(f"{path} predicts latents of shape {shape} but the {generator.name} generator's are {tuple(generator.latent_shape)}; {fix}")
+    check_recorded_generator(model, path, generator)
     mean = generator.mean_latent().to(model.mean_latent)
     offset = float((model.mean_latent - mean).norm() / mean.norm().clamp_min(1e-12))
     if offset > MEAN_LATENT_TOLERANCE:
         raise ValueError(f"{path} was trained on another generator's latents: its mean latent is {offset:.0%} away from "
                          f"this {generator.name} generator's (other weights or options); {fix}")  # fmt: skip
     return model
+
+
+def check_recorded_generator(model: LatentRegressor, path: str | Path, generator: Generator) -> None:
+    """Say on stderr when the generator a latent checkpoint names is not the one given (other weights, same latent shape),
+    or when the checkpoint names none (written before checkpoints recorded it)."""
+    recorded, checksum = model.hparams.get("generator_record"), generator.identity()["checksum"]
+    if recorded is None:
+        print(f"regress: note: {path} does not name the generator it was trained against (written before checkpoints "
+              f"recorded it): its generator is unknown; only its latent shape and mean latent are checked", file=sys.stderr)  # fmt: skip
+    elif recorded["checksum"] != checksum:
+        print(f"regress: warning: {path} was trained against {recorded['name']} {recorded['checksum']} "
+              f"({recorded['checkpoint'] or 'no checkpoint'}), but renders with {generator.name} {checksum}", file=sys.stderr)  # fmt: skip
 
 
 def latent_encoder(model: LatentRegressor) -> Encoder:

@@ -29,7 +29,7 @@ class RenderedBatch:
 
 
 def render_batches(
-    model: Generator, layout: ShardLayout, shards: list[int], mixture: ViewMixture, settings: dict[str, Any], batch_size: int, clock: StageClock
+    generator: Generator, layout: ShardLayout, shards: list[int], mixture: ViewMixture, settings: dict[str, Any], batch_size: int, clock: StageClock
 ) -> Iterator[RenderedBatch]:
     """Every batch of the given shards in order; meshes are marched and laid out as PLY files on the device.
 
@@ -42,13 +42,13 @@ def render_batches(
         for first in range(0, len(seeds), batch_size):
             batch_seeds = seeds[first : first + batch_size]
             with torch.inference_mode(), clock("render: sample"):
-                batch = model.sample(batch_seeds, mixture, psi=settings["psi"], cutoff=settings["cutoff"], jitter=settings["jitter"])
+                batch = generator.sample(batch_seeds, mixture, psi=settings["psi"], cutoff=settings["cutoff"], jitter=settings["jitter"])
                 copies, copied = _copy_to_host({k: batch[k] for k in ARRAY_FIELDS if k in batch})
             if pending is not None:
-                yield _finish(model, pending, settings["mesh"], clock)
+                yield _finish(generator, pending, settings["mesh"], clock)
             pending = _QueuedBatch(index, batch_seeds, batch, copies, copied)
     if pending is not None:
-        yield _finish(model, pending, settings["mesh"], clock)
+        yield _finish(generator, pending, settings["mesh"], clock)
 
 
 @dataclasses.dataclass
@@ -72,13 +72,13 @@ def _copy_to_host(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
     return copies, copied
 
 
-def _finish(model: Generator, queued: _QueuedBatch, mesh: dict[str, Any] | None, clock: StageClock) -> RenderedBatch:
+def _finish(generator: Generator, queued: _QueuedBatch, mesh: dict[str, Any] | None, clock: StageClock) -> RenderedBatch:
     """A queued batch's meshes (marched now) and its arrays on the host (waited for)."""
     meshes: list[memoryview | None] = [None] * len(queued.seeds)
     with torch.inference_mode():
         if mesh:
             with clock("render: density grids"):
-                grids = density_grid(model, queued.batch["w"], mesh["resolution"])
+                grids = density_grid(generator, queued.batch["w"], mesh["resolution"])
             with clock("render: meshes (march, piece, PLY)"):
                 meshes = grids_to_ply(grids, mesh["level"], mesh["box_size"], mesh["keep_largest"])
             del grids

@@ -1,6 +1,7 @@
-"""Generator backends behind one interface (`base.Generator`), created by name: `create_generator("analytic")`."""
+"""Generator backends behind one interface (`base.Generator`), entering through one spec: `GeneratorSpec("analytic").build()`."""
 
 from regress.generators.base import Generator
-from regress.generators.registry import available_generators, create_generator, register
+from regress.generators.registry import available_generators, register
+from regress.generators.spec import GeneratorSpec, LatentSpace, create_generator
 
-__all__ = ["Generator", "register", "create_generator", "available_generators"]
+__all__ = ["Generator", "GeneratorSpec", "LatentSpace", "register", "create_generator", "available_generators"]

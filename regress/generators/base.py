@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import abc
 import functools
+import inspect
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -76,6 +78,8 @@ class Generator(nn.Module, abc.ABC):
     """
 
     name: str = "generator"
+    has_weights: bool = True  # False: the backend is whole without a checkpoint (the analytic head)
+    renamed_options: dict[str, str] = {}  # an option's old name -> its name now, accepted for one release
     z_dim: int
     num_ws: int
     w_dim: int
@@ -85,6 +89,21 @@ class Generator(nn.Module, abc.ABC):
     ray_end: float
     box_size: float
     surface_level: float
+
+    @classmethod
+    def from_checkpoint(cls, path: Path, **options: Any) -> Generator:
+        """A generator with the weights of a local checkpoint; `options` override what keeps the weights' shapes."""
+        raise NotImplementedError(f"the {cls.name} generator has no weights to load")
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        """The keyword options this backend takes, with or without a checkpoint (its constructor's parameters)."""
+        return [p.name for p in inspect.signature(cls).parameters.values() if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD]
+
+    @classmethod
+    def stored_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """The options under the names data sets record them by (a backend whose stored names differ overrides this)."""
+        return dict(options)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -8,7 +8,6 @@ camera_fit.py.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,9 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from regress.inversion.camera_fit import CameraFitter, axis_angles, packaged_template
+from regress.faces.identity import face_model_path
+from regress.faces.landmarks import packaged_template
+from regress.inversion.camera_fit import CameraFitter, axis_angles
 from regress.inversion.crop import crop_quad, eg3d_quad, ffhq_quad, pad_reflect, quad_coordinates, quad_transform, square_quad
 
 # each iBUG landmark's mirror partner (jaw, brows, nose, eyes, outer and inner lips)
@@ -36,18 +37,6 @@ CNN_BOX_SHIFT = (0.0563, 0.0664)
 
 class FaceError(ValueError):
     """A photo that cannot become a pair: unreadable, too small, or without a usable face."""
-
-
-@functools.cache
-def face_model_path(name: str) -> Path:
-    """A model file shipped by `face-recognition-models`, found without importing it (it needs pkg_resources)."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("face model files are missing: pip install face-recognition-models dlib-bin")
-    path = Path(next(iter(spec.submodule_search_locations))) / "models" / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; reinstall face-recognition-models")
-    return path
 
 
 @functools.cache

@@ -24,11 +24,13 @@ from regress.camera import camera_to_pose, frontal_camera
 from regress.generators.base import Generator
 from regress.geometry.grids import density_grid
 from regress.geometry.meshes import grids_to_ply
+from regress.faces.identity import identity_scores
+from regress.faces.landmarks import generator_template
+from regress.faces.perceptual import PerceptualDistance
+from regress.faces.quality import psnr, ssim
 from regress.inversion.align import AlignedFace, FaceAligner, FaceError, load_image
-from regress.inversion.camera_fit import CameraFitter, generator_template
-from regress.inversion.perceptual import PerceptualDistance
+from regress.inversion.camera_fit import CameraFitter
 from regress.inversion.project import ProjectionConfig, project
-from regress.inversion.quality import identity_scores, psnr, ssim
 from regress.sample import SCHEMA_VERSION, encode_image, encode_sample, image_to_float, image_to_uint8, npy_bytes
 from regress.store.pairs import (
     prepare_pairs_folder,

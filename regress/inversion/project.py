@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from regress.camera import frontal_camera
+from regress.faces.perceptual import PerceptualDistance
+from regress.faces.quality import ms_ssim
 from regress.generators.base import Generator, seeded_normal
-from regress.inversion.perceptual import PerceptualDistance
-from regress.inversion.quality import ms_ssim
 
 
 @dataclass(frozen=True)

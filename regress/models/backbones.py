@@ -1,4 +1,4 @@
-"""timm encoders by name: feature pyramids for uint8 images, with weights only from a local file.
+"""timm backbones by name: feature pyramids for uint8 images, with weights only from a local file.
 
 Nothing here downloads: `weights=None` starts from random initialization, a path loads that file
 through timm's own loader (which adapts classifier and feature-extractor keys).
@@ -13,11 +13,14 @@ import torch
 from torch import nn
 
 
-class Encoder(nn.Module):
+class Backbone(nn.Module):
     """A timm backbone as a feature pyramid: uint8 images (N, 3, H, W) -> features, finest first.
 
     Images are normalized with the backbone's own mean/std, so local pretrained weights see the
     statistics they were trained with. `out_indices` picks pyramid levels (timm's numbering).
+    The regressors' `encoder` / `encoder_weights` options name it and `self.encoder` holds it (names kept: checkpoints'
+    state-dict keys and hyperparameters use them), so there, and in the messages below, "encoder" means this backbone;
+    elsewhere (regress.evaluation.encoder) an encoder is the GAN-inversion encoder, image -> w.
     """
 
     def __init__(self, name: str = "resnet18", weights: str | Path | None = None, out_indices: tuple[int, ...] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""What the depth and latent regressors share: encoder, input size, optimizer, logging of losses and metrics.
+"""What the depth and latent regressors share: timm backbone, input size, optimizer, logging of losses and metrics.
 
 Subclasses say how a batch becomes loss terms and a prediction (`losses`), which metric that
 prediction updates (`update_metrics`) and what a preview shows (`preview_columns`).
@@ -14,18 +14,19 @@ import lightning as L
 import torch
 from torchmetrics import Metric
 
-from regress.models.backbones import Encoder
+from regress.models.backbones import Backbone
 from regress.models.previews import log_preview, preview_grid
 from regress.sample import Batch
 
 PREVIEW_SAMPLES = 4
-# Data facts linked in by `python -m regress.fit` as objects (tensors, a generator): never hyperparameters. The CLI
-# records a link's value for every model, also one whose class has no such parameter (DepthRegressor).
+# Data facts linked in by `python -m regress.fit` that hold tensors (the latent space's mean): never hyperparameters (the
+# mean is a buffer; a latent model records the space's generator spec itself). The CLI records a link's value for every
+# model, also one whose class has no such parameter (DepthRegressor).
 LINKED_OBJECTS = ["latent_space"]
 
 
 class Regressor(L.LightningModule, abc.ABC):
-    """A LightningModule around a timm encoder that trains on Sample batches from any data module.
+    """A LightningModule around a timm backbone (`self.encoder`, the `encoder` option) that trains on Sample batches from any data module.
 
     `image_size` is the side of the images the model takes, recorded in checkpoints (the benchmark
     resizes photos to it); `python -m regress.fit` links it from the data module's `image_size`.
@@ -44,7 +45,7 @@ class Regressor(L.LightningModule, abc.ABC):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=LINKED_OBJECTS)  # the subclass's arguments too
-        self.encoder = Encoder(encoder, encoder_weights)
+        self.encoder = Backbone(encoder, encoder_weights)
         if image_size is not None:
             self.encoder.check_image_size(image_size)
         self.lr, self.weight_decay, self.lr_schedule = lr, weight_decay, lr_schedule

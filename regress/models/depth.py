@@ -56,8 +56,8 @@ class DepthRegressor(Regressor):
     """Image -> depth map; trained with masked L1 (+ optional scale-invariant and gradient terms).
 
     Args:
-        encoder: timm model name; encoder_weights: a local weights file (None: random init).
-        image_size: side of the input images (None: any size the encoder takes; the CLI links the data's).
+        encoder: the timm backbone's model name; encoder_weights: a local weights file (None: random init).
+        image_size: side of the input images (None: any size the backbone takes; the CLI links the data's).
         depth_resolution: side of the predicted depth map.
         decoder_width: channels of the decoder.
         depth_offset, depth_scale: depth = depth_offset + depth_scale * decoder output, so the

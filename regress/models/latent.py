@@ -1,27 +1,29 @@
 """LatentRegressor: one face image -> the generator latent w (num_ws, w_dim) that reproduces it.
 
 The head predicts an offset from the generator's mean latent (zero at initialization, so an
-untrained model answers with the mean face). The latent shape and mean latent come from the data's
-`LatentSpace` when the model is built (`python -m regress.fit` links it), and are stored in the checkpoint.
+untrained model answers with the mean face). The latent shape, mean latent and generator spec come from
+the data's `LatentSpace` when the model is built (`python -m regress.fit` links it); the checkpoint stores
+the shape and mean, and names the generator (`hparams.generator_record`: its spec and checksum).
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import Metric
 
-from regress.generators import Generator
-from regress.inversion.perceptual import PerceptualDistance
+from regress.faces.perceptual import PerceptualDistance
+from regress.generators import Generator, GeneratorSpec, LatentSpace
 from regress.models.base import Regressor
 from regress.models.losses import cycle_loss, latent_loss
 from regress.models.metrics import ImageMetrics, LatentMetrics
 from regress.models.previews import colormap_depth, depth_range
-from regress.sample import Batch, LatentSpace, image_to_uint8
+from regress.sample import Batch, image_to_uint8
 
 
 class LatentHead(nn.Module):
@@ -61,8 +63,8 @@ class LatentRegressor(Regressor):
     """Image -> w; trained with L1/MSE on w (rows optionally weighted) and an optional image cycle term.
 
     Args:
-        encoder: timm model name; encoder_weights: a local weights file (None: random init).
-        image_size: side of the input images (None: any size the encoder takes; the CLI links the data's).
+        encoder: the timm backbone's model name; encoder_weights: a local weights file (None: random init).
+        image_size: side of the input images (None: any size the backbone takes; the CLI links the data's).
         latent_shape: (num_ws, w_dim) (None: the latent space's).
         hidden: width of the head's hidden layer.
         loss: "l1" or "mse" on w; ws_weights: one weight per ws row (None: equal).
@@ -77,8 +79,11 @@ class LatentRegressor(Regressor):
             when a Trainer sets the model up, not when a checkpoint is loaded for inference.
         identity_metric: also dlib's identity similarity of the re-renders (`val/image_identity`,
             `val/novel_identity`; its weights ship with face-recognition-models; CPU time per image).
-        latent_space: the data's w shape, mean and generator (`data.latent_space`; the CLI links it).
-            The generator is borrowed: the data module that holds it moves it to the batches' device.
+        latent_space: the data's w shape, mean and generator spec (`data.latent_space`; the CLI links it).
+            The model renders with the spec's instance, shared with the data module.
+        generator_record: the generator these latents belong to, as plain data (`GeneratorSpec.record()`: name, checkpoint,
+            options, checksum); set from `latent_space` when it names one, and kept in the checkpoint, whose loading
+            gives it back (None: unknown, a checkpoint from before they named it, or data without a generator).
     """
 
     def __init__(
@@ -99,21 +104,27 @@ class LatentRegressor(Regressor):
         lpips_weights: str | Path | None = None,
         identity_metric: bool = False,
         latent_space: LatentSpace | None = None,
+        generator_record: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(encoder, encoder_weights, image_size, lr, weight_decay, lr_schedule)
         shape = latent_shape_of(latent_shape, latent_space)
         self.hparams.latent_shape = shape
         self.head = LatentHead(self.encoder.channels, shape, hidden)
         self.register_buffer("mean_latent", latent_space.mean.clone() if latent_space is not None else torch.zeros(shape))
-        generator = latent_space.generator if latent_space is not None else None
-        self._generator: tuple[Generator, ...] = (generator,) if generator is not None else ()  # frozen, not a submodule, not saved
+        self.generator_spec: GeneratorSpec | None = latent_space.generator if latent_space is not None else None
+        if self.generator_spec is not None:
+            record = self.generator_spec.record()
+            if generator_record is not None and generator_record.get("checksum") != record["checksum"]:
+                print(f"regress: warning: this LatentRegressor was trained against {generator_record['name']} {generator_record['checksum']}, "
+                      f"its data now renders with {record['name']} {record['checksum']}", file=sys.stderr)  # fmt: skip
+            self.hparams["generator_record"] = record
         self.metrics = LatentMetrics()
         if lpips_weights is not None and vgg_weights is None:
             raise ValueError("lpips_weights needs vgg_weights too (the VGG16 backbone they sit on)")
         self.image_metrics = ImageMetrics(identity=identity_metric)
 
     def setup(self, stage: str) -> None:
-        if self.hparams.cycle_weight and not self._generator:
+        if self.hparams.cycle_weight and self.generator_spec is None:
             raise ValueError("cycle_weight > 0 renders predictions, but the model has no generator: train on data that renders (synth-online), or set cycle_weight 0")
         if self.hparams.vgg_weights is not None:
             perceptual = PerceptualDistance(self.hparams.vgg_weights, self.hparams.lpips_weights)
@@ -124,11 +135,8 @@ class LatentRegressor(Regressor):
         return self.mean_latent + self.head(self.encoder(image))
 
     def _generator_on(self, device: torch.device) -> Generator:
-        """The borrowed generator, which its data module has moved to the batches' device."""
-        generator = self._generator[0]
-        if generator.device != device:
-            raise RuntimeError(f"the generator is on {generator.device} but the batch on {device}: the data module that holds it moves it")
-        return generator
+        """The spec's instance on `device`: the one the data module renders with, frozen, never a submodule."""
+        return self.generator_spec.build(device)
 
     def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         pred = self(batch["image"])
@@ -143,16 +151,16 @@ class LatentRegressor(Regressor):
     def update_metrics(self, batch: Batch, pred: torch.Tensor) -> None:
         self.metrics.update(pred, batch["w"], self.mean_latent)
         wanted = self.hparams.image_metrics_samples - int(self.image_metrics.samples)
-        if self._generator and wanted > 0:
+        if self.generator_spec is not None and wanted > 0:
             self.image_metrics.update(self._generator_on(pred.device), pred[:wanted], batch["w"][:wanted], batch["camera"][:wanted])
 
     def validation_metrics(self) -> list[Metric]:
         """Latent errors, and the image-space scores when there is a generator to render with."""
-        return [self.metrics, self.image_metrics] if self._generator and self.hparams.image_metrics_samples else [self.metrics]
+        return [self.metrics, self.image_metrics] if self.generator_spec is not None and self.hparams.image_metrics_samples else [self.metrics]
 
     def preview_columns(self, batch: Batch, pred: torch.Tensor) -> list[torch.Tensor]:
         """Input, the render of the predicted w at the sample's camera, true depth, the render's depth."""
-        if not self._generator:
+        if self.generator_spec is None:
             return []
         with torch.no_grad():
             render = self._generator_on(pred.device).synthesis(pred, batch["camera"])

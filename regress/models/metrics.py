@@ -15,15 +15,15 @@ import torch.nn.functional as F
 from torchmetrics import Metric
 
 from regress.camera import make_cameras
+from regress.faces.identity import identity_scores
+from regress.faces.landmarks import generator_template, project_points
+from regress.faces.perceptual import PerceptualDistance
+from regress.faces.quality import psnr, ssim
 from regress.generators import Generator
-from regress.inversion.camera_fit import generator_template, project_points
-from regress.inversion.perceptual import PerceptualDistance
-from regress.inversion.quality import identity_scores, psnr, ssim
-from regress.sample import image_to_uint8
+from regress.sample import MASK_THRESHOLD, image_to_uint8
 
 Render = dict[str, torch.Tensor]  # a generator's synthesis output: image, depth, mask
 
-MASK_THRESHOLD = 0.5  # a pixel is on the face when its renderer opacity exceeds this
 DELTA = 1.25  # threshold accuracy: max(pred / true, true / pred) < DELTA
 NOVEL_VIEWS_DEG = ((30.0, 0.0), (-30.0, 0.0), (0.0, 15.0), (0.0, -15.0))  # (yaw, pitch) of the image metrics' novel views
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 
-from regress.models.metrics import MASK_THRESHOLD
+from regress.sample import MASK_THRESHOLD
 
 # Polynomial fit of the Turbo colormap (Mikhailov, Google 2019), coefficients of x^0..x^5 per channel.
 TURBO = torch.tensor(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -42,6 +41,8 @@ class AnalyticGenerator(Generator):
     where the eager field is memory-bound, training synthesis runs several times faster after a
     compile of about a minute; the draws are the same up to float rounding.
     """
+
+    has_weights = False
 
     def __init__(
         self,
@@ -83,12 +84,6 @@ class AnalyticGenerator(Generator):
             self.register_buffer(f"readout_{group}", matrix)
         z = torch.randn(MEAN_LATENT_SAMPLES, z_dim, generator=rng)
         self.register_buffer("w_avg", self.mapping(z, frontal_camera(MEAN_LATENT_SAMPLES)).mean(0)[0].float())
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint: Path, **kwargs) -> "AnalyticGenerator":
-        raise ValueError(
-            f"the analytic generator has no weights; drop the checkpoint {checkpoint} or choose --generator eg3d"
-        )
 
     def mapping(
         self, z: torch.Tensor, camera_cond: torch.Tensor, psi: float = 1.0, cutoff: int | None = None

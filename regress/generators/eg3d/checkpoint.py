@@ -294,10 +294,10 @@ def generator_checksum(config: EG3DConfig, state_dict: dict[str, torch.Tensor]) 
     """SHA-256 of a generator's config and of every tensor (name, dtype, shape, bytes), from what was loaded:
     a pickle and its conversion agree, and an edited config or a forged provenance cannot pass as the original.
 
-    How it runs (`precision`, `compile`) is hashed at its defaults: the fast path names the same
+    How it runs (`render_precision`, `compile`) is hashed at its defaults: the fast path names the same
     weights as the reference path (the config beside the checksum still says how samples were drawn).
     """
-    sha = hashlib.sha256(canonical_json(dataclasses.replace(config, precision="float32", compile=None).to_dict()))
+    sha = hashlib.sha256(canonical_json(dataclasses.replace(config, render_precision="float32", compile=None).to_dict()))
     for name in sorted(state_dict):
         tensor = state_dict[name].detach().cpu().contiguous()
         sha.update(canonical_json([name, str(tensor.dtype), list(tensor.shape)]))

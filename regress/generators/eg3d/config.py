@@ -15,7 +15,8 @@ PRECISIONS = ("float32", "bfloat16", "float16")
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 SUPPORTED_SUPERRESOLUTION = "training.superresolution.SuperresolutionHybrid8XDC"
 # Fields stored under upstream's rendering_kwargs names, as every config.json, manifest and checksum has them.
-SERIALIZED_NAMES = {"samples_per_ray": "depth_resolution", "importance_samples_per_ray": "depth_resolution_importance"}
+SERIALIZED_NAMES = {"samples_per_ray": "depth_resolution", "importance_samples_per_ray": "depth_resolution_importance",
+                    "render_precision": "precision"}
 FIELD_NAMES = {stored: field for field, stored in SERIALIZED_NAMES.items()}
 
 
@@ -23,7 +24,7 @@ FIELD_NAMES = {stored: field for field, stored in SERIALIZED_NAMES.items()}
 class EG3DConfig:
     """Every number the network and renderer need (backbone width at resolution r: min(channel_base // r, channel_max)).
 
-    `precision` float32 is the reference; float16 runs super-resolution in float16 (as upstream: its
+    `render_precision` float32 is the reference; float16 runs super-resolution in float16 (as upstream: its
     clamp keeps it in range) and the backbone, which has no clamp, in bfloat16; bfloat16 runs both in
     bfloat16. Reduced precisions keep the tri-planes in float16 for the field (bounded values, the
     finer mantissa) and the marcher in float32. `compile` is a `torch.compile` mode for synthesis
@@ -59,12 +60,12 @@ class EG3DConfig:
     sr_conv_clamp: float | None = 256.0
     sr_antialias: bool = True
     sr_noise_mode: str = "none"
-    precision: str = "float32"
+    render_precision: str = "float32"
     compile: str | None = None
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.render_precision not in PRECISIONS:
+            raise ValueError(f"render_precision must be one of {PRECISIONS}, got {self.render_precision!r}")
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
         for name in ("noise_mode", "sr_noise_mode"):

@@ -24,7 +24,7 @@ from regress.generators.eg3d.checkpoint import (
     match_state_dict,
     save_converted,
 )
-from regress.generators.eg3d.config import EG3DConfig
+from regress.generators.eg3d.config import SERIALIZED_NAMES, EG3DConfig
 from regress.generators.eg3d.fused_field import fused_field, supported
 from regress.generators.eg3d.jitter import keyed_uniform, seed_keys
 from regress.generators.eg3d.renderer import ImportanceRenderer, OSGDecoder, sample_triplanes
@@ -41,10 +41,11 @@ class EG3DGenerator(Generator):
 
     `depth_resolution` is the neural rendering resolution R of depth and mask; the per-ray
     sample counts are `config.samples_per_ray` (+ `config.importance_samples_per_ray`).
-    Keyword arguments override fields of `EG3DConfig` (channel_base, noise_mode, precision, compile, ...).
+    Keyword arguments override fields of `EG3DConfig` (channel_base, noise_mode, render_precision, compile, ...).
     """
 
     surface_level = 10.0
+    renamed_options = {"precision": "render_precision"}  # `precision` is Lightning's word in a fit
 
     def __init__(self, config: EG3DConfig | None = None, **overrides: Any):
         super().__init__()
@@ -87,10 +88,20 @@ class EG3DGenerator(Generator):
         self.depth_resolution = config.neural_rendering_resolution
         self.ray_start, self.ray_end, self.box_size = config.ray_start, config.ray_end, config.box_warp
         self.checksum = RANDOM_INIT
-        self.dtype = DTYPES[config.precision]  # super-resolution
-        self.backbone_dtype = torch.float32 if config.precision == "float32" else torch.bfloat16
-        self.field_dtype = torch.float32 if config.precision == "float32" else torch.float16
+        self.dtype = DTYPES[config.render_precision]  # super-resolution
+        self.backbone_dtype = torch.float32 if config.render_precision == "float32" else torch.bfloat16
+        self.field_dtype = torch.float32 if config.render_precision == "float32" else torch.float16
         self._compiled_synthesis = None
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        """The `EG3DConfig` fields: with a checkpoint, those that keep tensor shapes override the checkpoint's."""
+        return [f.name for f in dataclasses.fields(EG3DConfig)]
+
+    @classmethod
+    def stored_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """Options under the names config.json, manifests and checksums store them (upstream's, `SERIALIZED_NAMES`)."""
+        return {SERIALIZED_NAMES.get(k, k): v for k, v in options.items()}
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **overrides: Any) -> "EG3DGenerator":

@@ -1,17 +1,25 @@
-"""FiniteGuard: training stops at the first non-finite loss, gradient or monitored metric, and never saves one.
-EmptyEpochGuard: a training epoch that got no batch at all stops the run instead of ending it as a success.
+"""The callbacks `python -m regress.fit` always adds, and the one that writes the run's config.
 
-`python -m regress.fit` always adds both. Each check runs where the value first exists, before the
-optimizer step or the checkpoint callbacks (Lightning runs those last) can use it.
+FiniteGuard: training stops at the first non-finite loss, gradient or monitored metric, and never saves one.
+EmptyEpochGuard: a training epoch that got no batch at all stops the run instead of ending it as a success.
+Each check runs where the value first exists, before the optimizer step or the checkpoint callbacks (Lightning
+runs those last) can use it. CompileCache: torch.compile's caches kept in a file. SaveRunConfig: the run's
+whole config beside its checkpoints.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.cli import SaveConfigCallback
+
+from regress.runtime import load_compile_cache, save_compile_cache
+from regress.training.run_folder import checkpoint_dir
 
 HINT = "try a lower --model.lr (in a new run: a resumed one keeps its checkpoint's), --trainer.gradient_clip_val 1.0, full precision (--trainer.precision 32), or check the data for non-finite values"
 
@@ -90,3 +98,44 @@ class EmptyEpochGuard(Callback):
         if trained == 0 and trainer.limit_train_batches != 0:
             raise ValueError(f"training epoch {trainer.current_epoch} got no batch from the data: every shard skipped as corrupt, "
                              "or fewer samples than one batch a rank; check the data (python -m regress.generate --verify DIR)")  # fmt: skip
+
+
+class CompileCache(Callback):
+    """torch.compile's caches kept in a file (`--compile_cache FILE`): preloaded when the run starts, so
+    a new machine with the same torch, Triton and GPU skips most compilation; when the file does not
+    exist yet, rank 0 writes it after the first validation (training and validation shapes compiled,
+    so a run killed later still leaves it) and again at the end."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path, self.write, self.saved = path, False, False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.write = self.path is not None and not load_compile_cache(self.path)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        if self.write and trainer.is_global_zero:
+            save_compile_cache(self.path)
+        self.saved = True
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and not self.saved:
+            self._save(trainer)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._save(trainer)
+        self.write = False
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """The run's whole config in <default_root_dir>/NAME/config.yaml, beside its checkpoints (the logger's
+    folder is shared by every run logging to wandb, so one run's config would replace another's)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "save_to_log_dir": False})
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        path = checkpoint_dir(self.config).parent / self.config_filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():  # jsonargparse >= 4.49 deprecates skip_none, which Lightning's own save still passes
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.parser.save(self.config, str(path), skip_none=False, overwrite=True, multifile=self.multifile)

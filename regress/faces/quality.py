@@ -1,4 +1,4 @@
-"""How close two face images are: PSNR, SSIM, multi-scale SSIM, and identity similarity (dlib descriptors).
+"""How close two face images are in pixels: PSNR, SSIM and multi-scale SSIM (identity similarity: identity.py).
 
 SSIM and MS-SSIM are differentiable (the projection's structural loss) and work at any size:
 the Gaussian window and the number of scales shrink to what the image holds.
@@ -6,13 +6,8 @@ the Gaussian window and the number of scales shrink to what the image holds.
 
 from __future__ import annotations
 
-import functools
-
-import numpy as np
 import torch
 import torch.nn.functional as F
-
-from regress.inversion.align import face_model_path
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, finest scale first
 
@@ -82,36 +77,3 @@ def ms_ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1
         result = result * term.clamp_min(1e-6) ** weights[scale]
         x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
     return result
-
-
-@functools.cache
-def _descriptor_model():
-    import dlib
-
-    return dlib.face_recognition_model_v1(str(face_model_path("dlib_face_recognition_resnet_model_v1.dat")))
-
-
-def face_descriptor(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-    """dlib's 128-d identity descriptor (128,) of an RGB uint8 image (H, W, 3) at 68 landmarks (68, 2)."""
-    import dlib
-
-    points = [dlib.point(round(float(x)), round(float(y))) for x, y in landmarks]
-    lo, hi = landmarks.min(0), landmarks.max(0)
-    box = dlib.rectangle(*(round(float(v)) for v in (lo[0], lo[1], hi[0], hi[1])))
-    shape = dlib.full_object_detection(box, points)
-    return np.asarray(_descriptor_model().compute_face_descriptor(np.ascontiguousarray(image), shape), dtype=np.float64)
-
-
-def identity_scores(a: np.ndarray, b: np.ndarray, landmarks: np.ndarray) -> dict[str, float]:
-    """Cosine similarity and Euclidean distance (dlib: under 0.6 is the same person) of two faces' descriptors.
-
-    Both images are read at the same landmarks (the real crop's): the inverted image is meant
-    to be pixel-aligned with the real crop, so they pick the same face region in both.
-    """
-    return descriptor_scores(face_descriptor(a, landmarks), face_descriptor(b, landmarks))
-
-
-def descriptor_scores(da: np.ndarray, db: np.ndarray) -> dict[str, float]:
-    """`identity_similarity` (cosine) and `identity_distance` (Euclidean) of two dlib descriptors (128,)."""
-    similarity = float(da @ db / (np.linalg.norm(da) * np.linalg.norm(db) + 1e-12))
-    return {"identity_similarity": similarity, "identity_distance": float(np.linalg.norm(da - db))}

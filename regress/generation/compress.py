@@ -1,4 +1,4 @@
-"""Encoding rendered samples into shard members (images compressed in worker processes) and writing one shard."""
+"""Compressing rendered samples into shard members (PNG/JPEG/WebP images, in worker processes) and writing one shard."""
 
 from __future__ import annotations
 
@@ -25,23 +25,23 @@ from regress.store.shards import ShardWriter, sample_key
 
 
 def record_members(arrays: dict[str, np.ndarray], meta: dict, image_format: str, png_level: int) -> dict[str, bytes]:
-    """One sample's Sample encoding (images compressed): the work of the encoding processes."""
+    """One sample's shard members, its images compressed (`regress.sample.encode_sample`): the work of the compression processes."""
     return encode_sample({**{k: torch.from_numpy(v)[None] for k, v in arrays.items()}, "meta": [meta]}, 0, image_format, png_level)
 
 
 def members_with_mesh(members: dict[str, bytes], mesh: bytes | memoryview | None) -> dict[str, bytes | memoryview]:
-    """A sample's shard members: its encoding, `mesh.ply` when it has one, `meta.json` last."""
+    """A sample's shard members: its compressed members, `mesh.ply` when it has one, `meta.json` last."""
     members = dict(members)
     meta_json = members.pop("meta.json")
     return {**members, **({"mesh.ply": mesh} if mesh is not None else {}), "meta.json": meta_json}
 
 
-PIPE_BYTES = 1 << 20  # a sample (about 0.9 MB at EG3D's sizes) or its encoding in one piece; Linux's limit without privileges
+PIPE_BYTES = 1 << 20  # a sample (about 0.9 MB at EG3D's sizes) or its compressed members in one piece; Linux's limit without privileges
 
 
-def encoding_pool(workers: int, pipe_bytes: int = PIPE_BYTES) -> Executor | None:
+def compression_pool(workers: int, pipe_bytes: int = PIPE_BYTES) -> Executor | None:
     """`workers` processes for image compression, starting now (they import torch while the first batch
-    compiles); None for 0: encode in this process."""
+    compiles); None for 0: compress in this process."""
     if not workers:
         return None
     spawn = multiprocessing.get_context("spawn")
@@ -103,8 +103,8 @@ def write_shard(
     bar: tqdm,
     clock: StageClock,
 ) -> dict[str, Any]:
-    """Encode and write one shard from the rendered batches, at most `max_pending` samples in the encoders at once;
-    its record. On a write error or a dead encoding process the partial file is removed and the error says why."""
+    """Compress and write one shard from the rendered batches, at most `max_pending` samples in the compression processes
+    at once; its record. On a write error or a dead compression process the partial file is removed and the error says why."""
     seeds, path = shards.layout.seeds(index), shards.path(index)
     pending: deque[tuple[str, Future, memoryview | None]] = deque()
 
@@ -112,7 +112,7 @@ def write_shard(
         key, future, mesh = pending.popleft()
         with clock("write: waiting for workers"):
             members, seconds = future.result()
-        clock.add("workers: encode (summed)", seconds)
+        clock.add("workers: compress (summed)", seconds)
         with clock("write: tar + hash"):
             writer.add(key, members_with_mesh(members, mesh))
         bar.update(1)
@@ -136,9 +136,9 @@ def write_shard(
             return writer.commit({"index": index, "seed_start": seeds.start, "fingerprint": shards.fingerprint})
     except BrokenProcessPool as error:
         raise ChildProcessError(
-            f"an image-encoding process stopped while {path.name} was written: killed (out of memory?), or started by a "
-            "script that calls regress.generate without `if __name__ == \"__main__\":` (the encoders import that script); "
-            "complete shards are kept: fix the cause and rerun the same command, or pass --workers 0 to encode in this process"
+            f"an image-compression process stopped while {path.name} was written: killed (out of memory?), or started by a "
+            "script that calls regress.generate without `if __name__ == \"__main__\":` (the compression processes import that script); "
+            "complete shards are kept: fix the cause and rerun the same command, or pass --workers 0 to compress in this process"
         ) from error
     except OSError as error:
         raise write_failed(path, error) from error

@@ -1,17 +1,17 @@
-"""What handing samples to `regress.generate`'s encoding processes costs the main process, per sample.
+"""What handing samples to `regress.generate`'s compression processes costs the main process, per sample.
 
 The main process renders, writes and hashes on threads that share one interpreter lock; every sample it
-sends to an encoder is pickled through a pipe, and every encoding comes back the same way. This times
-the real pool (`encoding_pool`, `record_members`) on EG3D-sized samples (`skimage.data.astronaut()` as
+sends to a compression process is pickled through a pipe, and its compressed members come back the same way. This
+times the real pool (`compression_pool`, `record_members`) on EG3D-sized samples (`skimage.data.astronaut()` as
 the 512² image, so PNG sizes are those of a photo), then the two directions alone:
 
-    python scripts/bench_encoders.py --workers 2 --png-level 1 [--plain]
+    python scripts/bench_compression.py --workers 2 --png-level 1 [--plain]
 
-Prints main-process CPU ms and wall ms per sample for: the full encode, the sample sent with a tiny
-reply, and a tiny request with a reply the size of the full encode's members; then the wall ms again
+Prints main-process CPU ms and wall ms per sample for: the full compression, the sample sent with a
+tiny reply, and a tiny request with a reply the size of the compressed members; then the wall ms again
 beside a busy Python thread, as the render and write threads are. `--plain` measures without what
 `regress.generate` does against lock contention (64 KB pipes, the default switch interval). Then why
-threads are no way out: PNG encodes a second on one thread, alone and beside a busy Python thread (PIL
+threads are no way out: PNG compressions a second on one thread, alone and beside a busy Python thread (PIL
 takes the lock between chunks).
 """
 
@@ -27,7 +27,7 @@ import numpy as np
 from skimage.data import astronaut
 
 from regress.generation.background import short_switch_interval
-from regress.generation.encode import PIPE_BYTES, encoding_pool, record_members
+from regress.generation.compress import PIPE_BYTES, compression_pool, record_members
 from regress.generation.timing import timed_call
 from regress.sample import encode_image
 
@@ -38,7 +38,7 @@ def ignore(*args: Any) -> dict[str, bytes]:
 
 
 def reply(size: int) -> dict[str, bytes]:
-    """Reply with `size` bytes, as an encoding would."""
+    """Reply with `size` bytes, as a compression would."""
     return {"image.png": bytes(size)}
 
 
@@ -86,8 +86,8 @@ def seconds_per_sample(pool: Any, samples: list, job: Any, busy: bool) -> tuple[
         return (time.process_time() - cpu) / len(samples), (time.perf_counter() - wall) / len(samples)
 
 
-def thread_encodes_per_second(image: np.ndarray, png_level: int, beside_python: bool, seconds: float = 2.0) -> float:
-    """PNG encodes a second on this thread, alone or beside a thread running a Python loop."""
+def thread_compressions_per_second(image: np.ndarray, png_level: int, beside_python: bool, seconds: float = 2.0) -> float:
+    """PNG compressions a second on this thread, alone or beside a thread running a Python loop."""
     count, end = 0, time.perf_counter() + seconds
     with busy_python_thread(beside_python):
         while time.perf_counter() < end:
@@ -104,19 +104,19 @@ def main() -> None:
     parser.add_argument("--plain", action="store_true", help="64 KB pipes and Python's default switch interval, as before")
     args = parser.parse_args()
     batch, meta = eg3d_batch(32), {"seed": 0, "generator": "eg3d"}
-    pool = encoding_pool(args.workers, pipe_bytes=1 << 16 if args.plain else PIPE_BYTES)
+    pool = compression_pool(args.workers, pipe_bytes=1 << 16 if args.plain else PIPE_BYTES)
     for future in [pool.submit(int) for _ in range(2 * args.workers)]:
         future.result()  # every process started and imported
     samples = [{k: v[i % 32] for k, v in batch.items()} for i in range(args.samples)]
     members = record_members(samples[0], meta, "png", args.png_level)
     reply_size = sum(len(v) for v in members.values())
     jobs = {
-        f"encode (png level {args.png_level})": lambda s: (timed_call, record_members, s, meta, "png", args.png_level),
+        f"compress (png level {args.png_level})": lambda s: (timed_call, record_members, s, meta, "png", args.png_level),
         "send the sample, tiny reply": lambda s: (ignore, s),
         f"tiny request, {reply_size / 1e3:.0f} KB reply": lambda s: (reply, reply_size),
     }
     setting = "64 KB pipes, default switch interval" if args.plain else "as regress.generate runs (1 MiB pipes, 0.5 ms switch interval)"
-    print(f"{args.workers} encoding processes, {args.samples} samples, {sum(v[0].nbytes for v in batch.values()) / 1e3:.0f} KB a sample; {setting}\n")
+    print(f"{args.workers} compression processes, {args.samples} samples, {sum(v[0].nbytes for v in batch.values()) / 1e3:.0f} KB a sample; {setting}\n")
     print("| job | main-process CPU ms/sample | wall ms/sample | wall ms/sample beside a busy Python thread |\n| --- | ---: | ---: | ---: |")
     with contextlib.nullcontext() if args.plain else short_switch_interval():
         for name, job in jobs.items():
@@ -124,8 +124,8 @@ def main() -> None:
             print(f"| {name} | {1e3 * cpu:.3f} | {1e3 * wall:.2f} | {1e3 * busy_wall:.2f} |", flush=True)
     pool.shutdown()
     image = np.ascontiguousarray(batch["image"][0].transpose(1, 2, 0))
-    alone, beside = (thread_encodes_per_second(image, args.png_level, busy) for busy in (False, True))
-    print(f"\nPNG encodes/s on a thread: {alone:.1f} alone, {beside:.1f} beside a busy Python thread")
+    alone, beside = (thread_compressions_per_second(image, args.png_level, busy) for busy in (False, True))
+    print(f"\nPNG compressions/s on a thread: {alone:.1f} alone, {beside:.1f} beside a busy Python thread")
 
 
 if __name__ == "__main__":
