@@ -211,6 +211,18 @@ def test_compile_cache_takes_a_file_as_generate_does_and_the_old_spelling_still_
     assert deprecated == (["regress.fit: --compile_cache.path is deprecated, use --compile_cache FILE"] if ".path" in spelling else [])
 
 
+def test_a_run_config_saved_before_the_rename_still_reads_its_compile_cache(tmp_path, capsys):
+    """Run configs written before `--compile_cache FILE` hold `compile_cache: {path: FILE}`; `--config` of one still works."""
+    foreign = tmp_path / "foreign.bin"
+    foreign.write_bytes(b"not a cache")
+    (tmp_path / "saved.yaml").write_text(f"compile_cache:\n  path: {foreign}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main([*TINY, "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}", "--config", str(tmp_path / "saved.yaml")])
+    error = capsys.readouterr().err.splitlines()
+    assert exit_info.value.code == 1 and error[-2].startswith(f"regress.fit: error: {foreign} is not a torch.compile cache")
+    assert "regress.fit: compile_cache: {path: FILE} is deprecated, use compile_cache: FILE" in error
+
+
 @pytest.mark.gpu
 def test_latent_regressor_trains_on_eg3d_synthesis_on_the_gpu(eg3d_fixture_dir, tmp_path):
     data = SynthOnlineDataModule(checkpoint=eg3d_fixture_dir / "network.pkl", epoch_length=8, batch_size=4, val_size=4, image_size=128)

@@ -3,7 +3,8 @@ compile cache always added, the data module's facts linked into the model, optio
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from typing import Any, TypedDict
 
 import torch
 from jsonargparse import Namespace
@@ -74,6 +75,20 @@ class CountingTrainer(Trainer):
         )
 
 
+class OldCompileCache(TypedDict):
+    """`compile_cache: {path: FILE}`, as run configs saved before `--compile_cache FILE` hold it (read for one release)."""
+
+    path: str | None
+
+
+def compile_cache_path(value: str | OldCompileCache | None) -> str | None:
+    """The cache file of `--compile_cache`, also from a saved run config's old `{path: FILE}`, with a line that says so."""
+    if isinstance(value, dict):
+        print("regress.fit: compile_cache: {path: FILE} is deprecated, use compile_cache: FILE", file=sys.stderr)
+        return value.get("path")
+    return value
+
+
 class RegressCLI(LightningCLI):
     """LightningCLI with a run name, a fixed checkpoint folder per run, `--ckpt_path last` from it, the guards,
     a compile cache file, and the data module's image size and latent space linked into the model."""
@@ -84,7 +99,8 @@ class RegressCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--name", type=str, default="default", help="run name: checkpoints go to <trainer.default_root_dir>/NAME/checkpoints")
-        parser.add_argument("--compile_cache", type=str | None, default=None, help="a file of torch.compile's caches: preloaded, or written by the run when it does not exist yet")
+        parser.add_argument("--compile_cache", type=str | OldCompileCache | None, default=None,
+                            help="a file of torch.compile's caches: preloaded, or written by the run when it does not exist yet")  # fmt: skip
         parser.add_lightning_class_args(FiniteGuard, "finite_guard")
         parser.add_lightning_class_args(EmptyEpochGuard, "empty_epoch_guard")
         # Data facts reach the model when it is built; jsonargparse skips a link whose data module
@@ -99,6 +115,7 @@ class RegressCLI(LightningCLI):
         name_logs(config, SHIPPED_ROOT)
         check_precision(config)
         check_accelerator(config)
+        config.compile_cache = compile_cache_path(config.compile_cache)
         config.ckpt_path = resolve_ckpt_path(config, self.explicit_model)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
