@@ -96,7 +96,7 @@ def pairs(
         encoder = latent_encoder(load_latent_regressor(init_checkpoint, synthesizer))
     builder = PairBuilder(synthesizer, aligner, projection, perceptual, camera_template, labels, aligned, with_mesh, mesh_resolution,
                           image_format, progress, encoder=encoder)  # fmt: skip
-    settings = {"checkpoint": spec.checkpoint, "generator_options": spec.options, "camera_template": camera_template,
+    settings = {"checkpoint": spec.checkpoint, "generator_options": spec.stored_options(), "camera_template": camera_template,
                 "cameras": cameras, "aligned": aligned, "aligner": dataclasses.asdict(aligner), "perceptual": perceptual.name if perceptual else None,
                 **({"init_checkpoint": init_checkpoint} if init_checkpoint else {})}  # fmt: skip (the key only when given: older sets still resume)
     summary = build_pairs(photos, Path(output), builder, resume, shards, samples_per_shard, settings, progress)

@@ -257,7 +257,7 @@ def verify(root: str, progress: bool = True) -> int:
 
 def _verify_command(args: list[str]) -> int:
     """`--verify DIR [--progress false]`: the check of a finished dataset, instead of generating."""
-    parser = argparse.ArgumentParser(prog="python -m regress.generate", description=verify.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m regress.generate", description=verify.__doc__, exit_on_error=False)
     parser.add_argument("--verify", required=True, metavar="DIR", help="shard folder, or pipe: template, with its manifest.json")
     parser.add_argument("--progress", type=lambda text: text.lower() in ("true", "1", "yes"), default=True)
     options = parser.parse_args(args)

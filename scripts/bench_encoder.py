@@ -85,16 +85,18 @@ def main() -> None:
     if args.checkpoint is not None and holds_regressor(args.checkpoint):
         parser.exit(2, f"bench_encoder.py: error: --checkpoint {args.checkpoint} is a regressor checkpoint, but --checkpoint now "
                        f"names the generator's weights: give it as --latent_checkpoint {args.checkpoint}\n")  # fmt: skip
-    name = args.generator or ("eg3d" if args.checkpoint is not None else "analytic")
     try:
-        options = json.loads(args.generator_options) if args.generator_options is not None else (ANALYTIC_OPTIONS if name == "analytic" else {})
+        options = json.loads(args.generator_options) if args.generator_options is not None else None
     except json.JSONDecodeError as error:
         parser.exit(2, f"bench_encoder.py: error: --generator_options {args.generator_options} is not JSON ({error})\n")
     try:
-        generator = GeneratorSpec(name, args.checkpoint, options).build(args.device)
+        spec = GeneratorSpec(args.generator, args.checkpoint, options or {})
+        if options is None and spec.name == "analytic":
+            spec = GeneratorSpec("analytic", options=ANALYTIC_OPTIONS)
+        generator = spec.build(args.device)
         encoder = latent_encoder(load_latent_regressor(args.latent_checkpoint, generator)) if args.latent_checkpoint else None
-    except (OSError, ValueError) as error:  # a wrong name, option or file: one line that says which
-        parser.exit(2, f"bench_encoder.py: error: {error}\n")
+    except (OSError, ValueError) as error:  # a wrong name, option or file: one line that says which (the jobs' rule: 1)
+        parser.exit(1, f"bench_encoder.py: error: {error}\n")
     seeds = range(args.seed_start, args.seed_start + args.seeds)
     refine = dataclasses.replace(REFINE, lr=args.refine_lr, noise=args.refine_noise)
     print(HEADER, file=sys.stderr)  # rows as they come (stderr), so a cut-short run still shows them

@@ -20,7 +20,7 @@ import torch
 from regress.camera import ViewMixture, camera_rays, views_to_cameras
 from regress.generators.base import seeded_normal
 from regress.generators.eg3d import fused_field as kernel
-from regress.generators.eg3d.generator import EG3DGenerator
+from regress.generators import GeneratorSpec
 from regress.generators.eg3d.renderer import importance_depths, march_weights, stratified_depths
 
 
@@ -77,7 +77,7 @@ def main() -> None:
     )  # fmt: skip
     args = parser.parse_args()
     torch.manual_seed(0)
-    generator = EG3DGenerator(render_precision="float16").cuda().eval()
+    generator = GeneratorSpec("eg3d", options={"render_precision": "float16"}).create().cuda()
     seeds = list(range(args.batch_size))
     with torch.no_grad():
         z = seeded_normal(seeds, generator.z_dim).cuda()

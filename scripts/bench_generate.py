@@ -47,35 +47,35 @@ def stage_times(args: argparse.Namespace, device: torch.device) -> tuple[dict[st
     meshing is timed, and the write run meshes, on surfaces of the generator's own field.
     """
     deterministic_kernels(device)  # as `generate` runs
-    model = GeneratorSpec(args.generator, args.checkpoint, json.loads(args.generator_options)).build(device)  # generate's instance too
+    generator = GeneratorSpec(args.generator, args.checkpoint, json.loads(args.generator_options)).build(device)  # generate's instance too
     mixture, seeds = ViewMixture.load("published"), list(range(args.batch_size))
     times = {}
     with torch.inference_mode():
         for _ in range(2):
             synchronize(device)
             start = time.perf_counter()
-            batch = model.sample(seeds, mixture)
+            batch = generator.sample(seeds, mixture)
             synchronize(device)
             times["sample"] = (time.perf_counter() - start) / len(seeds)
             start = time.perf_counter()
-            grids = density_grid(model, batch["w"], args.mesh_resolution)
+            grids = density_grid(generator, batch["w"], args.mesh_resolution)
             synchronize(device)
             times["density grid"] = (time.perf_counter() - start) / len(seeds)
-        level = mesh_level(model, grids, args.level_quantile)
+        level = mesh_level(generator, grids, args.level_quantile)
         for _ in range(2):  # the second is timed
             synchronize(device)
             start = time.perf_counter()
-            meshes = grids_to_ply(grids, level, model.box_size)
+            meshes = grids_to_ply(grids, level, generator.box_size)
             times["meshes: march, largest piece, PLY to CPU"] = (time.perf_counter() - start) / len(seeds)
     times["mesh.ply MiB"] = float(np.mean([len(m) for m in meshes])) / 2**20
     return times, level
 
 
-def mesh_level(model: torch.nn.Module, grids: list[torch.Tensor], quantile: float) -> float:
+def mesh_level(generator: torch.nn.Module, grids: list[torch.Tensor], quantile: float) -> float:
     """The generator's surface level, or where none of its grids reach it (random EG3D weights), the `quantile`
     of the first grid's densities (subsampled to 2**24 values for torch.quantile)."""
-    if any(grid.max() > model.surface_level for grid in grids):
-        return model.surface_level
+    if any(grid.max() > generator.surface_level for grid in grids):
+        return generator.surface_level
     return float(torch.quantile(grids[0].flatten()[:: max(1, grids[0].numel() // 2**24)].float(), quantile))
 
 

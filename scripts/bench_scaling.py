@@ -129,11 +129,11 @@ def surface_level(args: argparse.Namespace) -> float:
     from bench_generate import mesh_level  # scripts/ is on sys.path when this runs as a script
 
     device = pick_device()
-    model = GeneratorSpec(args.generator, args.checkpoint).create().to(device)  # generate's random weights; its own instance, freed below
+    generator = GeneratorSpec(args.generator, args.checkpoint).create().to(device)  # generate's random weights; its own instance, freed below
     with torch.inference_mode():
-        grids = density_grid(model, model.sample([0], ViewMixture.load("published"))["w"], args.mesh_resolution)
-    level = mesh_level(model, grids, args.level_quantile)
-    del model, grids
+        grids = density_grid(generator, generator.sample([0], ViewMixture.load("published"))["w"], args.mesh_resolution)
+    level = mesh_level(generator, grids, args.level_quantile)
+    del generator, grids
     torch.cuda.empty_cache()
     return level
 

@@ -187,7 +187,7 @@ def main() -> None:
     print(" | ".join(header), flush=True)
     for resolution in resolutions:
         kwargs = {**options, **({} if resolution is None else {"image_resolution": resolution})}
-        generator = GeneratorSpec(args.generator, args.checkpoint, kwargs).build(device)
+        generator = GeneratorSpec(args.generator, args.checkpoint, kwargs).create().to(device)  # its own instance: each row's peak memory is its own
         for batch_size in args.batch_sizes:
             try:
                 per_second, per_cpu_second, peak = rate(

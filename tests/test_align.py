@@ -17,7 +17,7 @@ skimage_data = pytest.importorskip("skimage.data")
 
 from regress.camera import camera_rays, make_cameras  # noqa: E402
 from regress.faces.landmarks import generator_template, packaged_template, project_points  # noqa: E402
-from regress.generators import create_generator  # noqa: E402
+from regress.generators import GeneratorSpec  # noqa: E402
 from regress.inversion.align import FaceAligner, FaceError, detect_faces, load_image  # noqa: E402
 from regress.inversion.camera_fit import LABEL_FOCAL, LABEL_RADIUS, CameraFitter, axis_angle, axis_angles, mirror_camera  # noqa: E402
 from regress.inversion.crop import eg3d_quad, ffhq_quad, quad_coordinates  # noqa: E402
@@ -36,7 +36,7 @@ def astronaut_face(astronaut):
 
 @pytest.fixture(scope="module")
 def analytic_template():
-    return generator_template(create_generator("analytic", image_resolution=64, render_resolution=32), "generator")
+    return generator_template(GeneratorSpec("analytic", options={"image_resolution": 64, "render_resolution": 32}).create(), "generator")
 
 
 def _views(n: int, seed: int = 0) -> list[tuple[float, float]]:
@@ -140,7 +140,7 @@ def _axis_errors(template, framing: str | None) -> np.ndarray:
 def test_generator_template_is_the_generators_own_landmarks_or_else_the_label_template(analytic_template):
     assert analytic_template.name == "analytic_landmarks" and analytic_template.frame == "world"
     assert np.abs(analytic_template.points - packaged_template("label").points).max() > 0.01
-    fallback = generator_template(create_generator("eg3d", **TINY_EG3D), "generator")  # no 3D landmarks
+    fallback = generator_template(GeneratorSpec("eg3d", options=TINY_EG3D).create(), "generator")  # no 3D landmarks
     np.testing.assert_array_equal(fallback.points, packaged_template("label").points)
 
 

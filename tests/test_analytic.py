@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from regress.camera import ViewMixture, frontal_camera, make_cameras
-from regress.generators import create_generator
+from regress.generators import GeneratorSpec
 from regress.generators.analytic import AnalyticGenerator
 from regress.generators.analytic.head import HeadField
 from regress.sample import validate_batch
@@ -16,7 +16,7 @@ SIZE = 64
 
 @pytest.fixture(scope="module")
 def generator() -> AnalyticGenerator:
-    return create_generator("analytic", image_resolution=SIZE, depth_resolution=SIZE, render_resolution=SIZE)
+    return GeneratorSpec("analytic", options={"image_resolution": SIZE, "depth_resolution": SIZE, "render_resolution": SIZE}).create()
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +180,7 @@ def test_bad_configuration_and_inputs_are_explained():
     with pytest.raises(ValueError, match="num_ws >= 4"):
         AnalyticGenerator(num_ws=3)
     with pytest.raises(ValueError, match="no weights"):
-        create_generator("analytic", checkpoint=__file__)
+        GeneratorSpec("analytic", __file__).create()
     generator = AnalyticGenerator(image_resolution=32, depth_resolution=32, render_resolution=32)
     with pytest.raises(ValueError, match="w must have shape"):
         generator.synthesis(torch.zeros(1, 14, 31), frontal_camera())
@@ -198,7 +198,7 @@ def test_identity_names_the_backend_and_hashes_the_config():
 
 @pytest.mark.gpu
 def test_cuda_renders_what_the_cpu_renders(generator):
-    cuda = create_generator("analytic", image_resolution=SIZE, depth_resolution=SIZE, render_resolution=SIZE).cuda()
+    cuda = GeneratorSpec("analytic", options={"image_resolution": SIZE, "depth_resolution": SIZE, "render_resolution": SIZE}).create().cuda()
     views = ViewMixture.load("published")
     on_cpu, on_gpu = generator.sample(range(8), views), cuda.sample(range(8), views)
     torch.testing.assert_close(on_gpu["w"].cpu(), on_cpu["w"], atol=1e-6, rtol=0)
@@ -213,8 +213,8 @@ def test_cuda_renders_what_the_cpu_renders(generator):
 
 @pytest.mark.gpu
 def test_compiled_field_renders_and_differentiates_like_the_eager_one():
-    eager = create_generator("analytic", image_resolution=SIZE, depth_resolution=SIZE).cuda()
-    compiled = create_generator("analytic", image_resolution=SIZE, depth_resolution=SIZE, compile=True).cuda()
+    eager = GeneratorSpec("analytic", options={"image_resolution": SIZE, "depth_resolution": SIZE}).create().cuda()
+    compiled = GeneratorSpec("analytic", options={"image_resolution": SIZE, "depth_resolution": SIZE, "compile": True}).create().cuda()
     assert compiled.identity() == eager.identity()  # it changes how, not what, the generator draws
     seeds = range(6)
     views = ViewMixture.load("published").draw_many(list(seeds))

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from regress.generators import create_generator
+from regress.generators import GeneratorSpec
 from regress.generators.eg3d import CheckpointError, EG3DGenerator, UnsafeCheckpointError
 from regress.generators.eg3d.checkpoint import config_sha256, read_network_pickle, save_converted
 from regress.generators.eg3d.config import EG3DConfig
@@ -129,7 +129,7 @@ def converted(eg3d_fixture_dir, tmp_path_factory):
 
 def test_conversion_round_trip_gives_identical_generator(eg3d_fixture_dir, converted):
     from_pickle = EG3DGenerator.from_checkpoint(eg3d_fixture_dir / "network.pkl")
-    from_folder = create_generator("eg3d", checkpoint=converted)
+    from_folder = GeneratorSpec("eg3d", converted).create()
     from_file = EG3DGenerator.from_checkpoint(converted / "model.safetensors")
     assert sorted(p.name for p in converted.iterdir()) == ["config.json", "model.safetensors"]
     reference = from_pickle.state_dict()
@@ -253,7 +253,7 @@ def test_a_damaged_pickle_loads_or_is_one_clear_line(eg3d_fixture_dir, tmp_path,
 def test_full_ffhq512_config_maps_one_to_one_onto_the_released_manifest(eg3d_fixture_dir):
     manifest = json.loads((eg3d_fixture_dir / "ffhq512-full-state-dict-manifest.json").read_text())
     with torch.device("meta"):
-        generator = create_generator("eg3d")
+        generator = GeneratorSpec("eg3d").create()
     shapes = {k: list(v.shape) for k, v in generator.state_dict().items()}
     assert shapes == manifest
     assert generator.num_ws == 14 and generator.z_dim == 512 and generator.w_dim == 512
@@ -263,7 +263,7 @@ def test_a_converted_checkpoint_missing_a_file_names_the_missing_one(tmp_path):
     weights = tmp_path / "ffhq.safetensors"
     weights.write_bytes(b"\0" * 64)
     with pytest.raises(CheckpointError, match=r"side by side in .*: config.json is not there; convert the .pkl again"):
-        create_generator("eg3d", checkpoint=weights)
+        GeneratorSpec("eg3d", weights).create()
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(CheckpointError, match=r": model.safetensors is not there"):
-        create_generator("eg3d", checkpoint=tmp_path)
+        GeneratorSpec("eg3d", tmp_path).create()

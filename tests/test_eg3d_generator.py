@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from regress.camera import ViewMixture, frontal_camera, make_cameras
-from regress.generators import create_generator
+from regress.generators import GeneratorSpec
 from regress.generators.eg3d import EG3DConfig, EG3DGenerator
 from regress.generators.eg3d.layers import ModulatedConv, fir_filter, upsample2d
 from regress.sample import FIELDS
@@ -105,7 +105,7 @@ def test_noise_modes(tiny):
 
 def test_converted_random_generator_round_trip(tiny, tmp_path):
     tiny.save_converted(tmp_path)
-    loaded = create_generator("eg3d", checkpoint=tmp_path)
+    loaded = GeneratorSpec("eg3d", tmp_path).create()
     assert loaded.config == tiny.config
     w = tiny.mapping(torch.randn(1, 32), frontal_camera(1))
     with torch.no_grad():

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from regress.evaluation.encoder_table import HELD_OUT_START, catch_up, encoder_table, markdown, score
-from regress.generators import create_generator
+from regress.generators import GeneratorSpec
 from regress.inversion.project import REFINE, ProjectionConfig, project
 from regress.sample import image_to_float
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.single_thread  # tiny tensors: a second thread only add
 
 @pytest.fixture(scope="module")
 def analytic():
-    return create_generator("analytic", None, image_resolution=32, render_resolution=16, depth_resolution=16).eval()
+    return GeneratorSpec("analytic", options={"image_resolution": 32, "render_resolution": 16, "depth_resolution": 16}).create().eval()
 
 
 @pytest.fixture(scope="module")

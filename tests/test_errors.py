@@ -10,12 +10,17 @@ from regress.errors import DEBUG_VARIABLE, UsageError, run_command
 
 MAINS = {"fit": fit.main, "generate": generate.main, "evaluate": evaluate.main}
 SUBCOMMAND = {"fit": [], "generate": [], "evaluate": ["benchmark"]}
-# Per job: arguments (`{tmp}` is a fresh folder), the exit status, and how the error line starts.
+# Per job: arguments (`{tmp}` is a fresh folder), the exit status, and the error line after `regress.JOB: error: `
+# (one text for every job, or one per job).
 CASES = {
     "unknown option": ({job: ["--bogus", "1"] for job in MAINS}, 2, "unrecognized arguments: --bogus 1"),
     "missing config file": ({job: ["--config", "{tmp}/missing.yaml"] for job in MAINS}, 2, "config file {tmp}/missing.yaml does not exist"),
-    "value of the wrong type": ({"fit": ["--trainer.max_epochs", "many"], "generate": ["--batch_size", "many"], "evaluate": ["--batch_size", "many"]},
-                                2, "--"),  # fmt: skip
+    "value of the wrong type": (
+        {"fit": ["--trainer.max_epochs", "many"], "generate": ["--batch_size", "many"], "evaluate": ["--batch_size", "many"]},
+        2,
+        {"fit": "--trainer.max_epochs: Expected a <class 'int'>. Got value: many", "generate": "--batch_size: Expected a <class 'int'>. Got value: many",
+         "evaluate": "--batch_size: Expected a <class 'int'>. Got value: many"},
+    ),  # fmt: skip
     "runtime error": (
         {
             "fit": ["--ckpt_path", "{tmp}/missing.ckpt", "--trainer.logger=false", "--trainer.default_root_dir={tmp}"],
@@ -23,21 +28,26 @@ CASES = {
             "evaluate": ["--pairs", "{tmp}/pairs", "--encoder_seeds", "2"],
         },
         1,
-        "",
+        {
+            "fit": "checkpoint {tmp}/missing.ckpt does not exist; give a .ckpt written by python -m regress.fit, or last",
+            "generate": "batch_size must be >= 1 and workers >= 0, got 0 and 0",
+            "evaluate": "encoder_seeds scores a latent regressor as an encoder: give its latent_checkpoint, or set encoder_seeds: 0",
+        },
     ),
 }
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")  # pytest's own argv
 
 
 @pytest.mark.parametrize("job", MAINS)
-@pytest.mark.parametrize("args, status, start", CASES.values(), ids=CASES.keys())
-def test_every_command_exits_by_the_one_rule_with_a_one_line_error(job, args, status, start, tmp_path, capsys):
+@pytest.mark.parametrize("args, status, message", CASES.values(), ids=CASES.keys())
+def test_every_command_exits_by_the_one_rule_with_a_one_line_error(job, args, status, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         MAINS[job]([*SUBCOMMAND[job], *(arg.format(tmp=tmp_path) for arg in args[job])])
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith(f"regress.{job}: error: ")]
     assert stop.value.code == status and len(errors) == 1, err
-    assert errors[0].startswith(f"regress.{job}: error: {start.format(tmp=tmp_path)}") and "usage:" not in err and "Traceback" not in err
+    expected = (message[job] if isinstance(message, dict) else message).format(tmp=tmp_path)
+    assert errors[0].startswith(f"regress.{job}: error: {expected}") and "usage:" not in err and "Traceback" not in err
 
 
 def interrupt() -> None:

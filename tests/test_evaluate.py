@@ -23,7 +23,7 @@ from test_align import _huge_png  # noqa: E402
 from regress import evaluate, fit  # noqa: E402
 from regress.camera import make_cameras  # noqa: E402
 from regress.datamodules.pairs import PairDataModule, PairDataset, validation_keys  # noqa: E402
-from regress.generators import create_generator  # noqa: E402
+from regress.generators import GeneratorSpec  # noqa: E402
 from regress.geometry.meshes import mesh_from_ply  # noqa: E402
 from regress.inversion.align import FaceAligner, FaceError  # noqa: E402
 from regress.inversion.pairs import CameraLabels, PairBuilder  # noqa: E402
@@ -137,7 +137,7 @@ def test_pairs_resume_and_shards(pair_set, photos, tmp_path, capsys):
 
 
 def test_record_with_mesh(photos):
-    generator = create_generator("analytic", **json.loads(GENERATOR))
+    generator = GeneratorSpec("analytic", options=json.loads(GENERATOR)).create()
     builder = PairBuilder(generator, projection=ProjectionConfig(steps=2, spread_samples=50), with_mesh=True, mesh_resolution=32)
     [(key, members)] = builder.build(photos / "astronaut.png")
     assert key == record_key(photos / "astronaut.png")
@@ -179,7 +179,7 @@ def test_given_cameras_from_npy_files_and_missing_ones_are_per_file_errors(tmp_p
     face.save(photos / "with_label.png")
     face.save(photos / "without_label.png")
     np.save(photos / "with_label.npy", make_cameras(0.1, 0.0)[0].numpy())
-    generator = create_generator("analytic", image_resolution=128, render_resolution=16, depth_resolution=16)
+    generator = GeneratorSpec("analytic", options={"image_resolution": 128, "render_resolution": 16, "depth_resolution": 16}).create()
     builder = PairBuilder(generator, projection=ProjectionConfig(steps=1, spread_samples=50), cameras=CameraLabels("npy"))
     [(_, members)] = builder.build(photos / "with_label.png")
     assert np.array_equal(np.load(io.BytesIO(members["camera.npy"])), make_cameras(0.1, 0.0)[0].numpy())
@@ -261,6 +261,12 @@ def test_pair_data_module_gives_sample_batches(pair_set):
     assert batch["image"].shape == (3, 3, 64, 64) and batch["real"].shape == (3, 3, 32, 32)
     assert batch["w"].shape == (3, 14, 32) and len(batch["meta"]) == 3
     assert data.latent_space.shape == (14, 32) and data.latent_space.mean.shape == (14, 32) and data.latent_space.generator is None
+
+
+def test_a_latent_regressor_trained_on_pairs_names_the_generator_that_inverted_them(pair_set, latent_checkpoint):
+    identity = json.loads((pair_set[0] / "manifest.json").read_text())["generator"]
+    record = torch.load(latent_checkpoint, weights_only=True)["hyper_parameters"]["generator_record"]
+    assert record == {"name": "analytic", "checkpoint": None, "options": json.loads(GENERATOR), "checksum": identity["checksum"]}
 
 
 def test_benchmark_reports_on_lightning_checkpoints(pair_set, latent_checkpoint, tmp_path):

@@ -159,6 +159,19 @@ def test_cli_trains_with_a_logger_override_and_checkpoints(tmp_path):
     assert resumed.trainer.global_step == 4
 
 
+def test_a_resumed_latent_run_says_when_its_data_renders_with_another_generator(tmp_path, capsys):
+    fit.main(["--data", "synth-online", "--model", "latent", *TINY, "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"])
+    first = torch.load(tmp_path / "default" / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]["generator_record"]
+    capsys.readouterr()
+    other = "--data.generator_options={image_resolution: 32, render_resolution: 8, depth_resolution: 8, readout_gain: 2.5}"
+    resumed = fit.main(["--data", "synth-online", "--model", "latent", *TINY, other, "--trainer.max_steps=3", "--trainer.logger=false",
+                        "--ckpt_path=last", f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    now = resumed.model.hparams.generator_record
+    assert now["options"]["readout_gain"] == 2.5 and now["checksum"] != first["checksum"]
+    assert (f"regress: warning: this LatentRegressor was trained against analytic {first['checksum']} (no checkpoint file named); "
+            f"its data's latents are analytic {now['checksum']} (no checkpoint file named)'s") in capsys.readouterr().err  # fmt: skip
+
+
 @pytest.mark.parametrize("logger", ["csv", "tensorboard"])
 def test_the_shipped_logger_configs_write_their_logs(logger, tmp_path):
     cli = fit.main(["--data", "synth-online", *TINY, "--config", logger, "--name=exp", f"--trainer.logger.init_args.save_dir={tmp_path}", f"--trainer.default_root_dir={tmp_path}"])

@@ -20,7 +20,7 @@ import torch
 from regress.generate import generate, main
 from regress.generation.background import consume_in_background, short_switch_interval
 from regress.generation.compress import PIPE_BYTES, compression_pool, pool_pipes
-from regress.generators import create_generator
+from regress.generators import GeneratorSpec
 from regress.store.shard_set import MANIFEST
 from regress.sample import decode_sample
 from regress.store.shards import REGENERATE, iter_shard, read_shard_record
@@ -212,7 +212,7 @@ def test_the_compression_pipes_take_a_whole_sample_at_once():
 
 def test_batch_size_changes_a_sample_only_by_float_rounding():
     """What docs/sample-schema.md promises: the same inputs, renders equal to float32 rounding (hence batch_size in the fingerprint)."""
-    generator, seeds = create_generator("analytic"), list(range(8))
+    generator, seeds = GeneratorSpec("analytic").create(), list(range(8))
     with torch.no_grad():
         whole = generator.sample(seeds)
         pairs = [generator.sample(seeds[i : i + 2]) for i in range(0, 8, 2)]

@@ -11,7 +11,7 @@ from scipy.spatial import cKDTree
 from skimage import measure
 
 from regress.camera import camera_rays, frontal_camera, make_cameras
-from regress.generators import create_generator
+from regress.generators import GeneratorSpec
 from regress.geometry.grids import check_grid_fits, density_grid, grid_axis
 from regress.geometry.marching_cubes import EDGES, case_table, marching_cubes
 from regress.geometry.meshes import depth_to_mesh, extract_meshes, grid_to_mesh, grids_to_ply, mesh_from_ply, mesh_to_ply
@@ -161,7 +161,7 @@ def test_depth_mesh_without_mask_keeps_every_pixel():
 
 
 def test_density_grid_matches_the_generator_at_grid_points():
-    generator = create_generator("analytic")
+    generator = GeneratorSpec("analytic").create()
     w = generator.mapping(torch.randn(2, generator.z_dim, generator=torch.Generator().manual_seed(0)), frontal_camera(2))
     grid = density_grid(generator, w, 12, chunk_points=1000).numpy()
     assert grid.shape == (2, 12, 12, 12) and grid.dtype == np.float32
@@ -175,7 +175,7 @@ def test_density_grid_matches_the_generator_at_grid_points():
 
 def eg3d_tiny(device: str = "cpu"):
     torch.manual_seed(0)
-    generator = create_generator("eg3d", **TINY_EG3D).eval().to(device)
+    generator = GeneratorSpec("eg3d", options=TINY_EG3D).create().eval().to(device)
     with torch.no_grad():
         z = torch.randn(2, 32).to(device)  # drawn on the CPU: CUDA's generator gives other numbers
         w = generator.mapping(z, frontal_camera(2).to(device))
@@ -201,7 +201,7 @@ def test_density_grid_on_the_gpu_matches_the_cpu():
 
 
 def test_analytic_head_mesh_sits_inside_the_box_around_the_face():
-    generator = create_generator("analytic")
+    generator = GeneratorSpec("analytic").create()
     w = generator.mean_latent()[None]
     mesh = grid_to_mesh(density_grid(generator, w, 40)[0], generator.surface_level, generator.box_size)
     assert mesh.volume > 0 and len(mesh.faces) > 1000

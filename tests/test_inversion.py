@@ -11,7 +11,7 @@ from torchvision.models.vgg import cfgs, make_layers
 from regress.camera import frontal_camera, make_cameras
 from regress.faces.perceptual import CHANNELS, PerceptualDistance
 from regress.faces.quality import ms_ssim, psnr, ssim
-from regress.generators import create_generator
+from regress.generators import GeneratorSpec
 from regress.generators.base import seeded_normal
 from regress.generators.eg3d import EG3DGenerator
 from regress.inversion.project import ProjectionConfig, latent_distance, latent_spread, learning_rate, project
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.single_thread  # tiny tensors: a second thread only add
 
 @pytest.fixture(scope="module")
 def analytic():
-    return create_generator("analytic", image_resolution=32, render_resolution=32, depth_resolution=32)
+    return GeneratorSpec("analytic", options={"image_resolution": 32, "render_resolution": 32, "depth_resolution": 32}).create()
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_eg3d_inversion_recovers_image(tiny_eg3d):
 
 @pytest.mark.gpu
 def test_eg3d_fixture_inversion_recovers_image(eg3d_fixture_dir):
-    generator = create_generator("eg3d", eg3d_fixture_dir / "network.pkl").cuda()
+    generator = GeneratorSpec("eg3d", eg3d_fixture_dir / "network.pkl").create().cuda()
     figures = _self_consistency(generator, ProjectionConfig(space="w+", steps=300, lr=0.05, noise=0.0, spread_samples=1000))
     assert figures["psnr"] >= 30
 

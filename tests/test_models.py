@@ -164,7 +164,7 @@ def test_a_latent_checkpoint_names_its_generator_and_one_from_before_still_loads
     assert loaded.hparams.generator_record["checksum"] == data.generator.identity()["checksum"] and capsys.readouterr().err == ""
     other = GeneratorSpec("analytic", options={**TINY_GENERATOR, "readout_gain": 2.001}).build()  # other draws, the same mean latent
     load_latent_regressor(tmp_path / "new.ckpt", other)
-    assert f"was trained against analytic {data.generator.identity()['checksum']} (no checkpoint), but renders with analytic " in capsys.readouterr().err
+    assert f"was trained against analytic {data.generator.identity()['checksum']} (no checkpoint file named), but renders with analytic " in capsys.readouterr().err
     before = torch.load(tmp_path / "new.ckpt", weights_only=True)
     del before["hyper_parameters"]["generator_record"]  # what checkpoints held before they named their generator
     torch.save(before, tmp_path / "before.ckpt")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from regress.camera import make_cameras
-from regress.generators import create_generator
+from regress.generators import GeneratorSpec
 from regress.models import LatentRegressor
 
 from eg3d_tiny import TINY_EG3D
@@ -37,7 +37,7 @@ def _assert_same_render(reference: dict, inside: dict, grad: torch.Tensor, toler
 
 def test_analytic_renders_the_same_inside_cpu_autocast():
     # before: the tracer ran its matmuls in bf16 and the depth moved by 0.66, the image by 0.39
-    reference, inside, grad = _renders(create_generator("analytic", **TINY_GENERATOR), "cpu")
+    reference, inside, grad = _renders(GeneratorSpec("analytic", options=TINY_GENERATOR).create(), "cpu")
     _assert_same_render(reference, inside, grad, tolerance=5e-3)  # w rounded to bf16 is the only difference
 
 
@@ -52,7 +52,7 @@ def test_rendering_methods_of_every_backend_are_guarded():
 
 
 def test_analytic_landmarks_are_the_same_inside_cpu_autocast():
-    generator = create_generator("analytic", **TINY_GENERATOR)
+    generator = GeneratorSpec("analytic", options=TINY_GENERATOR).create()
     w = generator.mean_latent()[None]
     with torch.no_grad():
         reference = generator.landmarks_3d(w)
@@ -75,9 +75,9 @@ def test_latent_regressor_with_cycle_loss_trains_in_bf16_on_the_cpu():
 def test_every_backend_renders_the_same_inside_cuda_autocast(backend):
     torch.manual_seed(0)
     if backend == "analytic":
-        generator = create_generator("analytic", **TINY_GENERATOR)
+        generator = GeneratorSpec("analytic", options=TINY_GENERATOR).create()
     else:
-        generator = create_generator("eg3d", **TINY_EG3D, **({"render_precision": "float16"} if backend == "eg3d-fast" else {}))
+        generator = GeneratorSpec("eg3d", options={**TINY_EG3D, **({"render_precision": "float16"} if backend == "eg3d-fast" else {})}).create()
     reference, inside, grad = _renders(generator, "cuda")
     _assert_same_render(reference, inside, grad, tolerance=2e-2 if backend != "analytic" else 5e-3)
 

@@ -18,7 +18,7 @@ import torch
 from regress.camera import ViewMixture
 from regress.datamodules.shards import ShardDataModule
 from regress.generate import generate
-from regress.generators import create_generator
+from regress.generators import GeneratorSpec
 from regress.sample import ARRAY_FIELDS, collate_samples, decode_sample
 from regress.store.shard_set import ShardLayout, read_shard_manifest
 from regress.store.shards import ShardReadError, iter_shard, read_shard_record
@@ -29,7 +29,7 @@ SEED_START, NUM_SAMPLES, PER_SHARD = 10, 6, 2
 
 @pytest.fixture(scope="module")
 def generator():
-    return create_generator("analytic", **SMALL)
+    return GeneratorSpec("analytic", options=SMALL).create()
 
 
 @pytest.fixture(scope="module")

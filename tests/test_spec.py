@@ -9,7 +9,8 @@ import pickle
 import pytest
 import torch
 
-from regress.generators import Generator, GeneratorSpec, LatentSpace, create_generator
+from regress.generators import Generator, GeneratorSpec, LatentSpace
+from regress.generators.spec import stored_record
 from regress.store.files import tree_sha256
 
 from eg3d_tiny import TINY_EG3D
@@ -55,21 +56,17 @@ def test_build_shares_one_instance_per_process_and_create_makes_a_new_one():
     assert spec.build("cpu") is built and built.device == torch.device("cpu")
 
 
-def test_random_weights_are_the_same_whatever_the_callers_rng_and_leave_it_alone():
+def test_random_weights_are_the_same_whatever_the_callers_rng_and_leave_it_alone(monkeypatch):
     spec = GeneratorSpec("eg3d", options=TINY_EG3D)
-    torch.manual_seed(1)
+    for seeding in ("manual_seed", "manual_seed_all"):  # a GPU's stream is the caller's: building never seeds it
+        monkeypatch.setattr(torch.cuda, seeding, lambda seed: pytest.fail(f"building a generator called torch.cuda.{seeding}"))
+    torch.default_generator.manual_seed(1)
     first = spec.create().state_dict()
-    torch.manual_seed(2)
+    torch.default_generator.manual_seed(2)
     before = torch.random.get_rng_state()
     second = spec.create().state_dict()
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     assert torch.equal(torch.random.get_rng_state(), before)  # the caller's stream goes on as if nothing was built
-
-
-def test_create_generator_is_the_spec_door_too():
-    with pytest.raises(ValueError, match=r"unknown analytic generator option\(s\) bogus"):
-        create_generator("analytic", bogus=1)
-    assert torch.equal(create_generator("analytic", **SMALL).mean_latent(), GeneratorSpec("analytic", options=SMALL).build().mean_latent())
 
 
 def test_the_fingerprint_is_what_shard_sets_recorded_before_the_spec(eg3d_fixture_dir):
@@ -78,7 +75,7 @@ def test_the_fingerprint_is_what_shard_sets_recorded_before_the_spec(eg3d_fixtur
     checkpoint = eg3d_fixture_dir / "network.pkl"
     with_weights = GeneratorSpec(checkpoint=checkpoint)
     assert with_weights.fingerprint()["checkpoint_sha256"] == tree_sha256(checkpoint)
-    assert with_weights.key() == GeneratorSpec("eg3d", str(checkpoint)).key() != GeneratorSpec("eg3d", checkpoint, {"noise_mode": "none"}).key()
+    assert with_weights.key == GeneratorSpec("eg3d", str(checkpoint)).key != GeneratorSpec("eg3d", checkpoint, {"noise_mode": "none"}).key
 
 
 def test_a_spec_and_a_latent_space_are_plain_data():
@@ -101,3 +98,19 @@ def test_the_old_precision_option_is_read_for_one_release_and_data_sets_record_w
     assert spec.build().identity()["config"]["precision"] == "float16"
     with pytest.raises(ValueError, match="eg3d options 'precision' and 'render_precision' are one option"):
         GeneratorSpec("eg3d", options={"precision": "float16", "render_precision": "float32"})
+
+
+def test_the_default_generator_is_said_once_when_it_is_taken_and_not_when_it_is_asked_for(capsys):
+    GeneratorSpec(options=SMALL).build()
+    assert capsys.readouterr().err == "regress: no EG3D checkpoint given, using the embedded analytic head generator\n"
+    GeneratorSpec("analytic", options=SMALL).build()
+    assert capsys.readouterr().err == ""
+
+
+def test_a_stored_data_set_names_its_generator_without_a_spec():
+    identity = GeneratorSpec("analytic", options=SMALL).build().identity()
+    made_by = stored_record(identity, SMALL)
+    space = LatentSpace((14, 32), torch.zeros(14, 32), made_by=made_by)
+    assert space.generator_record() == {"name": "analytic", "checkpoint": None, "options": SMALL, "checksum": identity["checksum"]}
+    spec = GeneratorSpec("analytic", options=SMALL)
+    assert LatentSpace((14, 32), torch.zeros(14, 32), spec).generator_record() == spec.record()

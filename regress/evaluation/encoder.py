@@ -15,6 +15,7 @@ from typing import Callable, TypeVar
 import torch
 
 from regress.generators.base import Generator
+from regress.generators.spec import describe_record
 from regress.models import LatentRegressor
 from regress.models.base import Regressor
 from regress.models.checkpoint_io import checkpoint_class, read_checkpoint
@@ -70,8 +71,8 @@ def check_recorded_generator(model: LatentRegressor, path: str | Path, generator
         print(f"regress: note: {path} does not name the generator it was trained against (written before checkpoints "
               f"recorded it): its generator is unknown; only its latent shape and mean latent are checked", file=sys.stderr)  # fmt: skip
     elif recorded["checksum"] != checksum:
-        print(f"regress: warning: {path} was trained against {recorded['name']} {recorded['checksum']} "
-              f"({recorded['checkpoint'] or 'no checkpoint'}), but renders with {generator.name} {checksum}", file=sys.stderr)  # fmt: skip
+        print(f"regress: warning: {path} was trained against {describe_record(recorded)}, but renders with {generator.name} {checksum}",
+              file=sys.stderr)  # fmt: skip
 
 
 def latent_encoder(model: LatentRegressor) -> Encoder:

@@ -2,6 +2,6 @@
 
 from regress.generators.base import Generator
 from regress.generators.registry import available_generators, register
-from regress.generators.spec import GeneratorSpec, LatentSpace, create_generator
+from regress.generators.spec import GeneratorSpec, LatentSpace
 
-__all__ = ["Generator", "GeneratorSpec", "LatentSpace", "register", "create_generator", "available_generators"]
+__all__ = ["Generator", "GeneratorSpec", "LatentSpace", "register", "available_generators"]

@@ -102,8 +102,9 @@ class Generator(nn.Module, abc.ABC):
 
     @classmethod
     def stored_options(cls, options: dict[str, Any]) -> dict[str, Any]:
-        """The options under the names data sets record them by (a backend whose stored names differ overrides this)."""
-        return dict(options)
+        """The options under the names data sets recorded them by: an option renamed since under its old name."""
+        old_names = {new: old for old, new in cls.renamed_options.items()}
+        return {old_names.get(name, name): value for name, value in options.items()}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -10,6 +10,7 @@ latents), and `create()` a fresh one. A spec, unlike a live module, can be saved
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,36 +55,38 @@ class GeneratorSpec:
         unknown = sorted(set(options) - set(accepted))
         if unknown:
             raise ValueError(f"unknown {name} generator option(s) {', '.join(unknown)}; its options: {', '.join(accepted)}")
+        if self.name is None and checkpoint is None:
+            print("regress: no EG3D checkpoint given, using the embedded analytic head generator", file=sys.stderr)
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "checkpoint", checkpoint)
         object.__setattr__(self, "options", options)
 
+    @functools.cached_property
     def checkpoint_sha256(self) -> str | None:
         """SHA-256 of the checkpoint file or folder (None without one), hashed once per process and file version."""
         if self.checkpoint is None:
             return None
         path = Path(self.checkpoint)
         stat = path.stat()
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-        if key not in _SHA256:
-            _SHA256[key] = tree_sha256(path)
-        return _SHA256[key]
+        version = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if version not in _SHA256:
+            _SHA256[version] = tree_sha256(path)
+        return _SHA256[version]
 
+    @functools.cached_property
     def key(self) -> str:
         """What tells two specs apart: backend, the checkpoint's content (not its path) and the options."""
-        return repr((self.name, self.checkpoint_sha256(), sorted(self.options.items(), key=lambda item: item[0])))
+        return repr((self.name, self.checkpoint_sha256, sorted(self.options.items(), key=lambda item: item[0])))
 
     def create(self) -> Generator:
         """A new instance, frozen and in eval mode; random weights (a backend without a checkpoint) are the same every time."""
         cls = backend(self.name)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # the same random weights on every rerun and rank, whatever the caller's RNG state
+        with torch.random.fork_rng(devices=[]):  # weights are drawn on the CPU: its stream alone is set, then given back
+            torch.default_generator.manual_seed(0)  # the same random weights on every rerun and rank
             if self.checkpoint is not None:
                 generator = cls.from_checkpoint(Path(self.checkpoint), **self.options)
             else:
-                if self.name == "analytic":
-                    print("regress: no EG3D checkpoint given, using the embedded analytic head generator", file=sys.stderr)
-                else:  # the embedded default is a model in its own right; any other without weights is noise
+                if cls.has_weights:  # the embedded default is a model in its own right; any other without weights is noise
                     print(f"regress: no checkpoint given for {self.name}: random weights, whose images are noise (for tests and timing only)",
                           file=sys.stderr)  # fmt: skip
                 generator = cls(**self.options)
@@ -91,20 +94,23 @@ class GeneratorSpec:
 
     def build(self, device: torch.device | str | None = None) -> Generator:
         """This process's one instance of the spec, on `device` (None: where it is): made on first use, then shared,
-        so a data module and the model rendering its latents hold the same weights once."""
-        key = self.key()
-        if key not in _INSTANCES:
-            _INSTANCES[key] = self.create()
-        generator = _INSTANCES[key]
+        so a data module and the model rendering its latents hold the same weights once. It lives as long as the
+        process: code that goes through many large generators, each once, uses `create()`."""
+        if self.key not in _INSTANCES:
+            _INSTANCES[self.key] = self.create()
+        generator = _INSTANCES[self.key]
         if device is not None and generator.device != torch.device(device):
             generator.to(device)
         return generator
 
     def fingerprint(self) -> dict[str, Any]:
         """What decides the generator's draws, as data sets record it: its identity (backend, checksum, config), the
-        checkpoint file's SHA-256 and the options, under the names the backend stores them by (EG3D: upstream's)."""
-        options = backend(self.name).stored_options(self.options)
-        return {"generator": self.build().identity(), "checkpoint_sha256": self.checkpoint_sha256(), "generator_options": options}
+        checkpoint file's SHA-256 and the options, an option renamed since under the name data sets stored it by."""
+        return {"generator": self.build().identity(), "checkpoint_sha256": self.checkpoint_sha256, "generator_options": self.stored_options()}
+
+    def stored_options(self) -> dict[str, Any]:
+        """The options as data sets record them: one renamed since under the name it had when they began to."""
+        return backend(self.name).stored_options(self.options)
 
     def record(self) -> dict[str, Any]:
         """Plain data for a checkpoint's hyperparameters: the spec, and the checksum of the weights it named."""
@@ -122,16 +128,28 @@ def renamed(cls: type[Generator], options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def create_generator(name: str | None = None, checkpoint: str | Path | None = None, **options: Any) -> Generator:
-    """A new generator (`GeneratorSpec(name, checkpoint, options).create()`), for code that wants its own instance."""
-    return GeneratorSpec(name, None if checkpoint is None else str(checkpoint), options).create()
+def describe_record(record: dict[str, Any]) -> str:
+    """A generator record in a few words: backend, checksum and where its weights came from."""
+    return f"{record['name']} {record['checksum']} ({record.get('checkpoint') or 'no checkpoint file named'})"
+
+
+def stored_record(identity: dict[str, Any], options: dict[str, Any] | None) -> dict[str, Any]:
+    """The record of the generator a stored data set names (its manifest's identity and options; the weights' path is
+    not kept with the data, so it is None)."""
+    return {"name": identity["generator"], "checkpoint": None, "options": dict(options or {}), "checksum": identity["checksum"]}
 
 
 @dataclass(frozen=True)
 class LatentSpace:
-    """What a data module knows of its samples' w: shape (num_ws, w_dim), mean (float32, CPU) and the spec of the
-    generator that renders it (None for stored samples). `python -m regress.fit` links it into the latent model."""
+    """What a data module knows of its samples' w: shape (num_ws, w_dim), mean (float32, CPU), the spec of the
+    generator that renders it (None for stored samples) and, for stored samples, the record of the generator that
+    made them (`made_by`, from their manifest). `python -m regress.fit` links it into the latent model."""
 
     shape: tuple[int, int]
     mean: torch.Tensor
     generator: GeneratorSpec | None = None
+    made_by: dict[str, Any] | None = None
+
+    def generator_record(self) -> dict[str, Any] | None:
+        """What a latent checkpoint keeps of the generator of these latents: the spec's record, else the stored one."""
+        return self.generator.record() if self.generator is not None else self.made_by

@@ -19,6 +19,7 @@ from torchmetrics import Metric
 
 from regress.faces.perceptual import PerceptualDistance
 from regress.generators import Generator, GeneratorSpec, LatentSpace
+from regress.generators.spec import describe_record
 from regress.models.base import Regressor
 from regress.models.losses import cycle_loss, latent_loss
 from regress.models.metrics import ImageMetrics, LatentMetrics
@@ -82,8 +83,9 @@ class LatentRegressor(Regressor):
         latent_space: the data's w shape, mean and generator spec (`data.latent_space`; the CLI links it).
             The model renders with the spec's instance, shared with the data module.
         generator_record: the generator these latents belong to, as plain data (`GeneratorSpec.record()`: name, checkpoint,
-            options, checksum); set from `latent_space` when it names one, and kept in the checkpoint, whose loading
-            gives it back (None: unknown, a checkpoint from before they named it, or data without a generator).
+            options, checksum); set from `latent_space` (its spec, or the manifest of stored data), and kept in the
+            checkpoint, whose loading gives it back (None: a checkpoint from before they named it). A resumed run
+            whose data names another generator says so.
     """
 
     def __init__(
@@ -112,11 +114,11 @@ class LatentRegressor(Regressor):
         self.head = LatentHead(self.encoder.channels, shape, hidden)
         self.register_buffer("mean_latent", latent_space.mean.clone() if latent_space is not None else torch.zeros(shape))
         self.generator_spec: GeneratorSpec | None = latent_space.generator if latent_space is not None else None
-        if self.generator_spec is not None:
-            record = self.generator_spec.record()
-            if generator_record is not None and generator_record.get("checksum") != record["checksum"]:
-                print(f"regress: warning: this LatentRegressor was trained against {generator_record['name']} {generator_record['checksum']}, "
-                      f"its data now renders with {record['name']} {record['checksum']}", file=sys.stderr)  # fmt: skip
+        record = latent_space.generator_record() if latent_space is not None else None
+        if record is not None:
+            if generator_record is not None and generator_record.get("checksum") != record["checksum"]:  # a resumed run
+                print(f"regress: warning: this LatentRegressor was trained against {describe_record(generator_record)}; "
+                      f"its data's latents are {describe_record(record)}'s", file=sys.stderr)  # fmt: skip
             self.hparams["generator_record"] = record
         self.metrics = LatentMetrics()
         if lpips_weights is not None and vgg_weights is None:

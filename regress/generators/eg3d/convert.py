@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from regress.generators.eg3d.checkpoint import CheckpointError
+from regress.errors import UsageError, run_command
 from regress.generators.eg3d.generator import EG3DGenerator
 from regress.store.files import file_sha256
 
@@ -26,19 +26,20 @@ def convert(pickle_path: str | Path, out_dir: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m regress.generators.eg3d.convert", description=__doc__.splitlines()[0])
+    """Command line: the pickle and the output folder; errors are one line, exit 2 (usage) or 1 (`regress.errors`)."""
+    parser = argparse.ArgumentParser(prog="python -m regress.generators.eg3d.convert", description=__doc__.splitlines()[0], exit_on_error=False)
     parser.add_argument("pickle", type=Path, help="upstream network pickle (e.g. ffhq512-128.pkl)")
     parser.add_argument("out_dir", type=Path, help="folder to write model.safetensors and config.json into")
-    args = parser.parse_args(argv)
-    if not args.pickle.is_file():
-        parser.error(f"{args.pickle} is not a file")
-    try:
+
+    def run() -> int:
+        args = parser.parse_args(argv)
+        if not args.pickle.is_file():
+            raise UsageError(f"{args.pickle} is not a file: give the upstream network pickle")
         out = convert(args.pickle, args.out_dir)
-    except CheckpointError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"wrote {out / 'model.safetensors'} and {out / 'config.json'}")
-    return 0
+        print(f"wrote {out / 'model.safetensors'} and {out / 'config.json'}")
+        return 0
+
+    return run_command("regress.generators.eg3d.convert", run)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from regress.generators.eg3d.checkpoint import (
     match_state_dict,
     save_converted,
 )
-from regress.generators.eg3d.config import SERIALIZED_NAMES, EG3DConfig
+from regress.generators.eg3d.config import EG3DConfig
 from regress.generators.eg3d.fused_field import fused_field, supported
 from regress.generators.eg3d.jitter import keyed_uniform, seed_keys
 from regress.generators.eg3d.renderer import ImportanceRenderer, OSGDecoder, sample_triplanes
@@ -97,11 +97,6 @@ class EG3DGenerator(Generator):
     def option_names(cls) -> list[str]:
         """The `EG3DConfig` fields: with a checkpoint, those that keep tensor shapes override the checkpoint's."""
         return [f.name for f in dataclasses.fields(EG3DConfig)]
-
-    @classmethod
-    def stored_options(cls, options: dict[str, Any]) -> dict[str, Any]:
-        """Options under the names config.json, manifests and checksums store them (upstream's, `SERIALIZED_NAMES`)."""
-        return {SERIALIZED_NAMES.get(k, k): v for k, v in options.items()}
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **overrides: Any) -> "EG3DGenerator":
