@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import math
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -26,6 +27,9 @@ from regress.models.metrics import NOVEL_VIEWS_DEG, DepthMetrics, ImageMetrics, 
 from regress.models.previews import colormap_depth, depth_range, log_preview, preview_grid
 
 from test_online import TINY_GENERATOR, tiny_data
+
+# A LatentRegressor checkpoint written at a7e8aed, before checkpoints named their generator (tests/fixtures/README.md).
+BEFORE_GENERATOR_RECORD = Path(__file__).parent / "fixtures" / "latent-regressor-a7e8aed.ckpt"
 
 
 def test_backbone_loads_a_local_weights_file_and_never_needs_the_hub(tmp_path):
@@ -165,12 +169,11 @@ def test_a_latent_checkpoint_names_its_generator_and_one_from_before_still_loads
     other = GeneratorSpec("analytic", options={**TINY_GENERATOR, "readout_gain": 2.001}).build()  # other draws, the same mean latent
     load_latent_regressor(tmp_path / "new.ckpt", other)
     assert f"was trained against analytic {data.generator.identity()['checksum']} (no checkpoint file named), but renders with analytic " in capsys.readouterr().err
-    before = torch.load(tmp_path / "new.ckpt", weights_only=True)
-    del before["hyper_parameters"]["generator_record"]  # what checkpoints held before they named their generator
-    torch.save(before, tmp_path / "before.ckpt")
-    old = load_latent_regressor(tmp_path / "before.ckpt", data.generator)
+    old = load_latent_regressor(BEFORE_GENERATOR_RECORD, data.generator)  # written by the code before checkpoints named it
+    assert "generator_record" not in torch.load(BEFORE_GENERATOR_RECORD, weights_only=True)["hyper_parameters"]
     assert old.hparams.generator_record is None and torch.equal(old.mean_latent, loaded.mean_latent)
     assert "does not name the generator it was trained against (written before checkpoints recorded it): its generator is unknown" in capsys.readouterr().err
+    assert old(torch.zeros(1, 3, 32, 32, dtype=torch.uint8)).shape == (1, 14, 32)
 
 
 def test_latent_regressor_refuses_a_cycle_term_without_a_generator():
