@@ -81,7 +81,7 @@ def pairs(
         progress: show progress bars
     """
     photos = list_images(images)
-    spec = GeneratorSpec(generator, checkpoint, generator_options or {})
+    spec = GeneratorSpec(generator, checkpoint, generator_options)
     synthesizer = spec.build(pick_device(device))
     perceptual = None
     if vgg_weights is not None:
@@ -118,7 +118,7 @@ def pairs_generator_spec(root: str | Path, name: str | None, checkpoint: str | N
         if identity["generator"] != "analytic":
             raise ValueError(f"{root} was inverted with {identity['generator']}; give its --checkpoint to render predicted latents")
         name, options = "analytic", {**identity["config"], **(options or {})}
-    spec = GeneratorSpec(name, checkpoint, options or {})
+    spec = GeneratorSpec(name, checkpoint, options)
     checksum = spec.build().identity()["checksum"]
     if checksum != identity["checksum"]:
         print(f"regress.evaluate benchmark: warning: generator {checksum} differs from the pairs' {identity['checksum']}", file=sys.stderr)

@@ -106,7 +106,7 @@ def generate(
         check_grid_fits(mesh_resolution, grids_in_flight=batch_size, device=run_on)
     rank, world_size = rank_and_world_size()
     mixture = ViewMixture.load(views)
-    spec = GeneratorSpec(generator, None if checkpoint is None else str(checkpoint), generator_options or {})
+    spec = GeneratorSpec(generator, checkpoint, generator_options)
     write_cache = compile_cache is not None and not load_compile_cache(compile_cache) and rank == 0
     synthesizer = spec.build(run_on)
     folder, target = shard_destination(output, staging)

@@ -90,7 +90,7 @@ def main() -> None:
     except json.JSONDecodeError as error:
         parser.exit(2, f"bench_encoder.py: error: --generator_options {args.generator_options} is not JSON ({error})\n")
     try:
-        spec = GeneratorSpec(args.generator, args.checkpoint, options or {})
+        spec = GeneratorSpec(args.generator, args.checkpoint, options)
         if options is None and spec.name == "analytic":
             spec = GeneratorSpec("analytic", options=ANALYTIC_OPTIONS)
         generator = spec.build(args.device)

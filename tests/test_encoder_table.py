@@ -21,7 +21,7 @@ pytestmark = pytest.mark.single_thread  # tiny tensors: a second thread only add
 
 @pytest.fixture(scope="module")
 def analytic():
-    return GeneratorSpec("analytic", options={"image_resolution": 32, "render_resolution": 16, "depth_resolution": 16}).create().eval()
+    return GeneratorSpec("analytic", options={"image_resolution": 32, "render_resolution": 16, "depth_resolution": 16}).create()
 
 
 @pytest.fixture(scope="module")

@@ -175,7 +175,7 @@ def test_density_grid_matches_the_generator_at_grid_points():
 
 def eg3d_tiny(device: str = "cpu"):
     torch.manual_seed(0)
-    generator = GeneratorSpec("eg3d", options=TINY_EG3D).create().eval().to(device)
+    generator = GeneratorSpec("eg3d", options=TINY_EG3D).create().to(device)
     with torch.no_grad():
         z = torch.randn(2, 32).to(device)  # drawn on the CPU: CUDA's generator gives other numbers
         w = generator.mapping(z, frontal_camera(2).to(device))

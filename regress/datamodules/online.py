@@ -177,7 +177,7 @@ class SynthOnlineDataModule(L.LightningDataModule):
             raise ValueError(f"val_size must be >= 0, got {val_size}")
         val_seeds(val_seed_start, val_size)
         self.save_hyperparameters()
-        self.generator_spec = GeneratorSpec(generator, None if checkpoint is None else str(checkpoint), generator_options or {})
+        self.generator_spec = GeneratorSpec(generator, checkpoint, generator_options)
         self.views = ViewMixture.load(views)
         self.epoch_length, self.batch_size, self.val_size = epoch_length, batch_size, val_size
         self.val_seed_start, self.image_size, self.seed = val_seed_start, image_size, seed

@@ -19,11 +19,11 @@ from typing import Any, Mapping
 import torch
 
 from regress.generators.base import Generator
-from regress.generators.registry import available_generators, backend
+from regress.generators.registry import backend
 from regress.store.files import tree_sha256
 
 CHECKPOINT_HELP = "give the path of a local checkpoint (EG3D: the upstream .pkl, or the folder python -m regress.generators.eg3d.convert makes)"
-_INSTANCES: dict[str, Generator] = {}  # this process's generators, by `GeneratorSpec.key()`
+_INSTANCES: dict[str, Generator] = {}  # this process's generators, by `GeneratorSpec.key`
 _SHA256: dict[tuple[str, int, int], str] = {}  # checkpoint hashes by (path, size, mtime): hashed once a process
 
 
@@ -37,21 +37,19 @@ class GeneratorSpec:
     """
 
     name: str | None = None
-    checkpoint: str | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)
+    checkpoint: str | Path | None = None  # a str once made
+    options: Mapping[str, Any] | None = field(default_factory=dict)  # a dict once made
 
     def __post_init__(self) -> None:
-        known = available_generators()
         name = self.name if self.name is not None else ("eg3d" if self.checkpoint is not None else "analytic")
-        if name not in known:
-            raise ValueError(f"unknown generator {name!r}; known generators: {', '.join(known)}")
+        cls = backend(name)  # an unknown name is a ValueError listing the known ones
         checkpoint = None if self.checkpoint is None else str(self.checkpoint)
         if checkpoint is not None and not Path(checkpoint).exists():
             raise FileNotFoundError(f"generator checkpoint {checkpoint} does not exist; {CHECKPOINT_HELP}")
-        if checkpoint is not None and not backend(name).has_weights:
+        if checkpoint is not None and not cls.has_weights:
             raise ValueError(f"the {name} generator has no weights; drop the checkpoint {checkpoint} or choose --generator eg3d")
-        options = renamed(backend(name), dict(self.options or {}))
-        accepted = backend(name).option_names()
+        options = renamed(cls, dict(self.options or {}))
+        accepted = cls.option_names()
         unknown = sorted(set(options) - set(accepted))
         if unknown:
             raise ValueError(f"unknown {name} generator option(s) {', '.join(unknown)}; its options: {', '.join(accepted)}")
@@ -61,7 +59,7 @@ class GeneratorSpec:
         object.__setattr__(self, "checkpoint", checkpoint)
         object.__setattr__(self, "options", options)
 
-    @functools.cached_property
+    @property
     def checkpoint_sha256(self) -> str | None:
         """SHA-256 of the checkpoint file or folder (None without one), hashed once per process and file version."""
         if self.checkpoint is None:
@@ -114,7 +112,7 @@ class GeneratorSpec:
 
     def record(self) -> dict[str, Any]:
         """Plain data for a checkpoint's hyperparameters: the spec, and the checksum of the weights it named."""
-        return {**dataclasses.asdict(self), "options": dict(self.options), "checksum": self.build().identity()["checksum"]}
+        return {**dataclasses.asdict(self), "checksum": self.build().identity()["checksum"]}
 
 
 def renamed(cls: type[Generator], options: dict[str, Any]) -> dict[str, Any]:
