@@ -23,7 +23,10 @@ from regress.errors import run_command
 from regress.faces.perceptual import PerceptualDistance
 from regress.generators import GeneratorSpec
 from regress.inversion.align import FaceAligner
-from regress.inversion.pairs import CameraLabels, PairBuilder, build_pairs, list_images
+from regress.faces.landmarks import generator_template
+from regress.inversion.front_end import PhotoFrontEnd
+from regress.inversion.pairs import PairBuilder, build_pairs
+from regress.inversion.photos import CameraLabels, list_images
 from regress.inversion.project import REFINE, ProjectionConfig
 from regress.runtime import pick_device
 from regress.store.pairs import read_pairs_manifest
@@ -94,8 +97,8 @@ def pairs(
         from regress.evaluation.encoder import latent_encoder, load_latent_regressor
 
         encoder = latent_encoder(load_latent_regressor(init_checkpoint, synthesizer))
-    builder = PairBuilder(synthesizer, aligner, projection, perceptual, camera_template, labels, aligned, with_mesh, mesh_resolution,
-                          image_format, progress, encoder=encoder)  # fmt: skip
+    front_end = PhotoFrontEnd(generator_template(synthesizer, camera_template), synthesizer.image_resolution, aligner, cameras=labels, aligned=aligned)
+    builder = PairBuilder(synthesizer, front_end, projection, perceptual, with_mesh, mesh_resolution, image_format, progress, encoder)
     settings = {"checkpoint": spec.checkpoint, "generator_options": spec.stored_options(), "camera_template": camera_template,
                 "cameras": cameras, "aligned": aligned, "aligner": dataclasses.asdict(aligner), "perceptual": perceptual.name if perceptual else None,
                 **({"init_checkpoint": init_checkpoint} if init_checkpoint else {})}  # fmt: skip (the key only when given: older sets still resume)

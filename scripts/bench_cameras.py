@@ -24,7 +24,7 @@ from regress.faces.landmarks import LandmarkTemplate, calibration_photos, genera
 from regress.inversion.align import FaceAligner, FaceError, detect_faces, load_image
 from regress.inversion.camera_fit import CameraFitter, axis_angle, axis_angles
 from regress.inversion.crop import recrop_error
-from regress.inversion.pairs import IMAGE_SUFFIXES
+from regress.inversion.photos import IMAGE_SUFFIXES
 
 
 def labelled_photos(folder: Path) -> list[Path]:

@@ -18,7 +18,7 @@ import numpy as np
 
 from regress.faces.identity import descriptor_scores, face_descriptor
 from regress.inversion.align import detect_faces, load_image
-from regress.inversion.pairs import list_images
+from regress.inversion.photos import list_images
 
 SAME_PERSON_DISTANCE = 0.6  # dlib's rule for its 128-d descriptors
 

@@ -24,9 +24,12 @@ from regress import evaluate, fit  # noqa: E402
 from regress.camera import make_cameras  # noqa: E402
 from regress.datamodules.pairs import PairDataModule, PairDataset, validation_keys  # noqa: E402
 from regress.generators import GeneratorSpec  # noqa: E402
+from regress.faces.landmarks import generator_template  # noqa: E402
 from regress.geometry.meshes import mesh_from_ply  # noqa: E402
 from regress.inversion.align import FaceAligner, FaceError  # noqa: E402
-from regress.inversion.pairs import CameraLabels, PairBuilder  # noqa: E402
+from regress.inversion.front_end import PhotoFrontEnd  # noqa: E402
+from regress.inversion.pairs import PairBuilder  # noqa: E402
+from regress.inversion.photos import CameraLabels  # noqa: E402
 from regress.inversion.project import ProjectionConfig  # noqa: E402
 from regress.models import LatentRegressor  # noqa: E402
 from regress.sample import resize_images  # noqa: E402
@@ -180,7 +183,8 @@ def test_given_cameras_from_npy_files_and_missing_ones_are_per_file_errors(tmp_p
     face.save(photos / "without_label.png")
     np.save(photos / "with_label.npy", make_cameras(0.1, 0.0)[0].numpy())
     generator = GeneratorSpec("analytic", options={"image_resolution": 128, "render_resolution": 16, "depth_resolution": 16}).create()
-    builder = PairBuilder(generator, projection=ProjectionConfig(steps=1, spread_samples=50), cameras=CameraLabels("npy"))
+    front_end = PhotoFrontEnd(generator_template(generator), generator.image_resolution, cameras=CameraLabels("npy"))
+    builder = PairBuilder(generator, front_end, projection=ProjectionConfig(steps=1, spread_samples=50))
     [(_, members)] = builder.build(photos / "with_label.png")
     assert np.array_equal(np.load(io.BytesIO(members["camera.npy"])), make_cameras(0.1, 0.0)[0].numpy())
     with pytest.raises(FaceError, match="no camera label without_label.npy"):

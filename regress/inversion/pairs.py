@@ -17,7 +17,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from regress.camera import camera_to_pose, frontal_camera
@@ -28,8 +27,8 @@ from regress.faces.identity import identity_scores
 from regress.faces.landmarks import generator_template
 from regress.faces.perceptual import PerceptualDistance
 from regress.faces.quality import psnr, ssim
-from regress.inversion.align import AlignedFace, FaceAligner, FaceError, load_image
-from regress.inversion.camera_fit import CameraFitter
+from regress.inversion.align import FaceError
+from regress.inversion.front_end import FaceCrop, PhotoFrontEnd
 from regress.inversion.project import ProjectionConfig, project
 from regress.sample import SCHEMA_VERSION, encode_image, encode_sample, image_to_float, image_to_uint8, npy_bytes
 from regress.store.pairs import (
@@ -43,134 +42,37 @@ from regress.store.pairs import (
     write_pairs_manifest,
 )
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-
-
-def list_images(source: str | Path | list) -> list[Path]:
-    """Photos to pair: a folder (its image files, recursively, sorted), a text file of paths, one image, or a list."""
-    if isinstance(source, (list, tuple)):
-        return [Path(p) for p in source]
-    source = Path(source)
-    if source.is_dir():
-        found = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not found:
-            raise FileNotFoundError(f"{source} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        return found
-    if source.suffix.lower() == ".txt":
-        lines = [line.strip() for line in source.read_text().splitlines() if line.strip() and not line.startswith("#")]
-        if not lines:
-            raise ValueError(f"{source} lists no photos (one path a line, relative to its folder)")
-        return [p if p.is_absolute() else source.parent / p for p in map(Path, lines)]
-    if source.is_file():
-        return [source]
-    raise FileNotFoundError(f"{source} is not a folder, a .txt list of photos or an image file")
-
-
-class CameraLabels:
-    """Given EG3D camera labels by photo: an EG3D `dataset.json` ({"labels": [[name, [25 numbers]], ...]}, names
-    relative to its folder or bare file names), or `npy` for a `NAME.npy` beside each photo."""
-
-    def __init__(self, source: str | Path) -> None:
-        self.source = str(source)
-        self.labels: dict[str, list] = {}
-        if self.source != "npy":
-            path = Path(source)
-            if not path.is_file():
-                raise FileNotFoundError(f"camera labels {path} do not exist; give an EG3D dataset.json or 'npy' (NAME.npy beside each photo)")
-            form = 'an EG3D dataset.json holds {"labels": [[name, [25 numbers]], ...]}'
-            try:
-                content = json.loads(path.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                raise ValueError(f"camera labels {path} are not valid JSON ({error}); {form}") from error
-            entries = content.get("labels") if isinstance(content, dict) else None
-            if not isinstance(entries, list):
-                raise ValueError(f"{path} has no 'labels' list; {form}")
-            bad = next((e for e in entries if not (isinstance(e, list) and len(e) == 2 and isinstance(e[0], str))), None)
-            if bad is not None:
-                raise ValueError(f"{path}: the entry {str(bad)[:60]} is not [name, [25 numbers]]; {form}")
-            self.root, self.labels = path.parent, {name: label for name, label in entries}
-
-    def __call__(self, photo: Path) -> torch.Tensor:
-        """The photo's label (25,) float32; FaceError when it has none or it is not 25 finite numbers."""
-        if self.source == "npy":
-            path = photo.with_suffix(".npy")
-            if not path.is_file():
-                raise FaceError(f"{photo}: no camera label {path.name} beside it")
-            label = np.load(path, allow_pickle=False)
-        else:
-            label = self.labels.get(self._name(photo))
-            if label is None:
-                raise FaceError(f"{photo}: no camera label for it in {self.source}")
-        try:
-            label = np.asarray(label, dtype=np.float32).reshape(-1)
-        except (TypeError, ValueError):
-            label = np.zeros(0, np.float32)
-        if label.shape != (25,) or not np.isfinite(label).all():
-            raise FaceError(f"{photo}: its camera label is not 25 finite numbers (cam2world 4x4, then intrinsics 3x3)")
-        fx, cx, cy = label[16], label[18], label[21]
-        if not (0 < cx < 1 and 0 < cy < 1 and 0 < fx < 100):
-            raise FaceError(f"{photo}: its camera label's intrinsics (fx {fx:g}, cx {cx:g}, cy {cy:g}) are not normalized by the "
-                            "image size as EG3D's are (fx about 4.26, cx = cy = 0.5); divide the pixel values by the side")  # fmt: skip
-        return torch.from_numpy(label)
-
-    def _name(self, photo: Path) -> str:
-        """The photo's name in dataset.json: its path relative to the file's folder when inside it, else its file name."""
-        try:
-            relative = photo.resolve().relative_to(self.root.resolve()).as_posix()
-        except ValueError:
-            return photo.name
-        return relative if relative in self.labels else photo.name
-
-
 @dataclass
 class PairBuilder:
     """Turns one photo into pair records with a generator; the choices of every stage in one place.
 
-    `aligned`: the photos are already crops of the generator's framing (EG3D crops): they are
-    used as they are, only their landmarks are found. `cameras`: given labels replace the fit.
+    `front_end`: detection, crop and camera (built for the generator when not given);
     `encoder`: uint8 crops -> w (an inversion encoder); projection and pivotal tuning start from
     its prediction instead of the mean latent.
     """
 
     generator: Generator
-    aligner: FaceAligner = field(default_factory=FaceAligner)
+    front_end: PhotoFrontEnd | None = None
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     perceptual: PerceptualDistance | None = None
-    camera_template: str = "label"
-    cameras: CameraLabels | None = None
-    aligned: bool = False
     with_mesh: bool = False
     mesh_resolution: int = 128
     image_format: str = "png"
     progress: bool = False
-    fitter: CameraFitter = field(default_factory=CameraFitter)
     encoder: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
-        self.template = generator_template(self.generator, self.camera_template)
-        if self.cameras is not None and self.aligner.all_faces:
-            raise ValueError("given cameras are one per photo; drop aligner.all_faces or the cameras")
+        if self.front_end is None:
+            self.front_end = PhotoFrontEnd(generator_template(self.generator), self.generator.image_resolution)
 
     def build(self, path: Path) -> list[tuple[str, dict[str, bytes]]]:
         """(key, members) for each face crop of a photo; FaceError when the photo cannot be paired."""
-        given = self.cameras(path) if self.cameras is not None else None  # a missing label fails before detection
-        image = load_image(path, self.aligner.max_pixels)
-        crops = [self.aligner.uncropped(image, str(path))] if self.aligned else self.aligner(image, str(path))
-        return [(record_key(path, index), self._record(path, index, crop, given)) for index, crop in enumerate(crops)]
+        return [(record_key(path, face.index), self._record(face)) for face in self.front_end(path)]
 
-    def _record(self, path: Path, index: int, crop: AlignedFace, given: torch.Tensor | None) -> dict[str, bytes]:
+    def _record(self, face: FaceCrop) -> dict[str, bytes]:
         """Camera (given or fitted), inversion and quality of one face crop, as record members (meta.json last)."""
         g = self.generator
-        size = g.image_resolution
-        if given is None:
-            fit = self.fitter(crop.landmarks_uv, self.template)
-            camera_cpu, camera_meta = fit.camera, {"kind": "fitted", **fit.as_meta()}
-        else:
-            camera_cpu, camera_meta = given, {"kind": "given", "labels": self.cameras.source}
-        real = crop.image
-        if real.shape[0] != size:
-            real = np.asarray(Image.fromarray(real).resize((size, size), Image.Resampling.LANCZOS))
-        landmarks = ((crop.landmarks + 0.5) * size / crop.image.shape[0] - 0.5).astype(np.float32)
+        real, landmarks, camera_cpu = face.image, face.landmarks, face.camera
         real_t = torch.from_numpy(real.transpose(2, 0, 1).copy())[None]
         camera = camera_cpu[None].to(g.device)
         start = time.perf_counter()
@@ -182,11 +84,11 @@ class PairBuilder:
         seconds = time.perf_counter() - start
         inverted = image_to_uint8(out["image"]).cpu()
         meta = {
-            "source": str(path),
-            "face_index": index,
-            "face_box": [float(v) for v in crop.face.box],
-            "crop": crop.as_meta(),
-            **self._pose_meta(camera_cpu, camera_meta),
+            "source": str(face.path),
+            "face_index": face.index,
+            "face_box": [float(v) for v in face.aligned.face.box],
+            "crop": face.aligned.as_meta(),
+            **self._pose_meta(camera_cpu, face.camera_meta),
             "quality": self._quality(real_t, inverted, landmarks),
             "inversion": {
                 "space": self.projection.space,

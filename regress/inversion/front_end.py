@@ -1,0 +1,72 @@
+"""Photo -> face crops with their cameras: the front end that `evaluate pairs` and `predict` share.
+
+Each face of a photo is cropped (EG3D's crop by default, or taken as it is with `aligned`), resized
+to the generator's side, and given a camera: fitted to its landmarks, or read from given labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from regress.faces.landmarks import LandmarkTemplate
+from regress.inversion.align import AlignedFace, FaceAligner, load_image
+from regress.inversion.camera_fit import CameraFitter
+from regress.inversion.photos import CameraLabels
+
+
+@dataclass(frozen=True)
+class FaceCrop:
+    """One face of a photo at the generator's side: the crop (S, S, 3) uint8, landmarks (68, 2) in its pixels,
+    the camera (25,) float32 and where the camera came from (`camera_meta`: kind fitted | given, and the fit's figures)."""
+
+    path: Path
+    index: int
+    aligned: AlignedFace
+    image: np.ndarray
+    landmarks: np.ndarray
+    camera: torch.Tensor
+    camera_meta: dict
+
+
+@dataclass
+class PhotoFrontEnd:
+    """Detection, crop and camera of every photo, with the choices of each stage in one place.
+
+    `aligned`: the photos are already crops of the generator's framing (their landmarks are still found);
+    `cameras`: given labels replace the fit.
+    """
+
+    template: LandmarkTemplate
+    side: int
+    aligner: FaceAligner = field(default_factory=FaceAligner)
+    fitter: CameraFitter = field(default_factory=CameraFitter)
+    cameras: CameraLabels | None = None
+    aligned: bool = False
+
+    def __post_init__(self) -> None:
+        if self.cameras is not None and self.aligner.all_faces:
+            raise ValueError("given cameras are one per photo; drop aligner.all_faces or the cameras")
+
+    def __call__(self, path: Path) -> list[FaceCrop]:
+        """The photo's faces (the largest only unless `aligner.all_faces`); FaceError when none can be used."""
+        given = self.cameras(path) if self.cameras is not None else None  # a missing label fails before detection
+        image = load_image(path, self.aligner.max_pixels)
+        crops = [self.aligner.uncropped(image, str(path))] if self.aligned else self.aligner(image, str(path))
+        return [self._face(path, index, crop, given) for index, crop in enumerate(crops)]
+
+    def _face(self, path: Path, index: int, crop: AlignedFace, given: torch.Tensor | None) -> FaceCrop:
+        if given is None:
+            fit = self.fitter(crop.landmarks_uv, self.template)
+            camera, camera_meta = fit.camera, {"kind": "fitted", **fit.as_meta()}
+        else:
+            camera, camera_meta = given, {"kind": "given", "labels": self.cameras.source}
+        image = crop.image
+        if image.shape[0] != self.side:
+            image = np.asarray(Image.fromarray(image).resize((self.side, self.side), Image.Resampling.LANCZOS))
+        landmarks = ((crop.landmarks + 0.5) * self.side / crop.image.shape[0] - 0.5).astype(np.float32)
+        return FaceCrop(path, index, crop, image, landmarks, camera, camera_meta)
