@@ -30,6 +30,7 @@ from regress.generation.render import RenderedBatch, render_batches
 from regress.generation.timing import StageClock
 from regress.generators import Generator, GeneratorSpec
 from regress.geometry.grids import check_grid_fits
+from regress.geometry.mesh_files import MeshFormat, check_mesh_format
 from regress.runtime import deterministic_kernels, load_compile_cache, own_gpu_only, pick_device, rank_and_world_size, save_compile_cache
 from regress.sample import IMAGE_FORMATS, PNG_LEVEL, SCHEMA_VERSION
 from regress.store.pipes import PipeCommand
@@ -57,6 +58,7 @@ def generate(
     mesh_resolution: int = 128,
     mesh_level: float | None = None,
     mesh_keep_largest: bool = True,
+    mesh_format: MeshFormat = "ply",
     batch_size: int = 8,
     workers: int = 0,
     device: str = "auto",
@@ -84,10 +86,12 @@ def generate(
         image_format: png (lossless), jpg or webp
         png_level: zlib level 0-9 of png images; every level decodes to the same pixels, so it is no
             part of the settings a resumed set must share
-        with_mesh: add `mesh.ply` (marching cubes of the density grid) to every sample
+        with_mesh: add a mesh (marching cubes of the density grid, `mesh_format`) to every sample
         mesh_resolution: density grid points per axis for meshes (128: a CPU-sized grid; EG3D's configs use 256)
         mesh_level: density of the surface; None takes the generator's own level
         mesh_keep_largest: keep only the largest connected piece of each mesh
+        mesh_format: `mesh.ply` (binary), `mesh.obj` or `mesh.glb` (the surface), or `mesh.mrc` (the density grid itself,
+            for ChimeraX, as EG3D's scripts write shapes)
         batch_size: samples per generator call
         workers: processes for image compression (0: in this process)
         device: torch device, or auto (this rank's GPU if there is one)
@@ -110,7 +114,8 @@ def generate(
     write_cache = compile_cache is not None and not load_compile_cache(compile_cache) and rank == 0
     synthesizer = spec.build(run_on)
     folder, target = shard_destination(output, staging)
-    mesh = {"resolution": mesh_resolution, "keep_largest": mesh_keep_largest, "level": synthesizer.surface_level if mesh_level is None else mesh_level}
+    mesh = {"resolution": mesh_resolution, "keep_largest": mesh_keep_largest, "level": synthesizer.surface_level if mesh_level is None else mesh_level,
+            **({"format": check_mesh_format(mesh_format)} if mesh_format != "ply" else {})}  # fmt: skip (PLY sets keep their settings)
     choices = {"psi": psi, "cutoff": cutoff, "jitter": jitter, "image_format": image_format, "batch_size": batch_size}
     settings = _settings(spec, synthesizer.box_size, mixture, layout, mesh if with_mesh else None, choices)
     shards = ShardSet(folder, layout, settings, target, keep_staged)

@@ -21,7 +21,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader
 
 from regress.datamodules.manifest import ManifestLatents
-from regress.geometry.meshes import mesh_from_ply
+from regress.geometry.mesh_files import SURFACE_FORMATS, read_mesh
 from regress.sample import Batch, collate_samples, decode_sample, resize_images
 from regress.store.shard_set import read_shard_manifest, shard_url
 from regress.store.shards import ShardReadError, iter_shard
@@ -71,9 +71,7 @@ def decode_samples(samples: Iterable[dict], with_mesh: bool, corrupt: CorruptCou
             members = {k: v for k, v in raw.items() if not k.startswith("__")}
             sample = decode_sample(members, source)
             if with_mesh:
-                if "mesh.ply" not in members:
-                    raise ValueError(f"{source}: has no mesh.ply; generate the shards with --with_mesh true")
-                mesh = mesh_from_ply(members["mesh.ply"])
+                mesh = read_mesh(*_mesh_member(members, source))
                 sample["mesh"] = {"vertices": torch.from_numpy(np.asarray(mesh.vertices, np.float32)), "faces": torch.from_numpy(np.asarray(mesh.faces))}
         except ValueError as error:
             if corrupt is None:
@@ -81,6 +79,16 @@ def decode_samples(samples: Iterable[dict], with_mesh: bool, corrupt: CorruptCou
             corrupt.skip(error)
             continue
         yield sample
+
+
+def _mesh_member(members: dict, source: str) -> tuple[bytes, str]:
+    """A sample's surface file and its format; a ValueError when it has none (or only a density grid)."""
+    for file_format in SURFACE_FORMATS:
+        if f"mesh.{file_format}" in members:
+            return members[f"mesh.{file_format}"], file_format
+    if "mesh.mrc" in members:
+        raise ValueError(f"{source}: holds a density grid (mesh.mrc), not a surface; generate the shards with --mesh_format ply, obj or glb")
+    raise ValueError(f"{source}: has no mesh; generate the shards with --with_mesh true")
 
 
 class Shuffle:

@@ -29,11 +29,11 @@ def record_members(arrays: dict[str, np.ndarray], meta: dict, image_format: str,
     return encode_sample({**{k: torch.from_numpy(v)[None] for k, v in arrays.items()}, "meta": [meta]}, 0, image_format, png_level)
 
 
-def members_with_mesh(members: dict[str, bytes], mesh: bytes | memoryview | None) -> dict[str, bytes | memoryview]:
-    """A sample's shard members: its compressed members, `mesh.ply` when it has one, `meta.json` last."""
+def members_with_mesh(members: dict[str, bytes], mesh: tuple[str, bytes | memoryview] | None) -> dict[str, bytes | memoryview]:
+    """A sample's shard members: its compressed members, its mesh file (member name, bytes) when it has one, `meta.json` last."""
     members = dict(members)
     meta_json = members.pop("meta.json")
-    return {**members, **({"mesh.ply": mesh} if mesh is not None else {}), "meta.json": meta_json}
+    return {**members, **(dict([mesh]) if mesh is not None else {}), "meta.json": meta_json}
 
 
 PIPE_BYTES = 1 << 20  # a sample (about 0.9 MB at EG3D's sizes) or its compressed members in one piece; Linux's limit without privileges
@@ -106,7 +106,7 @@ def write_shard(
     """Compress and write one shard from the rendered batches, at most `max_pending` samples in the compression processes
     at once; its record. On a write error or a dead compression process the partial file is removed and the error says why."""
     seeds, path = shards.layout.seeds(index), shards.path(index)
-    pending: deque[tuple[str, Future, memoryview | None]] = deque()
+    pending: deque[tuple[str, Future, tuple[str, bytes | memoryview] | None]] = deque()
 
     def write_first() -> None:
         key, future, mesh = pending.popleft()
@@ -128,7 +128,8 @@ def write_shard(
                     for i, seed in enumerate(batch.seeds):
                         sample = {k: v[i] for k, v in batch.arrays.items()}
                         job = (timed_call, record_members, sample, batch.meta[i], image_format, png_level)
-                        pending.append((sample_key(seed), pool.submit(*job) if pool else _done(*job), batch.meshes[i]))
+                        mesh = (batch.mesh_member, batch.meshes[i]) if batch.meshes[i] is not None else None
+                        pending.append((sample_key(seed), pool.submit(*job) if pool else _done(*job), mesh))
                 while len(pending) > max_pending or (pending and pending[0][1].done()):
                     write_first()
             while pending:

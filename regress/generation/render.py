@@ -1,4 +1,4 @@
-"""Rendering on the generator's device: the batches of a run's shards, in order, with meshes laid out as PLY files."""
+"""Rendering on the generator's device: the batches of a run's shards, in order, with their mesh files."""
 
 from __future__ import annotations
 
@@ -12,26 +12,27 @@ from regress.camera import ViewMixture
 from regress.generation.timing import StageClock
 from regress.generators.base import Generator
 from regress.geometry.grids import density_grid
-from regress.geometry.meshes import grids_to_ply
+from regress.geometry.mesh_files import grid_files
 from regress.sample import ARRAY_FIELDS
 from regress.store.shard_set import ShardLayout
 
 
 @dataclasses.dataclass
 class RenderedBatch:
-    """One generator call's records, on the CPU: its shard, seeds, arrays (N, ...), meta and PLY meshes."""
+    """One generator call's records, on the CPU: its shard, seeds, arrays (N, ...), meta and mesh files."""
 
     shard: int
     seeds: range
     arrays: dict[str, np.ndarray]
     meta: list[dict]
-    meshes: list[memoryview | None]
+    meshes: list[bytes | memoryview | None]
+    mesh_member: str = "mesh.ply"
 
 
 def render_batches(
     generator: Generator, layout: ShardLayout, shards: list[int], mixture: ViewMixture, settings: dict[str, Any], batch_size: int, clock: StageClock
 ) -> Iterator[RenderedBatch]:
-    """Every batch of the given shards in order; meshes are marched and laid out as PLY files on the device.
+    """Every batch of the given shards in order; meshes are marched on the device (PLY files laid out there too).
 
     One batch ahead: batch k+1 is queued on the device before batch k's arrays are waited for, so the
     host's share of a batch (seeded draws, cameras, launches) runs while the device renders.
@@ -74,16 +75,17 @@ def _copy_to_host(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
 
 def _finish(generator: Generator, queued: _QueuedBatch, mesh: dict[str, Any] | None, clock: StageClock) -> RenderedBatch:
     """A queued batch's meshes (marched now) and its arrays on the host (waited for)."""
-    meshes: list[memoryview | None] = [None] * len(queued.seeds)
+    meshes: list[bytes | memoryview | None] = [None] * len(queued.seeds)
     with torch.inference_mode():
         if mesh:
             with clock("render: density grids"):
                 grids = density_grid(generator, queued.batch["w"], mesh["resolution"])
-            with clock("render: meshes (march, piece, PLY)"):
-                meshes = grids_to_ply(grids, mesh["level"], mesh["box_size"], mesh["keep_largest"])
+            with clock("render: meshes (march, piece, file)"):
+                meshes = grid_files(grids, mesh["level"], mesh["box_size"], mesh["keep_largest"], mesh.get("format", "ply"))
             del grids
         with clock("render: arrays to CPU"):
             if queued.copied is not None:
                 queued.copied.synchronize()
             arrays = {k: t.numpy() for k, t in queued.copies.items()}
-    return RenderedBatch(queued.shard, queued.seeds, arrays, queued.batch["meta"], meshes)
+    member = f"mesh.{mesh.get('format', 'ply')}" if mesh else "mesh.ply"
+    return RenderedBatch(queued.shard, queued.seeds, arrays, queued.batch["meta"], meshes, member)

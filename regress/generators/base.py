@@ -43,7 +43,7 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
-RENDERING_METHODS = ("mapping", "synthesis", "density", "landmarks_3d")
+RENDERING_METHODS = ("mapping", "synthesis", "density", "landmarks_3d", "point_colours")
 REDUCED_FLOATS = (torch.float16, torch.bfloat16)
 
 
@@ -68,7 +68,8 @@ def in_own_precision(method: Callable) -> Callable:
 class Generator(nn.Module, abc.ABC):
     """A 3D-aware face generator: z + camera -> w -> image, depth, mask; density for meshes.
 
-    Optional capabilities have defaults: `density_fns` (density per latent, for meshes) and
+    Optional capabilities have defaults: `density_fns` (density per latent, for meshes), `point_colours` (None:
+    no colour of its own; `colour_fns` per latent) and
     `landmarks_3d` (None: the backend has no 3D landmarks, camera fits use a template).
     `mapping`, `synthesis`, `density` and `landmarks_3d` of every backend run in the backend's own
     precision, also when called inside a model's autocast (`in_own_precision` wraps them).
@@ -149,6 +150,15 @@ class Generator(nn.Module, abc.ABC):
         Backends whose density has a per-latent part worth computing once (EG3D's tri-planes) override this.
         """
         return [lambda points, i=i: self.density(points, w[i : i + 1]) for i in range(len(w))]
+
+    def point_colours(self, points: torch.Tensor, w: torch.Tensor) -> torch.Tensor | None:
+        """The generator's own colour (N, P, 3) in [0, 1] at world points (N, P, 3), before any lighting or
+        super-resolution, for coloured meshes; None when the backend has none."""
+        return None
+
+    def colour_fns(self, w: torch.Tensor) -> list[Callable[[torch.Tensor], torch.Tensor | None]]:
+        """One colour function of world points (1, P, 3) per latent of w, as `density_fns` (computed once where it can)."""
+        return [lambda points, i=i: self.point_colours(points, w[i : i + 1]) for i in range(len(w))]
 
     def landmarks_3d(self, w: torch.Tensor) -> torch.Tensor | None:
         """World positions (N, 68, 3) of the 68 iBUG facial landmarks on the heads of w; None when the backend has none."""

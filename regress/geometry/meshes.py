@@ -1,5 +1,5 @@
 """Meshes of generated heads: marching cubes of density grids (batched, where the grids live), their binary PLY
-files, and meshes of depth maps. Meshes are trimesh objects in world units, float32 vertices.
+files, meshes of depth maps, and generators' surfaces in their own colours. Meshes are trimesh objects in world units, float32 vertices.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import torch
 import trimesh
 
 from regress.camera import camera_rays
+from regress.generators.base import Generator
+from regress.geometry.grids import density_grid
 from regress.geometry.marching_cubes import largest_pieces, marching_cubes
 
 
@@ -82,12 +84,17 @@ def grid_to_mesh(values: torch.Tensor | np.ndarray, level: float, box_size: floa
 
 
 def depth_to_mesh(
-    depth: torch.Tensor, camera: torch.Tensor, mask: torch.Tensor | None = None, mask_threshold: float = 0.5
+    depth: torch.Tensor,
+    camera: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    mask_threshold: float = 0.5,
+    colours: np.ndarray | None = None,
 ) -> trimesh.Trimesh:
     """A mesh from a depth map (R, R) seen by a 25-number camera: pixel rays scaled by depth, two triangles per quad.
 
     Depth is the distance along each unit pixel ray (the renderer's expected ray depth); quads
     with a corner whose mask is below `mask_threshold` are left out. Faces look at the camera.
+    `colours` (R, R, 3) uint8, e.g. the photo at the depth's side, colour the vertices.
     """
     depth = torch.as_tensor(depth).reshape(depth.shape[-2:]).double()
     resolution = depth.shape[-1]
@@ -99,9 +106,25 @@ def depth_to_mesh(
     quad_ok = (valid[:-1, :-1] & valid[1:, :-1] & valid[:-1, 1:] & valid[1:, 1:]).reshape(-1)
     # camera y points down and x right, so (a, b, c) = (here, below, right) winds towards the camera
     faces = np.concatenate([np.stack([a, b, c], -1).reshape(-1, 3)[quad_ok], np.stack([c, b, d], -1).reshape(-1, 3)[quad_ok]])
-    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    vertex_colors = None if colours is None else np.asarray(colours, np.uint8).reshape(-1, 3)
+    mesh = trimesh.Trimesh(vertices, faces, vertex_colors=vertex_colors, process=False)
     mesh.remove_unreferenced_vertices()
     return mesh
+
+
+def generator_meshes(generator: Generator, w: torch.Tensor, resolution: int, keep_largest: bool = True) -> list[trimesh.Trimesh]:
+    """The surfaces of latents w (N, num_ws, w_dim) at the generator's level, marched where w lives, their vertices
+    coloured by the generator's own colour (`Generator.point_colours`) when it has one."""
+    grids = density_grid(generator, w, resolution)
+    vertices, faces, vertex_counts, face_counts = extract_meshes(grids, generator.surface_level, generator.box_size, keep_largest)
+    del grids
+    meshes = []
+    pieces = zip(vertices.split(vertex_counts.tolist()), faces.split(face_counts.tolist()), generator.colour_fns(w))
+    for points, triangles, colour_of in pieces:
+        colours = colour_of(points[None]) if len(points) else None
+        rgba = None if colours is None else (colours[0].float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        meshes.append(trimesh.Trimesh(points.cpu().numpy(), triangles.cpu().numpy(), vertex_colors=rgba, process=False))
+    return meshes
 
 
 def mesh_to_ply(mesh: trimesh.Trimesh) -> bytes:

@@ -119,6 +119,11 @@ class AnalyticGenerator(Generator):
         p = {name: value.unsqueeze(1) for name, value in self.params(w).items()}
         return DENSITY_MAX * torch.sigmoid(-head.sdf(points, p) / DENSITY_SCALE).unsqueeze(-1)
 
+    def point_colours(self, points: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """The head's albedo (N, P, 3) at world points (N, P, 3): its colour before lighting."""
+        p = {name: value.unsqueeze(1) for name, value in self.params(w).items()}
+        return head.albedo(points, p)
+
     def landmarks_3d(self, w: torch.Tensor) -> torch.Tensor:
         """World positions (N, 68, 3) of the 68 iBUG facial landmarks on the heads of w (differentiable)."""
         return landmarks.landmarks_3d(self.params(w))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -150,6 +150,18 @@ class EG3DGenerator(Generator):
         """The tri-planes of all of w computed once, then queried per latent."""
         planes = self.planes(w)
         return [lambda points, i=i: self.density_from_planes(planes[i : i + 1], points) for i in range(len(w))]
+
+    def point_colours(self, points: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """The tri-plane decoder's RGB (N, P, 3) in [0, 1]: the first three feature channels, which composite to `image_raw`."""
+        return self._colours_from_planes(self.planes(w), points)
+
+    def colour_fns(self, w: torch.Tensor) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        planes = self.planes(w)
+        return [lambda points, i=i: self._colours_from_planes(planes[i : i + 1], points) for i in range(len(w))]
+
+    def _colours_from_planes(self, planes: torch.Tensor, points: torch.Tensor, chunk: int = DENSITY_CHUNK) -> torch.Tensor:
+        colours = [self._field(planes, part)[1][:, :3].transpose(1, 2) for part in points.split(chunk, dim=1)]
+        return torch.cat(colours, dim=1).float().clamp(0, 1)
 
     def _field(self, planes: torch.Tensor, points: torch.Tensor, with_features: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """sigma (N, P) float32 and features (N, C, P) in the planes' dtype, channels first (one fused kernel where it can)."""
