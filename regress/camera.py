@@ -85,6 +85,13 @@ def make_cameras(
     return torch.cat([cam2world.reshape(n, 16), k.reshape(n, 9)], dim=1).float()
 
 
+def orbit_cameras(frames: int, yaw_deg: float = 35.0, pitch_deg: float = 15.0, fov_deg: float = DEFAULT_FOV_DEG) -> torch.Tensor:
+    """A closed orbit of `frames` cameras (N, 25) around the head: yaw swings ±yaw_deg and pitch ±pitch_deg on an
+    ellipse (frame 0 frontal in yaw, looking from above), as EG3D's novel-view videos move."""
+    t = torch.arange(frames, dtype=torch.float64) / frames
+    return make_cameras(math.radians(yaw_deg) * torch.sin(2 * math.pi * t), -math.radians(pitch_deg) * torch.cos(2 * math.pi * t), fov_deg=fov_deg)
+
+
 def frontal_camera(n: int = 1, fov_deg: float = DEFAULT_FOV_DEG) -> torch.Tensor:
     """The conditioning camera of the generation scripts: frontal, radius 2.7, pivot (0, 0, 0.2)."""
     return make_cameras(torch.zeros(n), torch.zeros(n), fov_deg=fov_deg)

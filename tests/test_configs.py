@@ -16,6 +16,7 @@ import regress
 import regress.evaluate as evaluate
 import regress.fit as fit
 import regress.generate as generate
+import regress.predict as predict
 from regress import configs
 from regress.camera import ViewMixture
 from regress.training.cli import CountingTrainer
@@ -92,6 +93,7 @@ def test_fit_refuses_an_unknown_config_name_as_a_usage_error(capsys):
     [
         (generate.main, ["--config", "eg3d"], "generator", "eg3d"),
         (evaluate.main, ["benchmark", "--config", "benchmark"], "output", "data/benchmark"),
+        (predict.main, ["--config", "eg3d"], "mesh_resolution", 256),
     ],
 )
 def test_generate_and_evaluate_read_configs_by_short_name(main, args, key, value, capsys):
@@ -176,6 +178,8 @@ def config_problems(name: str) -> list[str]:
         return extra + needless_keys("init_args.", config.get("init_args") or {}, parameter_defaults(import_path(target)), target, {})
     if group == "generate":
         return needless_keys("", config, parameter_defaults(generate.generate), "regress.generate.generate", {})
+    if group == "predict":
+        return needless_keys("", config, parameter_defaults(predict.predict), "regress.predict.predict", {})
     if group == "evaluate":
         command = evaluate.benchmark if name == "evaluate/benchmark.yaml" else evaluate.pairs
         return needless_keys("", config, parameter_defaults(command), f"regress.evaluate.{command.__name__}", {})

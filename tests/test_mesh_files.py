@@ -16,6 +16,7 @@ from regress.datamodules.shards import ShardDataModule
 from regress.generate import generate
 from regress.generators import GeneratorSpec
 from regress.generators.analytic import head
+from regress.geometry.grids import density_grid
 from regress.geometry.mesh_files import MESH_FORMATS, SURFACE_FORMATS, density_mrc_bytes, mesh_file_bytes, read_density_mrc, read_mesh
 from regress.geometry.meshes import depth_to_mesh, generator_meshes, grid_to_mesh, mesh_to_ply
 from tests.test_geometry import sphere_grid
@@ -80,7 +81,7 @@ def test_a_depth_mesh_of_an_analytic_render_lies_on_the_head_and_takes_the_photo
 def test_generator_meshes_are_coloured_by_the_analytic_heads_albedo():
     generator = ANALYTIC.create()
     w = torch.stack([generator.mean_latent(), generator.mapping(torch.randn(1, generator.z_dim), make_cameras(0.0, 0.0))[0]])
-    meshes = generator_meshes(generator, w, 48)
+    meshes = generator_meshes(generator, w, density_grid(generator, w, 48))
     assert len(meshes) == 2 and all(len(m.faces) > 1000 for m in meshes)
     for i, mesh in enumerate(meshes):
         p = {name: value[i : i + 1].unsqueeze(1) for name, value in generator.params(w).items()}

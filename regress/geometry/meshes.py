@@ -12,7 +12,6 @@ import trimesh
 
 from regress.camera import camera_rays
 from regress.generators.base import Generator
-from regress.geometry.grids import density_grid
 from regress.geometry.marching_cubes import largest_pieces, marching_cubes
 
 
@@ -112,12 +111,11 @@ def depth_to_mesh(
     return mesh
 
 
-def generator_meshes(generator: Generator, w: torch.Tensor, resolution: int, keep_largest: bool = True) -> list[trimesh.Trimesh]:
-    """The surfaces of latents w (N, num_ws, w_dim) at the generator's level, marched where w lives, their vertices
-    coloured by the generator's own colour (`Generator.point_colours`) when it has one."""
-    grids = density_grid(generator, w, resolution)
+def generator_meshes(generator: Generator, w: torch.Tensor, grids: torch.Tensor, keep_largest: bool = True) -> list[trimesh.Trimesh]:
+    """The surfaces of latents w (N, num_ws, w_dim) in their density grids (N, R, R, R) (`grids.density_grid`) at the
+    generator's level, marched where the grids live, vertices coloured by the generator's own colour
+    (`Generator.point_colours`) when it has one."""
     vertices, faces, vertex_counts, face_counts = extract_meshes(grids, generator.surface_level, generator.box_size, keep_largest)
-    del grids
     meshes = []
     pieces = zip(vertices.split(vertex_counts.tolist()), faces.split(face_counts.tolist()), generator.colour_fns(w))
     for points, triangles, colour_of in pieces:

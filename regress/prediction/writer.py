@@ -1,0 +1,140 @@
+"""Predictions -> one folder per face (`OUTPUT/NAME/`), written whole or not at all; failed photos listed with why.
+
+A face's folder holds the files people open (PNG, NPY, meshes in the asked formats, MP4) and `meta.json` with the
+sources, checksums, camera and the seconds of every stage. A photo is done when its first face's folder exists, so a
+rerun skips it; a photo that failed is listed in `failed/` (one file a photo, safe with several ranks) until it succeeds,
+and `errors.json` gathers them at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from regress.geometry.mesh_files import SURFACE_FORMATS, density_mrc_bytes, mesh_file_bytes
+from regress.models.previews import colormap_depth, depth_range
+from regress.prediction.predictor import FacePrediction
+from regress.prediction.photos import PhotoItem
+from regress.sample import MASK_THRESHOLD, encode_image, npy_bytes
+from regress.store.files import write_folder, write_json
+from regress.store.pairs import record_key
+from regress.store.shard_set import setting_differences
+from regress.store.video import video_bytes
+
+FAILED = "failed"
+SETTINGS = "settings.json"
+ERRORS = "errors.json"
+
+
+def photo_done(output: Path, photo: Path) -> bool:
+    """Whether a photo's first face is written (its folder is whole: folders are renamed into place)."""
+    return (output / record_key(photo) / "meta.json").is_file()
+
+
+def prepare_output(output: Path, settings: dict[str, Any], resume: bool) -> None:
+    """Check a resumed output was made with the same settings, or remove the faces it holds (only ours); record the settings."""
+    path = Path(output) / SETTINGS
+    if resume and path.is_file():
+        saved = json.loads(path.read_text())
+        if saved != settings:
+            differ = ", ".join(setting_differences(saved, settings))
+            raise ValueError(f"{output} holds predictions made with other settings ({differ}); choose another --output or pass --resume false to redo them")
+    if not resume:
+        for meta in Path(output).glob("*/meta.json"):
+            shutil.rmtree(meta.parent)
+        shutil.rmtree(Path(output) / FAILED, ignore_errors=True)
+    (Path(output) / FAILED).mkdir(parents=True, exist_ok=True)
+    write_json(path, settings)
+
+
+def coloured_depth(depth: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """A depth map (R, R) as a Turbo-coloured uint8 image (R, R, 3) on its own masked range."""
+    d = torch.from_numpy(depth)[None, None]
+    m = torch.ones_like(d) if mask is None else torch.from_numpy(mask)[None, None]
+    near, far = depth_range(d, m)
+    return colormap_depth(d, m, near, far)[0].permute(1, 2, 0).numpy()
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes each batch's faces as they come (`Trainer.predict` keeps nothing in memory); `facts` go into every meta.json."""
+
+    def __init__(self, output: Path, mesh_formats: tuple[str, ...], facts: dict[str, Any], video_fps: int = 24) -> None:
+        super().__init__(write_interval="batch")
+        self.output, self.mesh_formats, self.facts, self.video_fps = Path(output), mesh_formats, facts, video_fps
+        self.written: list[str] = []
+        self.failed: list[str] = []
+
+    def write_on_batch_end(self, trainer, pl_module, prediction: list, batch_indices, batch, batch_idx: int, dataloader_idx: int) -> None:
+        for result in sorted(prediction, key=lambda r: -r.face.index if isinstance(r, FacePrediction) else 0):  # face 0 last: it marks the photo done
+            if isinstance(result, PhotoItem):
+                write_json(self.output / FAILED / f"{record_key(result.path)}.json", {"source": str(result.path.resolve()), "error": result.error})
+                self.failed.append(result.error)
+                print(f"regress.predict: skipped {result.error}", flush=True)
+                continue
+            start = time.perf_counter()
+            members = self.members(result)
+            seconds = {**result.seconds, "front end": result.item.seconds / max(1, len(result.item.faces)), "write": time.perf_counter() - start}
+            members["meta.json"] = (json.dumps(self.meta(result, seconds), sort_keys=True, indent=1) + "\n").encode()
+            write_folder(self.output / result.key, members)
+            (self.output / FAILED / f"{record_key(result.item.path)}.json").unlink(missing_ok=True)
+            self.written.append(result.key)
+
+    def members(self, p: FacePrediction) -> dict[str, bytes]:
+        """A face's files by name."""
+        face = p.face
+        files = {
+            "crop.png": encode_image(face.image, "png"),
+            "camera.npy": npy_bytes(face.camera.numpy()),
+            "camera.json": json.dumps({"camera": face.camera.tolist(), **face.camera_meta}, indent=1).encode(),
+        }
+        if p.depth is not None:
+            files["depth.npy"] = npy_bytes(p.depth)
+            files["depth_color.png"] = encode_image(coloured_depth(p.depth, None if p.render_mask is None else _resized(p.render_mask, p.depth.shape[-1])), "png")
+            files.update({f"depth_mesh.{f}": mesh_file_bytes(p.depth_mesh, f) for f in self.mesh_formats if f in SURFACE_FORMATS})
+        if p.w is not None:
+            files["w.npy"] = npy_bytes(p.w)
+            files["render.png"] = encode_image(p.render, "png")
+            files["render_depth.npy"] = npy_bytes(p.render_depth)
+            files["render_depth_color.png"] = encode_image(coloured_depth(p.render_depth, p.render_mask), "png")
+            files.update({f"mesh.{f}": mesh_file_bytes(p.mesh, f) for f in self.mesh_formats if f in SURFACE_FORMATS})
+            if p.grid is not None:
+                files["mesh.mrc"] = density_mrc_bytes(p.grid, self.facts["generator"]["box_size"])
+            if p.video is not None:
+                files["orbit.mp4"] = video_bytes(p.video, self.video_fps)
+        return files
+
+    def meta(self, p: FacePrediction, seconds: dict[str, float]) -> dict[str, Any]:
+        face = p.face
+        return {
+            **self.facts,
+            "source": str(p.item.path.resolve()),
+            "face_index": face.index,
+            "crop": face.aligned.as_meta(),
+            "camera": face.camera_meta,
+            "refine_final_loss": p.refine_losses[-1]["loss"] if p.refine_losses else None,
+            "mesh_faces": len(p.mesh.faces) if p.mesh is not None else None,
+            "depth_mesh_faces": len(p.depth_mesh.faces) if p.depth_mesh is not None else None,
+            "seconds": seconds,
+        }
+
+
+def _resized(mask: np.ndarray, side: int) -> np.ndarray:
+    """A mask at another side (area average), thresholded as masks are."""
+    resized = torch.nn.functional.interpolate(torch.from_numpy(mask)[None, None], size=side, mode="area")[0, 0]
+    return (resized > MASK_THRESHOLD).float().numpy()
+
+
+def gather_errors(output: Path) -> dict[str, str]:
+    """The failed photos (source -> why) listed in `failed/`, written to errors.json; empty when none failed."""
+    folder = Path(output) / FAILED
+    entries = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    errors = {e["source"]: e["error"] for e in entries}
+    write_json(Path(output) / ERRORS, {"errors": [{"source": s, "error": e} for s, e in sorted(errors.items())]})
+    return errors
