@@ -60,6 +60,8 @@ def load_image(path: str | Path, max_pixels: int = 64_000_000, min_side: int = 6
     the size is checked from the header, before anything is decoded.
     """
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise FaceError(f"{path}: a symbolic link that leads nowhere (a loop, or its target is gone); fix or remove the link")
     try:
         with Image.open(path) as pil:
             width, height = pil.size

@@ -31,6 +31,7 @@ from regress.inversion.align import FaceError
 from regress.inversion.front_end import FaceCrop, PhotoFrontEnd
 from regress.inversion.project import ProjectionConfig, project
 from regress.sample import SCHEMA_VERSION, encode_image, encode_sample, image_to_float, image_to_uint8, npy_bytes
+from regress.store.files import resolved
 from regress.store.pairs import (
     prepare_pairs_folder,
     read_pair_errors,
@@ -167,7 +168,7 @@ def build_pairs(
     bar = tqdm(images, desc="pairs", unit="photo", disable=not progress, dynamic_ncols=True)
     for path in bar:
         bar.set_postfix_str(path.name[:32])
-        source = str(path.resolve())  # errors are keyed like records: one photo, however its path is spelled
+        source = str(resolved(path))  # errors are keyed like records: one photo, however its path is spelled
         errors.pop(str(path), None)  # sets written before errors were keyed so
         if record_key(path) in done:
             errors.pop(source, None)

@@ -19,7 +19,8 @@ def list_images(source: str | Path | list) -> list[Path]:
         return [Path(p) for p in source]
     source = Path(source)
     if source.is_dir():
-        found = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        # links that lead nowhere are listed too: they fail with their reason instead of vanishing
+        found = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink()))
         if not found:
             raise FileNotFoundError(f"{source} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         return found

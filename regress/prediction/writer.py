@@ -23,7 +23,7 @@ from regress.models.previews import colormap_depth, depth_range
 from regress.prediction.predictor import FacePrediction
 from regress.prediction.photos import PhotoItem
 from regress.sample import MASK_THRESHOLD, encode_image, npy_bytes
-from regress.store.files import write_folder, write_json
+from regress.store.files import resolved, write_folder, write_json
 from regress.store.pairs import record_key
 from regress.store.shard_set import setting_differences
 from regress.store.video import video_bytes
@@ -74,7 +74,7 @@ class PredictionWriter(BasePredictionWriter):
     def write_on_batch_end(self, trainer, pl_module, prediction: list, batch_indices, batch, batch_idx: int, dataloader_idx: int) -> None:
         for result in sorted(prediction, key=lambda r: -r.face.index if isinstance(r, FacePrediction) else 0):  # face 0 last: it marks the photo done
             if isinstance(result, PhotoItem):
-                write_json(self.output / FAILED / f"{record_key(result.path)}.json", {"source": str(result.path.resolve()), "error": result.error})
+                write_json(self.output / FAILED / f"{record_key(result.path)}.json", {"source": str(resolved(result.path)), "error": result.error})
                 self.failed.append(result.error)
                 print(f"regress.predict: skipped {result.error}", flush=True)
                 continue
@@ -114,7 +114,7 @@ class PredictionWriter(BasePredictionWriter):
         face = p.face
         return {
             **self.facts,
-            "source": str(p.item.path.resolve()),
+            "source": str(resolved(p.item.path)),
             "face_index": face.index,
             "crop": face.aligned.as_meta(),
             "camera": face.camera_meta,

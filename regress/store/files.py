@@ -23,6 +23,14 @@ def partial_path(path: Path, unique: bool = False) -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}{PARTIAL}" if unique else path.name + PARTIAL)
 
 
+def resolved(path: Path) -> Path:
+    """The path with its links followed, or as an absolute path where they lead in a loop: one name for one file."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError):  # RuntimeError: Python before 3.13 on a symlink loop
+        return Path(path).absolute()
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write bytes through a temporary name unique to this process, then rename."""
     partial = partial_path(path, unique=True)

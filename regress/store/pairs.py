@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from regress.store.files import PARTIAL, parse_manifest, write_folder, write_json
+from regress.store.files import PARTIAL, parse_manifest, resolved, write_folder, write_json
 from regress.store.shard_set import setting_differences
 from regress.store.shards import ShardWriter
 
@@ -32,7 +32,7 @@ SETTINGS = "settings.json"
 def record_key(path: Path, face_index: int = 0) -> str:
     """A stable, WebDataset-safe key (no dots) from the photo's name and full path, and the face's index."""
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", path.stem)[:48]
-    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
+    digest = hashlib.sha1(str(resolved(path)).encode()).hexdigest()[:8]
     return f"{stem}-{digest}" + (f"-face{face_index}" if face_index else "")
 
 

@@ -1,0 +1,165 @@
+"""`python -m regress.predict`: real photos through real checkpoints to files that open: meshes in every format,
+depth in world units, renders at the photo's camera, orbit videos; bad photos listed, reruns skip finished ones."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data as skimage_data
+
+from regress import fit, predict
+from regress.generators import GeneratorSpec
+from regress.geometry.mesh_files import read_density_mrc, read_mesh
+from regress.geometry.meshes import depth_to_mesh
+from regress.sample import MASK_THRESHOLD, image_to_uint8
+from regress.store.video import read_video
+
+pytestmark = pytest.mark.single_thread
+OPTIONS = {"image_resolution": 64, "render_resolution": 32, "depth_resolution": 32}
+GENERATOR = GeneratorSpec("analytic", options=OPTIONS)
+STAGES = {"front end", "depth regressor", "latent regressor", "refine", "render", "generator mesh", "video", "depth mesh", "write"}
+
+
+def _fit(model: str, root: Path) -> Path:
+    fit.main([
+        "--data", "synth-online", "--model", model, "--data.generator_options", json.dumps(OPTIONS), "--data.batch_size", "4",
+        "--data.epoch_length", "8", "--data.val_size", "4", "--model.encoder", "test_resnet", "--trainer.max_steps", "2",
+        "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(root),
+    ])  # fmt: skip
+    return next(root.rglob("last.ckpt"))
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """A DepthRegressor and a LatentRegressor fitted two steps on the small analytic head: real Lightning checkpoints."""
+    return {model: _fit(model, tmp_path_factory.mktemp(model)) for model in ("depth", "latent")}
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    astronaut = skimage_data.astronaut()
+    Image.fromarray(astronaut).save(folder / "astronaut.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(folder / "no_face.png")
+    Image.fromarray(astronaut).resize((40, 40)).save(folder / "tiny.png")
+    (folder / "not_an_image.jpg").write_text("not a picture\n")
+    os.symlink(folder / "loop.png", folder / "loop.png")
+    return folder
+
+
+BAD = {"no_face.png": "no face found", "tiny.png": "too small", "not_an_image.jpg": "not an image file", "loop.png": "a symbolic link that leads nowhere"}
+
+
+def _predict(photos: Path, output: Path, checkpoints: dict, *extra: str) -> dict:
+    return predict.main([
+        "--config", "analytic", "--images", str(photos), "--output", str(output), "--generator_options", json.dumps(OPTIONS),
+        "--depth_checkpoint", str(checkpoints["depth"]), "--latent_checkpoint", str(checkpoints["latent"]),
+        "--mesh_format", "[glb, ply, obj, mrc]", "--mesh_resolution", "40", "--video_frames", "6", "--refine", "2",
+        "--num_workers", "0", "--device", "cpu", "--progress", "false", *extra,
+    ])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def predicted(photos, checkpoints, tmp_path_factory) -> tuple[Path, dict]:
+    output = tmp_path_factory.mktemp("predict") / "out"
+    return output, _predict(photos, output, checkpoints)
+
+
+def test_bad_photos_are_listed_with_their_reason_and_the_good_one_is_written(predicted):
+    output, summary = predicted
+    errors = {Path(source).name: error for source, error in summary["errors"].items()}
+    assert set(errors) == set(BAD) and all(BAD[name] in errors[name] for name in BAD)
+    assert json.loads((output / "errors.json").read_text())["errors"] == [{"source": s, "error": e} for s, e in sorted(summary["errors"].items())]
+    [face] = [p for p in output.iterdir() if (p / "meta.json").is_file()]
+    assert face.name.startswith("astronaut-") and summary["written"] == 1
+
+
+def test_every_mesh_format_holds_the_same_generator_surface_in_the_generators_own_colours(predicted):
+    output, _ = predicted
+    face = next(output.glob("astronaut-*"))
+    meshes = [read_mesh((face / f"mesh.{f}").read_bytes(), f) for f in ("glb", "ply", "obj")]
+    assert len(meshes[0].faces) > 500
+    for mesh in meshes[1:]:
+        np.testing.assert_allclose(mesh.vertices, meshes[0].vertices, atol=1e-6)
+        assert np.array_equal(mesh.faces, meshes[0].faces) and np.array_equal(mesh.visual.vertex_colors, meshes[0].visual.vertex_colors)
+    generator, w = GENERATOR.create(), torch.from_numpy(np.load(face / "w.npy"))[None]
+    albedo = generator.point_colours(torch.from_numpy(np.asarray(meshes[0].vertices, np.float32))[None], w)[0].numpy()
+    assert np.abs(np.asarray(meshes[0].visual.vertex_colors)[:, :3] / 255 - albedo).max() <= 0.5 / 255 + 1e-6
+    grid, box_size = read_density_mrc((face / "mesh.mrc").read_bytes())
+    assert grid.shape == (40, 40, 40) and box_size == pytest.approx(generator.box_size, rel=1e-6)
+    assert (grid > generator.surface_level).sum() > 100  # the head is inside the grid
+
+
+def test_the_render_is_the_generator_at_the_photos_camera_and_the_depth_mesh_is_the_depth(predicted):
+    output, _ = predicted
+    face = next(output.glob("astronaut-*"))
+    camera = torch.from_numpy(np.load(face / "camera.npy"))
+    assert json.loads((face / "camera.json").read_text())["camera"] == pytest.approx(camera.tolist())
+    generator, w = GENERATOR.create(), torch.from_numpy(np.load(face / "w.npy"))[None]
+    out = generator.synthesis(w, camera[None])
+    render = np.asarray(Image.open(face / "render.png"))
+    assert np.abs(render.astype(int) - image_to_uint8(out["image"])[0].permute(1, 2, 0).numpy()).max() <= 1
+    np.testing.assert_allclose(np.load(face / "render_depth.npy"), out["depth"][0, 0].numpy(), atol=1e-5)
+    crop = np.asarray(Image.open(face / "crop.png"))
+    assert crop.shape == (64, 64, 3)
+    depth = np.load(face / "depth.npy")
+    mask = torch.nn.functional.interpolate(out["mask"], size=depth.shape[-1], mode="area")[0, 0]
+    expected = depth_to_mesh(torch.from_numpy(depth), camera, mask, MASK_THRESHOLD)
+    for name in ("depth_mesh.glb", "depth_mesh.ply"):
+        mesh = read_mesh((face / name).read_bytes(), name.rsplit(".", 1)[1])
+        np.testing.assert_allclose(mesh.vertices, expected.vertices, atol=1e-6)
+        assert np.array_equal(mesh.faces, expected.faces) and mesh.visual.kind == "vertex"
+
+
+def test_the_orbit_video_and_the_meta_record_the_run(predicted, checkpoints):
+    output, _ = predicted
+    face = next(output.glob("astronaut-*"))
+    frames = read_video(face / "orbit.mp4")
+    assert frames.shape == (6, 64, 128, 3)  # render | depth, side by side
+    assert np.abs(frames[0].astype(int) - frames[2].astype(int)).mean() > 1  # the head turns
+    meta = json.loads((face / "meta.json").read_text())
+    assert set(meta["seconds"]) == STAGES and all(v >= 0 for v in meta["seconds"].values())
+    assert meta["checkpoints"]["latent"]["sha256"] == __import__("hashlib").sha256(checkpoints["latent"].read_bytes()).hexdigest()
+    assert meta["generator"]["generator"]["checksum"] == GENERATOR.build().identity()["checksum"]
+    assert meta["camera"]["kind"] == "fitted" and meta["refine_final_loss"] > 0 and meta["source"].endswith("astronaut.png")
+
+
+def test_a_rerun_skips_finished_photos_and_other_settings_are_refused(predicted, photos, checkpoints):
+    output, _ = predicted
+    before = {p: p.stat().st_mtime_ns for p in output.glob("astronaut-*/*")}
+    summary = _predict(photos, output, checkpoints)
+    assert summary["written"] == 0 and summary["skipped"] == 1 and len(summary["errors"]) == len(BAD)
+    assert {p: p.stat().st_mtime_ns for p in output.glob("astronaut-*/*")} == before
+    with pytest.raises(SystemExit) as exit_info:
+        _predict(photos, output, checkpoints, "--refine", "0")
+    assert exit_info.value.code == 1
+
+
+@pytest.mark.parametrize(
+    "args, status",
+    [
+        (["--images", "missing-folder", "--latent_checkpoint", "x.ckpt"], 1),
+        (["--images", ".", "--mesh_format", "stl"], 2),
+    ],
+)
+def test_bad_command_lines_exit_with_one_line(args, status, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main([*args, "--output", str(tmp_path / "out"), "--device", "cpu"])
+    assert exit_info.value.code == status
+    assert len(capsys.readouterr().err.strip().splitlines()) <= 2
+
+
+def test_depth_only_writes_no_generator_outputs(photos, checkpoints, tmp_path):
+    summary = predict.main([
+        "--images", str(photos / "astronaut.png"), "--output", str(tmp_path), "--generator_options", json.dumps(OPTIONS),
+        "--depth_checkpoint", str(checkpoints["depth"]), "--num_workers", "0", "--device", "cpu", "--progress", "false",
+    ])  # fmt: skip
+    face = next(tmp_path.glob("astronaut-*"))
+    assert summary["written"] == 1
+    assert sorted(p.name for p in face.iterdir()) == ["camera.json", "camera.npy", "crop.png", "depth.npy", "depth_color.png", "depth_mesh.glb", "meta.json"]
