@@ -9,7 +9,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "regress"
 # Lowest first. A module may import its own package and the layers below its layer, never another name of its layer
 # nor a layer above. Every module and package directly under regress/ is named here once; a name that does not exist
-# (yet: render) is allowed.
+# is allowed.
 LAYERS = [
     {"errors"},
     {"configs"},

@@ -13,10 +13,13 @@ import torch
 from PIL import Image
 from skimage import data as skimage_data
 
-from regress import fit, predict
+from regress import fit, predict, render
+from regress.camera import frontal_camera
+from regress.generate import generate
 from regress.generators import GeneratorSpec
+from regress.geometry.grids import density_grid
 from regress.geometry.mesh_files import read_density_mrc, read_mesh
-from regress.geometry.meshes import depth_to_mesh
+from regress.geometry.meshes import depth_to_mesh, generator_meshes
 from regress.sample import MASK_THRESHOLD, image_to_uint8
 from regress.store.video import read_video
 
@@ -163,3 +166,36 @@ def test_depth_only_writes_no_generator_outputs(photos, checkpoints, tmp_path):
     face = next(tmp_path.glob("astronaut-*"))
     assert summary["written"] == 1
     assert sorted(p.name for p in face.iterdir()) == ["camera.json", "camera.npy", "crop.png", "depth.npy", "depth_color.png", "depth_mesh.glb", "meta.json"]
+
+
+def test_render_orbits_a_predicted_face_and_walks_between_two_shard_samples(predicted, tmp_path):
+    output, _ = predicted
+    face = next(output.glob("astronaut-*"))
+    options = ["--generator_options", json.dumps(OPTIONS), "--frames", "5", "--mesh_resolution", "32", "--device", "cpu"]
+    orbit = render.main(["--w", str(face), "--output", str(tmp_path / "orbit"), *options])
+    assert orbit["files"] == ["mesh.glb", "meta.json", "orbit.mp4"] and read_video(tmp_path / "orbit" / "orbit.mp4").shape == (5, 64, 128, 3)
+    generate(tmp_path / "shards", generator="analytic", generator_options=OPTIONS, num_samples=4, samples_per_shard=2, progress=False)
+    walk = render.main(["--w", f"{tmp_path / 'shards'}:1", "--to", f"{tmp_path / 'shards'}:2", "--output", str(tmp_path / "walk"), "--mesh_format", "[ply, mrc]", *options])
+    assert walk["files"] == ["interpolation.mp4", *(f"mesh_{m}.{f}" for m in ("end", "middle", "start") for f in ("mrc", "ply")), "meta.json"]
+    samples = GENERATOR.build().sample([1, 2])
+    frames = read_video(tmp_path / "walk" / "interpolation.mp4")
+    fronts = image_to_uint8(GENERATOR.build().synthesis(samples["w"], frontal_camera(2))["image"]).permute(0, 2, 3, 1).numpy().astype(float)
+    for frame, i in ((frames[0], 0), (frames[-1], 1)):  # the walk starts and ends at the two samples, seen from the front
+        errors = [np.abs(frame[:, :64] - front).mean() for front in fronts]
+        assert errors[i] < 6 and errors[i] < errors[1 - i] / 2  # H.264 (crf 20) of a 64-pixel render
+    middle = read_mesh((tmp_path / "walk" / "mesh_middle.ply").read_bytes(), "ply")
+    expected = generator_meshes(GENERATOR.build(), (samples["w"][:1] + samples["w"][1:]) / 2, density_grid(GENERATOR.build(), (samples["w"][:1] + samples["w"][1:]) / 2, 32))[0]
+    np.testing.assert_allclose(middle.vertices, expected.vertices, atol=1e-5)
+
+
+def test_render_refuses_a_latent_of_another_generator_and_a_folder_it_did_not_write(tmp_path, capsys):
+    np.save(tmp_path / "w.npy", np.zeros((14, 7), np.float32))
+    with pytest.raises(SystemExit) as exit_info:
+        render.main(["--w", str(tmp_path / "w.npy"), "--output", str(tmp_path / "out"), "--generator_options", json.dumps(OPTIONS), "--device", "cpu"])
+    assert exit_info.value.code == 1 and "holds a w of shape (14, 7)" in capsys.readouterr().err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    np.save(tmp_path / "w.npy", GENERATOR.build().mean_latent().numpy())
+    with pytest.raises(SystemExit):
+        render.main(["--w", str(tmp_path / "w.npy"), "--output", str(tmp_path / "mine"), "--generator_options", json.dumps(OPTIONS), "--device", "cpu"])
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"

@@ -28,8 +28,9 @@ from regress.geometry.meshes import depth_to_mesh, generator_meshes
 from regress.inversion.front_end import FaceCrop
 from regress.inversion.project import REFINE, ProjectionConfig, project
 from regress.models import DepthRegressor, LatentRegressor
-from regress.models.previews import colormap_depth, depth_range
+from regress.models.previews import depth_range
 from regress.prediction.photos import PhotoItem
+from regress.prediction.views import view_frames
 from regress.sample import MASK_THRESHOLD, image_to_float, image_to_uint8
 
 
@@ -152,21 +153,13 @@ class PhotoPredictor(L.LightningModule):
             prediction.video = None if video is None else video[i]
 
     def _orbits(self, w: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
-        """Each latent's orbit (N, F, S, 2S, 3) uint8: the render beside its depth, one depth scale per face (its render's)."""
-        g, c = self.generator, self.choices
+        """Each latent's orbit (N, F, S, 2S, 3) uint8: the render beside its depth, on the depth scale of its render at the photo's camera."""
+        c = self.choices
         cameras = orbit_cameras(c.video_frames, c.orbit_yaw_deg, c.orbit_pitch_deg).to(self.device)
         near, far = depth_range(depth, mask)
-        videos = []
-        for i in range(len(w)):
-            frames = []
-            for chunk in cameras.split(max(8, len(w))):  # as many frames a call as the batch has faces, at least 8
-                out = g.synthesis(w[i : i + 1].expand(len(chunk), -1, -1), chunk)
-                side = out["image"].shape[-1]
-                colour = colormap_depth(out["depth"].float(), out["mask"].float(), near[i], far[i])
-                colour = F.interpolate(colour.float(), size=side, mode="bilinear", align_corners=False).round().to(torch.uint8)
-                frames.append(torch.cat([image_to_uint8(out["image"]), colour], dim=3))
-            videos.append(torch.cat(frames).permute(0, 2, 3, 1).cpu().numpy())
-        return np.stack(videos)
+        chunk = max(8, len(w))  # as many frames a call as the batch has faces, at least 8
+        return np.stack([view_frames(self.generator, w[i : i + 1].expand(len(cameras), -1, -1), cameras, float(near[i]), float(far[i]), chunk)
+                         for i in range(len(w))])  # fmt: skip
 
     def _depth_meshes(self, out: list[FacePrediction], depth: torch.Tensor, crops: torch.Tensor, cameras: torch.Tensor) -> None:
         """The depth regressor's depth as meshes coloured by the crop; faces kept where the generator's render of the same
