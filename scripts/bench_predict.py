@@ -37,7 +37,7 @@ from bench_synthesis import machine  # scripts/ is on sys.path when this runs as
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--photos", type=Path, required=True, help="a folder of photos (the labelled fixtures: NAME.npy files are ignored)")
+    parser.add_argument("--photos", type=Path, help="a folder of photos (the labelled fixtures: NAME.npy files are ignored)")
     parser.add_argument("--generator", default=None)
     parser.add_argument("--checkpoint", type=Path, default=None, help="the generator's weights")
     parser.add_argument("--generator_options", type=json.loads, default=None)
@@ -55,10 +55,11 @@ def main() -> None:
 
     device = pick_device(args.device)
     generator = GeneratorSpec(args.generator, args.checkpoint, args.generator_options).build(device)
-    photos = [p for p in list_images(args.photos) if p.parent == args.photos]  # the single photos, not multiview/
     if args.load_items is not None:
         items = torch.load(args.load_items, weights_only=False)  # our own file, written by --save_items
+        photos = [item.path for item in items]
     else:
+        photos = [p for p in list_images(args.photos) if p.parent == args.photos]  # the single photos, not multiview/
         dataset = PhotoDataset(photos, PhotoFrontEnd(generator_template(generator), generator.image_resolution))
         items = [dataset[i] for i in range(len(dataset))]
     if args.save_items is not None:
