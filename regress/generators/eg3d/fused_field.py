@@ -28,10 +28,12 @@ SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus: x itself above it
 
 
 def supported(planes: torch.Tensor, decoder: OSGDecoder) -> bool:
-    """Whether the fused kernel can run: Triton present, float16 planes on a GPU, widths that tl.dot takes."""
+    """Whether the fused kernel can run: Triton present, float16 planes on a GPU, widths that tl.dot takes, and no
+    gradient wanted (the kernel has no backward: projection takes the differentiable path)."""
     channels, hidden = decoder.net[0].weight.shape[1], decoder.net[0].weight.shape[0]
     powers = all(k >= 16 and k & (k - 1) == 0 for k in (channels, hidden))
-    return triton is not None and planes.is_cuda and planes.dtype == torch.float16 and powers
+    wants_grad = torch.is_grad_enabled() and (planes.requires_grad or any(p.requires_grad for p in decoder.parameters()))
+    return triton is not None and planes.is_cuda and planes.dtype == torch.float16 and powers and not wants_grad
 
 
 def fused_field(
