@@ -17,7 +17,7 @@ LAYERS = [
     {"store"},
     {"runtime"},
     {"generators"},
-    {"geometry", "faces"},
+    {"geometry", "faces", "gallery"},
     {"generation", "inversion", "datamodules", "models"},  # four pipelines that meet only on disk and in faces/
     {"training", "evaluation"},
     {"fit", "generate", "evaluate", "predict", "render"},
