@@ -42,7 +42,7 @@ class PageCheck:
     failures: list[str]
     images: list[dict[str, Any]]  # {"src", "width"}: naturalWidth, 0 when the image did not load
     views: list[dict[str, Any]]  # {"file", "std", "changed"}: the view's pixels' spread and the share off its background
-    console_errors: list[str]
+    console_errors: list[str]  # console.error calls, uncaught errors, failed loads: the page's record and the protocol's
     screenshot: np.ndarray  # (H, W, 3) uint8, the viewport
     seconds: float
     warnings: list[str] = field(default_factory=list)
@@ -114,6 +114,7 @@ class DevTools:
         for domain in ("Runtime", "Log", "Page"):
             self.call(f"{domain}.enable")
         self.call("Emulation.setDeviceMetricsOverride", {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+        self.call("Page.addScriptToEvaluateOnNewDocument", {"source": ERROR_HOOK})
         self.call("Page.navigate", {"url": url})
 
     def evaluate(self, expression: str) -> Any:
@@ -152,7 +153,19 @@ class DevTools:
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
+# The page's own record of its errors, kept from before its first script: the protocol's console events can miss
+# messages logged while the page's new renderer process starts.
+ERROR_HOOK = """
+window.__errors = [];
+const logError = console.error.bind(console);
+console.error = (...args) => { window.__errors.push(args.map(String).join(" ")); logError(...args); };
+addEventListener("error", (e) => window.__errors.push(e instanceof ErrorEvent ? e.message
+  : `failed to load ${e.target && (e.target.currentSrc || e.target.src || e.target.tagName)}`), true);
+addEventListener("unhandledrejection", (e) => window.__errors.push(`unhandled rejection: ${e.reason}`));
+"""
+
 FACTS = """JSON.stringify({
+  errors: window.__errors || [],
   state: document.body.dataset.gallery,
   failures: JSON.parse(document.body.dataset.failures || "[]"),
   images: [...document.images].map(i => ({src: i.getAttribute("src"), width: i.naturalWidth})),
@@ -192,7 +205,7 @@ def check_page(page: Path, binary: str, width: int = 1400, height: int = 2400, t
             views.append({"file": view["file"], "std": float(box.std()), "changed": float(off.mean())})
         return PageCheck(
             state=facts["state"] or "loading", failures=facts["failures"], images=facts["images"], views=views,
-            console_errors=browser.console(("error", "assert")), screenshot=screenshot,
+            console_errors=list(dict.fromkeys(facts["errors"] + browser.console(("error", "assert")))), screenshot=screenshot,
             seconds=time.monotonic() - start, warnings=browser.console(("warning",)),
         )  # fmt: skip
     finally:
