@@ -183,7 +183,7 @@ h1 { font-size: 1.4em; margin: 0 0 .2em; } h2 { font-size: 1.1em; margin: 0 0 .4
 article { border-top: 1px solid #ddd; padding: 1em 0; }
 .media { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
 figure { margin: 0; } figcaption { font-size: 12px; color: #555; text-align: center; }
-img { display: block; max-width: 512px; max-height: 300px; }
+img { display: block; height: 240px; width: auto; max-width: 100%; }
 video { display: block; width: 256px; }
 model-viewer { display: block; width: 300px; height: 300px; background: #cfd5dc; }
 model-viewer::part(default-progress-bar) { display: none; }
