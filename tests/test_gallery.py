@@ -104,7 +104,7 @@ def glb_file(path: Path) -> Path:
 
 
 def sidecar_glb(script: Path) -> bytes:
-    key, data = re.fullmatch(r'regressGalleryMesh\("(\d+)", "([A-Za-z0-9+/=]+)"\);\n', script.read_text()).groups()
+    _, data = re.fullmatch(r'regressGalleryMesh\("(\d+)", "([A-Za-z0-9+/=]+)"\);\n', script.read_text()).groups()
     return gzip.decompress(base64.b64decode(data))
 
 

@@ -94,23 +94,17 @@ def colorize_depth(
 
 
 def add_colorbar(figure, axes, near: float, far: float, label: str = DEPTH_LABEL):
-    """A colour bar for `colorize_depth(..., near, far)` on matplotlib `axes` (or beside them), ticked in world units."""
+    """A colour bar for `colorize_depth(..., near, far)` drawn in matplotlib `axes`, ticked in world units."""
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
     mappable = ScalarMappable(norm=Normalize(near, far), cmap=colormaps[COLORMAP])
-    bar = figure.colorbar(mappable, cax=axes) if _is_axes(axes) else figure.colorbar(mappable, ax=axes)
+    bar = figure.colorbar(mappable, cax=axes)
     bar.set_label(label, fontsize=7)
     bar.ax.tick_params(labelsize=6)
     bar.ax.invert_yaxis()  # near at the top, as a face's nose is nearer than its ears
     return bar
-
-
-def _is_axes(value) -> bool:
-    from matplotlib.axes import Axes
-
-    return isinstance(value, Axes)
 
 
 def depth_figure_png(
