@@ -24,7 +24,9 @@ from regress import evaluate, fit  # noqa: E402
 from regress.camera import make_cameras  # noqa: E402
 from regress.datamodules.pairs import PairDataModule, PairDataset, validation_keys  # noqa: E402
 from regress.generators import GeneratorSpec  # noqa: E402
+from regress.evaluation.report import plot_examples  # noqa: E402
 from regress.faces.landmarks import generator_template  # noqa: E402
+from regress.gallery.depth import colorize_depth  # noqa: E402
 from regress.geometry.meshes import mesh_from_ply  # noqa: E402
 from regress.inversion.align import FaceAligner, FaceError  # noqa: E402
 from regress.inversion.front_end import PhotoFrontEnd  # noqa: E402
@@ -305,8 +307,29 @@ def test_benchmark_reports_on_lightning_checkpoints(pair_set, latent_checkpoint,
     assert "| depth_absrel |" in markdown and "| rerender_psnr |" in markdown and record_key(Path("x")).split("-")[0] == "x"
     assert report["outputs"]["examples"].endswith("examples.png")
     with Image.open(report_dir / "plots" / "examples.png") as grid:
-        assert grid.width > grid.height  # five columns of examples, four rows
+        assert grid.width > grid.height  # five columns of examples and a colour bar, four rows
+    page = (report_dir / "index.html").read_text()
+    assert report["outputs"]["page"] == str(report_dir / "index.html")
+    shown = re.findall(r'<img src="([^"]+)" alt="([^"]+)">', page)
+    assert [alt for _, alt in shown] == ["real", "inverted", "depth", "predicted latent render"] * min(4, len(GOOD))
+    assert all((report_dir / src).is_file() for src, _ in shown)
+    assert all(f"<h2>{r['key']}</h2>" in page for r in saved["per_pair"][:4]) and "depth · depth_absrel" in page
     assert "encoder" not in saved and "## encoder" not in markdown  # encoder_seeds: 0 in the config
+
+
+def test_example_pairs_colour_each_rows_depths_on_one_scale(tmp_path):
+    ramp = torch.linspace(2.0, 2.5, 32 * 32).view(1, 1, 32, 32)
+    inverted = torch.cat([ramp, ramp + 10.0])  # the second pair lies much further away
+    mask = torch.ones_like(inverted)
+    images = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    tensors = {"real": images, "inverted": images, "inverted depth": torch.cat([inverted, mask], 1),
+               "predicted depth": torch.cat([inverted + 0.3, mask], 1)}  # fmt: skip
+    with Image.open(plot_examples(tensors, tmp_path / "examples.png")) as figure:
+        pixels = np.asarray(figure.convert("RGB")).astype(int)
+    nearest, farthest = (colorize_depth(np.full((1, 1), end), None, 0.0, 1.0)[0, 0] for end in (0.0, 1.0))
+    half = len(pixels) // 2
+    for rows in (pixels[:half], pixels[half:]):  # each pair's row runs through the whole colour scale
+        assert (np.abs(rows - nearest).max(-1) <= 2).sum() > 50 and (np.abs(rows - farthest).max(-1) <= 2).sum() > 50
 
 
 def test_benchmark_adds_the_encoder_table_on_held_out_seeds(pair_set, latent_checkpoint, tmp_path):

@@ -17,7 +17,7 @@ LAYERS = [
     {"store"},
     {"runtime"},
     {"generators"},
-    {"geometry", "faces"},
+    {"geometry", "faces", "gallery"},
     {"generation", "inversion", "datamodules", "models"},  # four pipelines that meet only on disk and in faces/
     {"training", "evaluation"},
     {"prediction"},  # photos -> 3D faces: the regressors as evaluation loads them

@@ -24,7 +24,8 @@ from regress.models.losses import DepthLoss, cycle_loss, gradient_l1, latent_los
 from regress.camera import make_cameras
 from regress.faces.perceptual import PerceptualDistance
 from regress.models.metrics import NOVEL_VIEWS_DEG, DepthMetrics, ImageMetrics, LatentMetrics, landmark_points, pixel_landmarks
-from regress.models.previews import colormap_depth, depth_range, log_preview, preview_grid
+from regress.gallery.depth import BACKGROUND
+from regress.models.previews import depth_columns, log_preview, preview_grid
 
 from test_online import TINY_GENERATOR, tiny_data
 
@@ -119,13 +120,15 @@ def test_latent_metrics_on_known_values():
 
 def test_previews_colour_depth_and_reach_tensorboard(tmp_path):
     depth = torch.linspace(2.0, 3.0, 16).view(1, 1, 4, 4).repeat(2, 1, 1, 1)
+    depth[1] += 5.0  # the second sample lies further away: its own scale
     mask = torch.ones_like(depth)
     mask[:, :, 0, 0] = 0
-    near, far = depth_range(depth, mask)
-    colours = colormap_depth(depth, mask, near, far)
+    colours, shifted = depth_columns([depth, depth + 0.4], [mask, mask])
     assert colours.dtype == torch.uint8 and colours.shape == (2, 3, 4, 4)
-    assert colours[0, :, 0, 0].tolist() == [0, 0, 0]  # background
-    assert colours[0, 0, 3, 3] < colours[0, 0, 0, 1]  # far is bluer than near
+    assert tuple(colours[0, :, 0, 0].tolist()) == BACKGROUND
+    assert colours[0, :, 0, 1].sum() > colours[0, :, 3, 3].sum()  # near is the bright end
+    assert torch.equal(colours[0], colours[1])  # each row on its own scale
+    assert torch.equal(shifted[0, :, 0, 1], colours[0, :, 1, 3])  # one scale per row: depth 2 + 7/15 is one colour
     grid = preview_grid([torch.zeros(2, 3, 8, 8, dtype=torch.uint8), colours], size=16)
     assert grid.shape == (3, 32, 32)
     logger = TensorBoardLogger(tmp_path)

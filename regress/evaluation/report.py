@@ -1,4 +1,5 @@
-"""The benchmark's outputs: `report.json`, `report.md` (tables) and plots (error histograms, example pairs)."""
+"""The benchmark's outputs: `report.json`, `report.md` (tables), plots (error histograms, example pairs) and `index.html`
+(the example pairs and every score, opened from the folder)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import torch
 
 from regress.evaluation.benchmark import EXAMPLE_COLUMNS
 from regress.evaluation.encoder_table import markdown as encoder_markdown
-from regress.models.previews import colormap_depth, depth_range, preview_grid
+from regress.gallery.depth import add_colorbar, colorize_depth, depth_figure_png, depth_range, figure_png, pyplot
+from regress.gallery.page import GalleryItem, write_gallery
+from regress.sample import encode_image
 from regress.store.files import write_atomic, write_json
 
 HISTOGRAMS = (
@@ -23,17 +26,8 @@ HISTOGRAMS = (
     ("inversion_psnr", "inversion PSNR (dB)"),
 )
 PER_PAIR_ROWS = 50
-
-
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError as error:
-        raise ImportError("the benchmark's plots need matplotlib: pip install matplotlib") from error
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+DEPTH_COLUMNS = ("inverted depth", "predicted depth")
+GALLERY_FOLDER = "gallery"  # the page's images, beside index.html
 
 
 def _fmt(value: Any) -> str:
@@ -68,7 +62,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 def plot_histograms(report: dict[str, Any], path: Path) -> Path:
     """One histogram per per-pair metric present in the report."""
-    plt = _pyplot()
+    plt = pyplot()
     present = [(k, label) for k, label in HISTOGRAMS if any(r.get(k) is not None for r in report["per_pair"])]
     cols = min(3, max(len(present), 1))
     rows = -(-max(len(present), 1) // cols)
@@ -86,41 +80,71 @@ def plot_histograms(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def example_grid(tensors: dict[str, torch.Tensor], size: int = 128) -> tuple[np.ndarray, list[str]]:
-    """Example pairs as one uint8 grid (H, W, 3), a row per pair, and the names of its columns."""
-    columns, names = [], []
-    near = far = None
-    if "inverted depth" in tensors:
-        depth, mask = tensors["inverted depth"][:, :1], tensors["inverted depth"][:, 1:]
-        near, far = depth_range(depth, mask)
-    for name in EXAMPLE_COLUMNS:
-        if name not in tensors:
-            continue
-        value = tensors[name]
-        if name.endswith("depth"):
-            value = colormap_depth(value[:, :1], value[:, 1:], near, far)
-        columns.append(value)
-        names.append(name)
-    return preview_grid(columns, size).permute(1, 2, 0).numpy(), names
+def _image(tensor: torch.Tensor) -> np.ndarray:
+    """One uint8 image (3, H, W) as (H, W, 3) for matplotlib and PNG files."""
+    return tensor.permute(1, 2, 0).numpy()
 
 
-def plot_examples(tensors: dict[str, torch.Tensor], path: Path, size: int = 128) -> Path:
-    """Real photo, inverted image, inverted and predicted depth, and the predicted latent's render, per pair."""
-    plt = _pyplot()
-    grid, names = example_grid(tensors, size)
-    figure = plt.figure(figsize=(1.6 * len(names), 1.6 * grid.shape[0] / size + 0.4))
-    ax = figure.add_axes((0, 0, 1, 0.92))
-    ax.imshow(grid)
-    ax.set_xticks([size * (i + 0.5) for i in range(len(names))], names, fontsize=7)
-    ax.xaxis.set_ticks_position("top")
-    ax.set_yticks([])
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+def row_depths(tensors: dict[str, torch.Tensor], row: int) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """A pair's depth maps, each (name, depth (R, R), mask (R, R)): the inverted one and, when scored, the prediction."""
+    return [(name, tensors[name][row, 0], tensors[name][row, 1]) for name in DEPTH_COLUMNS if name in tensors]
+
+
+def plot_examples(tensors: dict[str, torch.Tensor], path: Path, size: float = 1.6) -> Path:
+    """Real photo, inverted image, inverted and predicted depth, and the predicted latent's render, a row per pair;
+    the depths of a row on one scale, with its colour bar in world units."""
+    plt = pyplot()
+    names = [name for name in EXAMPLE_COLUMNS if name in tensors]
+    rows = len(tensors[names[0]])
+    bar = any(name in DEPTH_COLUMNS for name in names)
+    figure, axes = plt.subplots(
+        rows, len(names) + bar, figsize=(size * len(names) + 0.9 * bar, size * rows + 0.3), squeeze=False,
+        gridspec_kw={"width_ratios": [1.0] * len(names) + [0.06] * bar},
+    )  # fmt: skip
+    for row in range(rows):
+        depths = row_depths(tensors, row)
+        near, far = depth_range([depth for _, depth, _ in depths], [mask for _, _, mask in depths]) if depths else (0.0, 1.0)
+        for ax, name in zip(axes[row], names):
+            value = tensors[name][row]
+            ax.imshow(colorize_depth(value[0], value[1], near, far) if name in DEPTH_COLUMNS else _image(value))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name, fontsize=7)
+        if bar:
+            add_colorbar(figure, axes[row, -1], near, far, label="depth (world units)")
+    write_atomic(path, figure_png(figure))
     return path
 
 
+def write_page(report: dict[str, Any], tensors: dict[str, torch.Tensor], output: Path) -> Path:
+    """`index.html`: the example pairs (real crop, inverted image, their depths on one scale with a colour bar, the
+    predicted latent's render) with their scores, and the aggregates; every pair's scores stay in report.json/.md."""
+    folder = output / GALLERY_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    shown = len(tensors["real"]) if tensors else 0
+    items = []
+    for row, scores in enumerate(report["per_pair"][:shown]):
+        images = []
+        for name in (name for name in EXAMPLE_COLUMNS if name in tensors):
+            if name not in DEPTH_COLUMNS:
+                images.append((name, _write_png(folder / f"{row}-{name.replace(' ', '-')}.png", encode_image(_image(tensors[name][row])))))
+            elif not any(caption == "depth" for caption, _ in images):
+                images.append(("depth", _write_png(folder / f"{row}-depth.png", depth_figure_png(row_depths(tensors, row)))))
+        items.append(GalleryItem(str(scores["key"]), images, scores={k: v for k, v in scores.items() if k not in ("key", "source")}))
+    summary = {section: report[section] for section in ("depth", "latent", "inversion", "timing") if report.get(section)}
+    figures = {"pairs": report["pairs"], "pairs shown": shown, "every pair's scores": "report.md, report.json"}
+    return write_gallery(output, f"Regressor benchmark on {report['pairs']} pairs", items, {**figures, **summary})
+
+
+def _write_png(path: Path, data: bytes) -> str:
+    """Write a PNG beside the page; its path relative to the page's folder."""
+    write_atomic(path, data)
+    return f"{GALLERY_FOLDER}/{path.name}"
+
+
 def write_report(report: dict[str, Any], tensors: dict[str, torch.Tensor], output: str | Path) -> dict[str, str]:
-    """Write report.json, report.md and plots/ under `output`; their paths."""
+    """Write report.json, report.md, plots/ and index.html (with gallery/) under `output`; their paths."""
     output = Path(output)
     plots = output / "plots"
     plots.mkdir(parents=True, exist_ok=True)
@@ -129,4 +153,5 @@ def write_report(report: dict[str, Any], tensors: dict[str, torch.Tensor], outpu
     paths = {"json": output / "report.json", "markdown": output / "report.md", "histograms": plot_histograms(report, plots / "histograms.png")}
     if tensors:
         paths["examples"] = plot_examples(tensors, plots / "examples.png")
+    paths["page"] = write_page(report, tensors, output)
     return {k: str(v) for k, v in paths.items()}

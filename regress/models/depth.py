@@ -16,7 +16,7 @@ from torch import nn
 from regress.models.base import Regressor
 from regress.models.losses import DepthLoss
 from regress.models.metrics import DepthMetrics
-from regress.models.previews import colormap_depth, depth_range
+from regress.models.previews import depth_columns
 from regress.sample import Batch
 
 FINEST_REDUCTION = 4  # the decoder starts from the stride-4 level; stride-2 features are skipped
@@ -102,9 +102,4 @@ class DepthRegressor(Regressor):
         self.metrics.update(pred, batch["depth"], batch["mask"])
 
     def preview_columns(self, batch: Batch, pred: torch.Tensor) -> list[torch.Tensor]:
-        near, far = depth_range(batch["depth"], batch["mask"])
-        return [
-            batch["image"],
-            colormap_depth(batch["depth"], batch["mask"], near, far),
-            colormap_depth(pred.detach(), batch["mask"], near, far),
-        ]
+        return [batch["image"].cpu(), *depth_columns([batch["depth"], pred.detach()], [batch["mask"], batch["mask"]])]

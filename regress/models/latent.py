@@ -23,7 +23,7 @@ from regress.generators.spec import describe_record
 from regress.models.base import Regressor
 from regress.models.losses import cycle_loss, latent_loss
 from regress.models.metrics import ImageMetrics, LatentMetrics
-from regress.models.previews import colormap_depth, depth_range
+from regress.models.previews import depth_columns
 from regress.sample import Batch, image_to_uint8
 
 
@@ -166,10 +166,5 @@ class LatentRegressor(Regressor):
             return []
         with torch.no_grad():
             render = self._generator_on(pred.device).synthesis(pred, batch["camera"])
-        near, far = depth_range(batch["depth"], batch["mask"])
-        return [
-            batch["image"],
-            image_to_uint8(render["image"]),
-            colormap_depth(batch["depth"], batch["mask"], near, far),
-            colormap_depth(render["depth"], render["mask"], near, far),
-        ]
+        depths = depth_columns([batch["depth"], render["depth"]], [batch["mask"], render["mask"]])
+        return [batch["image"].cpu(), image_to_uint8(render["image"]).cpu(), *depths]
