@@ -89,7 +89,7 @@ def predict(
     from regress.models import DepthRegressor
     from regress.prediction.photos import PhotoDataset, collate_photos
     from regress.prediction.predictor import PhotoPredictor, PredictionChoices
-    from regress.prediction.writer import PredictionWriter, gather_errors, photo_done, prepare_output
+    from regress.prediction.writer import PredictionWriter, gather_errors, photo_done, prepare_output, write_predict_page
 
     formats = tuple(dict.fromkeys(check_mesh_format(f) for f in ([mesh_format] if isinstance(mesh_format, str) else mesh_format)))
     if depth_checkpoint is None and latent_checkpoint is None:
@@ -124,10 +124,14 @@ def predict(
         )  # fmt: skip
         data = DataLoader(PhotoDataset(todo, front_end), batch_size=batch_size, num_workers=num_workers, collate_fn=collate_photos)
         trainer.predict(PhotoPredictor(synthesizer, depth_model, latent_model, choices), data, return_predictions=False)
+        trainer.strategy.barrier()  # every rank's faces are written before rank 0 lists them
+        if not trainer.is_global_zero:
+            return {"output": str(out), "written": len(writer.written)}
     errors = gather_errors(out)
-    summary = {"output": str(out), "written": len(writer.written), "skipped": len(photos) - len(todo), "errors": errors}
+    page = write_predict_page(out, errors)
+    summary = {"output": str(out), "written": len(writer.written), "skipped": len(photos) - len(todo), "errors": errors, "page": str(page)}
     failed = f"{len(errors)} failed" + (f": see {out / 'errors.json'}" if errors else "")
-    print(f"regress.predict: {len(writer.written)} faces written to {out} ({summary['skipped']} photos already done, {failed})", file=sys.stderr)
+    print(f"regress.predict: {len(writer.written)} faces written to {out} ({summary['skipped']} photos already done, {failed}); open {page}", file=sys.stderr)
     if len(errors) == len(photos):
         raise ValueError(f"no photo could be used, {failed}")
     return summary

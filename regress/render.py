@@ -63,7 +63,7 @@ def render(
     from regress.camera import frontal_camera, orbit_cameras
     from regress.geometry.grids import density_grid
     from regress.geometry.meshes import generator_meshes
-    from regress.models.previews import depth_range
+    from regress.gallery.depth import depth_range
     from regress.prediction.latents import load_latent
     from regress.prediction.views import view_frames
     from regress.store.files import write_folder
@@ -88,8 +88,7 @@ def render(
     ends = torch.stack([torch.from_numpy(latent.w) for latent in latents]).to(synthesizer.device)
     with torch.no_grad():
         front = synthesizer.synthesis(ends, frontal_camera(len(ends)).to(synthesizer.device))
-        near, far = depth_range(front["depth"].float(), front["mask"].float())
-        near, far = float(near.min()), float(far.max())  # one scale for the whole video
+        near, far = depth_range(list(front["depth"]), list(front["mask"]))  # one scale for the whole video
         if to is None:
             cameras, path, name = orbit_cameras(frames, yaw_deg, pitch_deg), ends[:1].expand(frames, -1, -1), "orbit"
             marks = {"": ends[0]}

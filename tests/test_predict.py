@@ -16,6 +16,7 @@ from skimage import data as skimage_data
 from regress import fit, predict, render
 from regress.camera import frontal_camera
 from regress.generate import generate
+from regress.gallery import read_depth_png
 from regress.generators import GeneratorSpec
 from regress.geometry.grids import density_grid
 from regress.geometry.mesh_files import read_density_mrc, read_mesh
@@ -165,7 +166,9 @@ def test_depth_only_writes_no_generator_outputs(photos, checkpoints, tmp_path):
     ])  # fmt: skip
     face = next(tmp_path.glob("astronaut-*"))
     assert summary["written"] == 1
-    assert sorted(p.name for p in face.iterdir()) == ["camera.json", "camera.npy", "crop.png", "depth.npy", "depth_color.png", "depth_mesh.glb", "meta.json"]
+    assert sorted(p.name for p in face.iterdir()) == ["camera.json", "camera.npy", "crop.png", "depth.npy", "depth.png", "depth_color.png", "depth_mesh.glb", "meta.json"]
+    depth, mask = read_depth_png(face / "depth.png")  # 16 bits, world units kept
+    assert mask.all() and np.nanmax(np.abs(depth - np.load(face / "depth.npy"))) <= (np.ptp(np.load(face / "depth.npy")) / 65534) * 0.51 + 1e-6
 
 
 def test_render_orbits_a_predicted_face_and_walks_between_two_shard_samples(predicted, tmp_path):
@@ -199,3 +202,23 @@ def test_render_refuses_a_latent_of_another_generator_and_a_folder_it_did_not_wr
     with pytest.raises(SystemExit):
         render.main(["--w", str(tmp_path / "w.npy"), "--output", str(tmp_path / "mine"), "--generator_options", json.dumps(OPTIONS), "--device", "cpu"])
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.slow
+def test_the_predict_page_opens_in_a_real_browser_with_every_image_and_the_mesh_drawn(predicted):
+    from tests.chromium import check_page, find_chromium
+
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("no chromium binary found: apt-get install chromium (or set REGRESS_CHROMIUM)")
+    output, summary = predicted
+    check = check_page(Path(summary["page"]), binary)
+    assert check.state == "ready", check.failures
+    assert check.console_errors == []
+    face = next(output.glob("astronaut-*")).name
+    assert [i["src"] for i in check.images] == [f"{face}/crop.png", f"{face}/render.png", f"{face}/depth_color.png"]
+    assert all(i["width"] > 0 for i in check.images)
+    (view,) = check.views
+    assert view["changed"] > 0.05 and view["std"] > 5.0, view  # the generator's mesh, drawn
+    page = Path(summary["page"]).read_text()
+    assert all(name in page for name in BAD) and "orbit.mp4" in page  # failed photos listed with the reason, the video shown

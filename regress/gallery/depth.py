@@ -137,7 +137,14 @@ def figure_png(figure, dpi: int = 110) -> bytes:
 def write_depth_png(
     path: str | Path, depth: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor | None = None
 ) -> tuple[float, float]:
-    """Write depth (H, W) as a 16-bit grayscale PNG that keeps world units; returns its (near, far).
+    """Write `depth_png_bytes` to `path` (atomically); returns its (near, far)."""
+    data, near, far = depth_png_bytes(depth, mask)
+    write_atomic(Path(path), data)
+    return near, far
+
+
+def depth_png_bytes(depth: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor | None = None) -> tuple[bytes, float, float]:
+    """Depth (H, W) as a 16-bit grayscale PNG that keeps world units, and its (near, far).
 
     Code 0 is "no depth" (off the mask or not finite); codes 1..65535 run linearly from near to far, the exact
     minimum and maximum of the masked depth, which the PNG's text chunk records (`regress:depth_near`,
@@ -154,8 +161,7 @@ def write_depth_png(
     info.add_text(PNG_FAR, repr(far))
     buffer = io.BytesIO()
     Image.fromarray(codes).save(buffer, format="PNG", pnginfo=info)
-    write_atomic(Path(path), buffer.getvalue())
-    return near, far
+    return buffer.getvalue(), near, far
 
 
 def read_depth_png(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

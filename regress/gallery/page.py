@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import gzip
 import html
-import json
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path, PurePosixPath

@@ -28,7 +28,7 @@ from regress.geometry.meshes import depth_to_mesh, generator_meshes
 from regress.inversion.front_end import FaceCrop
 from regress.inversion.project import REFINE, ProjectionConfig, project
 from regress.models import DepthRegressor, LatentRegressor
-from regress.models.previews import depth_range
+from regress.gallery.depth import depth_range
 from regress.prediction.photos import PhotoItem
 from regress.prediction.views import view_frames
 from regress.sample import MASK_THRESHOLD, image_to_float, image_to_uint8
@@ -156,9 +156,8 @@ class PhotoPredictor(L.LightningModule):
         """Each latent's orbit (N, F, S, 2S, 3) uint8: the render beside its depth, on the depth scale of its render at the photo's camera."""
         c = self.choices
         cameras = orbit_cameras(c.video_frames, c.orbit_yaw_deg, c.orbit_pitch_deg).to(self.device)
-        near, far = depth_range(depth, mask)
         chunk = max(8, len(w))  # as many frames a call as the batch has faces, at least 8
-        return np.stack([view_frames(self.generator, w[i : i + 1].expand(len(cameras), -1, -1), cameras, float(near[i]), float(far[i]), chunk)
+        return np.stack([view_frames(self.generator, w[i : i + 1].expand(len(cameras), -1, -1), cameras, *depth_range([depth[i]], [mask[i]]), chunk)
                          for i in range(len(w))])  # fmt: skip
 
     def _depth_meshes(self, out: list[FacePrediction], depth: torch.Tensor, crops: torch.Tensor, cameras: torch.Tensor) -> None:

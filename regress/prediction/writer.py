@@ -19,7 +19,8 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from regress.geometry.mesh_files import SURFACE_FORMATS, density_mrc_bytes, mesh_file_bytes
-from regress.models.previews import colormap_depth, depth_range
+from regress.gallery import GalleryItem, write_gallery
+from regress.gallery.depth import depth_figure_png, depth_png_bytes
 from regress.prediction.predictor import FacePrediction
 from regress.prediction.photos import PhotoItem
 from regress.sample import MASK_THRESHOLD, encode_image, npy_bytes
@@ -54,14 +55,6 @@ def prepare_output(output: Path, settings: dict[str, Any], resume: bool) -> None
     write_json(path, settings)
 
 
-def coloured_depth(depth: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """A depth map (R, R) as a Turbo-coloured uint8 image (R, R, 3) on its own masked range."""
-    d = torch.from_numpy(depth)[None, None]
-    m = torch.ones_like(d) if mask is None else torch.from_numpy(mask)[None, None]
-    near, far = depth_range(d, m)
-    return colormap_depth(d, m, near, far)[0].permute(1, 2, 0).numpy()
-
-
 class PredictionWriter(BasePredictionWriter):
     """Writes each batch's faces as they come (`Trainer.predict` keeps nothing in memory); `facts` go into every meta.json."""
 
@@ -94,20 +87,23 @@ class PredictionWriter(BasePredictionWriter):
             "camera.npy": npy_bytes(face.camera.numpy()),
             "camera.json": json.dumps({"camera": face.camera.tolist(), **face.camera_meta}, indent=1).encode(),
         }
+        panels = []  # the depths side by side on one scale, with a colour bar in world units
         if p.depth is not None:
-            files["depth.npy"] = npy_bytes(p.depth)
-            files["depth_color.png"] = encode_image(coloured_depth(p.depth, None if p.render_mask is None else _resized(p.render_mask, p.depth.shape[-1])), "png")
+            mask = None if p.render_mask is None else _resized(p.render_mask, p.depth.shape[-1])
+            files["depth.npy"], files["depth.png"] = npy_bytes(p.depth), depth_png_bytes(p.depth, mask)[0]
             files.update({f"depth_mesh.{f}": mesh_file_bytes(p.depth_mesh, f) for f in self.mesh_formats if f in SURFACE_FORMATS})
+            panels.append(("depth regressor", p.depth, mask))
         if p.w is not None:
             files["w.npy"] = npy_bytes(p.w)
             files["render.png"] = encode_image(p.render, "png")
-            files["render_depth.npy"] = npy_bytes(p.render_depth)
-            files["render_depth_color.png"] = encode_image(coloured_depth(p.render_depth, p.render_mask), "png")
+            files["render_depth.npy"], files["render_depth.png"] = npy_bytes(p.render_depth), depth_png_bytes(p.render_depth, p.render_mask)[0]
+            panels.append(("generator at the photo's camera", p.render_depth, p.render_mask))
             files.update({f"mesh.{f}": mesh_file_bytes(p.mesh, f) for f in self.mesh_formats if f in SURFACE_FORMATS})
             if p.grid is not None:
                 files["mesh.mrc"] = density_mrc_bytes(p.grid, self.facts["generator"]["box_size"])
             if p.video is not None:
                 files["orbit.mp4"] = video_bytes(p.video, self.video_fps)
+        files["depth_color.png"] = depth_figure_png(panels)
         return files
 
     def meta(self, p: FacePrediction, seconds: dict[str, float]) -> dict[str, Any]:
@@ -138,3 +134,22 @@ def gather_errors(output: Path) -> dict[str, str]:
     errors = {e["source"]: e["error"] for e in entries}
     write_json(Path(output) / ERRORS, {"errors": [{"source": s, "error": e} for s, e in sorted(errors.items())]})
     return errors
+
+
+def write_predict_page(output: Path, errors: dict[str, str]) -> Path:
+    """`output/index.html`: every face written there (crop, render, depths on one scale, orbit, 3D view of its mesh,
+    camera and timings) and every photo that failed, with why."""
+    items = []
+    for meta_path in sorted(Path(output).glob("*/meta.json")):
+        face, meta = meta_path.parent, json.loads(meta_path.read_text())
+        shown = [(caption, f"{face.name}/{name}") for caption, name in (("crop", "crop.png"), ("render", "render.png"), ("depth", "depth_color.png"))
+                 if (face / name).is_file()]  # fmt: skip
+        mesh = next((f"{face.name}/{name}.{f}" for name in ("mesh", "depth_mesh") for f in SURFACE_FORMATS if (face / f"{name}.{f}").is_file()), None)
+        camera = meta["camera"]
+        scores = {"source": Path(meta["source"]).name, "camera": camera.get("kind", ""),
+                  **{k: camera[k] for k in ("axis_yaw_deg", "axis_pitch_deg", "landmark_rms") if k in camera},
+                  **{f"{stage} (s)": seconds for stage, seconds in meta["seconds"].items()}}  # fmt: skip
+        video = f"{face.name}/orbit.mp4" if (face / "orbit.mp4").is_file() else None
+        items.append(GalleryItem(face.name, shown, video, mesh, scores))
+    items += [GalleryItem(Path(source).name, note=error) for source, error in sorted(errors.items())]
+    return write_gallery(Path(output), "regress.predict", items, {"faces": len(items) - len(errors), "failed photos": len(errors)})
