@@ -29,10 +29,11 @@ SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus: x itself above it
 
 def supported(planes: torch.Tensor, decoder: OSGDecoder) -> bool:
     """Whether the fused kernel can run: Triton present, float16 planes on a GPU, widths that tl.dot takes, and no
-    gradient wanted (the kernel has no backward: projection takes the differentiable path)."""
+    gradient wanted through the planes (the kernel has no backward: projection and pivotal tuning, whose planes
+    come from a latent or weights being optimized, take the differentiable path)."""
     channels, hidden = decoder.net[0].weight.shape[1], decoder.net[0].weight.shape[0]
     powers = all(k >= 16 and k & (k - 1) == 0 for k in (channels, hidden))
-    wants_grad = torch.is_grad_enabled() and (planes.requires_grad or any(p.requires_grad for p in decoder.parameters()))
+    wants_grad = torch.is_grad_enabled() and planes.requires_grad
     return triton is not None and planes.is_cuda and planes.dtype == torch.float16 and powers and not wants_grad
 
 
