@@ -22,6 +22,7 @@ from regress.configs import expand_config_arguments
 from regress.errors import run_command
 from regress.faces.perceptual import PerceptualDistance
 from regress.generators import GeneratorSpec
+from regress.geometry.mesh_files import MeshFormat, check_mesh_format
 from regress.inversion.align import FaceAligner
 from regress.faces.landmarks import generator_template
 from regress.inversion.front_end import PhotoFrontEnd
@@ -48,6 +49,7 @@ def pairs(
     aligned: bool = False,
     with_mesh: bool = False,
     mesh_resolution: int = 128,
+    mesh_format: MeshFormat = "ply",
     image_format: Literal["png", "jpg", "webp"] = "png",
     resume: bool = True,
     shards: bool = False,
@@ -74,8 +76,9 @@ def pairs(
             `mean_face` (a human mean face in world units), or a JSON file with 68 points
         cameras: given camera labels instead of the fit: an EG3D dataset.json, or `npy` for NAME.npy beside each photo
         aligned: the photos are already EG3D crops: no crop (their landmarks are still found)
-        with_mesh: add mesh.ply (marching cubes of the inverted density) to each record
+        with_mesh: add a mesh (marching cubes of the inverted density, `mesh_format`) to each record
         mesh_resolution: density grid points per axis for meshes
+        mesh_format: the mesh file: ply, obj, glb (the surface) or mrc (the density grid)
         image_format: encoding of the inverted image (real.png is always PNG)
         resume: keep records already in `output` and skip their photos
         shards: also pack the records into WebDataset shards
@@ -98,7 +101,7 @@ def pairs(
 
         encoder = latent_encoder(load_latent_regressor(init_checkpoint, synthesizer))
     front_end = PhotoFrontEnd(generator_template(synthesizer, camera_template), synthesizer.image_resolution, aligner, cameras=labels, aligned=aligned)
-    builder = PairBuilder(synthesizer, front_end, projection, perceptual, with_mesh, mesh_resolution, image_format, progress, encoder)
+    builder = PairBuilder(synthesizer, front_end, projection, perceptual, with_mesh, mesh_resolution, check_mesh_format(mesh_format), image_format, progress, encoder)
     settings = {"checkpoint": spec.checkpoint, "generator_options": spec.stored_options(), "camera_template": camera_template,
                 "cameras": cameras, "aligned": aligned, "aligner": dataclasses.asdict(aligner), "perceptual": perceptual.name if perceptual else None,
                 **({"init_checkpoint": init_checkpoint} if init_checkpoint else {})}  # fmt: skip (the key only when given: older sets still resume)

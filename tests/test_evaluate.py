@@ -3,6 +3,7 @@ pairs data module under `regress.fit --data pairs`, and the benchmark's report o
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -27,6 +28,7 @@ from regress.generators import GeneratorSpec  # noqa: E402
 from regress.evaluation.report import plot_examples  # noqa: E402
 from regress.faces.landmarks import generator_template  # noqa: E402
 from regress.gallery.depth import colorize_depth  # noqa: E402
+from regress.geometry.mesh_files import read_mesh  # noqa: E402
 from regress.geometry.meshes import mesh_from_ply  # noqa: E402
 from regress.inversion.align import FaceAligner, FaceError  # noqa: E402
 from regress.inversion.front_end import PhotoFrontEnd  # noqa: E402
@@ -149,6 +151,8 @@ def test_record_with_mesh(photos):
     mesh = mesh_from_ply(members["mesh.ply"])
     assert len(mesh.faces) > 100 and np.abs(mesh.vertices).max() <= generator.box_size / 2 + 1e-4
     assert list(members)[-1] == "meta.json"
+    glb = dataclasses.replace(builder, mesh_format="glb").build(photos / "astronaut.png")[0][1]["mesh.glb"]
+    assert np.array_equal(read_mesh(glb, "glb").faces, mesh.faces)  # the same surface in the format asked
 
 
 def test_aligned_photos_with_given_cameras_are_paired_as_they_are(tmp_path):

@@ -73,7 +73,8 @@ def test_a_depth_mesh_of_an_analytic_render_lies_on_the_head_and_takes_the_photo
     mesh = depth_to_mesh(out["depth"][0, 0], camera[0], out["mask"][0, 0], 0.99, colours)
     p = {name: value.unsqueeze(1) for name, value in generator.params(w).items()}
     distance = head.sdf(torch.from_numpy(np.asarray(mesh.vertices, np.float32))[None], p).abs()
-    assert len(mesh.vertices) > 1000 and float(distance.median()) < 2e-3 and float(distance.quantile(0.95)) < 6e-3  # world units; head ~0.5 wide
+    # measured: median 1.1e-5, 95th percentile 8.9e-5, worst 9.5e-4 world units (the head is about 0.5 wide)
+    assert len(mesh.vertices) > 1000 and float(distance.median()) < 5e-5 and float(distance.quantile(0.95)) < 3e-4
     vertex_colours = np.asarray(mesh.visual.vertex_colors)[:, :3]
     assert set(np.unique(vertex_colours)) == {7, 200}
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from regress.camera import camera_to_pose, frontal_camera
 from regress.generators.base import Generator
 from regress.geometry.grids import density_grid
-from regress.geometry.meshes import grids_to_ply
+from regress.geometry.mesh_files import grid_files
 from regress.faces.identity import identity_scores
 from regress.faces.landmarks import generator_template
 from regress.faces.perceptual import PerceptualDistance
@@ -58,6 +58,7 @@ class PairBuilder:
     perceptual: PerceptualDistance | None = None
     with_mesh: bool = False
     mesh_resolution: int = 128
+    mesh_format: str = "ply"
     image_format: str = "png"
     progress: bool = False
     encoder: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -113,8 +114,8 @@ class PairBuilder:
         members = encode_sample(batch, 0, self.image_format)
         meta_json = members.pop("meta.json")
         if self.with_mesh:
-            grid = density_grid(renderer, result.w, self.mesh_resolution)[0]
-            members["mesh.ply"] = bytes(grids_to_ply(grid[None], renderer.surface_level, renderer.box_size)[0])
+            grids = density_grid(renderer, result.w, self.mesh_resolution)
+            members[f"mesh.{self.mesh_format}"] = bytes(grid_files(grids, renderer.surface_level, renderer.box_size, True, self.mesh_format)[0])
         members["real.png"] = encode_image(real, "png")
         members["landmarks.npy"] = npy_bytes(landmarks)
         members["losses.json"] = json.dumps({"projection": result.losses, "pivotal_tuning": result.pti_losses}).encode()

@@ -24,7 +24,7 @@ from regress.gallery.depth import depth_figure_png, depth_png_bytes
 from regress.prediction.predictor import FacePrediction
 from regress.prediction.photos import PhotoItem
 from regress.sample import MASK_THRESHOLD, encode_image, npy_bytes
-from regress.store.files import resolved, write_folder, write_json
+from regress.store.files import file_sha256, resolved, write_folder, write_json
 from regress.store.pairs import record_key
 from regress.store.shard_set import setting_differences
 from regress.store.video import video_bytes
@@ -111,6 +111,7 @@ class PredictionWriter(BasePredictionWriter):
         return {
             **self.facts,
             "source": str(resolved(p.item.path)),
+            "source_sha256": file_sha256(p.item.path),
             "face_index": face.index,
             "crop": face.aligned.as_meta(),
             "camera": face.camera_meta,
