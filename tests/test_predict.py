@@ -222,3 +222,26 @@ def test_the_predict_page_opens_in_a_real_browser_with_every_image_and_the_mesh_
     assert view["changed"] > 0.05 and view["std"] > 5.0, view  # the generator's mesh, drawn
     page = Path(summary["page"]).read_text()
     assert all(name in page for name in BAD) and "orbit.mp4" in page  # failed photos listed with the reason, the video shown
+
+
+def test_aligned_eg3d_crops_keep_their_given_cameras(checkpoints, tmp_path):
+    from tests.test_photos import PHOTOS
+
+    if not PHOTOS.is_dir():
+        pytest.skip(f"no labelled EG3D photos at {PHOTOS}")
+    photo = tmp_path / "photos" / "celebahq_0.jpg"
+    photo.parent.mkdir()
+    photo.write_bytes((PHOTOS / "celebahq_0.jpg").read_bytes())
+    (photo.parent / "celebahq_0.npy").write_bytes((PHOTOS / "celebahq_0.npy").read_bytes())
+    predict.main([
+        "--images", str(photo.parent), "--output", str(tmp_path / "out"), "--generator_options", json.dumps(OPTIONS),
+        "--latent_checkpoint", str(checkpoints["latent"]), "--aligned", "true", "--cameras", "npy", "--video_frames", "0",
+        "--mesh_resolution", "24", "--num_workers", "0", "--device", "cpu", "--progress", "false",
+    ])  # fmt: skip
+    face = next((tmp_path / "out").glob("celebahq_0-*"))
+    assert np.array_equal(np.load(face / "camera.npy"), np.load(photo.with_suffix(".npy")).astype(np.float32).reshape(25))
+    assert json.loads((face / "meta.json").read_text())["camera"] == {"kind": "given", "labels": "npy"}
+    crop = np.asarray(Image.open(face / "crop.png"))
+    expected = np.asarray(Image.open(photo).convert("RGB").resize((64, 64), Image.Resampling.LANCZOS))
+    assert np.array_equal(crop, expected)  # the photo as it is, at the generator's side
+    assert not (face / "orbit.mp4").exists()
