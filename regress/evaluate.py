@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 
-from regress.configs import expand_config_arguments
-from regress.errors import run_command
+from regress.configs import run_job
 from regress.faces.perceptual import PerceptualDistance
 from regress.generators import GeneratorSpec
 from regress.geometry.mesh_files import MeshFormat, check_mesh_format
@@ -202,13 +201,7 @@ def benchmark(
 
 def main(args: list[str] | None = None) -> Any:
     """Command line: subcommands `pairs` and `benchmark`; errors exit 2 (usage) or 1 with one line (regress.errors)."""
-    from jsonargparse import CLI
-
-    def command() -> Any:
-        expanded = expand_config_arguments(sys.argv[1:] if args is None else args, "evaluate")
-        return CLI([pairs, benchmark], args=expanded, as_positional=False, exit_on_error=False, prog="python -m regress.evaluate")
-
-    return run_command("regress.evaluate", command)
+    return run_job("regress.evaluate", [pairs, benchmark], "evaluate", args)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from regress import __version__
-from regress.configs import expand_config_arguments
-from regress.errors import run_command
+from regress.configs import run_job
 from regress.faces.landmarks import generator_template
 from regress.generators import GeneratorSpec
 from regress.geometry.mesh_files import MeshFormat, check_mesh_format
@@ -139,13 +138,7 @@ def predict(
 
 def main(args: list[str] | None = None) -> Any:
     """Command line; errors exit 2 (usage) or 1 with one line (regress.errors)."""
-    from jsonargparse import CLI
-
-    def command() -> Any:
-        expanded = expand_config_arguments(sys.argv[1:] if args is None else args, "predict")
-        return CLI(predict, args=expanded, as_positional=False, exit_on_error=False, prog="python -m regress.predict")
-
-    return run_command("regress.predict", command)
+    return run_job("regress.predict", predict, "predict", args)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from regress.configs import expand_config_arguments
-from regress.errors import run_command
+from regress.configs import run_job
 from regress.generators import GeneratorSpec
 from regress.geometry.mesh_files import MeshFormat, SURFACE_FORMATS, check_mesh_format, density_mrc_bytes, mesh_file_bytes
 from regress.runtime import pick_device
@@ -113,13 +112,7 @@ def render(
 
 def main(args: list[str] | None = None) -> Any:
     """Command line; errors exit 2 (usage) or 1 with one line (regress.errors)."""
-    from jsonargparse import CLI
-
-    def command() -> Any:
-        expanded = expand_config_arguments(sys.argv[1:] if args is None else args, "render")
-        return CLI(render, args=expanded, as_positional=False, exit_on_error=False, prog="python -m regress.render")
-
-    return run_command("regress.render", command)
+    return run_job("regress.render", render, "render", args)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from importlib.resources import files
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import yaml
 
@@ -79,3 +79,19 @@ def expand_config_arguments(args: list[str], group: str) -> list[str]:
         return expand_flags(args, {"--config": lambda value: None if value is None else str(config_file(group, value))})[0]
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from error
+
+
+def run_job(job: str, components: Callable | list[Callable], group: str, args: list[str] | None = None) -> Any:
+    """A job's command line: `--config` short names of its `group`, then jsonargparse's CLI of `components` (a function,
+    or a list for subcommands); errors exit 2 (usage) or 1 with one line (`regress.errors.run_command`)."""
+    import sys
+
+    from jsonargparse import CLI
+
+    from regress.errors import run_command
+
+    def command() -> Any:
+        expanded = expand_config_arguments(sys.argv[1:] if args is None else args, group)
+        return CLI(components, args=expanded, as_positional=False, exit_on_error=False, prog=f"python -m {job}")
+
+    return run_command(job, command)
