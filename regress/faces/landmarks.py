@@ -95,11 +95,6 @@ def mesh_template() -> LandmarkTemplate:
     return load_template(MESH_TEMPLATE)
 
 
-def calibration_photos() -> list[str]:
-    """Names of the labelled photos the label template (and the EG3D crop's calibration) was fitted on."""
-    return json.loads(TEMPLATES["label"].read_text())["calibration_photos"]
-
-
 def generator_template(generator: Generator, spec: str = "label") -> LandmarkTemplate:
     """The camera fit's template: `label` (EG3D's label frame), `mean_face` (a human mean face in EG3D world
     units), `generator` (the generator's own `landmarks_3d` at the mean latent, else `label`) or a JSON file."""
