@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from regress.inversion.camera_estimate import TRUSTED, combine_cameras
 from regress.inversion.camera_fit import CameraFitter, axis_angle, axis_angles, mesh_camera
 from regress.inversion.crop import recrop_error
 from regress.inversion.mesh import face_mesh, mesh_available
+
 
 def measure(photo: Labelled, constants: dict, mesh: bool) -> dict:
     """The left-out photo through the front end with the fold's constants (see the module docstring)."""

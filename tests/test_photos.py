@@ -125,7 +125,7 @@ def singles_only() -> dict:
     """Every constant fitted on the single photos only (and mirrors): the multi-view person is never seen."""
     if not (PHOTOS / MULTIVIEW).is_dir():
         pytest.skip(f"{PHOTOS / MULTIVIEW} not found (set REGRESS_EG3D_PHOTOS)")
-    return calibrate([p for p in load_labelled(PHOTOS, mesh=True) if p.group != MULTIVIEW])
+    return calibrate(load_labelled(PHOTOS, mesh=True, multiview=False))
 
 
 @needs_mesh

@@ -189,10 +189,11 @@ class Labelled:
         return (self.landmarks + 0.5) / self.image.shape[0]
 
 
-def load_labelled(folder: Path, mesh: bool) -> list[Labelled]:
-    """Every labelled photo of `folder` and of its multiview/ folder, each followed by its mirror image."""
+def load_labelled(folder: Path, mesh: bool, multiview: bool = True) -> list[Labelled]:
+    """Every labelled photo of `folder` (and, with `multiview`, of its multiview/ folder), each followed by its mirror
+    image; `mesh`: with their face meshes."""
     paths = [(p, p.stem) for p in labelled_photos(folder)]
-    if (folder / MULTIVIEW).is_dir():
+    if multiview and (folder / MULTIVIEW).is_dir():
         paths += [(p, MULTIVIEW) for p in labelled_photos(folder / MULTIVIEW)]
     photos = []
     for path, group in paths:
