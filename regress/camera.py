@@ -120,6 +120,37 @@ def camera_to_pose(camera: torch.Tensor) -> Pose:
     return Pose(yaw=h - math.pi / 2, pitch=v - math.pi / 2, radius=radius, fov_deg=fov)
 
 
+def axis_rotation(axis: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """Rotations (N, 3, 3) by `angle` (N,) radians about unit `axis` (N, 3) (Rodrigues), differentiable in both."""
+    x, y, z = axis.unbind(-1)
+    zero = torch.zeros_like(x)
+    cross = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).reshape(-1, 3, 3)
+    sin, cos = torch.sin(angle)[:, None, None], torch.cos(angle)[:, None, None]
+    eye = torch.eye(3, dtype=axis.dtype, device=axis.device).expand_as(cross)
+    return eye + sin * cross + (1 - cos) * cross @ cross
+
+
+def adjust_cameras(camera: torch.Tensor, correction: torch.Tensor) -> torch.Tensor:
+    """Cameras (N, 25) turned by a small correction (N, 4): yaw, pitch, roll (radians), log distance.
+
+    The camera orbits the world origin by yaw (about world y) and pitch (about its own x axis), rolls about
+    its optical axis, and moves along its position by the factor exp(log distance); intrinsics unchanged.
+    Differentiable in `correction`: projection optimizes it with the latent (ProjectionConfig.optimize_camera).
+    """
+    n = camera.shape[0]
+    cam2world = camera[:, :16].reshape(n, 4, 4)
+    rotation, position = cam2world[:, :3, :3], cam2world[:, :3, 3]
+    yaw, pitch, roll, log_distance = correction.unbind(-1)
+    up = torch.tensor([0.0, 1.0, 0.0], dtype=camera.dtype, device=camera.device).expand(n, 3)
+    orbit = axis_rotation(rotation[:, :, 0], pitch) @ axis_rotation(up, yaw)
+    rotation = orbit @ rotation
+    rotation = axis_rotation(rotation[:, :, 2], roll) @ rotation
+    position = (orbit @ position[..., None])[..., 0] * torch.exp(log_distance)[:, None]
+    top = torch.cat([rotation, position[..., None]], dim=-1)
+    bottom = cam2world[:, 3:, :]
+    return torch.cat([torch.cat([top, bottom], dim=1).reshape(n, 16), camera[:, 16:]], dim=1)
+
+
 def camera_rays(camera: torch.Tensor, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
     """World-space ray origins and unit directions (N, R*R, 3), row-major pixels (docs/eg3d.md §5)."""
     n = camera.shape[0]

@@ -46,6 +46,7 @@ def pairs(
     camera_template: str = "label",
     cameras: str | None = None,
     aligned: bool = False,
+    min_camera_confidence: float = 0.0,
     with_mesh: bool = False,
     mesh_resolution: int = 128,
     mesh_format: MeshFormat = "ply",
@@ -75,6 +76,8 @@ def pairs(
             `mean_face` (a human mean face in world units), or a JSON file with 68 points
         cameras: given camera labels instead of the fit: an EG3D dataset.json, or `npy` for NAME.npy beside each photo
         aligned: the photos are already EG3D crops: no crop (their landmarks are still found)
+        min_camera_confidence: skip (and list in errors.json) a face whose fitted camera's confidence in [0, 1]
+            is lower, instead of inverting it with a wrong camera; cameras under 0.5 are listed either way
         with_mesh: add a mesh (marching cubes of the inverted density, `mesh_format`) to each record
         mesh_resolution: density grid points per axis for meshes
         mesh_format: the mesh file: ply, obj, glb (the surface) or mrc (the density grid)
@@ -99,11 +102,14 @@ def pairs(
         from regress.evaluation.encoder import latent_encoder, load_latent_regressor
 
         encoder = latent_encoder(load_latent_regressor(init_checkpoint, synthesizer))
-    front_end = PhotoFrontEnd(generator_template(synthesizer, camera_template), synthesizer.image_resolution, aligner, cameras=labels, aligned=aligned)
-    builder = PairBuilder(synthesizer, front_end, projection, perceptual, with_mesh, mesh_resolution, check_mesh_format(mesh_format), image_format, progress, encoder)
+    front_end = PhotoFrontEnd(generator_template(synthesizer, camera_template), synthesizer.image_resolution, aligner, cameras=labels,
+                              aligned=aligned, min_camera_confidence=min_camera_confidence)  # fmt: skip
+    builder = PairBuilder(synthesizer, front_end, projection, perceptual, with_mesh, mesh_resolution, check_mesh_format(mesh_format), image_format,
+                          progress, encoder)  # fmt: skip
     settings = {"checkpoint": spec.checkpoint, "generator_options": spec.stored_options(), "camera_template": camera_template,
                 "cameras": cameras, "aligned": aligned, "aligner": dataclasses.asdict(aligner), "perceptual": perceptual.name if perceptual else None,
-                **({"init_checkpoint": init_checkpoint} if init_checkpoint else {})}  # fmt: skip (the key only when given: older sets still resume)
+                **({"init_checkpoint": init_checkpoint} if init_checkpoint else {}),
+                **({"min_camera_confidence": min_camera_confidence} if min_camera_confidence else {})}  # fmt: skip (keys only when given: older sets still resume)
     summary = build_pairs(photos, Path(output), builder, resume, shards, samples_per_shard, settings, progress)
     failed = f"{len(summary['errors'])} failed" + (f": see {Path(output) / 'errors.json'}" if summary["errors"] else "")
     if summary["records"] == 0:

@@ -41,6 +41,7 @@ def predict(
     camera_template: str = "label",
     cameras: str | None = None,
     aligned: bool = False,
+    min_camera_confidence: float = 0.0,
     refine: int = 0,
     projection: ProjectionConfig = REFINE,
     mesh_format: MeshFormat | list[MeshFormat] = "glb",
@@ -68,6 +69,8 @@ def predict(
         camera_template: 3D landmarks the camera is fitted to (label, generator, mean_face or a JSON file)
         cameras: given camera labels instead of the fit: an EG3D dataset.json, or `npy` for NAME.npy beside each photo
         aligned: the photos are already EG3D crops: no crop (their landmarks are still found)
+        min_camera_confidence: skip (and list in errors.json) a face whose fitted camera's confidence in [0, 1] is
+            lower; every camera under 0.5 is named on the page and in the summary either way
         refine: projection steps from the latent regressor's w towards the photo (0: its w as it is)
         projection: the refinement's options (steps come from `refine`)
         mesh_format: ply, obj, glb (surfaces, vertex-coloured) and/or mrc (the generator's density grid), one or a list
@@ -103,11 +106,12 @@ def predict(
     latent_model = load_latent_regressor(latent_checkpoint, synthesizer) if latent_checkpoint else None
     choices = PredictionChoices(refine, projection, mesh_resolution, mrc="mrc" in formats, video_frames=video_frames, video_fps=video_fps)
     labels = CameraLabels(cameras) if cameras is not None else None
-    front_end = PhotoFrontEnd(generator_template(synthesizer, camera_template), synthesizer.image_resolution, aligner, cameras=labels, aligned=aligned)
+    front_end = PhotoFrontEnd(generator_template(synthesizer, camera_template), synthesizer.image_resolution, aligner, cameras=labels,
+                              aligned=aligned, min_camera_confidence=min_camera_confidence)  # fmt: skip
     settings = {
         "generator": {**spec.fingerprint(), "box_size": synthesizer.box_size},
         "checkpoints": {kind: {"path": str(path), "sha256": file_sha256(path)} for kind, path in (("depth", depth_checkpoint), ("latent", latent_checkpoint)) if path},
-        "choices": {"camera_template": camera_template, "cameras": cameras, "aligned": aligned, "refine": refine,
+        "choices": {"camera_template": camera_template, "cameras": cameras, "aligned": aligned, "min_camera_confidence": min_camera_confidence, "refine": refine,
                     "mesh_format": list(formats), "mesh_resolution": mesh_resolution, "video_frames": video_frames},  # fmt: skip
     }
     out = Path(output)

@@ -177,7 +177,7 @@ def test_aligned_photos_with_given_cameras_are_paired_as_they_are(tmp_path):
             assert np.array_equal(np.asarray(real), np.asarray(photo.convert("RGB")))
         assert np.array_equal(np.load(record / "camera.npy"), camera.numpy())
         meta = json.loads((record / "meta.json").read_text())
-        assert meta["camera_source"] == {"kind": "given", "labels": str(photos / "dataset.json")}
+        assert meta["camera_source"] == {"kind": "given", "labels": str(photos / "dataset.json"), "confidence": 1.0}
         assert meta["crop"]["framing"] == "given" and meta["crop"]["scale"] == 1.0
 
 
@@ -238,6 +238,25 @@ def test_a_photo_listed_twice_is_paired_once_and_a_set_that_pairs_nothing_is_an_
     with pytest.raises(SystemExit):
         _pairs(listed, tmp_path / "empty")
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"regress.evaluate: error: {listed} lists no photos (one path a line, relative to its folder)"
+
+
+def test_a_camera_below_the_minimum_confidence_is_skipped_and_listed_not_inverted(photos, tmp_path):
+    """A head turned 63 degrees (a labelled multi-view frame) has a camera of lower confidence than a frontal one:
+    `--min_camera_confidence` skips it with the reason in errors.json; the confidence is in every record's meta."""
+    turned = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "eg3d-photos" / "multiview" / "fbarthel_frame000.png"
+    if not turned.is_file():
+        pytest.skip(f"{turned} not found")
+    listed = tmp_path / "photos.txt"
+    listed.write_text(f"{photos / 'astronaut.png'}\n{turned}\n")
+    summary = _pairs(listed, tmp_path / "pairs", "--camera_template", "label", "--min_camera_confidence", "0.75")
+    assert summary["records"] == 1 and list(summary["errors"]) == [str(turned.resolve())]
+    error = summary["errors"][str(turned.resolve())]
+    assert error.startswith(f"{turned}: camera confidence 0.") and "under --min_camera_confidence 0.75" in error
+    (record,) = (tmp_path / "pairs" / RECORDS).iterdir()
+    source = json.loads((record / "meta.json").read_text())["camera_source"]
+    assert source["kind"] == "fitted" and source["template"] == "label" and 0.75 <= source["confidence"] <= 1
+    assert set(source["confidence_parts"]) == {"sources", "turn", "landmark_fit"} and "untrusted" not in source
+    assert json.loads((tmp_path / "pairs" / "settings.json").read_text())["settings"]["min_camera_confidence"] == 0.75
 
 
 def _fit(pairs: Path, model: str, root: Path, *extra: str) -> Path:

@@ -132,6 +132,7 @@ def test_the_orbit_video_and_the_meta_record_the_run(predicted, checkpoints):
     assert meta["checkpoints"]["latent"]["sha256"] == __import__("hashlib").sha256(checkpoints["latent"].read_bytes()).hexdigest()
     assert meta["generator"]["generator"]["checksum"] == GENERATOR.build().identity()["checksum"]
     assert meta["camera"]["kind"] == "fitted" and meta["refine_final_loss"] > 0 and meta["source"].endswith("astronaut.png")
+    assert 0 < meta["camera"]["confidence"] <= 1
 
 
 def test_a_rerun_skips_finished_photos_and_other_settings_are_refused(predicted, photos, checkpoints):
@@ -240,8 +241,17 @@ def test_aligned_eg3d_crops_keep_their_given_cameras(checkpoints, tmp_path):
     ])  # fmt: skip
     face = next((tmp_path / "out").glob("celebahq_0-*"))
     assert np.array_equal(np.load(face / "camera.npy"), np.load(photo.with_suffix(".npy")).astype(np.float32).reshape(25))
-    assert json.loads((face / "meta.json").read_text())["camera"] == {"kind": "given", "labels": "npy"}
+    assert json.loads((face / "meta.json").read_text())["camera"] == {"kind": "given", "labels": "npy", "confidence": 1.0}
     crop = np.asarray(Image.open(face / "crop.png"))
     expected = np.asarray(Image.open(photo).convert("RGB").resize((64, 64), Image.Resampling.LANCZOS))
     assert np.array_equal(crop, expected)  # the photo as it is, at the generator's side
     assert not (face / "orbit.mp4").exists()
+
+
+def test_a_camera_under_the_confidence_asked_is_skipped_with_its_reason(photos, checkpoints, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:  # no photo left: an error, with every reason listed
+        _predict(photos, tmp_path / "out", checkpoints, "--min_camera_confidence", "1.0", "--video_frames", "0")
+    assert exit_info.value.code == 1
+    errors = {Path(e["source"]).name: e["error"] for e in json.loads((tmp_path / "out" / "errors.json").read_text())["errors"]}
+    assert "is under --min_camera_confidence 1" in errors["astronaut.png"] and "give its camera with --cameras" in errors["astronaut.png"]
+    assert set(errors) == {"astronaut.png", *BAD} and not list((tmp_path / "out").glob("astronaut-*"))

@@ -1,4 +1,4 @@
-"""68 face landmarks in 3D: templates (EG3D's label frame, a mean face, a generator's own) and their projection.
+"""Face landmarks in 3D: 68-point templates (EG3D's label frame, a mean face, a generator's own), the face mesh's, and their projection.
 
 A template in the face-model frame (the frame of the five standard points, see
 eg3d-photo-preprocessing.md section 4) reaches EG3D's world by `0.27 X + (0, 0.006, 0.161)`; one
@@ -25,6 +25,7 @@ TEMPLATES = {
     "label": Path(__file__).with_name("landmarks68_label.json"),
     "mean_face": Path(__file__).with_name("landmarks68_template.json"),
 }
+MESH_TEMPLATE = Path(__file__).with_name("landmarks_mesh_label.json")  # MediaPipe's 468 face-mesh points in the label frame
 JAW = slice(0, 17)  # the face contour: silhouette points that slide over the head as it turns
 CONTOUR_WEIGHT = 0.5  # the jaw contour's weight in templates without measured weights
 YAW_KNEE = 15.0  # degrees: where the yaw correction's saturating term bends
@@ -32,10 +33,10 @@ YAW_KNEE = 15.0  # degrees: where the yaw correction's saturating term bends
 
 @dataclass(frozen=True)
 class LandmarkTemplate:
-    """68 3D landmarks (68, 3), their frame (`face_model` or `world`), per-face deformation modes (K, 68, 3).
+    """3D landmarks (P, 3) (68 iBUG points, or the face mesh's 468), their frame (`face_model` or `world`), per-face deformation modes (K, 68, 3).
 
     `mode_sd` (K,) is each mode's spread over the faces it was measured on: the fit's prior.
-    `weights` (68,) weigh each landmark's squared error in the fit (default: the jaw contour at
+    `weights` (P,) weigh each landmark's squared error in the fit (default for 68 points: the jaw contour at
     CONTOUR_WEIGHT, since its points slide over the head as it turns, the others at 1).
     """
 
@@ -61,14 +62,14 @@ class LandmarkTemplate:
 
 
 def load_template(path: str | Path = TEMPLATES["mean_face"]) -> LandmarkTemplate:
-    """A landmark template from JSON: `points` (68 x 3), optional `frame`, `modes` and `mode_sd`."""
+    """A landmark template from JSON: `points` (68 x 3, or P x 3 with `weights`), optional `frame`, `modes` and `mode_sd`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"landmark template {path} does not exist; use 'label', 'generator', 'mean_face' or a JSON file with 68 points")
     data = json.loads(path.read_text())
     points = np.asarray(data["points"], dtype=np.float64)
-    if points.shape != (68, 3):
-        raise ValueError(f"{path}: a landmark template needs 68 points of 3 coordinates, got {points.shape}")
+    if points.shape != (68, 3) and not (points.ndim == 2 and points.shape[1] == 3 and "weights" in data):
+        raise ValueError(f"{path}: a landmark template needs 68 points of 3 coordinates (or any number with weights), got {points.shape}")
     if data.get("frame", "world") not in ("world", "face_model"):
         raise ValueError(f"{path}: frame must be 'world' or 'face_model', got {data['frame']!r}")
     template = LandmarkTemplate(points, data.get("frame", "world"), name=data.get("name", path.stem))
@@ -88,9 +89,10 @@ def packaged_template(name: str) -> LandmarkTemplate:
     return load_template(TEMPLATES[name])
 
 
-def calibration_photos() -> list[str]:
-    """Names of the labelled photos the label template (and the EG3D crop's calibration) was fitted on."""
-    return json.loads(TEMPLATES["label"].read_text())["calibration_photos"]
+@functools.cache
+def mesh_template() -> LandmarkTemplate:
+    """The face mesh's 468 points in EG3D's label frame (scripts/calibrate_photos.py), loaded once."""
+    return load_template(MESH_TEMPLATE)
 
 
 def generator_template(generator: Generator, spec: str = "label") -> LandmarkTemplate:

@@ -17,9 +17,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from regress.faces.identity import face_model_path
-from regress.faces.landmarks import packaged_template
+from regress.faces.landmarks import LandmarkTemplate, packaged_template
 from regress.inversion.camera_fit import CameraFitter, axis_angles
-from regress.inversion.crop import crop_quad, eg3d_quad, ffhq_quad, pad_reflect, quad_coordinates, quad_transform, square_quad
+from regress.inversion.crop import EG3D_CALIBRATION, crop_quad, eg3d_quad, ffhq_quad, pad_reflect, quad_coordinates, quad_transform, square_quad
 
 # each iBUG landmark's mirror partner (jaw, brows, nose, eyes, outer and inner lips)
 MIRROR_68 = np.array(
@@ -31,8 +31,8 @@ CNN_MAX_SIDE = 640  # the CNN detector runs on a copy at most this wide (it find
 # dlib's CNN (MMOD) boxes are smaller and placed differently from the HOG boxes the 68-point predictor
 # was trained on: a CNN box becomes a HOG-like box of side CNN_BOX_SCALE times its own, centred
 # CNN_BOX_SHIFT (x, y) of its side away. Measured by scripts/calibrate_photos.py on photos where both find the face.
-CNN_BOX_SCALE = 1.0711
-CNN_BOX_SHIFT = (0.0563, 0.0664)
+CNN_BOX_SCALE = 1.0750
+CNN_BOX_SHIFT = (0.0628, 0.0485)
 
 
 class FaceError(ValueError):
@@ -243,14 +243,22 @@ def eye_distance(landmarks: np.ndarray) -> float:
     return float(np.hypot(*(landmarks[42:48].mean(0) - landmarks[36:42].mean(0))))
 
 
-def crop_face(image: np.ndarray, face: Face, framing: Literal["eg3d", "ffhq"] = "eg3d", output_size: int = 512) -> AlignedFace:
-    """The crop of one face in a framing: EG3D's (roll kept, calibrated for dlib at the head's pose) or FFHQ's (roll removed)."""
+def crop_face(
+    image: np.ndarray,
+    face: Face,
+    framing: Literal["eg3d", "ffhq"] = "eg3d",
+    output_size: int = 512,
+    template: LandmarkTemplate | None = None,
+    calibration: np.ndarray = EG3D_CALIBRATION,
+) -> AlignedFace:
+    """The crop of one face in a framing: EG3D's (roll kept, `calibration` for dlib at the head's pose, the pose
+    fitted with `template`, the label template by default) or FFHQ's (roll removed)."""
     if framing == "ffhq":
         quad = ffhq_quad(face.landmarks)
     else:  # the calibration depends on the head's pose: fit it in the crop calibrated for a frontal pose first
-        frontal = eg3d_quad(face.landmarks, image.shape[0])
-        fit = CameraFitter()(quad_coordinates(face.landmarks, frontal), packaged_template("label"))
-        quad = eg3d_quad(face.landmarks, image.shape[0], axis_angles(fit.camera))
+        frontal = eg3d_quad(face.landmarks, image.shape[0], calibration=calibration)
+        fit = CameraFitter()(quad_coordinates(face.landmarks, frontal), template or packaged_template("label"))
+        quad = eg3d_quad(face.landmarks, image.shape[0], axis_angles(fit.camera), calibration)
     crop = crop_quad(image, quad, output_size)
     uv = quad_coordinates(face.landmarks, quad)
     return AlignedFace(image=crop, landmarks=uv * output_size - 0.5, quad=quad, face=face, framing=framing)

@@ -1,4 +1,5 @@
-"""Cameras from 68 landmarks: a perspective fit of a 3D landmark template, as an EG3D label or in a generator's frame.
+"""Cameras from landmarks: a perspective fit of a 3D template to 68 landmarks, as an EG3D label or in a generator's
+frame; a 3D similarity of the face mesh's template to MediaPipe's mesh (its points keep their place at large yaw).
 
 A template in the face-model frame (the frame of the five standard points, see
 eg3d-photo-preprocessing.md section 4) gives EG3D labels: its points go to EG3D's world by
@@ -16,10 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.optimize import least_squares
-from scipy.spatial.transform import Rotation
+from scipy.spatial.transform import Rotation, Slerp
 
 from regress.camera import DEFAULT_FOV_DEG, fov_to_focal
-from regress.faces.landmarks import LandmarkTemplate, project_points
+from regress.faces.landmarks import LABEL_OFFSET, LandmarkTemplate, project_points
 
 LABEL_RADIUS = 2.7  # labels always sit at this distance from the world origin
 LABEL_FOCAL = 4.2647  # 2985.29 / 700: normalized focal of the labels
@@ -98,7 +99,7 @@ class CameraFitter:
 
     def __call__(self, landmarks_uv: np.ndarray, template: LandmarkTemplate, focal: float | None = None) -> CameraFit:
         """The camera (label for face-model templates, else the fit itself) whose projection matches the landmarks."""
-        target = np.asarray(landmarks_uv, dtype=np.float64).reshape(68, 2)
+        target = np.asarray(landmarks_uv, dtype=np.float64).reshape(len(template.points), 2)
         label = template.frame == "face_model"
         focal = (LABEL_FOCAL if label else fov_to_focal(DEFAULT_FOV_DEG)) if focal is None else focal
         sqrt_weights, k = np.sqrt(template.weights)[:, None], len(template.modes)
@@ -117,7 +118,7 @@ class CameraFitter:
             cam2world[:3, 3] *= LABEL_RADIUS / distance
             yaw, _ = axis_angles(cam2world)
             cam2world = orbit_yaw(cam2world, -template.yaw_error(yaw))
-        rms = float(np.sqrt(((result.fun[: 2 * 68].reshape(68, 2) / sqrt_weights) ** 2).sum(1).mean()))
+        rms = float(np.sqrt(((result.fun[: target.size].reshape(-1, 2) / sqrt_weights) ** 2).sum(1).mean()))
         return CameraFit(
             camera=torch.from_numpy(camera_vector(cam2world, focal)).float(),
             distance=distance,
@@ -125,6 +126,56 @@ class CameraFitter:
             rms=rms,
             template=template.name,
         )
+
+
+def similarity_3d(source: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Least-squares 3D similarity `target ~ k R source + t` (Umeyama) of point sets (P, 3): k, R (3, 3), t (3,)."""
+    mu_s, mu_t = source.mean(0), target.mean(0)
+    u, singular, vt = np.linalg.svd((target - mu_t).T @ (source - mu_s))
+    sign = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
+    rotation = u @ sign @ vt
+    k = (singular * np.diag(sign)).sum() / ((source - mu_s) ** 2).sum()
+    return k, rotation, mu_t - k * rotation @ mu_s
+
+
+def mesh_camera(mesh: np.ndarray, template: LandmarkTemplate, focal: float = LABEL_FOCAL) -> CameraFit:
+    """The label camera of a face mesh (468, 3): the rotation of the 3D similarity that carries the template onto it.
+
+    The mesh is read as a weak-perspective view (x, y about the image centre, z in the same units), so
+    the similarity's scale k is `focal` over the face's distance; the camera is placed at that distance
+    from where the face-model origin is seen, then moved along its direction to the labels' radius.
+    """
+    observed = np.asarray(mesh, dtype=np.float64)[:, :3] - np.array([0.5, 0.5, 0.0])
+    world = template.world_points()
+    k, rotation, shift = similarity_3d(world, observed)  # camera coordinates (OpenCV axes) = rotation @ world, scaled
+    origin = np.asarray(LABEL_OFFSET)
+    seen = k * rotation @ origin + shift
+    depth = focal / k
+    cam2world = np.eye(4)
+    cam2world[:3, :3] = rotation.T
+    cam2world[:3, 3] = origin - rotation.T @ np.array([seen[0] * depth / focal, seen[1] * depth / focal, depth])
+    distance = float(np.linalg.norm(cam2world[:3, 3]))
+    cam2world[:3, 3] *= LABEL_RADIUS / distance
+    residual = observed - (k * world @ rotation.T + shift)
+    return CameraFit(
+        camera=torch.from_numpy(camera_vector(cam2world, focal)).float(),
+        distance=distance,
+        shape=(),
+        rms=float(np.sqrt((residual[:, :2] ** 2).sum(1).mean())),
+        template=template.name,
+    )
+
+
+def blend_cameras(a: torch.Tensor, b: torch.Tensor, weight: float) -> torch.Tensor:
+    """The camera `weight` of the way from `a` to `b` (25,): rotations interpolated on the sphere, positions on
+    `a`'s radius, `a`'s intrinsics."""
+    cam_a, cam_b = (np.asarray(c, dtype=np.float64)[:16].reshape(4, 4) for c in (a, b))
+    rotations = Rotation.from_matrix(np.stack([cam_a[:3, :3], cam_b[:3, :3]]))
+    blended = np.eye(4)
+    blended[:3, :3] = Slerp([0.0, 1.0], rotations)([weight]).as_matrix()[0]
+    position = (1 - weight) * cam_a[:3, 3] + weight * cam_b[:3, 3]
+    blended[:3, 3] = position * np.linalg.norm(cam_a[:3, 3]) / np.linalg.norm(position)
+    return torch.cat([torch.from_numpy(blended.reshape(16)).float(), torch.as_tensor(a[16:]).float()])
 
 
 def orbit_yaw(cam2world: np.ndarray, degrees: float) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,6 +28,7 @@ from regress.faces.landmarks import generator_template
 from regress.faces.perceptual import PerceptualDistance
 from regress.faces.quality import psnr, ssim
 from regress.inversion.align import FaceError
+from regress.inversion.camera_fit import axis_angle
 from regress.inversion.front_end import FaceCrop, PhotoFrontEnd
 from regress.inversion.project import ProjectionConfig, project
 from regress.sample import SCHEMA_VERSION, encode_image, encode_sample, image_to_float, image_to_uint8, npy_bytes
@@ -49,7 +50,9 @@ class PairBuilder:
 
     `front_end`: detection, crop and camera (built for the generator when not given);
     `encoder`: uint8 crops -> w (an inversion encoder); projection and pivotal tuning start from
-    its prediction instead of the mean latent.
+    its prediction instead of the mean latent. `untrusted` collects, by photo, why a camera was not to be
+    trusted (the front end's one line) for the faces paired; the front end skips those under its
+    `min_camera_confidence`, with the reason.
     """
 
     generator: Generator
@@ -62,14 +65,20 @@ class PairBuilder:
     image_format: str = "png"
     progress: bool = False
     encoder: Callable[[torch.Tensor], torch.Tensor] | None = None
+    untrusted: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.front_end is None:
             self.front_end = PhotoFrontEnd(generator_template(self.generator), self.generator.image_resolution)
 
     def build(self, path: Path) -> list[tuple[str, dict[str, bytes]]]:
-        """(key, members) for each face crop of a photo; FaceError when the photo cannot be paired."""
-        return [(record_key(path, face.index), self._record(face)) for face in self.front_end(path)]
+        """(key, members) for each face crop of a photo; FaceError when the photo cannot be paired (the front end's
+        `min_camera_confidence` included)."""
+        faces = self.front_end(path)
+        for face in faces:
+            if "untrusted" in face.camera_meta:
+                self.untrusted[str(resolved(path))] = f"{path}: {face.camera_meta['untrusted']}"
+        return [(record_key(path, face.index), self._record(face)) for face in faces]
 
     def _record(self, face: FaceCrop) -> dict[str, bytes]:
         """Camera (given or fitted), inversion and quality of one face crop, as record members (meta.json last)."""
@@ -80,7 +89,8 @@ class PairBuilder:
         start = time.perf_counter()
         init = self.encoder(real_t.to(g.device)) if self.encoder is not None else None
         result = project(g, image_to_float(real_t), camera, self.projection, self.perceptual, self.progress, init)
-        renderer = result.generator or g
+        renderer, camera = result.generator or g, result.camera
+        camera_cpu = camera[0].cpu()
         with torch.no_grad():
             out = renderer.synthesis(result.w, camera)
         seconds = time.perf_counter() - start
@@ -100,6 +110,7 @@ class PairBuilder:
                 "seconds": seconds,
                 "final_loss": result.losses[-1]["loss"] if result.losses else None,
                 "tuned_generator": result.generator is not None,
+                **({"camera_correction_deg": axis_angle(face.camera, camera_cpu)} if self.projection.optimize_camera else {}),
             },
         }
         batch = {
@@ -161,7 +172,7 @@ def build_pairs(
 ) -> dict[str, Any]:
     """Pair every photo (skipping done ones with `resume`), list failures per file, write the manifest; a summary."""
     output, g = Path(output), builder.generator
-    fingerprint = {"generator": g.identity(), "projection": asdict(builder.projection), "settings": settings or {}}
+    fingerprint = {"generator": g.identity(), "projection": builder.projection.record(), "settings": settings or {}}
     prepare_pairs_folder(output, json.loads(json.dumps(fingerprint)), resume)
     errors = read_pair_errors(output) if resume else {}
     done = set(record_keys(output))
@@ -193,14 +204,18 @@ def build_pairs(
     manifest = {
         "generator": g.identity(),
         **g.data_facts(),
-        "projection": asdict(builder.projection),
+        "projection": builder.projection.record(),
         "settings": settings or {},
         "records": len(keys),
         "errors": len(errors),
+        "untrusted_cameras": builder.untrusted,
         "schema_version": SCHEMA_VERSION,
     }
     if shards:
         manifest["shards"] = write_pair_shards(output, samples_per_shard)
     write_pairs_manifest(output, manifest)
-    return {"output": str(output), "built": built, "skipped": skipped, "records": len(keys), "errors": errors, "seconds": time.perf_counter() - start}
+    for line in builder.untrusted.values():
+        tqdm.write(f"regress.evaluate pairs: camera not to be trusted: {line}")
+    return {"output": str(output), "built": built, "skipped": skipped, "records": len(keys), "errors": errors,
+            "untrusted_cameras": builder.untrusted, "seconds": time.perf_counter() - start}  # fmt: skip
 

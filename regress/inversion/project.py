@@ -4,7 +4,9 @@ prediction), then optionally tune a copy of the generator.
 The projection is the StyleGAN/EG3D projector's recipe: Adam on the latent with a learning-rate
 ramp up and cosine ramp down, and latent noise that fades out early. The image loss is pixel L2
 plus (1 - MS-SSIM), plus an LPIPS-style VGG distance when its weights are given. Pivotal tuning
-(PTI) then fits a copy of the generator's weights around the found latent.
+(PTI) then fits a copy of the generator's weights around the found latent. With `optimize_camera`, a
+small correction of each camera (yaw, pitch, roll, distance; camera.adjust_cameras) is optimized with
+the latent under a Gaussian prior, for cameras fitted to landmarks that are a few degrees off.
 """
 
 from __future__ import annotations
@@ -12,14 +14,14 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from regress.camera import frontal_camera
+from regress.camera import adjust_cameras, frontal_camera
 from regress.faces.perceptual import PerceptualDistance
 from regress.faces.quality import ms_ssim
 from regress.generators.base import Generator, seeded_normal
@@ -40,6 +42,10 @@ class ProjectionConfig:
         pti_lr: Adam learning rate of pivotal tuning.
         spread_samples: mapped latents that estimate the prior's spread.
         seed: seed of the latent noise and of the spread's samples.
+        optimize_camera: also optimize a correction of each camera (yaw, pitch, roll, log distance) with the latent.
+        camera_lr: Adam learning rate of the correction (radians; same schedule as the latent's).
+        camera_prior_deg, camera_prior_distance: the correction's expected size (degrees; relative distance):
+            a Gaussian prior of weight `camera_prior_weight` (per image, in units of the image loss) holds it there.
     """
 
     space: Literal["w", "w+"] = "w"
@@ -57,6 +63,19 @@ class ProjectionConfig:
     pti_lr: float = 3e-4
     spread_samples: int = 1000
     seed: int = 0
+    optimize_camera: bool = False
+    camera_lr: float = 0.01
+    camera_prior_deg: float = 5.0
+    camera_prior_distance: float = 0.05
+    camera_prior_weight: float = 1e-3
+
+    def record(self) -> dict:
+        """The settings as a pairs set records them: the camera correction's only when it is on (older sets still resume)."""
+        settings = asdict(self)
+        if not self.optimize_camera:
+            for name in ("optimize_camera", "camera_lr", "camera_prior_deg", "camera_prior_distance", "camera_prior_weight"):
+                del settings[name]
+        return settings
 
 
 # From a good start (an encoder's w) the default latent noise and peak step throw much of it away.
@@ -65,9 +84,11 @@ REFINE = ProjectionConfig(noise=0.0, lr=0.02)
 
 @dataclass
 class ProjectionResult:
-    """The found latents (N, num_ws, w_dim), per-step losses (batch means), wall time, and the tuned generator if any."""
+    """The found latents (N, num_ws, w_dim), the cameras they render from (N, 25: the given ones, corrected with
+    `optimize_camera`), per-step losses (batch means), wall time, and the tuned generator if any."""
 
     w: torch.Tensor
+    camera: torch.Tensor | None = None
     losses: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     generator: Generator | None = None
@@ -165,24 +186,34 @@ def project(
     if config.space not in ("w", "w+"):
         raise ValueError(f"projection space must be 'w' or 'w+', got {config.space!r}")
     latent = start_latent(generator, rows, target.shape[0], init).requires_grad_(True)
-    optimizer = torch.optim.Adam([latent], lr=config.lr, betas=(0.9, 0.999))
+    correction = torch.zeros(target.shape[0], 4, device=device, requires_grad=config.optimize_camera)
+    groups = [{"params": [latent], "scale": 1.0}]
+    if config.optimize_camera:
+        groups.append({"params": [correction], "scale": config.camera_lr / config.lr})
+    optimizer = torch.optim.Adam(groups, lr=config.lr, betas=(0.9, 0.999))
+    prior = torch.tensor([math.radians(config.camera_prior_deg)] * 3 + [config.camera_prior_distance], device=device)
     noise_rng = torch.Generator(device="cpu").manual_seed(config.seed)
     losses = []
     for step in tqdm(range(config.steps), desc="project", disable=not progress, leave=False):
         t = step / config.steps
         lr = learning_rate(config, t)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["scale"]
         noise_scale = spread * config.noise * max(0.0, 1.0 - t / config.noise_ramp) ** 2
         noise = torch.randn(latent.shape, generator=noise_rng).to(device) * noise_scale
         w = (latent + noise).expand(-1, generator.num_ws, -1)
-        loss, parts = loss_fn(generator.synthesis(w, camera)["image"], target)
+        cameras = adjust_cameras(camera, correction) if config.optimize_camera else camera
+        loss, parts = loss_fn(generator.synthesis(w, cameras)["image"], target)
+        if config.optimize_camera:
+            parts["camera_prior"] = config.camera_prior_weight * (correction / prior).square().sum(1)
+            loss = loss + parts["camera_prior"]
         optimizer.zero_grad(set_to_none=True)
-        loss.sum().backward(inputs=[latent])
+        loss.sum().backward(inputs=[latent, correction] if config.optimize_camera else [latent])
         optimizer.step()
         losses.append({"step": step, "lr": lr, "loss": float(loss.detach().mean()), **{k: float(v.detach().mean()) for k, v in parts.items()}})
     w = latent.detach().expand(-1, generator.num_ws, -1).clone()
-    result = ProjectionResult(w=w, losses=losses)
+    camera = adjust_cameras(camera, correction.detach()) if config.optimize_camera else camera
+    result = ProjectionResult(w=w, camera=camera, losses=losses)
     if config.pti_steps > 0:
         result.generator, result.pti_losses = pivotal_tuning(generator, w, target, camera, config, loss_fn, progress)
     result.seconds = time.perf_counter() - start

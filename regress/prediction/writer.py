@@ -148,7 +148,7 @@ def write_predict_page(output: Path, errors: dict[str, str]) -> Path:
         mesh = next((f"{face.name}/{name}.{f}" for name in ("mesh", "depth_mesh") for f in SURFACE_FORMATS if (face / f"{name}.{f}").is_file()), None)
         camera = meta["camera"]
         scores = {"source": Path(meta["source"]).name, "camera": camera.get("kind", ""),
-                  **{k: camera[k] for k in ("axis_yaw_deg", "axis_pitch_deg", "landmark_rms") if k in camera},
+                  **{k: camera[k] for k in ("confidence", "untrusted", "axis_yaw_deg", "axis_pitch_deg", "landmark_rms") if k in camera},
                   **{f"{stage} (s)": seconds for stage, seconds in meta["seconds"].items()}}  # fmt: skip
         video = f"{face.name}/orbit.mp4" if (face / "orbit.mp4").is_file() else None
         items.append(GalleryItem(face.name, shown, video, mesh, scores))
