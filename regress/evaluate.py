@@ -29,7 +29,7 @@ from regress.inversion.front_end import PhotoFrontEnd
 from regress.inversion.pairs import PairBuilder, build_pairs
 from regress.inversion.photos import CameraLabels, list_images
 from regress.inversion.project import REFINE, ProjectionConfig
-from regress.runtime import pick_device
+from regress.runtime import hold_output, pick_device
 from regress.store.pairs import read_pairs_manifest
 
 
@@ -105,7 +105,8 @@ def pairs(
     settings = {"checkpoint": spec.checkpoint, "generator_options": spec.stored_options(), "camera_template": camera_template,
                 "cameras": cameras, "aligned": aligned, "aligner": dataclasses.asdict(aligner), "perceptual": perceptual.name if perceptual else None,
                 **({"init_checkpoint": init_checkpoint} if init_checkpoint else {})}  # fmt: skip (the key only when given: older sets still resume)
-    summary = build_pairs(photos, Path(output), builder, resume, shards, samples_per_shard, settings, progress)
+    with hold_output(Path(output), "python -m regress.evaluate pairs", "building the pairs set", "let it finish, or give another --output"):
+        summary = build_pairs(photos, Path(output), builder, resume, shards, samples_per_shard, settings, progress)
     failed = f"{len(summary['errors'])} failed" + (f": see {Path(output) / 'errors.json'}" if summary["errors"] else "")
     if summary["records"] == 0:
         raise ValueError(f"no photo could be paired, {failed}")

@@ -119,8 +119,8 @@ def generate(
     choices = {"psi": psi, "cutoff": cutoff, "jitter": jitter, "image_format": image_format, "batch_size": batch_size}
     settings = _settings(spec, synthesizer.box_size, mixture, layout, mesh if with_mesh else None, choices)
     shards = ShardSet(folder, layout, settings, target, keep_staged)
-    shards.check_output()
-    with shards.claimed(rank):
+    with shards.claimed(rank, world_size):
+        shards.check_output()
         todo, skipped = shards.plan(layout.indices_for_rank(rank, world_size))
         shards.drop_stale_manifest()
         run = _render_and_write(synthesizer, shards, todo, mixture, settings, png_level, batch_size, workers, f"rank {rank}/{world_size}", progress)

@@ -25,7 +25,9 @@ from regress.models.checkpoint_io import VerifiedCheckpointIO, listed_hashes, re
 from regress.store.files import AtomicFile, file_sha256
 from regress.store.shard_set import MANIFEST
 from regress.training.callbacks import FiniteGuard, NonFiniteError
+from regress.store.locks import LOCKS
 from tests.test_fit import TINY
+from tests.test_locks import wait_for_holder
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS_PER_EPOCH, EPOCHS = 4, 3  # epoch_length 8 at batch 2
@@ -152,6 +154,39 @@ def test_a_killed_run_resumes_by_last_where_it_stopped(tmp_path):
     resumed_weights, straight_weights = load(last)["state_dict"], straight.model.state_dict()
     for name, value in straight_weights.items():  # the same seeds in the same order: the seed stream went on
         assert torch.equal(resumed_weights[name], value), name
+
+
+@pytest.mark.slow
+def test_a_second_fit_of_a_name_in_training_is_refused_and_a_killed_runs_lock_and_partial_files_are_taken_over(tmp_path, capsys):
+    run = [*TINY, "--name=demo", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"]
+    first = subprocess.Popen(fit_command(*run, "--trainer.max_steps=-1", "--trainer.max_epochs=100000"), cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_holder(tmp_path / "demo", first)
+        second = run_fit(*run)
+        lines = [line for line in second.stderr.splitlines() if line.startswith("regress.fit: ")]
+        assert second.returncode == 1 and len(lines) == 2, second.stderr
+        assert lines[0].startswith(f"regress.fit: error: another python -m regress.fit is training the run 'demo' in {tmp_path / 'demo'} "
+                                   f"(pid {first.pid} on ")  # fmt: skip
+        assert lines[0].endswith("let it finish, or give another --name")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    checkpoints = tmp_path / "demo" / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    (checkpoints / f"last.ckpt.{first.pid}.partial").write_bytes(b"half a checkpoint")  # as a kill mid-save leaves it
+    fit.main(run)
+    assert f"taking over the lock of python -m regress.fit (pid {first.pid} on " in capsys.readouterr().err
+    assert load(checkpoints / "last.ckpt")["global_step"] == 2
+    assert not list(checkpoints.glob("*.partial")) and not (tmp_path / "demo" / LOCKS).exists()
+
+
+def test_checkpoints_are_saved_through_a_partial_file_of_this_process(tmp_path):
+    """Two processes saving one checkpoint name never write, or rename, each other's partial file."""
+    other = tmp_path / "last.ckpt.1.partial"
+    other.write_bytes(b"another process's save in progress")
+    VerifiedCheckpointIO().save_checkpoint({"step": 1}, tmp_path / "last.ckpt")
+    assert other.read_bytes() == b"another process's save in progress" and load(tmp_path / "last.ckpt") == {"step": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "last.ckpt.1.partial", "last.ckpt.sha256"]
 
 
 # --- one-line errors -------------------------------------------------------------------------------

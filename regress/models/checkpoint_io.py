@@ -1,7 +1,7 @@
 """Checkpoints written whole, with their SHA-256 beside them, and read back only when they still match.
 
 `VerifiedCheckpointIO` is the Lightning plugin that `python -m regress.fit` saves through: each checkpoint
-is written to `NAME.partial`, synced and renamed into place, and `NAME.sha256` lists its SHA-256 in
+is written to `NAME.PID.partial`, synced and renamed into place, and `NAME.sha256` lists its SHA-256 in
 `sha256sum` format. While a save replaces a file, the list holds the old and the new hash, so a run
 killed at any moment leaves a checkpoint that its list accepts. `read_checkpoint` (resuming, the
 benchmark, the encoder) refuses a file whose bytes match no listed hash: a damaged checkpoint is
@@ -41,7 +41,7 @@ class VerifiedCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = AtomicFile(path)
+        partial = AtomicFile(path, unique=True)  # two processes saving one name never share a partial file
         try:
             torch.save(checkpoint, partial.file)
             partial.close()

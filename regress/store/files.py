@@ -81,10 +81,11 @@ def write_folder(folder: Path, members: dict[str, bytes]) -> Path:
 
 
 class AtomicFile:
-    """A file streamed to `path.partial`: `close` syncs it to disk, `commit` renames it into place, `discard` removes it."""
+    """A file streamed to `path.partial` (`path.PID.partial` when `unique`): `close` syncs it to disk, `commit` renames
+    it into place, `discard` removes it."""
 
-    def __init__(self, path: Path) -> None:
-        self.path, self.partial = Path(path), partial_path(Path(path))
+    def __init__(self, path: Path, unique: bool = False) -> None:
+        self.path, self.partial = Path(path), partial_path(Path(path), unique)
         self.file = open(self.partial, "wb")
 
     def close(self) -> None:
