@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 
-from regress.configs import expand_config_arguments
+from regress.configs import expand_config_arguments, verify_arguments
 from regress.errors import run_command
 from regress.faces.perceptual import PerceptualDistance
 from regress.generators import GeneratorSpec
@@ -30,7 +30,7 @@ from regress.inversion.pairs import PairBuilder, build_pairs
 from regress.inversion.photos import CameraLabels, list_images
 from regress.inversion.project import REFINE, ProjectionConfig
 from regress.runtime import hold_output, pick_device
-from regress.store.pairs import read_pairs_manifest
+from regress.store.pairs import read_pairs_manifest, verify_pairs
 
 
 def pairs(
@@ -147,6 +147,7 @@ def benchmark(
     encoder_k: tuple[int, ...] = (5, 10, 20, 40),
     encoder_steps: int = 200,
     encoder_refine: ProjectionConfig = REFINE,
+    skip_corrupt: bool = False,
     device: str = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -168,6 +169,8 @@ def benchmark(
         encoder_k: the table's projection steps after the regressor
         encoder_steps: the table's projection steps from the mean latent that the regressor's start should reach
         encoder_refine: projection options from the regressor's prediction (steps replaced by each k)
+        skip_corrupt: score the records that are whole and count the others (missing, or failing their manifest's
+            size or SHA-256), instead of stopping at the first
         device: torch device, or auto
         progress: show a progress bar
     """
@@ -187,7 +190,7 @@ def benchmark(
     if latent_checkpoint is not None:
         synthesizer = pairs_generator_spec(pairs, generator, checkpoint, generator_options).build(run_on)
         models["latent"] = load_latent_regressor(latent_checkpoint, synthesizer)
-    dataset = PairDataset(pairs, image=image)
+    dataset = PairDataset(pairs, image=image, skip_corrupt=skip_corrupt)
     report, tensors = run_benchmark(dataset, models.get("depth"), models.get("latent"), synthesizer, run_on, batch_size, examples, progress)
     report["pairs_root"] = str(pairs)
     report["inversion_settings"] = dataset.manifest["projection"]  # the inversion times were measured when the pairs were built
@@ -201,12 +204,25 @@ def benchmark(
     return report
 
 
+def verify(root: str) -> int:
+    """Check a pairs set against its manifest, print one line per bad record and a summary; 1 if any is bad, else 0."""
+    checked, problems = verify_pairs(root)
+    for problem in problems:
+        print(f"regress.evaluate pairs: bad record: {problem}")
+    verdict = f"{len(problems)} bad" if problems else "every one whole, with its files' recorded sizes and SHA-256"
+    print(f"regress.evaluate pairs: verified {checked} records of {root} against its manifest: {verdict}")
+    return 1 if problems else 0
+
+
 def main(args: list[str] | None = None) -> Any:
-    """Command line: subcommands `pairs` and `benchmark`; errors exit 2 (usage) or 1 with one line (regress.errors)."""
+    """Command line: subcommands `pairs` and `benchmark`, or `pairs --verify DIR` to check a finished set; errors exit 2
+    (usage) or 1 with one line (regress.errors)."""
     from jsonargparse import CLI
 
     def command() -> Any:
         expanded = expand_config_arguments(sys.argv[1:] if args is None else args, "evaluate")
+        if expanded[:1] == ["pairs"] and any(arg.split("=")[0] == "--verify" for arg in expanded):
+            raise SystemExit(verify(verify_arguments(expanded[1:], "python -m regress.evaluate pairs", "a pairs folder with its manifest.json").verify))
         return CLI([pairs, benchmark], args=expanded, as_positional=False, exit_on_error=False, prog="python -m regress.evaluate")
 
     return run_command("regress.evaluate", command)

@@ -6,6 +6,7 @@ short name (`gpu`, or `trainer/gpu` from the root) picks one of them; a file of 
 
 from __future__ import annotations
 
+import argparse
 import re
 from importlib.resources import files
 from pathlib import Path
@@ -33,11 +34,13 @@ def shipped(group: str, name: str) -> Path | None:
 def checked_yaml(path: Path) -> Path:
     """`path`, once its text has parsed as YAML; a ValueError naming the file, line and column where it does not."""
     try:
-        yaml.safe_load(path.read_text())
+        loaded = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ValueError(f"config {path} is not valid YAML{where}: {getattr(error, 'problem', None) or error}") from error
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ValueError(f"config {path} is a YAML {type(loaded).__name__}, not a mapping of options (option: value, one a line)")
     return path
 
 
@@ -79,3 +82,12 @@ def expand_config_arguments(args: list[str], group: str) -> list[str]:
         return expand_flags(args, {"--config": lambda value: None if value is None else str(config_file(group, value))})[0]
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from error
+
+
+def verify_arguments(args: list[str], prog: str, what: str) -> argparse.Namespace:
+    """`--verify DIR [--progress false]`, the check of a finished set that `generate` and `evaluate pairs` run instead
+    of their job: `verify` the folder (`what` it must be), `progress` whether to show a bar."""
+    parser = argparse.ArgumentParser(prog=prog, exit_on_error=False)
+    parser.add_argument("--verify", required=True, metavar="DIR", help=what)
+    parser.add_argument("--progress", type=lambda text: text.lower() in ("true", "1", "yes"), default=True)
+    return parser.parse_args(args)
