@@ -223,7 +223,7 @@ def main(args: list[str] | None = None) -> Any:
         expanded = expand_config_arguments(sys.argv[1:] if args is None else args, "evaluate")
         if expanded[:1] == ["pairs"] and any(arg.split("=")[0] == "--verify" for arg in expanded):
             raise SystemExit(verify(verify_arguments(expanded[1:], "python -m regress.evaluate pairs", "a pairs folder with its manifest.json").verify))
-        return CLI([pairs, benchmark], args=expanded, as_positional=False, exit_on_error=False, prog="python -m regress.evaluate")
+        return CLI([pairs, benchmark], args=expanded, as_positional=False, exit_on_error=False, allow_abbrev=False, prog="python -m regress.evaluate")
 
     return run_command("regress.evaluate", command)
 

@@ -272,7 +272,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         if any(arg.split("=")[0] == "--verify" for arg in expanded):
             options = verify_arguments(expanded, "python -m regress.generate", "shard folder, or pipe: template, with its manifest.json")
             raise SystemExit(verify(options.verify, options.progress))
-        return CLI(generate, args=expanded, as_positional=False, exit_on_error=False, prog="python -m regress.generate",
+        return CLI(generate, args=expanded, as_positional=False, exit_on_error=False, allow_abbrev=False, prog="python -m regress.generate",
                    epilog="python -m regress.generate --verify DIR checks a finished dataset instead.")  # fmt: skip
 
     return run_command("regress.generate", command, interrupted="interrupted; complete shards are kept: rerun the command to go on")

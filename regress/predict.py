@@ -144,7 +144,7 @@ def main(args: list[str] | None = None) -> Any:
 
     def command() -> Any:
         expanded = expand_config_arguments(sys.argv[1:] if args is None else args, "predict")
-        return CLI(predict, args=expanded, as_positional=False, exit_on_error=False, prog="python -m regress.predict")
+        return CLI(predict, args=expanded, as_positional=False, exit_on_error=False, allow_abbrev=False, prog="python -m regress.predict")
 
     return run_command("regress.predict", command)
 

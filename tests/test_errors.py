@@ -15,6 +15,12 @@ SUBCOMMAND = {"fit": [], "generate": [], "evaluate": ["benchmark"]}
 # (one text for every job, or one per job).
 CASES = {
     "unknown option": ({job: ["--bogus", "1"] for job in MAINS}, 2, "unrecognized arguments: --bogus 1"),
+    "abbreviated option": (
+        {"fit": ["--trainer.max_epoch", "3"], "generate": ["--num_sampl", "3"], "evaluate": ["--pair", "{tmp}"]},
+        2,
+        {"fit": "unrecognized arguments: --trainer.max_epoch 3", "generate": "unrecognized arguments: --num_sampl 3",
+         "evaluate": "unrecognized arguments: --pair {tmp}"},
+    ),  # fmt: skip
     "missing config file": ({job: ["--config", "{tmp}/missing.yaml"] for job in MAINS}, 2, "config file {tmp}/missing.yaml does not exist"),
     "value of the wrong type": (
         {"fit": ["--trainer.max_epochs", "many"], "generate": ["--batch_size", "many"], "evaluate": ["--batch_size", "many"]},

@@ -189,6 +189,25 @@ def test_checkpoints_are_saved_through_a_partial_file_of_this_process(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "last.ckpt.1.partial", "last.ckpt.sha256"]
 
 
+@pytest.mark.slow
+def test_a_step_based_last_checkpoint_keeps_a_kill_mid_epoch_to_its_last_save(tmp_path):
+    """`--trainer.callbacks.every_n_train_steps N` sets the last of fit.yaml's callbacks, last.ckpt's, to save every N steps."""
+    run = [*TINY, "--data.epoch_length=400", "--trainer.max_steps=-1", "--trainer.max_epochs=1", "--trainer.callbacks.every_n_train_steps=2",
+           "--name=demo", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", "--trainer.limit_val_batches=0"]  # fmt: skip
+    child = subprocess.Popen(fit_command(*run), cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last = tmp_path / "demo" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {child.stderr.read().decode()}"
+    saved = load(last)
+    assert saved["epoch"] == 0 and saved["global_step"] % 2 == 0 and 0 < saved["global_step"] < 200  # inside the first epoch
+    resumed = fit.main([*run, "--ckpt_path=last", f"--trainer.max_steps={saved['global_step'] + 2}"])
+    assert resumed.trainer.global_step == saved["global_step"] + 2 and load(last)["global_step"] == saved["global_step"] + 2
+
+
 # --- one-line errors -------------------------------------------------------------------------------
 
 
@@ -332,3 +351,11 @@ def test_a_save_over_a_checkpoint_lists_only_the_new_hash_and_a_removal_takes_th
     assert listed_hashes(path) == {new} and read_checkpoint(path, "checkpoint", "")["state_dict"]["w"].sum() == 2
     plugin.remove_checkpoint(path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_damaged_checkpoint_hash_list_is_named(tmp_path):
+    VerifiedCheckpointIO().save_checkpoint({"state_dict": {}, "hyper_parameters": {}}, tmp_path / "last.ckpt")
+    (tmp_path / "last.ckpt.sha256").write_bytes(bytes(range(128, 256)))
+    with pytest.raises(ValueError, match=rf"^{tmp_path / 'last.ckpt.sha256'} is damaged \(not a sha256sum list: ordinal not in range\(128\) at byte 0\); "
+                                         "restore it from a copy, or delete it to use last.ckpt unchecked$"):  # fmt: skip
+        read_checkpoint(tmp_path / "last.ckpt", "checkpoint", "give another")

@@ -28,7 +28,14 @@ def hashes_path(path: Path) -> Path:
 def listed_hashes(path: Path) -> set[str]:
     """The SHA-256 values the list beside `path` accepts; empty when there is no list (a file from elsewhere)."""
     beside = hashes_path(path)
-    return {line.split()[0] for line in beside.read_text().splitlines() if line.strip()} if beside.is_file() else set()
+    if not beside.is_file():
+        return set()
+    try:
+        lines = beside.read_bytes().decode("ascii").splitlines()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{beside} is damaged (not a sha256sum list: {error.reason} at byte {error.start}); restore it from a copy, or "
+                         f"delete it to use {path.name} unchecked") from error  # fmt: skip
+    return {line.split()[0] for line in lines if line.strip()}
 
 
 def _write_hashes(path: Path, hashes: list[str]) -> None:

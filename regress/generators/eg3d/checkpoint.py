@@ -85,8 +85,9 @@ def _load_storage(data: Any) -> torch.storage.TypedStorage:
         raise CheckpointError(f"tensor storage must be bytes, got {type(data).__name__}")
     try:
         storage = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as error:
-        raise UnsafeCheckpointError(f"a tensor storage blob was refused by torch.load(weights_only=True): {error}") from error
+    except pickle.UnpicklingError as error:  # torch's message opens with advice to turn the check off: keep its reason only
+        reason = next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line or "Unsupported" in line), _one_line(str(error)))
+        raise UnsafeCheckpointError(f"a tensor storage blob was refused by torch.load(weights_only=True), nothing in it was run: {reason}") from error
     if not isinstance(storage, (torch.storage.TypedStorage, torch.UntypedStorage)):
         raise CheckpointError(f"tensor storage blob holds a {type(storage).__name__}, not a storage")
     return storage
