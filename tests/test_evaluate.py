@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import re
 import shutil
 from pathlib import Path
@@ -201,6 +202,22 @@ def test_a_set_made_before_records_were_listed_is_read_with_a_note(pair_set, tmp
     assert len(PairDataset(older)) == len(GOOD)
     assert capsys.readouterr().err == (f"regress: note: {older} lists no record files (made before they were listed), so missing or "
                                        "damaged records go unnoticed; rerun python -m regress.evaluate pairs on it to list them\n")  # fmt: skip
+
+
+def test_a_link_loop_a_dangling_link_or_a_folder_in_a_list_is_a_listed_failure(photos, tmp_path):
+    os.symlink(tmp_path / "loop.png", tmp_path / "loop.png")
+    os.symlink(tmp_path / "gone.png", tmp_path / "dangling.png")
+    (tmp_path / "folder.png").mkdir()
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"{photos / 'astronaut.png'}\nloop.png\ndangling.png\nfolder.png\n")
+    summary = _pairs(listed, tmp_path / "pairs")
+    listed = json.loads((tmp_path / "pairs" / "errors.json").read_text())["errors"]
+    errors = {Path(e["error"].split(": ")[0]).name: e["error"].split(": ", 1)[1] for e in listed}  # `PATH: why`
+    assert summary["records"] == 1 and errors == {
+        "loop.png": "a symbolic link that leads nowhere (a loop, or its target is gone); fix or remove the link",
+        "dangling.png": "a symbolic link that leads nowhere (a loop, or its target is gone); fix or remove the link",
+        "folder.png": "a folder, not an image; list the photos in it, or give the folder itself as --images",
+    }
 
 
 def test_record_with_mesh(photos):
