@@ -130,18 +130,23 @@ def csv_steps(log_dir: Path) -> list[int]:
         return [int(row["step"]) for row in csv.DictReader(handle) if row.get("train/loss")]
 
 
-def test_a_killed_run_resumes_by_last_where_it_stopped(tmp_path):
-    run = [*RESUMABLE, "--name=demo", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"]
-    threads = torch.get_num_threads()  # as many as the runs below: Adam turns rounding differences into visible ones
+def killed_at_its_first_last_checkpoint(run: list[str], last: Path, threads: int = 1) -> dict:
+    """Start `python -m regress.fit RUN`, kill it (SIGKILL) once `last` exists, and return that checkpoint."""
     child = subprocess.Popen(fit_command(*run), cwd=REPO, env=child_env(threads), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    last = tmp_path / "demo" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
     while not last.exists() and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     child.send_signal(signal.SIGKILL)
     child.wait()
     assert child.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {child.stderr.read().decode()}"
-    saved = load(last)
+    return load(last)
+
+
+def test_a_killed_run_resumes_by_last_where_it_stopped(tmp_path):
+    run = [*RESUMABLE, "--name=demo", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"]
+    threads = torch.get_num_threads()  # as many as the runs below: Adam turns rounding differences into visible ones
+    last = tmp_path / "demo" / "checkpoints" / "last.ckpt"
+    saved = killed_at_its_first_last_checkpoint(run, last, threads)
     assert saved["global_step"] == STEPS_PER_EPOCH * (saved["epoch"] + 1) < STEPS_PER_EPOCH * EPOCHS  # an epoch's end
     assert saved["SynthOnlineDataModule"] == {"epoch": saved["epoch"], "samples_done": 2 * STEPS_PER_EPOCH}
 
@@ -194,15 +199,8 @@ def test_a_step_based_last_checkpoint_keeps_a_kill_mid_epoch_to_its_last_save(tm
     """`--trainer.callbacks.every_n_train_steps N` sets the last of fit.yaml's callbacks, last.ckpt's, to save every N steps."""
     run = [*TINY, "--data.epoch_length=400", "--trainer.max_steps=-1", "--trainer.max_epochs=1", "--trainer.callbacks.every_n_train_steps=2",
            "--name=demo", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", "--trainer.limit_val_batches=0"]  # fmt: skip
-    child = subprocess.Popen(fit_command(*run), cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     last = tmp_path / "demo" / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 300
-    while not last.exists() and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    assert child.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {child.stderr.read().decode()}"
-    saved = load(last)
+    saved = killed_at_its_first_last_checkpoint(run, last)
     assert saved["epoch"] == 0 and saved["global_step"] % 2 == 0 and 0 < saved["global_step"] < 200  # inside the first epoch
     resumed = fit.main([*run, "--ckpt_path=last", f"--trainer.max_steps={saved['global_step'] + 2}"])
     assert resumed.trainer.global_step == saved["global_step"] + 2 and load(last)["global_step"] == saved["global_step"] + 2
