@@ -78,3 +78,6 @@ def test_nested_holds_of_one_process_exclude_each_other_and_release_in_order(tmp
     with hold_folder(tmp_path, "python -m regress.predict", "writing predictions", ADVICE):
         pass
     assert not (tmp_path / LOCKS).exists()
+    with hold_folder(tmp_path / "new" / "output", "python -m regress.predict", "writing predictions", ADVICE):
+        assert (tmp_path / "new" / "output").is_dir()
+    assert not (tmp_path / "new" / "output").exists()  # a job that wrote nothing leaves no folder behind

@@ -94,6 +94,7 @@ def hold_folder(folder: Path, job: str, what: str, advice: str, share: str | Non
     """
     mine = {"job": job, "what": what, "share": share, "part": part, "pid": os.getpid(), "host": socket.gethostname(),
             "since": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+    created = not Path(folder).exists()  # removed again when the job leaves it empty (it failed before writing)
     try:
         path = _add_holder(Path(folder), mine, advice)
     except OSError as error:
@@ -110,6 +111,9 @@ def hold_folder(folder: Path, job: str, what: str, advice: str, share: str | Non
                 _held.pop(path).close()
                 with contextlib.suppress(OSError):  # other holders' files are still there
                     locks.rmdir()
+        if created:
+            with contextlib.suppress(OSError):  # it holds what the job wrote
+                Path(folder).rmdir()
 
 
 def _add_holder(folder: Path, mine: dict[str, Any], advice: str) -> Path:
