@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 
-from regress.configs import run_job
+from regress.configs import run_job, verify_arguments
 from regress.faces.perceptual import PerceptualDistance
 from regress.generators import GeneratorSpec
 from regress.geometry.mesh_files import MeshFormat, check_mesh_format
@@ -28,8 +28,8 @@ from regress.inversion.front_end import PhotoFrontEnd
 from regress.inversion.pairs import PairBuilder, build_pairs
 from regress.inversion.photos import CameraLabels, list_images
 from regress.inversion.project import REFINE, ProjectionConfig
-from regress.runtime import pick_device
-from regress.store.pairs import read_pairs_manifest
+from regress.runtime import hold_output, pick_device
+from regress.store.pairs import read_pairs_manifest, verify_pairs
 
 
 def pairs(
@@ -110,7 +110,8 @@ def pairs(
                 "cameras": cameras, "aligned": aligned, "aligner": dataclasses.asdict(aligner), "perceptual": perceptual.name if perceptual else None,
                 **({"init_checkpoint": init_checkpoint} if init_checkpoint else {}),
                 **({"min_camera_confidence": min_camera_confidence} if min_camera_confidence else {})}  # fmt: skip (keys only when given: older sets still resume)
-    summary = build_pairs(photos, Path(output), builder, resume, shards, samples_per_shard, settings, progress)
+    with hold_output(Path(output), "python -m regress.evaluate pairs", "building the pairs set", "let it finish, or give another --output"):
+        summary = build_pairs(photos, Path(output), builder, resume, shards, samples_per_shard, settings, progress)
     failed = f"{len(summary['errors'])} failed" + (f": see {Path(output) / 'errors.json'}" if summary["errors"] else "")
     if summary["records"] == 0:
         raise ValueError(f"no photo could be paired, {failed}")
@@ -151,6 +152,7 @@ def benchmark(
     encoder_k: tuple[int, ...] = (5, 10, 20, 40),
     encoder_steps: int = 200,
     encoder_refine: ProjectionConfig = REFINE,
+    skip_corrupt: bool = False,
     device: str = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -172,6 +174,8 @@ def benchmark(
         encoder_k: the table's projection steps after the regressor
         encoder_steps: the table's projection steps from the mean latent that the regressor's start should reach
         encoder_refine: projection options from the regressor's prediction (steps replaced by each k)
+        skip_corrupt: score the records that are whole and count the others (missing, or failing their manifest's
+            size or SHA-256), instead of stopping at the first
         device: torch device, or auto
         progress: show a progress bar
     """
@@ -191,7 +195,7 @@ def benchmark(
     if latent_checkpoint is not None:
         synthesizer = pairs_generator_spec(pairs, generator, checkpoint, generator_options).build(run_on)
         models["latent"] = load_latent_regressor(latent_checkpoint, synthesizer)
-    dataset = PairDataset(pairs, image=image)
+    dataset = PairDataset(pairs, image=image, skip_corrupt=skip_corrupt)
     report, tensors = run_benchmark(dataset, models.get("depth"), models.get("latent"), synthesizer, run_on, batch_size, examples, progress)
     report["pairs_root"] = str(pairs)
     report["inversion_settings"] = dataset.manifest["projection"]  # the inversion times were measured when the pairs were built
@@ -205,9 +209,25 @@ def benchmark(
     return report
 
 
+def verify(root: str) -> int:
+    """Check a pairs set against its manifest, print one line per bad record and a summary; 1 if any is bad, else 0."""
+    checked, problems = verify_pairs(root)
+    for problem in problems:
+        print(f"regress.evaluate pairs: bad record: {problem}")
+    verdict = f"{len(problems)} bad" if problems else "every one whole, with its files' recorded sizes and SHA-256"
+    print(f"regress.evaluate pairs: verified {checked} records of {root} against its manifest: {verdict}")
+    return 1 if problems else 0
+
+
 def main(args: list[str] | None = None) -> Any:
-    """Command line: subcommands `pairs` and `benchmark`; errors exit 2 (usage) or 1 with one line (regress.errors)."""
-    return run_job("regress.evaluate", [pairs, benchmark], "evaluate", args)
+    """Command line: subcommands `pairs` and `benchmark`, or `pairs --verify DIR` to check a finished set; errors exit 2
+    (usage) or 1 with one line (regress.errors)."""
+
+    def verify_if_asked(expanded: list[str]) -> None:
+        if expanded[:1] == ["pairs"] and any(arg.split("=")[0] == "--verify" for arg in expanded):
+            raise SystemExit(verify(verify_arguments(expanded[1:], "python -m regress.evaluate pairs", "a pairs folder with its manifest.json").verify))
+
+    return run_job("regress.evaluate", [pairs, benchmark], "evaluate", args, verify_if_asked)
 
 
 if __name__ == "__main__":

@@ -41,14 +41,14 @@ def run(args: list[str] | None, from_command_line: bool) -> LightningCLI:
     args = expand_arguments(given)
     if from_command_line:  # LightningCLI reads sys.argv itself and warns when given both
         sys.argv[1:], args = args, None
-    parser_kwargs = {"exit_on_error": False, "default_config_files": [str(configs.ROOT / "fit.yaml")]}
+    parser_kwargs = {"exit_on_error": False, "allow_abbrev": False, "default_config_files": [str(configs.ROOT / "fit.yaml")]}
     return RegressCLI(
         Regressor,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         trainer_class=CountingTrainer,
-        parser_kwargs={"exit_on_error": False, "prog": "python -m regress.fit", **{command: parser_kwargs for command in SUBCOMMANDS}},
+        parser_kwargs={"exit_on_error": False, "allow_abbrev": False, "prog": "python -m regress.fit", **{command: parser_kwargs for command in SUBCOMMANDS}},
         save_config_callback=SaveRunConfig,
         explicit_model=explicit_model_options(given),
         save_config_kwargs={"overwrite": True},

@@ -12,7 +12,6 @@ batches while a background thread writes this one (`regress.generation`).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -22,7 +21,7 @@ from typing import Any, Iterator, Literal
 from tqdm import tqdm
 
 from regress.camera import ViewMixture
-from regress.configs import expand_config_arguments
+from regress.configs import expand_config_arguments, verify_arguments
 from regress.errors import importing_for_a_worker, run_command
 from regress.generation.background import consume_in_background, short_switch_interval
 from regress.generation.compress import compression_pool, write_shard
@@ -119,8 +118,8 @@ def generate(
     choices = {"psi": psi, "cutoff": cutoff, "jitter": jitter, "image_format": image_format, "batch_size": batch_size}
     settings = _settings(spec, synthesizer.box_size, mixture, layout, mesh if with_mesh else None, choices)
     shards = ShardSet(folder, layout, settings, target, keep_staged)
-    shards.check_output()
-    with shards.claimed(rank):
+    with shards.claimed(rank, world_size):
+        shards.check_output()
         todo, skipped = shards.plan(layout.indices_for_rank(rank, world_size))
         shards.drop_stale_manifest()
         run = _render_and_write(synthesizer, shards, todo, mixture, settings, png_level, batch_size, workers, f"rank {rank}/{world_size}", progress)
@@ -260,15 +259,6 @@ def verify(root: str, progress: bool = True) -> int:
     return 1 if problems else 0
 
 
-def _verify_command(args: list[str]) -> int:
-    """`--verify DIR [--progress false]`: the check of a finished dataset, instead of generating."""
-    parser = argparse.ArgumentParser(prog="python -m regress.generate", description=verify.__doc__, exit_on_error=False)
-    parser.add_argument("--verify", required=True, metavar="DIR", help="shard folder, or pipe: template, with its manifest.json")
-    parser.add_argument("--progress", type=lambda text: text.lower() in ("true", "1", "yes"), default=True)
-    options = parser.parse_args(args)
-    return verify(options.verify, options.progress)
-
-
 def main(args: list[str] | None = None) -> dict[str, Any]:
     """Command line: options from YAML files (`--config`: a file, or a short name of regress/configs/generate/) and
     flags, or `--verify DIR` to check a finished dataset; errors exit 2 (usage) or 1 with one line (regress.errors)."""
@@ -280,8 +270,9 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     def command() -> dict[str, Any]:
         expanded = expand_config_arguments(given, "generate")
         if any(arg.split("=")[0] == "--verify" for arg in expanded):
-            raise SystemExit(_verify_command(expanded))
-        return CLI(generate, args=expanded, as_positional=False, exit_on_error=False, prog="python -m regress.generate",
+            options = verify_arguments(expanded, "python -m regress.generate", "shard folder, or pipe: template, with its manifest.json")
+            raise SystemExit(verify(options.verify, options.progress))
+        return CLI(generate, args=expanded, as_positional=False, exit_on_error=False, allow_abbrev=False, prog="python -m regress.generate",
                    epilog="python -m regress.generate --verify DIR checks a finished dataset instead.")  # fmt: skip
 
     return run_command("regress.generate", command, interrupted="interrupted; complete shards are kept: rerun the command to go on")

@@ -25,7 +25,7 @@ from regress.inversion.align import FaceAligner
 from regress.inversion.front_end import PhotoFrontEnd
 from regress.inversion.photos import CameraLabels, list_images
 from regress.inversion.project import REFINE, ProjectionConfig
-from regress.runtime import pick_device
+from regress.runtime import hold_output, pick_device
 from regress.store.files import file_sha256
 
 
@@ -115,28 +115,29 @@ def predict(
                     "mesh_format": list(formats), "mesh_resolution": mesh_resolution, "video_frames": video_frames},  # fmt: skip
     }
     out = Path(output)
-    prepare_output(out, settings, resume)
-    todo = [p for p in photos if not photo_done(out, p)]
-    writer = PredictionWriter(out, formats, {**settings, "regress_version": __version__}, video_fps)
-    if todo:
-        accelerator = "gpu" if run_on.type == "cuda" else "cpu"
-        trainer = L.Trainer(
-            accelerator=accelerator, devices=[run_on.index or 0] if accelerator == "gpu" and devices == 1 else devices,
-            strategy="ddp" if devices > 1 else "auto", logger=False, enable_checkpointing=False, enable_model_summary=False,
-            inference_mode=False, callbacks=[writer], enable_progress_bar=progress,
-        )  # fmt: skip
-        data = DataLoader(PhotoDataset(todo, front_end), batch_size=batch_size, num_workers=num_workers, collate_fn=collate_photos)
-        trainer.predict(PhotoPredictor(synthesizer, depth_model, latent_model, choices), data, return_predictions=False)
-        trainer.strategy.barrier()  # every rank's faces are written before rank 0 lists them
-        if not trainer.is_global_zero:
-            return {"output": str(out), "written": len(writer.written)}
-    errors = gather_errors(out)
-    page = write_predict_page(out, errors)
-    summary = {"output": str(out), "written": len(writer.written), "skipped": len(photos) - len(todo), "errors": errors, "page": str(page)}
-    failed = f"{len(errors)} failed" + (f": see {out / 'errors.json'}" if errors else "")
-    print(f"regress.predict: {len(writer.written)} faces written to {out} ({summary['skipped']} photos already done, {failed}); open {page}", file=sys.stderr)
-    if len(errors) == len(photos):
-        raise ValueError(f"no photo could be used, {failed}")
+    with hold_output(out, "python -m regress.predict", "writing predictions", "let it finish, or give another --output"):
+        prepare_output(out, settings, resume)
+        todo = [p for p in photos if not photo_done(out, p)]
+        writer = PredictionWriter(out, formats, {**settings, "regress_version": __version__}, video_fps)
+        if todo:
+            accelerator = "gpu" if run_on.type == "cuda" else "cpu"
+            trainer = L.Trainer(
+                accelerator=accelerator, devices=[run_on.index or 0] if accelerator == "gpu" and devices == 1 else devices,
+                strategy="ddp" if devices > 1 else "auto", logger=False, enable_checkpointing=False, enable_model_summary=False,
+                inference_mode=False, callbacks=[writer], enable_progress_bar=progress,
+            )  # fmt: skip
+            data = DataLoader(PhotoDataset(todo, front_end), batch_size=batch_size, num_workers=num_workers, collate_fn=collate_photos)
+            trainer.predict(PhotoPredictor(synthesizer, depth_model, latent_model, choices), data, return_predictions=False)
+            trainer.strategy.barrier()  # every rank's faces are written before rank 0 lists them
+            if not trainer.is_global_zero:
+                return {"output": str(out), "written": len(writer.written)}
+        errors = gather_errors(out)
+        page = write_predict_page(out, errors)
+        summary = {"output": str(out), "written": len(writer.written), "skipped": len(photos) - len(todo), "errors": errors, "page": str(page)}
+        failed = f"{len(errors)} failed" + (f": see {out / 'errors.json'}" if errors else "")
+        print(f"regress.predict: {len(writer.written)} faces written to {out} ({summary['skipped']} photos already done, {failed}); open {page}", file=sys.stderr)
+        if len(errors) == len(photos):
+            raise ValueError(f"no photo could be used, {failed}")
     return summary
 
 

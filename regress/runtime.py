@@ -3,6 +3,7 @@ its rank and the number of ranks, and the torch.compile cache it starts from."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -13,6 +14,7 @@ import torch
 import webdataset as wds
 
 from regress.store.files import write_atomic
+from regress.store.locks import hold_folder
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -72,6 +74,18 @@ def rank_and_world_size() -> tuple[int, int]:
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world size {world_size}; check the RANK and WORLD_SIZE variables")
     return rank, world_size
+
+
+def starts_the_run() -> bool:
+    """Whether this process is the one a user started, not a rank another launches: rank 0 under torchrun (RANK),
+    and neither a process Lightning's DDP launcher starts for another GPU (LOCAL_RANK > 0) nor another node's."""
+    rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
+    return int(rank) == 0 and int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0"))) == 0
+
+
+def hold_output(folder: Path, job: str, what: str, advice: str) -> contextlib.AbstractContextManager[None]:
+    """`store.locks.hold_folder` for the process that starts the run; the ranks it launches write under its hold."""
+    return hold_folder(folder, job, what, advice) if starts_the_run() else contextlib.nullcontext()
 
 
 def synchronize(device: torch.device) -> None:

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import pickle
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -22,6 +23,8 @@ from regress.generators.eg3d import CheckpointError, EG3DGenerator, UnsafeCheckp
 from regress.generators.eg3d.checkpoint import config_sha256, read_network_pickle, save_converted
 from regress.generators.eg3d.config import EG3DConfig
 from regress.generators.eg3d.convert import main as convert_main
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 class _Reduce:
@@ -90,9 +93,11 @@ def test_storage_blob_with_a_malicious_pickle_is_refused(tmp_path):
     blob = io.BytesIO()
     torch.save(_Reduce(os.system, f"touch {marker}"), blob, _use_new_zipfile_serialization=False)
     path = _write(tmp_path / "blob.pkl", {"G_ema": _Reduce(torch.storage._load_from_bytes, blob.getvalue())})
-    with pytest.raises(UnsafeCheckpointError, match="weights_only"):
+    with pytest.raises(UnsafeCheckpointError) as refused:
         EG3DGenerator.from_checkpoint(path)
     assert not marker.exists()
+    assert str(refused.value).startswith(f"{path}: a tensor storage blob was refused by torch.load(weights_only=True), nothing in it was run: ")
+    assert "GLOBAL posix.system" in str(refused.value) and "set to `False`" not in str(refused.value)  # the global named, not the advice
 
 
 def test_truncated_pickle_is_reported(tmp_path, eg3d_fixture_dir):
@@ -267,3 +272,25 @@ def test_a_converted_checkpoint_missing_a_file_names_the_missing_one(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(CheckpointError, match=r": model.safetensors is not there"):
         GeneratorSpec("eg3d", tmp_path).create()
+
+
+def test_converting_onto_a_file_or_a_full_disk_is_one_line(eg3d_fixture_dir, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit) as stop:
+        convert_main([str(eg3d_fixture_dir / "network.pkl"), str(blocker)])
+    assert stop.value.code == 1 and capsys.readouterr().err == (
+        f"regress.generators.eg3d.convert: error: {blocker} is a file, not a folder: give a folder to write model.safetensors and config.json into\n"
+    )
+    code = (  # a file size limit stands in for a full disk: the same OSError where the weights are written
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+        "from regress.generators.eg3d.convert import main; main(sys.argv[1:])"
+    )
+    out = tmp_path / "converted"
+    result = subprocess.run([sys.executable, "-c", code, str(eg3d_fixture_dir / "network.pkl"), str(out)], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 1 and result.stderr == (
+        f"regress.generators.eg3d.convert: error: [Errno 27] writing {out / 'model.safetensors'} failed (File too large): the disk may be full or a "
+        "file size limit reached; free some space and convert again\n"
+    )
+    assert list(out.iterdir()) == []  # nothing half-written

@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import re
 import shutil
 from pathlib import Path
@@ -37,7 +38,7 @@ from regress.inversion.photos import CameraLabels  # noqa: E402
 from regress.inversion.project import ProjectionConfig  # noqa: E402
 from regress.models import LatentRegressor  # noqa: E402
 from regress.sample import resize_images  # noqa: E402
-from regress.store.pairs import RECORDS, record_key  # noqa: E402
+from regress.store.pairs import RECORD_FILES, RECORDS, record_files, record_key  # noqa: E402
 
 GENERATOR = '{"image_resolution": 32, "render_resolution": 16, "depth_resolution": 16}'
 GOOD = ("astronaut.png", "mirrored.jpg", "grey.png", "alpha.png")
@@ -141,6 +142,82 @@ def test_pairs_resume_and_shards(pair_set, photos, tmp_path, capsys):
     a, b = from_folder[0], from_shards[0]
     for name in ("image", "real", "inverted", "depth", "mask", "w", "camera", "landmarks"):
         assert torch.equal(a[name], b[name])
+
+
+def _verify(root: Path, capsys) -> tuple[int, list[str]]:
+    """`python -m regress.evaluate pairs --verify ROOT`: its exit status and its lines."""
+    with pytest.raises(SystemExit) as stop:
+        evaluate.main(["pairs", "--verify", str(root)])
+    return stop.value.code, capsys.readouterr().out.splitlines()
+
+
+def test_the_manifest_lists_every_records_files_and_verify_finds_them_whole(pair_set, capsys):
+    output, _ = pair_set
+    listed = json.loads((output / "manifest.json").read_text())[RECORD_FILES]
+    keys = sorted(p.name for p in (output / RECORDS).iterdir())
+    assert sorted(listed) == keys and all(listed[k] == record_files(output, k) for k in keys)
+    assert {"real.png", "depth.npy", "w.npy", "meta.json"} <= set(listed[keys[0]]) and len(listed[keys[0]]["w.npy"][1]) == 64
+    status, lines = _verify(output, capsys)
+    assert status == 0 and lines == [f"regress.evaluate pairs: verified {len(GOOD)} records of {output} against its manifest: "
+                                     "every one whole, with its files' recorded sizes and SHA-256"]  # fmt: skip
+
+
+def test_records_missing_or_damaged_are_found_before_the_first_sample_or_skipped_and_counted(pair_set, tmp_path, capsys):
+    output, _ = pair_set
+    damaged = tmp_path / "set"
+    shutil.copytree(output, damaged)
+    first, second, third, fourth = sorted(p.name for p in (damaged / RECORDS).iterdir())
+    shutil.rmtree(damaged / RECORDS / first)
+    (damaged / RECORDS / second / "real.png").unlink()
+    with pytest.raises(ValueError, match=rf"^{damaged}: record {first} is missing \(2 of the 4 records its manifest lists are missing or damaged\)"):
+        PairDataset(damaged)
+    depth = damaged / RECORDS / third / "depth.npy"
+    depth.write_bytes(depth.read_bytes()[:-4] + b"\0\0\0\1")  # same size, other bytes: found when the record is read
+    kept = PairDataset(damaged, skip_corrupt=True)
+    assert kept.keys == [fourth] and f"regress: skipping 3 of the 4 records of {damaged}" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # `regress.fit --data pairs` on it: one line, status 1, before any training
+        _fit(damaged, "depth", tmp_path / "run")
+    assert stop.value.code == 1 and f"regress.fit: error: {damaged}: record {first} is missing (2 of the 4" in capsys.readouterr().err
+    shutil.copytree(output / RECORDS / first, damaged / RECORDS / first)
+    shutil.copy(output / RECORDS / second / "real.png", damaged / RECORDS / second)
+    shutil.copytree(output / RECORDS / fourth, damaged / RECORDS / "unlisted")
+    with pytest.raises(ValueError, match=rf"^{damaged}: record {third}: depth.npy does not match the SHA-256 its manifest lists"):
+        PairDataset(damaged)[2]
+    status, lines = _verify(damaged, capsys)
+    assert status == 1 and lines == [
+        f"regress.evaluate pairs: bad record: {damaged}: record {third}: depth.npy does not match the SHA-256 its manifest lists",
+        f"regress.evaluate pairs: bad record: {damaged}: record unlisted is not listed in its manifest (added after it was written); "
+        "rerun python -m regress.evaluate pairs",
+        f"regress.evaluate pairs: verified 4 records of {damaged} against its manifest: 2 bad",
+    ]
+
+
+def test_a_set_made_before_records_were_listed_is_read_with_a_note(pair_set, tmp_path, capsys):
+    output, _ = pair_set
+    older = tmp_path / "older"
+    shutil.copytree(output, older)
+    manifest = json.loads((older / "manifest.json").read_text())
+    del manifest[RECORD_FILES]
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    assert len(PairDataset(older)) == len(GOOD)
+    assert capsys.readouterr().err == (f"regress: note: {older} lists no record files (made before they were listed), so missing or "
+                                       "damaged records go unnoticed; rerun python -m regress.evaluate pairs on it to list them\n")  # fmt: skip
+
+
+def test_a_link_loop_a_dangling_link_or_a_folder_in_a_list_is_a_listed_failure(photos, tmp_path):
+    os.symlink(tmp_path / "loop.png", tmp_path / "loop.png")
+    os.symlink(tmp_path / "gone.png", tmp_path / "dangling.png")
+    (tmp_path / "folder.png").mkdir()
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"{photos / 'astronaut.png'}\nloop.png\ndangling.png\nfolder.png\n")
+    summary = _pairs(listed, tmp_path / "pairs")
+    listed = json.loads((tmp_path / "pairs" / "errors.json").read_text())["errors"]
+    errors = {Path(e["error"].split(": ")[0]).name: e["error"].split(": ", 1)[1] for e in listed}  # `PATH: why`
+    assert summary["records"] == 1 and errors == {
+        "loop.png": "a symbolic link that leads nowhere (a loop, or its target is gone); fix or remove the link",
+        "dangling.png": "a symbolic link that leads nowhere (a loop, or its target is gone); fix or remove the link",
+        "folder.png": "a folder, not an image; list the photos in it, or give the folder itself as --images",
+    }
 
 
 def test_record_with_mesh(photos):
@@ -305,6 +382,9 @@ def test_benchmark_reports_on_lightning_checkpoints(pair_set, latent_checkpoint,
     shutil.copytree(output, faceless)
     empty = sorted((faceless / RECORDS).iterdir())[0]
     np.save(empty / "mask.npy", np.zeros_like(np.load(empty / "mask.npy")))
+    manifest = json.loads((faceless / "manifest.json").read_text())
+    manifest[RECORD_FILES][empty.name] = record_files(faceless, empty.name)  # as if inverted so: listed with its bytes
+    (faceless / "manifest.json").write_text(json.dumps(manifest))
     report_dir = tmp_path / "report"
     report = evaluate.main([
         "benchmark", "--config", "benchmark", "--pairs", str(faceless), "--output", str(report_dir),

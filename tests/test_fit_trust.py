@@ -25,7 +25,9 @@ from regress.models.checkpoint_io import VerifiedCheckpointIO, listed_hashes, re
 from regress.store.files import AtomicFile, file_sha256
 from regress.store.shard_set import MANIFEST
 from regress.training.callbacks import FiniteGuard, NonFiniteError
+from regress.store.locks import LOCKS
 from tests.test_fit import TINY
+from tests.test_locks import wait_for_holder
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS_PER_EPOCH, EPOCHS = 4, 3  # epoch_length 8 at batch 2
@@ -128,18 +130,23 @@ def csv_steps(log_dir: Path) -> list[int]:
         return [int(row["step"]) for row in csv.DictReader(handle) if row.get("train/loss")]
 
 
-def test_a_killed_run_resumes_by_last_where_it_stopped(tmp_path):
-    run = [*RESUMABLE, "--name=demo", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"]
-    threads = torch.get_num_threads()  # as many as the runs below: Adam turns rounding differences into visible ones
+def killed_at_its_first_last_checkpoint(run: list[str], last: Path, threads: int = 1) -> dict:
+    """Start `python -m regress.fit RUN`, kill it (SIGKILL) once `last` exists, and return that checkpoint."""
     child = subprocess.Popen(fit_command(*run), cwd=REPO, env=child_env(threads), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    last = tmp_path / "demo" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
     while not last.exists() and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     child.send_signal(signal.SIGKILL)
     child.wait()
     assert child.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {child.stderr.read().decode()}"
-    saved = load(last)
+    return load(last)
+
+
+def test_a_killed_run_resumes_by_last_where_it_stopped(tmp_path):
+    run = [*RESUMABLE, "--name=demo", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"]
+    threads = torch.get_num_threads()  # as many as the runs below: Adam turns rounding differences into visible ones
+    last = tmp_path / "demo" / "checkpoints" / "last.ckpt"
+    saved = killed_at_its_first_last_checkpoint(run, last, threads)
     assert saved["global_step"] == STEPS_PER_EPOCH * (saved["epoch"] + 1) < STEPS_PER_EPOCH * EPOCHS  # an epoch's end
     assert saved["SynthOnlineDataModule"] == {"epoch": saved["epoch"], "samples_done": 2 * STEPS_PER_EPOCH}
 
@@ -152,6 +159,51 @@ def test_a_killed_run_resumes_by_last_where_it_stopped(tmp_path):
     resumed_weights, straight_weights = load(last)["state_dict"], straight.model.state_dict()
     for name, value in straight_weights.items():  # the same seeds in the same order: the seed stream went on
         assert torch.equal(resumed_weights[name], value), name
+
+
+@pytest.mark.slow
+def test_a_second_fit_of_a_name_in_training_is_refused_and_a_killed_runs_lock_and_partial_files_are_taken_over(tmp_path, capsys):
+    run = [*TINY, "--name=demo", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"]
+    first = subprocess.Popen(fit_command(*run, "--trainer.max_steps=-1", "--trainer.max_epochs=100000"), cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_holder(tmp_path / "demo", first)
+        second = run_fit(*run)
+        lines = [line for line in second.stderr.splitlines() if line.startswith("regress.fit: ")]
+        assert second.returncode == 1 and len(lines) == 2, second.stderr
+        assert lines[0].startswith(f"regress.fit: error: another python -m regress.fit is training the run 'demo' in {tmp_path / 'demo'} "
+                                   f"(pid {first.pid} on ")  # fmt: skip
+        assert lines[0].endswith("let it finish, or give another --name")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    checkpoints = tmp_path / "demo" / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    (checkpoints / f"last.ckpt.{first.pid}.partial").write_bytes(b"half a checkpoint")  # as a kill mid-save leaves it
+    fit.main(run)
+    assert f"taking over the lock of python -m regress.fit (pid {first.pid} on " in capsys.readouterr().err
+    assert load(checkpoints / "last.ckpt")["global_step"] == 2
+    assert not list(checkpoints.glob("*.partial")) and not (tmp_path / "demo" / LOCKS).exists()
+
+
+def test_checkpoints_are_saved_through_a_partial_file_of_this_process(tmp_path):
+    """Two processes saving one checkpoint name never write, or rename, each other's partial file."""
+    other = tmp_path / "last.ckpt.1.partial"
+    other.write_bytes(b"another process's save in progress")
+    VerifiedCheckpointIO().save_checkpoint({"step": 1}, tmp_path / "last.ckpt")
+    assert other.read_bytes() == b"another process's save in progress" and load(tmp_path / "last.ckpt") == {"step": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "last.ckpt.1.partial", "last.ckpt.sha256"]
+
+
+@pytest.mark.slow
+def test_a_step_based_last_checkpoint_keeps_a_kill_mid_epoch_to_its_last_save(tmp_path):
+    """`--trainer.callbacks.every_n_train_steps N` sets the last of fit.yaml's callbacks, last.ckpt's, to save every N steps."""
+    run = [*TINY, "--data.epoch_length=400", "--trainer.max_steps=-1", "--trainer.max_epochs=1", "--trainer.callbacks.every_n_train_steps=2",
+           "--name=demo", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", "--trainer.limit_val_batches=0"]  # fmt: skip
+    last = tmp_path / "demo" / "checkpoints" / "last.ckpt"
+    saved = killed_at_its_first_last_checkpoint(run, last)
+    assert saved["epoch"] == 0 and saved["global_step"] % 2 == 0 and 0 < saved["global_step"] < 200  # inside the first epoch
+    resumed = fit.main([*run, "--ckpt_path=last", f"--trainer.max_steps={saved['global_step'] + 2}"])
+    assert resumed.trainer.global_step == saved["global_step"] + 2 and load(last)["global_step"] == saved["global_step"] + 2
 
 
 # --- one-line errors -------------------------------------------------------------------------------
@@ -297,3 +349,11 @@ def test_a_save_over_a_checkpoint_lists_only_the_new_hash_and_a_removal_takes_th
     assert listed_hashes(path) == {new} and read_checkpoint(path, "checkpoint", "")["state_dict"]["w"].sum() == 2
     plugin.remove_checkpoint(path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_damaged_checkpoint_hash_list_is_named(tmp_path):
+    VerifiedCheckpointIO().save_checkpoint({"state_dict": {}, "hyper_parameters": {}}, tmp_path / "last.ckpt")
+    (tmp_path / "last.ckpt.sha256").write_bytes(bytes(range(128, 256)))
+    with pytest.raises(ValueError, match=rf"^{tmp_path / 'last.ckpt.sha256'} is damaged \(not a sha256sum list: ordinal not in range\(128\) at byte 0\); "
+                                         "restore it from a copy, or delete it to use last.ckpt unchecked$"):  # fmt: skip
+        read_checkpoint(tmp_path / "last.ckpt", "checkpoint", "give another")

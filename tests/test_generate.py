@@ -21,10 +21,12 @@ from regress.generate import generate, main
 from regress.generation.background import consume_in_background, short_switch_interval
 from regress.generation.compress import PIPE_BYTES, compression_pool, pool_pipes
 from regress.generators import GeneratorSpec
+from regress.store.locks import LOCKS, FolderInUse
 from regress.store.shard_set import MANIFEST
 from regress.sample import decode_sample
 from regress.store.shards import REGENERATE, iter_shard, read_shard_record
 from tests.eg3d_tiny import TINY_EG3D
+from tests.test_locks import wait_for_holder
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = {"image_resolution": 32, "render_resolution": 16, "depth_resolution": 16}
@@ -150,6 +152,33 @@ def test_a_second_run_writing_the_same_shards_at_once_is_refused(tmp_path):
     finally:
         first.kill()
         first.wait()
+
+
+@pytest.mark.slow
+def test_another_set_or_rank_layout_into_a_folder_being_written_is_refused_and_a_killed_runs_lock_taken_over(tmp_path, monkeypatch, capsys):
+    first_run = cli_args(tmp_path, name="a", num_samples=4000)  # killed long before it ends
+    first = subprocess.Popen([sys.executable, "-m", "regress.generate", *first_run], cwd=REPO, env=child_env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        wait_for_holder(tmp_path, first)
+        second = subprocess.run([sys.executable, "-m", "regress.generate", *cli_args(tmp_path, name="b")], cwd=REPO, env=child_env(),
+                                capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert second.returncode == 1 and len(second.stderr.splitlines()) == 1, second.stderr
+        assert second.stderr.startswith(f"regress.generate: error: another python -m regress.generate is writing the 'a' shards of rank 0 "
+                                        f"in {tmp_path} (pid {first.pid} on ")  # fmt: skip
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", "1")  # the same set, other ranks: they would write shard 1 beside the first run
+        with pytest.raises(FolderInUse, match=f"pid {first.pid} "):
+            generate(tmp_path, **{**RUN, "name": "a", "num_samples": 4000})
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.delenv("RANK")
+    assert not list(tmp_path.glob("b-*")) and not (tmp_path / MANIFEST).exists()
+    summary = generate(tmp_path, **{**RUN, "name": "b"})  # the killed run wrote no manifest: the folder is free
+    assert summary["manifest"] and f"taking over the lock of python -m regress.generate (pid {first.pid} on " in capsys.readouterr().err
+    assert not (tmp_path / LOCKS).exists() and not list(tmp_path.glob("b-*.partial"))  # the killed run's partial shard is its own
 
 
 def test_two_ranks_write_disjoint_shards_identical_to_one_rank(reference, tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ short name (`gpu`, or `trainer/gpu` from the root) picks one of them; a file of 
 
 from __future__ import annotations
 
+import argparse
 import re
 from importlib.resources import files
 from pathlib import Path
@@ -33,11 +34,13 @@ def shipped(group: str, name: str) -> Path | None:
 def checked_yaml(path: Path) -> Path:
     """`path`, once its text has parsed as YAML; a ValueError naming the file, line and column where it does not."""
     try:
-        yaml.safe_load(path.read_text())
+        loaded = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ValueError(f"config {path} is not valid YAML{where}: {getattr(error, 'problem', None) or error}") from error
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ValueError(f"config {path} is a YAML {type(loaded).__name__}, not a mapping of options (option: value, one a line)")
     return path
 
 
@@ -81,9 +84,12 @@ def expand_config_arguments(args: list[str], group: str) -> list[str]:
         raise UsageError(str(error)) from error
 
 
-def run_job(job: str, components: Callable | list[Callable], group: str, args: list[str] | None = None) -> Any:
-    """A job's command line: `--config` short names of its `group`, then jsonargparse's CLI of `components` (a function,
-    or a list for subcommands); errors exit 2 (usage) or 1 with one line (`regress.errors.run_command`)."""
+def run_job(
+    job: str, components: Callable | list[Callable], group: str, args: list[str] | None = None, before: Callable[[list[str]], None] | None = None
+) -> Any:
+    """A job's command line: `--config` short names of its `group`, then `before` (which may end the job, e.g. a
+    `--verify`), then jsonargparse's CLI of `components` (a function, or a list for subcommands; no abbreviated
+    options); errors exit 2 (usage) or 1 with one line (`regress.errors.run_command`)."""
     import sys
 
     from jsonargparse import CLI
@@ -92,6 +98,17 @@ def run_job(job: str, components: Callable | list[Callable], group: str, args: l
 
     def command() -> Any:
         expanded = expand_config_arguments(sys.argv[1:] if args is None else args, group)
-        return CLI(components, args=expanded, as_positional=False, exit_on_error=False, prog=f"python -m {job}")
+        if before is not None:
+            before(expanded)
+        return CLI(components, args=expanded, as_positional=False, exit_on_error=False, allow_abbrev=False, prog=f"python -m {job}")
 
     return run_command(job, command)
+
+
+def verify_arguments(args: list[str], prog: str, what: str) -> argparse.Namespace:
+    """`--verify DIR [--progress false]`, the check of a finished set that `generate` and `evaluate pairs` run instead
+    of their job: `verify` the folder (`what` it must be), `progress` whether to show a bar."""
+    parser = argparse.ArgumentParser(prog=prog, exit_on_error=False)
+    parser.add_argument("--verify", required=True, metavar="DIR", help=what)
+    parser.add_argument("--progress", type=lambda text: text.lower() in ("true", "1", "yes"), default=True)
+    return parser.parse_args(args)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from regress.datamodules.manifest import ManifestLatents
 from regress.sample import Batch, collate_samples, decode_sample, resize_images
-from regress.store.pairs import RECORDS, read_pair_record, read_pairs_manifest, record_keys
+from regress.store.pairs import RECORD_FILES, RECORDS, check_pair_records, read_pair_record, read_pairs_manifest, record_problem
 from regress.store.shards import iter_shard
 
 
@@ -48,20 +49,32 @@ def collate_pairs(samples: list[dict[str, Any]]) -> Batch:
 
 
 class PairDataset(Dataset):
-    """Pair records of a pairs set, by key order; reads the record folder, or the shards (all in memory) when it is absent."""
+    """Pair records of a pairs set, by key order; reads the record folder, or the shards (all in memory) when it is absent.
 
-    def __init__(self, root: str | Path, image: Literal["real", "inverted"] = "real") -> None:
+    Before the first sample every record the manifest lists is checked present with its files at their sizes, and each
+    record's SHA-256 as it is read: a missing or damaged record stops the reader, naming it. `skip_corrupt` checks
+    every byte up front instead and leaves the bad records out, with a line that counts them.
+    """
+
+    def __init__(self, root: str | Path, image: Literal["real", "inverted"] = "real", skip_corrupt: bool = False) -> None:
         self.root, self.image = Path(root), image
         self.manifest = read_pairs_manifest(root)
+        self.listed = self.manifest.get(RECORD_FILES)
         folder = self.root / RECORDS
         if folder.is_dir():
             self.members: dict[str, dict[str, bytes]] | None = None
-            available = record_keys(self.root)
+            available, problems = check_pair_records(self.root, self.manifest, verify=skip_corrupt)
         elif self.manifest.get("shards"):
             self.members = {k: m for s in self.manifest["shards"] for k, m in iter_shard(str(self.root / s["file"]), s["count"], s.get("bytes"), s.get("sha256"))}
             available = sorted(self.members)
+            problems = [f"{root}: record {key} is missing from its shards" for key in sorted(set(self.listed or ()) - set(self.members))]
         else:
             raise FileNotFoundError(f"{root} has neither {RECORDS}/ nor shards; rebuild it with python -m regress.evaluate pairs")
+        if problems and not skip_corrupt:
+            raise ValueError(f"{problems[0]} ({len(problems)} of the {len(self.listed)} records its manifest lists are missing or damaged); "
+                             "rebuild the set with python -m regress.evaluate pairs, or skip them with skip_corrupt")  # fmt: skip
+        if problems:
+            print(f"regress: skipping {len(problems)} of the {len(self.listed)} records of {root}, missing or damaged: {problems[0]} ...", file=sys.stderr)
         if not available:
             raise ValueError(f"{root} holds no pair records: every photo failed (see errors.json there)")
         self.keys = available
@@ -71,7 +84,13 @@ class PairDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         key = self.keys[index]
-        members = self.members[key] if self.members is not None else read_pair_record(self.root, key)
+        if self.members is not None:
+            members = self.members[key]
+        else:
+            members = read_pair_record(self.root, key)
+            problem = record_problem(self.root, key, self.listed[key], members) if self.listed is not None else None
+            if problem is not None:
+                raise ValueError(f"{self.root}: {problem}; rebuild the set with python -m regress.evaluate pairs, or skip damaged records with skip_corrupt")
         sample = decode_pair(members, f"{self.root} record {key}", self.image)
         sample["meta"]["key"] = key
         return sample
@@ -103,6 +122,8 @@ class PairDataModule(ManifestLatents, L.LightningDataModule):
         image_size: side of the images the model sees (resized on device); None keeps the stored size.
         image: the model input, `real` (the aligned photo) or `inverted` (the generator's render).
         num_workers: loader processes.
+        skip_corrupt: leave out (and count, in one line) records that are missing or fail their manifest's size or
+            SHA-256 (every byte is checked up front then), instead of stopping at the first.
     """
 
     def __init__(
@@ -113,6 +134,7 @@ class PairDataModule(ManifestLatents, L.LightningDataModule):
         image_size: int | None = 128,
         image: Literal["real", "inverted"] = "real",
         num_workers: int = 0,
+        skip_corrupt: bool = False,
     ) -> None:
         super().__init__()
         if not 0 <= val_fraction < 1:
@@ -122,11 +144,11 @@ class PairDataModule(ManifestLatents, L.LightningDataModule):
         self.save_hyperparameters()
         self.root, self.manifest = Path(root), read_pairs_manifest(root)
         self.batch_size, self.image_size, self.image, self.num_workers = batch_size, image_size, image, num_workers
-        self.val_fraction = val_fraction
+        self.val_fraction, self.skip_corrupt = val_fraction, skip_corrupt
 
     def setup(self, stage: str | None = None) -> None:
         """Read the set once; training and validation are views of it, split by key."""
-        everything = PairDataset(self.root, self.image)
+        everything = PairDataset(self.root, self.image, self.skip_corrupt)
         held = set(validation_keys(everything.keys, self.val_fraction))
         val = [i for i, key in enumerate(everything.keys) if key in held]
         train = [i for i, key in enumerate(everything.keys) if key not in held] or val

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import functools
 import inspect
+import typing
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -81,6 +82,7 @@ class Generator(nn.Module, abc.ABC):
     name: str = "generator"
     has_weights: bool = True  # False: the backend is whole without a checkpoint (the analytic head)
     renamed_options: dict[str, str] = {}  # an option's old name -> its name now, accepted for one release
+    option_bounds: dict[str, tuple[float, float]] = {}  # an option's lowest and highest values (generators.options)
     z_dim: int
     num_ws: int
     w_dim: int
@@ -100,6 +102,12 @@ class Generator(nn.Module, abc.ABC):
     def option_names(cls) -> list[str]:
         """The keyword options this backend takes, with or without a checkpoint (its constructor's parameters)."""
         return [p.name for p in inspect.signature(cls).parameters.values() if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD]
+
+    @classmethod
+    def option_types(cls) -> dict[str, Any]:
+        """Each option's type annotation (its constructor parameter's), checked before the generator is built."""
+        hints = typing.get_type_hints(cls.__init__)
+        return {name: hints[name] for name in cls.option_names() if name in hints}
 
     @classmethod
     def stored_options(cls, options: dict[str, Any]) -> dict[str, Any]:

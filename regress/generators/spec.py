@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import torch
 
 from regress.generators.base import Generator
+from regress.generators.options import check_options
 from regress.generators.registry import backend
 from regress.store.files import tree_sha256
 
@@ -53,6 +54,7 @@ class GeneratorSpec:
         unknown = sorted(set(options) - set(accepted))
         if unknown:
             raise ValueError(f"unknown {name} generator option(s) {', '.join(unknown)}; its options: {', '.join(accepted)}")
+        check_options(name, options, cls.option_types(), cls.option_bounds)
         if self.name is None and checkpoint is None:
             print("regress: no EG3D checkpoint given, using the embedded analytic head generator", file=sys.stderr)
         object.__setattr__(self, "name", name)

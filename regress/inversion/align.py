@@ -62,6 +62,8 @@ def load_image(path: str | Path, max_pixels: int = 64_000_000, min_side: int = 6
     path = Path(path)
     if path.is_symlink() and not path.exists():
         raise FaceError(f"{path}: a symbolic link that leads nowhere (a loop, or its target is gone); fix or remove the link")
+    if path.is_dir():
+        raise FaceError(f"{path}: a folder, not an image; list the photos in it, or give the folder itself as --images")
     try:
         with Image.open(path) as pil:
             width, height = pil.size

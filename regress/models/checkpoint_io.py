@@ -1,7 +1,7 @@
 """Checkpoints written whole, with their SHA-256 beside them, and read back only when they still match.
 
 `VerifiedCheckpointIO` is the Lightning plugin that `python -m regress.fit` saves through: each checkpoint
-is written to `NAME.partial`, synced and renamed into place, and `NAME.sha256` lists its SHA-256 in
+is written to `NAME.PID.partial`, synced and renamed into place, and `NAME.sha256` lists its SHA-256 in
 `sha256sum` format. While a save replaces a file, the list holds the old and the new hash, so a run
 killed at any moment leaves a checkpoint that its list accepts. `read_checkpoint` (resuming, the
 benchmark, the encoder) refuses a file whose bytes match no listed hash: a damaged checkpoint is
@@ -28,7 +28,14 @@ def hashes_path(path: Path) -> Path:
 def listed_hashes(path: Path) -> set[str]:
     """The SHA-256 values the list beside `path` accepts; empty when there is no list (a file from elsewhere)."""
     beside = hashes_path(path)
-    return {line.split()[0] for line in beside.read_text().splitlines() if line.strip()} if beside.is_file() else set()
+    if not beside.is_file():
+        return set()
+    try:
+        lines = beside.read_bytes().decode("ascii").splitlines()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{beside} is damaged (not a sha256sum list: {error.reason} at byte {error.start}); restore it from a copy, or "
+                         f"delete it to use {path.name} unchecked") from error  # fmt: skip
+    return {line.split()[0] for line in lines if line.strip()}
 
 
 def _write_hashes(path: Path, hashes: list[str]) -> None:
@@ -41,7 +48,7 @@ class VerifiedCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = AtomicFile(path)
+        partial = AtomicFile(path, unique=True)  # two processes saving one name never share a partial file
         try:
             torch.save(checkpoint, partial.file)
             partial.close()

@@ -41,13 +41,9 @@ def write_atomic(path: Path, data: bytes) -> None:
         partial.unlink(missing_ok=True)
 
 
-def write_failed(path: Path, error: OSError) -> OSError:
-    """The error to raise when writing `path` failed: what failed, the likely cause, and that a rerun goes on."""
-    return OSError(
-        error.errno,
-        f"writing {path} failed ({error.strerror or error}): the disk may be full or a file size limit reached; "
-        "complete shards are kept, free some space and rerun the same command",
-    )
+def write_failed(path: Path, error: OSError, then: str = "complete shards are kept, free some space and rerun the same command") -> OSError:
+    """The error to raise when writing `path` failed: what failed, the likely cause, and what to do `then`."""
+    return OSError(error.errno, f"writing {path} failed ({error.strerror or error}): the disk may be full or a file size limit reached; {then}")
 
 
 def parse_manifest(text: str | bytes, where: str, kind: str, expected: str, rewrite: str) -> dict[str, Any]:
@@ -81,10 +77,11 @@ def write_folder(folder: Path, members: dict[str, bytes]) -> Path:
 
 
 class AtomicFile:
-    """A file streamed to `path.partial`: `close` syncs it to disk, `commit` renames it into place, `discard` removes it."""
+    """A file streamed to `path.partial` (`path.PID.partial` when `unique`): `close` syncs it to disk, `commit` renames
+    it into place, `discard` removes it."""
 
-    def __init__(self, path: Path) -> None:
-        self.path, self.partial = Path(path), partial_path(Path(path))
+    def __init__(self, path: Path, unique: bool = False) -> None:
+        self.path, self.partial = Path(path), partial_path(Path(path), unique)
         self.file = open(self.partial, "wb")
 
     def close(self) -> None:

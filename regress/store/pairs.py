@@ -6,7 +6,9 @@ render; `depth.npy`, `mask.npy`, `w.npy`, `camera.npy`, `camera_cond.npy`, optio
 (its 68 landmarks, pixels) and `losses.json` (per step). Records are written under a temporary
 name and renamed when complete, so a rerun skips them; `errors.json` lists the photos that failed
 and why; `settings.json` guards a resumed run against other settings; `manifest.json` describes
-the finished set. `pairs-000000.tar ...` optionally hold the records as shards with the same members.
+the finished set and lists every record's files with their size and SHA-256, so that a reader finds a missing or
+damaged record before its first sample (`check_pair_records`). `pairs-000000.tar ...` optionally hold the records as
+shards with the same members.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import hashlib
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
-from regress.store.files import PARTIAL, parse_manifest, resolved, write_folder, write_json
+from regress.store.files import PARTIAL, file_sha256, parse_manifest, resolved, write_folder, write_json
 from regress.store.shard_set import setting_differences
 from regress.store.shards import ShardWriter
 
@@ -27,6 +30,7 @@ RECORDS = "records"
 MANIFEST = "manifest.json"
 ERRORS = "errors.json"
 SETTINGS = "settings.json"
+RECORD_FILES = "record_files"  # the manifest's list: key -> {name: [bytes, SHA-256]}
 
 
 def record_key(path: Path, face_index: int = 0) -> str:
@@ -84,9 +88,66 @@ def write_pair_errors(root: Path, errors: dict[str, str]) -> None:
     write_json(Path(root) / ERRORS, {"errors": [{"source": s, "error": e} for s, e in sorted(errors.items())]})
 
 
+def record_files(root: str | Path, key: str) -> dict[str, list]:
+    """A record's files as its manifest lists them: name -> [bytes, SHA-256]."""
+    return {p.name: [p.stat().st_size, file_sha256(p)] for p in sorted((Path(root) / RECORDS / key).iterdir()) if p.is_file()}
+
+
 def write_pairs_manifest(root: Path, content: dict[str, Any]) -> None:
-    """The manifest of a finished pairs folder: `content` marked with the format."""
-    write_json(Path(root) / MANIFEST, {"format": PAIRS_FORMAT, **content})
+    """The manifest of a finished pairs folder: `content` marked with the format, and every record's files (by key:
+    name -> [bytes, SHA-256])."""
+    listed = {key: record_files(root, key) for key in record_keys(root)}
+    write_json(Path(root) / MANIFEST, {"format": PAIRS_FORMAT, **content, RECORD_FILES: listed})
+
+
+def record_problem(root: str | Path, key: str, listed: dict[str, list], members: dict[str, bytes] | None = None) -> str | None:
+    """What is wrong with a record against its listed files, None when nothing is: a missing folder or file, or a
+    size that differs; given its `members` (name -> bytes) as read, also an unlisted member or another SHA-256."""
+    folder = Path(root) / RECORDS / key
+    if not folder.is_dir():
+        return f"record {key} is missing"
+    for name, (size, sha256) in listed.items():
+        path = folder / name
+        if not path.is_file():
+            return f"record {key} lacks {name}"
+        if path.stat().st_size != size:
+            return f"record {key}: {name} has {path.stat().st_size} bytes, its manifest lists {size}"
+        if members is not None and hashlib.sha256(members[name]).hexdigest() != sha256:
+            return f"record {key}: {name} does not match the SHA-256 its manifest lists"
+    extra = sorted(set(members or {}) - set(listed))
+    return f"record {key} holds {extra[0]}, which its manifest does not list" if extra else None
+
+
+def check_pair_records(root: str | Path, manifest: dict[str, Any], verify: bool = False) -> tuple[list[str], list[str]]:
+    """(the keys of the records its manifest lists that are whole, one line per record that is not): each present
+    with its files at their sizes, with `verify` their SHA-256 too (every byte read). Older sets list no files:
+    their records on disk, with a one-line note."""
+    listed = manifest.get(RECORD_FILES)
+    if listed is None:
+        print(f"regress: note: {root} lists no record files (made before they were listed), so missing or damaged records go "
+              "unnoticed; rerun python -m regress.evaluate pairs on it to list them", file=sys.stderr)  # fmt: skip
+        return record_keys(root), []
+    whole, problems = [], []
+    for key, files in sorted(listed.items()):
+        members = read_pair_record(root, key) if verify and (Path(root) / RECORDS / key / "meta.json").is_file() else None
+        problem = record_problem(root, key, files, members)
+        if problem is None:
+            whole.append(key)
+        else:
+            problems.append(f"{root}: {problem}")
+    return whole, problems
+
+
+def verify_pairs(root: str | Path) -> tuple[int, list[str]]:
+    """(records checked, one line per bad one) of a pairs folder: each record its manifest lists whole, with its files'
+    sizes and SHA-256, and no record beside them that it does not list. Reads every byte once."""
+    manifest = read_pairs_manifest(root)
+    if RECORD_FILES not in manifest:
+        return 0, [f"{root} lists no record files (made before they were listed): rerun python -m regress.evaluate pairs on it to list them"]
+    _, problems = check_pair_records(root, manifest, verify=True)
+    unlisted = sorted(set(record_keys(root)) - set(manifest[RECORD_FILES]))
+    problems += [f"{root}: record {key} is not listed in its manifest (added after it was written); rerun python -m regress.evaluate pairs" for key in unlisted]
+    return len(manifest[RECORD_FILES]), problems
 
 
 def read_pairs_manifest(root: str | Path) -> dict[str, Any]:

@@ -10,7 +10,6 @@ means complete; `verify_dataset` checks a finished set against it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import json
@@ -18,12 +17,13 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import webdataset as wds
 from tqdm import tqdm
 
 from regress.store.files import parse_manifest, partial_path, write_failed, write_json
+from regress.store.locks import hold_folder
 from regress.store.pipes import PipeCommand
 from regress.store.shards import ShardReadError, check_shard, read_shard_record, record_path, shard_is_complete
 
@@ -153,21 +153,12 @@ class ShardSet:
         if not self.keep_staged:
             shard.unlink()
 
-    @contextlib.contextmanager
-    def claimed(self, rank: int) -> Iterator[None]:
-        """This rank's lock on the folder while it plans and writes: a second run writing the same shards at
-        once would delete the first one's partial files under it."""
-        path = self.folder / f".{self.layout.name}-rank{rank}.lock"
-        with open(path, "a") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as error:
-                raise ValueError(f"another python -m regress.generate is writing the {self.layout.name!r} shards of rank {rank} "
-                                 f"in {self.folder}; let it finish, or use another output folder") from error  # fmt: skip
-            try:
-                yield
-            finally:
-                path.unlink(missing_ok=True)  # still held: the folder keeps no lock file after a run
+    def claimed(self, rank: int, world_size: int) -> contextlib.AbstractContextManager[None]:
+        """This rank's hold on the folder while it plans and writes. The ranks of this set (its settings, one world
+        size) share it; another set, another layout of ranks, or a second writer of this rank's shards is refused: it
+        would replace this set's manifest, or delete its partial files under it."""
+        return hold_folder(self.folder, "python -m regress.generate", f"writing the {self.layout.name!r} shards of rank {rank}",
+                           "let it finish, or use another output folder", share=f"{self.fingerprint}/{world_size}", part=str(rank))  # fmt: skip
 
     def _manifest(self) -> dict[str, Any] | None:
         """The folder's manifest.json as it is; None when there is none. A ValueError when it is not one of ours."""

@@ -3,6 +3,7 @@ compile cache always added, the data module's facts linked into the model, optio
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Any, TypedDict
 
@@ -14,7 +15,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from regress.errors import UsageError
 from regress.training.callbacks import CompileCache, EmptyEpochGuard, FiniteGuard
 from regress.training.resume import resolve_ckpt_path
-from regress.training.run_folder import SHIPPED_ROOT, name_logs, place_checkpoints
+from regress.training.run_folder import SHIPPED_ROOT, hold_run_folder, name_logs, place_checkpoints
 
 TRAINABLE_PRECISIONS = ("32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16")
 
@@ -95,7 +96,9 @@ class RegressCLI(LightningCLI):
 
     def __init__(self, *args: Any, explicit_model: set[str] = frozenset(), **kwargs: Any) -> None:
         self.explicit_model = explicit_model  # read while parsing, which LightningCLI.__init__ does
-        super().__init__(*args, **kwargs)
+        self.held = contextlib.ExitStack()  # the run folder, from parsing to the run's end
+        with self.held:
+            super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--name", type=str, default="default", help="run name: checkpoints go to <trainer.default_root_dir>/NAME/checkpoints")
@@ -116,6 +119,8 @@ class RegressCLI(LightningCLI):
         check_precision(config)
         check_accelerator(config)
         config.compile_cache = compile_cache_path(config.compile_cache)
+        if self.config.get("subcommand", "fit") == "fit":
+            self.held.enter_context(hold_run_folder(config))
         config.ckpt_path = resolve_ckpt_path(config, self.explicit_model)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:

@@ -3,14 +3,18 @@ that name (so `--ckpt_path last` finds them), and its CSV and TensorBoard logs a
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from regress import configs
+from regress.runtime import hold_output
+from regress.store.files import PARTIAL
 from regress.training.arguments import import_class
 
 SHIPPED_ROOT = yaml.safe_load((configs.ROOT / "fit.yaml").read_text())["trainer"]["default_root_dir"]  # data/runs
@@ -19,7 +23,22 @@ DEFAULT_LOGGER_NAMES = (None, "lightning_logs")  # WandbLogger's, and CSVLogger'
 
 def checkpoint_dir(config: Namespace) -> Path:
     """Where a run keeps its checkpoints: <trainer.default_root_dir>/<name>/checkpoints, the same for every run of it."""
-    return Path(config.trainer.default_root_dir or os.getcwd()) / config.name / "checkpoints"
+    return run_folder(config) / "checkpoints"
+
+
+def run_folder(config: Namespace) -> Path:
+    """<trainer.default_root_dir>/<name>: the run's checkpoints, config and logs."""
+    return Path(config.trainer.default_root_dir or os.getcwd()) / config.name
+
+
+@contextlib.contextmanager
+def hold_run_folder(config: Namespace) -> Iterator[None]:
+    """The run folder held by this training while it runs (a second `fit --name` of it is refused in one line naming
+    the first); checkpoints' partial files left by a killed run are removed once it is held."""
+    with hold_output(run_folder(config), "python -m regress.fit", f"training the run {config.name!r}", "let it finish, or give another --name"):
+        for stale in checkpoint_dir(config).glob(f"*{PARTIAL}"):
+            stale.unlink(missing_ok=True)
+        yield
 
 
 def place_checkpoints(config: Namespace) -> None:

@@ -43,6 +43,8 @@ class AnalyticGenerator(Generator):
     """
 
     has_weights = False
+    option_bounds = {"image_resolution": (8, 4096), "depth_resolution": (8, 2048), "render_resolution": (8, 2048), "z_dim": (1, 4096),
+                     "w_dim": (1, 4096), "num_ws": (1, 64), "seed": (0, 2**63 - 1), "readout_gain": (0.0, 100.0), "march_steps": (1, 1024)}  # fmt: skip
 
     def __init__(
         self,

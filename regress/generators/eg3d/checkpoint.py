@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load, save
 
 from regress.generators.eg3d.config import EG3DConfig
-from regress.store.files import write_atomic
+from regress.store.files import write_atomic, write_failed
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -85,8 +85,9 @@ def _load_storage(data: Any) -> torch.storage.TypedStorage:
         raise CheckpointError(f"tensor storage must be bytes, got {type(data).__name__}")
     try:
         storage = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as error:
-        raise UnsafeCheckpointError(f"a tensor storage blob was refused by torch.load(weights_only=True): {error}") from error
+    except pickle.UnpicklingError as error:  # torch's message opens with advice to turn the check off: keep its reason only
+        reason = next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line or "Unsupported" in line), _one_line(str(error)))
+        raise UnsafeCheckpointError(f"a tensor storage blob was refused by torch.load(weights_only=True), nothing in it was run: {reason}") from error
     if not isinstance(storage, (torch.storage.TypedStorage, torch.UntypedStorage)):
         raise CheckpointError(f"tensor storage blob holds a {type(storage).__name__}, not a storage")
     return storage
@@ -363,10 +364,15 @@ def save_converted(
 ) -> Path:
     """Write `model.safetensors` + `config.json` (with both SHA-256) into `out_dir`, each through a temporary name."""
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} is a file, not a folder: give a folder to write {WEIGHTS_FILE} and {CONFIG_FILE} into")
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, metadata={"format": "pt"})
     saved = {"config": config.to_dict(), "provenance": provenance, "weights_sha256": hashlib.sha256(weights).hexdigest()}
     saved["config_sha256"] = config_sha256(saved)
-    write_atomic(out_dir / WEIGHTS_FILE, weights)
-    write_atomic(out_dir / CONFIG_FILE, json.dumps(saved, indent=2).encode())
+    for name, data in ((WEIGHTS_FILE, weights), (CONFIG_FILE, json.dumps(saved, indent=2).encode())):
+        try:
+            write_atomic(out_dir / name, data)
+        except OSError as error:
+            raise write_failed(out_dir / name, error, "free some space and convert again") from error
     return out_dir

@@ -8,6 +8,7 @@ with random weights; `EG3DGenerator.from_checkpoint(path)` loads a released upst
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -45,6 +46,9 @@ class EG3DGenerator(Generator):
     """
 
     surface_level = 10.0
+    option_bounds = {"image_resolution": (8, 4096), "neural_rendering_resolution": (8, 2048), "sr_input_resolution": (8, 2048),
+                     "samples_per_ray": (4, 1024), "importance_samples_per_ray": (0, 1024), "ray_start": (0.0, 100.0),
+                     "ray_end": (0.0, 100.0), "box_warp": (1e-3, 100.0)}  # fmt: skip
     renamed_options = {"precision": "render_precision"}  # `precision` is Lightning's word in a fit
 
     def __init__(self, config: EG3DConfig | None = None, **overrides: Any):
@@ -97,6 +101,11 @@ class EG3DGenerator(Generator):
     def option_names(cls) -> list[str]:
         """The `EG3DConfig` fields: with a checkpoint, those that keep tensor shapes override the checkpoint's."""
         return [f.name for f in dataclasses.fields(EG3DConfig)]
+
+    @classmethod
+    def option_types(cls) -> dict[str, Any]:
+        """The `EG3DConfig` fields' types."""
+        return typing.get_type_hints(EG3DConfig)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **overrides: Any) -> "EG3DGenerator":
