@@ -12,7 +12,7 @@ from skimage import measure
 
 from regress.camera import camera_rays, frontal_camera, make_cameras
 from regress.generators import GeneratorSpec
-from regress.geometry.grids import check_grid_fits, coarse_to_fine_grid, density_grid, grid_axis, refine_grid
+from regress.geometry.grids import available_memory_bytes, coarse_to_fine_grid, density_grid, grid_axis, grid_memory_bytes, grids_that_fit, refine_grid
 from regress.geometry.marching_cubes import EDGES, case_table, marching_cubes
 from regress.geometry.meshes import depth_to_mesh, extract_meshes, grid_to_mesh, grids_to_ply, mesh_from_ply, mesh_to_ply
 from tests.eg3d_tiny import TINY_EG3D
@@ -255,7 +255,11 @@ def test_coarse_to_fine_grids_of_eg3d_differ_only_by_small_pieces_off_the_refine
     assert [bytes(f) for f in grids_to_ply(refined.values, level, generator.box_size)] == [bytes(f) for f in grids_to_ply(dense, level, generator.box_size)]
 
 
-def test_grid_memory_check_refuses_impossible_grids():
-    with pytest.raises(MemoryError, match=r"grid 8192\^3 need about .* GiB.*lower the mesh resolution"):
-        check_grid_fits(8192)
-    check_grid_fits(64)
+def test_grids_are_meshed_as_many_at_once_as_fit_and_an_impossible_grid_is_refused():
+    with pytest.raises(MemoryError, match=r"grid 8192\^3 need about .* GiB .* for one grid.*lower the mesh resolution"):
+        grids_that_fit(8192, batch_size=8)
+    assert grids_that_fit(64, batch_size=8) == grids_that_fit(64, batch_size=8, coarse_to_fine=True) == 8
+    side = round((0.8 * available_memory_bytes() / 10 / 3) ** (1 / 3))  # about three dense grids fit
+    assert 2 <= grids_that_fit(side, batch_size=8) <= 3 and grids_that_fit(side, batch_size=8, coarse_to_fine=True) < grids_that_fit(side, batch_size=8)
+    assert grid_memory_bytes(512, 4, coarse_to_fine=True) == (40 + 12) * 512**3
+

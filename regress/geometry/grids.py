@@ -24,9 +24,10 @@ def grid_axis(resolution: int, box_size: float) -> np.ndarray:
     return np.linspace(-box_size / 2, box_size / 2, resolution)
 
 
-def grid_memory_bytes(resolution: int, grids_in_flight: int = 1) -> int:
-    """Memory for meshing: the float32 grids held at once and marching cubes' masks and cube codes (about 6 bytes a point)."""
-    return 10 * resolution**3 * grids_in_flight
+def grid_memory_bytes(resolution: int, grids_in_flight: int = 1, coarse_to_fine: bool = False) -> int:
+    """Memory for meshing: the float32 grids held at once and marching cubes' masks and cube codes (about 6 bytes a point);
+    coarse to fine, the one grid under refinement's masks and interpolation (about 12 bytes a point) besides."""
+    return 10 * resolution**3 * grids_in_flight + 12 * resolution**3 * coarse_to_fine
 
 
 def available_memory_bytes(device: torch.device | str = "cpu") -> int:
@@ -43,15 +44,17 @@ def available_memory_bytes(device: torch.device | str = "cpu") -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_grid_fits(resolution: int, grids_in_flight: int = 1, device: torch.device | str = "cpu") -> None:
-    """Raise MemoryError before any work when density grids of this size would not fit in the device's memory."""
-    needed, available = grid_memory_bytes(resolution, grids_in_flight), available_memory_bytes(device)
-    if needed > 0.8 * available:
+def grids_that_fit(resolution: int, batch_size: int, coarse_to_fine: bool = False, device: torch.device | str = "cpu") -> int:
+    """How many of a batch's density grids to mesh at once (all, or as many as fit in 80 % of the device's free memory);
+    a MemoryError before any work when not even one fits."""
+    available = available_memory_bytes(device)
+    one, each_more = grid_memory_bytes(resolution, 1, coarse_to_fine), grid_memory_bytes(resolution)
+    if one > 0.8 * available:
         raise MemoryError(
-            f"meshes at grid {resolution}^3 need about {needed / 2**30:.1f} GiB of {torch.device(device).type} memory "
-            f"({grids_in_flight} grids at once), only {available / 2**30:.1f} GiB are available; "
-            "lower the mesh resolution or the batch size"
+            f"meshes at grid {resolution}^3 need about {one / 2**30:.1f} GiB of {torch.device(device).type} memory for one grid, "
+            f"only {available / 2**30:.1f} GiB are available; lower the mesh resolution"
         )
+    return min(batch_size, 1 + int((0.8 * available - one) // each_more))
 
 
 COARSE_MARGIN = 0  # blocks around the coarse grid's crossings refined at once: following the surface finds it all, in half the points
