@@ -29,7 +29,7 @@ from regress.generation.compress import compression_pool, write_shard
 from regress.generation.render import RenderedBatch, render_batches
 from regress.generation.timing import StageClock
 from regress.generators import Generator, GeneratorSpec
-from regress.geometry.grids import COARSE_MARGIN, grids_that_fit
+from regress.geometry.grids import COARSE_MARGIN, check_coarse_stride, grids_that_fit
 from regress.geometry.mesh_files import MeshFormat, check_mesh_format
 from regress.runtime import deterministic_kernels, load_compile_cache, own_gpu_only, pick_device, rank_and_world_size, save_compile_cache
 from regress.sample import IMAGE_FORMATS, PNG_LEVEL, SCHEMA_VERSION
@@ -149,8 +149,7 @@ def _check_options(
         raise ValueError(f"png_level is a zlib level from 0 (none) to 9 (smallest), got {png_level}")
     if mesh_resolution is not None and mesh_resolution < 2:
         raise ValueError(f"mesh_resolution must be at least 2, got {mesh_resolution}")
-    if mesh_coarse_stride is not None and mesh_coarse_stride < 1:
-        raise ValueError(f"mesh_coarse_stride is a number of grid cells, 1 or more (or null: every grid point), got {mesh_coarse_stride}")
+    check_coarse_stride(mesh_coarse_stride)
     if cutoff is not None and cutoff < 0:
         raise ValueError(f"cutoff is the number of latent layers truncated, from 0, got {cutoff}; null truncates them all")
 

@@ -57,6 +57,13 @@ def grids_that_fit(resolution: int, batch_size: int, coarse_to_fine: bool = Fals
     return min(batch_size, 1 + int((0.8 * available - one) // each_more))
 
 
+def check_coarse_stride(stride: int | None) -> int | None:
+    """The `mesh_coarse_stride` option as it is; a ValueError saying what it takes when it is below 1."""
+    if stride is not None and stride < 1:
+        raise ValueError(f"mesh_coarse_stride is a number of grid cells, 1 or more (or null: every grid point), got {stride}")
+    return stride
+
+
 COARSE_MARGIN = 0  # blocks around the coarse grid's crossings refined at once: following the surface finds it all, in half the points
 
 
@@ -138,8 +145,7 @@ def refine_grid(
     and with only the largest piece kept the same mesh, unless that piece is one of them.
     """
     resolution, device = len(axis), axis.device
-    if stride < 1:
-        raise ValueError(f"the coarse grid's stride is 1 or more grid cells, got {stride}")
+    check_coarse_stride(stride)
     corners = torch.arange(0, resolution - 1 + stride, stride, device=device).clamp(max=resolution - 1)  # fine index of each coarse point
     blocks = len(corners) - 1
     fine = torch.arange(resolution, device=device)
