@@ -21,6 +21,7 @@ from typing import Any, Literal
 from regress.configs import run_job, verify_arguments
 from regress.faces.perceptual import PerceptualDistance
 from regress.generators import GeneratorSpec
+from regress.geometry.grids import check_coarse_stride
 from regress.geometry.mesh_files import MeshFormat, check_mesh_format
 from regress.inversion.align import FaceAligner
 from regress.faces.landmarks import generator_template
@@ -49,6 +50,7 @@ def pairs(
     min_camera_confidence: float = 0.0,
     with_mesh: bool = False,
     mesh_resolution: int = 128,
+    mesh_coarse_stride: int | None = None,
     mesh_format: MeshFormat = "ply",
     image_format: Literal["png", "jpg", "webp"] = "png",
     resume: bool = True,
@@ -80,6 +82,8 @@ def pairs(
             is lower, instead of inverting it with a wrong camera; cameras under 0.5 are listed either way
         with_mesh: add a mesh (marching cubes of the inverted density, `mesh_format`) to each record
         mesh_resolution: density grid points per axis for meshes
+        mesh_coarse_stride: None evaluates the density at every grid point; k coarse to fine from every k-th point, the
+            same meshes from a small share of the points (`regress.geometry.grids.refine_grid`)
         mesh_format: the mesh file: ply, obj, glb (the surface) or mrc (the density grid)
         image_format: encoding of the inverted image (real.png is always PNG)
         resume: keep records already in `output` and skip their photos
@@ -88,6 +92,7 @@ def pairs(
         device: torch device, or auto
         progress: show progress bars
     """
+    check_coarse_stride(mesh_coarse_stride)
     photos = list_images(images)
     spec = GeneratorSpec(generator, checkpoint, generator_options)
     synthesizer = spec.build(pick_device(device))
@@ -104,12 +109,15 @@ def pairs(
         encoder = latent_encoder(load_latent_regressor(init_checkpoint, synthesizer))
     front_end = PhotoFrontEnd(generator_template(synthesizer, camera_template), synthesizer.image_resolution, aligner, cameras=labels,
                               aligned=aligned, min_camera_confidence=min_camera_confidence)  # fmt: skip
-    builder = PairBuilder(synthesizer, front_end, projection, perceptual, with_mesh, mesh_resolution, check_mesh_format(mesh_format), image_format,
-                          progress, encoder)  # fmt: skip
+    builder = PairBuilder(
+        synthesizer, front_end, projection, perceptual, with_mesh, mesh_resolution, check_mesh_format(mesh_format), image_format, progress, encoder,
+        mesh_coarse_stride,
+    )  # fmt: skip
     settings = {"checkpoint": spec.checkpoint, "generator_options": spec.stored_options(), "camera_template": camera_template,
                 "cameras": cameras, "aligned": aligned, "aligner": dataclasses.asdict(aligner), "perceptual": perceptual.name if perceptual else None,
                 **({"init_checkpoint": init_checkpoint} if init_checkpoint else {}),
-                **({"min_camera_confidence": min_camera_confidence} if min_camera_confidence else {})}  # fmt: skip (keys only when given: older sets still resume)
+                **({"min_camera_confidence": min_camera_confidence} if min_camera_confidence else {}),
+                **({"mesh_coarse_stride": mesh_coarse_stride} if mesh_coarse_stride else {})}  # fmt: skip (keys only when given: older sets still resume)
     with hold_output(Path(output), "python -m regress.evaluate pairs", "building the pairs set", "let it finish, or give another --output"):
         summary = build_pairs(photos, Path(output), builder, resume, shards, samples_per_shard, settings, progress)
     failed = f"{len(summary['errors'])} failed" + (f": see {Path(output) / 'errors.json'}" if summary["errors"] else "")

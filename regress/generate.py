@@ -28,7 +28,7 @@ from regress.generation.compress import compression_pool, write_shard
 from regress.generation.render import RenderedBatch, render_batches
 from regress.generation.timing import StageClock
 from regress.generators import Generator, GeneratorSpec
-from regress.geometry.grids import check_grid_fits
+from regress.geometry.grids import COARSE_MARGIN, check_coarse_stride, grids_that_fit
 from regress.geometry.mesh_files import MeshFormat, check_mesh_format
 from regress.runtime import deterministic_kernels, load_compile_cache, own_gpu_only, pick_device, rank_and_world_size, save_compile_cache
 from regress.sample import IMAGE_FORMATS, PNG_LEVEL, SCHEMA_VERSION
@@ -58,6 +58,7 @@ def generate(
     mesh_level: float | None = None,
     mesh_keep_largest: bool = True,
     mesh_format: MeshFormat = "ply",
+    mesh_coarse_stride: int | None = None,
     batch_size: int = 8,
     workers: int = 0,
     device: str = "auto",
@@ -91,6 +92,10 @@ def generate(
         mesh_keep_largest: keep only the largest connected piece of each mesh
         mesh_format: `mesh.ply` (binary), `mesh.obj` or `mesh.glb` (the surface), or `mesh.mrc` (the density grid itself,
             for ChimeraX, as EG3D's scripts write shapes)
+        mesh_coarse_stride: None evaluates the density at every grid point; k evaluates every k-th point first, then only
+            the blocks of k^3 cells the surface passes through (`geometry.grids.refine_grid`): the same meshes (all but
+            pieces no such block touches, none of them the largest) from a small share of the points, as 512^3 needs;
+            an mrc grid holds the coarse grid's interpolation away from the surface
         batch_size: samples per generator call
         workers: processes for image compression (0: in this process)
         device: torch device, or auto (this rank's GPU if there is one)
@@ -103,10 +108,9 @@ def generate(
     if importing_for_a_worker():  # a compression process importing a script without a guard
         raise RuntimeError('regress.generate ran while a worker process imported the calling script: put the call under if __name__ == "__main__":')
     layout = ShardLayout(name, seed_start, num_samples, samples_per_shard)
-    _check_options(batch_size, workers, image_format, png_level, mesh_resolution if with_mesh else None, cutoff)
+    _check_options(batch_size, workers, image_format, png_level, mesh_resolution if with_mesh else None, mesh_coarse_stride, cutoff)
     run_on = deterministic_kernels(pick_device(device))
-    if with_mesh:
-        check_grid_fits(mesh_resolution, grids_in_flight=batch_size, device=run_on)
+    grids_at_once = grids_that_fit(mesh_resolution, batch_size, mesh_coarse_stride is not None, run_on) if with_mesh else batch_size
     rank, world_size = rank_and_world_size()
     mixture = ViewMixture.load(views)
     spec = GeneratorSpec(generator, checkpoint, generator_options)
@@ -114,7 +118,8 @@ def generate(
     synthesizer = spec.build(run_on)
     folder, target = shard_destination(output, staging)
     mesh = {"resolution": mesh_resolution, "keep_largest": mesh_keep_largest, "level": synthesizer.surface_level if mesh_level is None else mesh_level,
-            **({"format": check_mesh_format(mesh_format)} if mesh_format != "ply" else {})}  # fmt: skip (PLY sets keep their settings)
+            **({"format": check_mesh_format(mesh_format)} if mesh_format != "ply" else {}),  # PLY sets keep their settings
+            **({"coarse_to_fine": {"stride": mesh_coarse_stride, "margin": COARSE_MARGIN}} if mesh_coarse_stride else {})}  # fmt: skip (dense sets too)
     choices = {"psi": psi, "cutoff": cutoff, "jitter": jitter, "image_format": image_format, "batch_size": batch_size}
     settings = _settings(spec, synthesizer.box_size, mixture, layout, mesh if with_mesh else None, choices)
     shards = ShardSet(folder, layout, settings, target, keep_staged)
@@ -122,7 +127,7 @@ def generate(
         shards.check_output()
         todo, skipped = shards.plan(layout.indices_for_rank(rank, world_size))
         shards.drop_stale_manifest()
-        run = _render_and_write(synthesizer, shards, todo, mixture, settings, png_level, batch_size, workers, f"rank {rank}/{world_size}", progress)
+        run = _render_and_write(synthesizer, shards, todo, mixture, settings, png_level, batch_size, grids_at_once, workers, f"rank {rank}/{world_size}", progress)
         manifest = shards.write_manifest_if_complete(synthesizer.data_facts())
     if write_cache:
         save_compile_cache(compile_cache)
@@ -132,7 +137,9 @@ def generate(
     return summary
 
 
-def _check_options(batch_size: int, workers: int, image_format: str, png_level: int, mesh_resolution: int | None, cutoff: int | None) -> None:
+def _check_options(
+    batch_size: int, workers: int, image_format: str, png_level: int, mesh_resolution: int | None, mesh_coarse_stride: int | None, cutoff: int | None
+) -> None:
     if batch_size < 1 or workers < 0:
         raise ValueError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
     if image_format not in IMAGE_FORMATS:
@@ -141,6 +148,7 @@ def _check_options(batch_size: int, workers: int, image_format: str, png_level: 
         raise ValueError(f"png_level is a zlib level from 0 (none) to 9 (smallest), got {png_level}")
     if mesh_resolution is not None and mesh_resolution < 2:
         raise ValueError(f"mesh_resolution must be at least 2, got {mesh_resolution}")
+    check_coarse_stride(mesh_coarse_stride)
     if cutoff is not None and cutoff < 0:
         raise ValueError(f"cutoff is the number of latent layers truncated, from 0, got {cutoff}; null truncates them all")
 
@@ -167,6 +175,7 @@ def _render_and_write(
     settings: dict,
     png_level: int,
     batch_size: int,
+    grids_at_once: int,
     workers: int,
     desc: str,
     progress: bool,
@@ -191,7 +200,7 @@ def _render_and_write(
         return written
 
     def rendered() -> Iterator[RenderedBatch]:
-        for batch in render_batches(generator, layout, todo, mixture, settings, batch_size, clock):
+        for batch in render_batches(generator, layout, todo, mixture, settings, batch_size, grids_at_once, clock):
             if not warmup:
                 warmup.append((time.perf_counter() - start, min(samples, len(batch.seeds) + batch_size)))
             yield batch

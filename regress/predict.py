@@ -20,6 +20,7 @@ from regress import __version__
 from regress.configs import run_job
 from regress.faces.landmarks import generator_template
 from regress.generators import GeneratorSpec
+from regress.geometry.grids import check_coarse_stride
 from regress.geometry.mesh_files import MeshFormat, check_mesh_format
 from regress.inversion.align import FaceAligner
 from regress.inversion.front_end import PhotoFrontEnd
@@ -46,6 +47,7 @@ def predict(
     projection: ProjectionConfig = REFINE,
     mesh_format: MeshFormat | list[MeshFormat] = "glb",
     mesh_resolution: int = 128,
+    mesh_coarse_stride: int | None = None,
     video_frames: int = 48,
     video_fps: int = 24,
     batch_size: int = 8,
@@ -75,6 +77,9 @@ def predict(
         projection: the refinement's options (steps come from `refine`)
         mesh_format: ply, obj, glb (surfaces, vertex-coloured) and/or mrc (the generator's density grid), one or a list
         mesh_resolution: density grid points per axis of the generator's mesh
+        mesh_coarse_stride: None evaluates the density at every grid point; k evaluates every k-th point, then only the
+            blocks of k^3 cells the surface passes through: the same mesh from a small share of the points (512^3 for
+            less than a dense 256^3); an mrc grid holds the coarse grid's interpolation away from the surface
         video_frames: frames of the orbit video (yaw ±35°, pitch ±15°); 0: none
         video_fps: the video's frame rate
         batch_size: faces per device batch
@@ -98,13 +103,16 @@ def predict(
         raise ValueError("give --depth_checkpoint, --latent_checkpoint or both (trained with python -m regress.fit): there is nothing to predict with")
     if refine < 0 or video_frames < 0 or batch_size < 1 or mesh_resolution < 2:
         raise ValueError("refine and video_frames are 0 or more, batch_size 1 or more, mesh_resolution 2 or more")
+    check_coarse_stride(mesh_coarse_stride)
     photos = list_images(images)
     spec = GeneratorSpec(generator, checkpoint, generator_options)
     run_on = pick_device(device)
     synthesizer = spec.build(run_on)
     depth_model = load_regressor(DepthRegressor, depth_checkpoint, run_on, "depth", " --model depth") if depth_checkpoint else None
     latent_model = load_latent_regressor(latent_checkpoint, synthesizer) if latent_checkpoint else None
-    choices = PredictionChoices(refine, projection, mesh_resolution, mrc="mrc" in formats, video_frames=video_frames, video_fps=video_fps)
+    choices = PredictionChoices(
+        refine, projection, mesh_resolution, mesh_coarse_stride=mesh_coarse_stride, mrc="mrc" in formats, video_frames=video_frames, video_fps=video_fps
+    )
     labels = CameraLabels(cameras) if cameras is not None else None
     front_end = PhotoFrontEnd(generator_template(synthesizer, camera_template), synthesizer.image_resolution, aligner, cameras=labels,
                               aligned=aligned, min_camera_confidence=min_camera_confidence)  # fmt: skip
@@ -112,7 +120,8 @@ def predict(
         "generator": {**spec.fingerprint(), "box_size": synthesizer.box_size},
         "checkpoints": {kind: {"path": str(path), "sha256": file_sha256(path)} for kind, path in (("depth", depth_checkpoint), ("latent", latent_checkpoint)) if path},
         "choices": {"camera_template": camera_template, "cameras": cameras, "aligned": aligned, "min_camera_confidence": min_camera_confidence, "refine": refine,
-                    "mesh_format": list(formats), "mesh_resolution": mesh_resolution, "video_frames": video_frames},  # fmt: skip
+                    "mesh_format": list(formats), "mesh_resolution": mesh_resolution, "video_frames": video_frames,
+                    **({"mesh_coarse_stride": mesh_coarse_stride} if mesh_coarse_stride else {})},  # fmt: skip (only when on: older outputs resume)
     }
     out = Path(output)
     with hold_output(out, "python -m regress.predict", "writing predictions", "let it finish, or give another --output"):

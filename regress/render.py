@@ -36,6 +36,7 @@ def render(
     pitch_deg: float = 15.0,
     mesh_format: MeshFormat | list[MeshFormat] = "glb",
     mesh_resolution: int = 128,
+    mesh_coarse_stride: int | None = None,
     batch_size: int = 8,
     device: str = "auto",
 ) -> dict[str, Any]:
@@ -54,13 +55,15 @@ def render(
         pitch_deg: the orbit's pitch swing
         mesh_format: ply, obj, glb (surfaces, vertex-coloured) and/or mrc (the density grid), one or a list
         mesh_resolution: density grid points per axis for meshes
+        mesh_coarse_stride: None evaluates the density at every grid point; k coarse to fine from every k-th point, the
+            same meshes from a small share of the points (`regress.geometry.grids.refine_grid`)
         batch_size: frames per generator call
         device: torch device, or auto
     """
     import torch
 
     from regress.camera import frontal_camera, orbit_cameras
-    from regress.geometry.grids import density_grid
+    from regress.geometry.grids import check_coarse_stride, density_grid
     from regress.geometry.meshes import generator_meshes
     from regress.gallery.depth import depth_range
     from regress.prediction.latents import load_latent
@@ -74,6 +77,7 @@ def render(
     formats = tuple(dict.fromkeys(check_mesh_format(f) for f in ([mesh_format] if isinstance(mesh_format, str) else mesh_format)))
     if frames < 1 or fps < 1 or batch_size < 1 or mesh_resolution < 2:
         raise ValueError("frames, fps and batch_size are 1 or more, mesh_resolution 2 or more")
+    check_coarse_stride(mesh_coarse_stride)
     latents = [load_latent(w)] + ([load_latent(to)] if to is not None else [])
     spec = GeneratorSpec(generator, checkpoint, generator_options)
     synthesizer = spec.build(pick_device(device))
@@ -97,7 +101,7 @@ def render(
             marks = {"_start": ends[0], "_middle": torch.lerp(ends[0], ends[1], 0.5), "_end": ends[1]}
         files = {f"{name}.mp4": video_bytes(view_frames(synthesizer, path, cameras, near, far, batch_size), fps)}
         at = torch.stack(list(marks.values()))
-        grids = density_grid(synthesizer, at, mesh_resolution)
+        grids = density_grid(synthesizer, at, mesh_resolution, coarse_stride=mesh_coarse_stride)
         for (suffix, _), mesh, grid in zip(marks.items(), generator_meshes(synthesizer, at, grids), grids):
             files.update({f"mesh{suffix}.{f}": mesh_file_bytes(mesh, f) for f in formats if f in SURFACE_FORMATS})
             if "mrc" in formats:

@@ -44,12 +44,14 @@ def stage_times(args: argparse.Namespace, device: torch.device) -> tuple[dict[st
 
     The level is the generator's surface level, or where it has no surface there (random EG3D
     weights stay far below it) the `--level-quantile` of the first grid's densities, so the
-    meshing is timed, and the write run meshes, on surfaces of the generator's own field.
+    meshing is timed, and the write run meshes, on surfaces of the generator's own field. With
+    `--mesh-coarse-stride` the timed grids are coarse to fine at that level (the first, dense, finds it).
     """
     deterministic_kernels(device)  # as `generate` runs
     generator = GeneratorSpec(args.generator, args.checkpoint, json.loads(args.generator_options)).build(device)  # generate's instance too
     mixture, seeds = ViewMixture.load("published"), list(range(args.batch_size))
     times = {}
+    level, coarse_stride = None, None
     with torch.inference_mode():
         for _ in range(2):
             synchronize(device)
@@ -58,10 +60,11 @@ def stage_times(args: argparse.Namespace, device: torch.device) -> tuple[dict[st
             synchronize(device)
             times["sample"] = (time.perf_counter() - start) / len(seeds)
             start = time.perf_counter()
-            grids = density_grid(generator, batch["w"], args.mesh_resolution)
+            grids = density_grid(generator, batch["w"], args.mesh_resolution, coarse_stride=coarse_stride, level=level)
             synchronize(device)
             times["density grid"] = (time.perf_counter() - start) / len(seeds)
-        level = mesh_level(generator, grids, args.level_quantile)
+            level = mesh_level(generator, grids, args.level_quantile) if level is None else level
+            coarse_stride = args.mesh_coarse_stride
         for _ in range(2):  # the second is timed
             synchronize(device)
             start = time.perf_counter()
@@ -100,6 +103,7 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=64)
     parser.add_argument("--samples-per-shard", type=int, default=16)
     parser.add_argument("--mesh-resolution", type=int, default=128)
+    parser.add_argument("--mesh-coarse-stride", type=int, default=None, help="coarse-to-fine density grids from every K-th point (default: dense)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=0, help="compression processes of the write runs")
     parser.add_argument("--read-workers", type=int, default=2)
@@ -120,13 +124,14 @@ def main() -> None:
             print(f"\nmesh level {level:.4g}\n\n| stage (per sample) | seconds |\n| --- | ---: |")
             for name, value in stages.items():
                 print(f"| {name} | {value:.2f} |" if name.endswith("MiB") else f"| {name} | {value:.4f} |", flush=True)
-        runs = [("write, no mesh", False)] * ("plain" in args.runs) + [(f"write, {args.mesh_resolution}³ meshes", True)] * ("mesh" in args.runs)
+        runs = [("write, no mesh", False)] * ("plain" in args.runs) + [(f"write, {args.mesh_resolution}³ meshes" + (f" (coarse stride {args.mesh_coarse_stride})" if args.mesh_coarse_stride else ""), True)] * ("mesh" in args.runs)
         for label, mesh in () if args.read_only else runs:
             output = root / ("mesh" if mesh else "plain")
             summary = generate(
                 output, generator=args.generator, checkpoint=args.checkpoint, generator_options=json.loads(args.generator_options),
                 num_samples=args.num_samples, samples_per_shard=args.samples_per_shard, with_mesh=mesh,
-                mesh_resolution=args.mesh_resolution, mesh_level=level, batch_size=args.batch_size, workers=args.workers, progress=False,
+                mesh_resolution=args.mesh_resolution, mesh_level=level, mesh_coarse_stride=args.mesh_coarse_stride, batch_size=args.batch_size,
+                workers=args.workers, progress=False,
             )  # fmt: skip
             rows.append((label, summary["samples"], summary["seconds"], summary["bytes"] / summary["samples"] / 2**20))
             if summary["steady_samples_per_second"]:  # the same run without its first batch (compilation, warm-up)

@@ -94,6 +94,8 @@ def test_fit_refuses_an_unknown_config_name_as_a_usage_error(capsys):
         (generate.main, ["--config", "eg3d"], "generator", "eg3d"),
         (evaluate.main, ["benchmark", "--config", "benchmark"], "output", "data/benchmark"),
         (predict.main, ["--config", "eg3d"], "mesh_resolution", 256),
+        (generate.main, ["--config", "eg3d", "--config", "mesh-512"], "mesh_coarse_stride", 8),  # 512^3 on top of eg3d
+        (predict.main, ["--config", "eg3d", "--config", "mesh-512"], "mesh_resolution", 512),
     ],
 )
 def test_generate_and_evaluate_read_configs_by_short_name(main, args, key, value, capsys):

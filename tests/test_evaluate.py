@@ -230,6 +230,8 @@ def test_record_with_mesh(photos):
     assert list(members)[-1] == "meta.json"
     glb = dataclasses.replace(builder, mesh_format="glb").build(photos / "astronaut.png")[0][1]["mesh.glb"]
     assert np.array_equal(read_mesh(glb, "glb").faces, mesh.faces)  # the same surface in the format asked
+    coarse = dataclasses.replace(builder, mesh_coarse_stride=4).build(photos / "astronaut.png")[0][1]["mesh.ply"]
+    assert coarse == members["mesh.ply"]  # coarse to fine: the same mesh
 
 
 def test_aligned_photos_with_given_cameras_are_paired_as_they_are(tmp_path):

@@ -328,6 +328,21 @@ def test_meshes_and_jpg_images_are_stored_per_sample(tmp_path):
         assert tar.extractfile(names[7]).read().startswith(b"ply\nformat binary_little_endian")
 
 
+def test_coarse_to_fine_meshes_are_the_dense_meshes_and_only_such_a_set_records_it(tmp_path):
+    meshed = {**RUN, "num_samples": 2, "with_mesh": True, "mesh_resolution": 33}
+    dense, coarse = generate(tmp_path / "dense", **meshed), generate(tmp_path / "coarse", **meshed, mesh_coarse_stride=4)
+    for summary in (dense, coarse):
+        with tarfile.open(Path(summary["output"]) / summary["written"][0]) as tar:
+            summary["meshes"] = [tar.extractfile(name).read() for name in tar.getnames() if name.endswith("mesh.ply")]
+    assert len(dense["meshes"]) == 2 and coarse["meshes"] == dense["meshes"]
+    settings = {name: json.loads((tmp_path / name / MANIFEST).read_text())["settings"]["mesh"] for name in ("dense", "coarse")}
+    assert "coarse_to_fine" not in settings["dense"] and settings["coarse"] == {**settings["dense"], "coarse_to_fine": {"stride": 4, "margin": 0}}
+    with pytest.raises(ValueError, match="generated with other settings"):  # a dense set does not go on coarse to fine
+        generate(tmp_path / "dense", **{**meshed, "num_samples": 4}, mesh_coarse_stride=4)
+    with pytest.raises(ValueError, match="mesh_coarse_stride is a number of grid cells, 1 or more"):
+        generate(tmp_path / "bad", **meshed, mesh_coarse_stride=0)
+
+
 def test_command_line_reads_a_config_file(tmp_path):
     config = tmp_path / "generate.yaml"
     config.write_text((REPO / "regress" / "configs" / "generate" / "analytic.yaml").read_text())

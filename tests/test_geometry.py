@@ -12,7 +12,7 @@ from skimage import measure
 
 from regress.camera import camera_rays, frontal_camera, make_cameras
 from regress.generators import GeneratorSpec
-from regress.geometry.grids import check_grid_fits, density_grid, grid_axis
+from regress.geometry.grids import available_memory_bytes, coarse_to_fine_grid, density_grid, grid_axis, grid_memory_bytes, grids_that_fit, refine_grid
 from regress.geometry.marching_cubes import EDGES, case_table, marching_cubes
 from regress.geometry.meshes import depth_to_mesh, extract_meshes, grid_to_mesh, grids_to_ply, mesh_from_ply, mesh_to_ply
 from tests.eg3d_tiny import TINY_EG3D
@@ -210,7 +210,56 @@ def test_analytic_head_mesh_sits_inside_the_box_around_the_face():
     assert 0.3 < high[2] < 0.45  # the nose tip, in front of the origin along +z
 
 
-def test_grid_memory_check_refuses_impossible_grids():
-    with pytest.raises(MemoryError, match=r"grid 8192\^3 need about .* GiB.*lower the mesh resolution"):
-        check_grid_fits(8192)
-    check_grid_fits(64)
+def test_coarse_to_fine_grids_of_the_analytic_head_give_the_dense_meshes_from_a_fraction_of_the_points():
+    generator = GeneratorSpec("analytic").create()
+    w = generator.mapping(torch.randn(2, generator.z_dim, generator=torch.Generator().manual_seed(0)), frontal_camera(2))
+    level, dense = generator.surface_level, density_grid(generator, w, 49)
+    for stride in (4, 5):  # 5 leaves a shorter last block
+        refined = coarse_to_fine_grid(generator, w, 49, stride, level)
+        for keep_largest in (False, True):
+            expected = [bytes(f) for f in grids_to_ply(dense, level, generator.box_size, keep_largest)]
+            assert [bytes(f) for f in grids_to_ply(refined.values, level, generator.box_size, keep_largest)] == expected
+        assert all(points < 0.3 * 49**3 for points in refined.points_evaluated)
+        assert torch.equal(refined.values > level, dense > level)  # stand-ins keep their side of the surface
+    assert torch.equal(density_grid(generator, w, 49, coarse_stride=4), coarse_to_fine_grid(generator, w, 49, 4, level).values)
+
+
+def test_coarse_to_fine_follows_the_surface_and_misses_only_pieces_away_from_it():
+    """A sphere with a thin rod out of it that no coarse point touches, and a droplet alone in a block of its own."""
+    axis = torch.as_tensor(grid_axis(33, 2.0), dtype=torch.float32)  # blocks of 8 cells: coarse points at 0, ±0.5, ±1
+
+    def field(points: torch.Tensor, droplet: bool = True) -> torch.Tensor:
+        sphere = 0.45 - points.norm(dim=-1)
+        rod = torch.minimum(0.05 - (points[..., 1:] - 0.25).norm(dim=-1), 0.95 - points[..., 0])  # along x at y = z = 0.25
+        drop = 0.1 - (points - 0.75).norm(dim=-1)
+        return torch.maximum(torch.maximum(sphere, rod), drop if droplet else torch.full_like(drop, -1.0))[..., None]
+
+    grid = torch.cartesian_prod(axis, axis, axis)[None]
+    dense, no_droplet = (field(grid, droplet).reshape(1, 33, 33, 33) for droplet in (True, False))
+    ply = lambda grids, keep_largest=False: [bytes(f) for f in grids_to_ply(grids, 0.0, 2.0, keep_largest)]  # noqa: E731
+    followed, points = refine_grid(field, axis, 0.0, stride=8, margin=0)
+    assert ply(followed[None]) == ply(no_droplet) != ply(dense)  # the rod in full, the droplet missed
+    assert ply(followed[None], keep_largest=True) == ply(dense, keep_largest=True) and points < 33**3 / 2
+    assert ply(refine_grid(field, axis, 0.0, stride=8, margin=1)[0][None]) == ply(dense)  # the droplet's block is next to the sphere's
+
+
+def test_coarse_to_fine_grids_of_eg3d_differ_only_by_small_pieces_off_the_refined_blocks():
+    generator, w = eg3d_tiny()
+    dense = density_grid(generator, w, 40)
+    level = float(torch.quantile(dense[0].flatten(), 0.8))  # random weights: a level its field crosses often
+    refined = coarse_to_fine_grid(generator, w, 40, 4, level, margin=0)
+    ours, theirs = (extract_meshes(grids, level, generator.box_size, keep_largest=False) for grids in (refined.values, dense))
+    assert (ours[3] <= theirs[3]).all() and (ours[3] < theirs[3]).any()  # some small pieces missed, none added
+    dense_vertices = cKDTree(theirs[0].numpy())
+    assert dense_vertices.query(ours[0].numpy())[0].max() < 1e-6  # every vertex a dense vertex
+    assert [bytes(f) for f in grids_to_ply(refined.values, level, generator.box_size)] == [bytes(f) for f in grids_to_ply(dense, level, generator.box_size)]
+
+
+def test_grids_are_meshed_as_many_at_once_as_fit_and_an_impossible_grid_is_refused():
+    with pytest.raises(MemoryError, match=r"grid 8192\^3 need about .* GiB .* for one grid.*lower the mesh resolution"):
+        grids_that_fit(8192, batch_size=8)
+    assert grids_that_fit(64, batch_size=8) == grids_that_fit(64, batch_size=8, coarse_to_fine=True) == 8
+    side = round((0.8 * available_memory_bytes() / 10 / 3) ** (1 / 3))  # about three dense grids fit
+    assert 2 <= grids_that_fit(side, batch_size=8) <= 3 and grids_that_fit(side, batch_size=8, coarse_to_fine=True) < grids_that_fit(side, batch_size=8)
+    assert grid_memory_bytes(512, 4, coarse_to_fine=True) == (40 + 12) * 512**3
+

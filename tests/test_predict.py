@@ -141,9 +141,10 @@ def test_a_rerun_skips_finished_photos_and_other_settings_are_refused(predicted,
     summary = _predict(photos, output, checkpoints)
     assert summary["written"] == 0 and summary["skipped"] == 1 and len(summary["errors"]) == len(BAD)
     assert {p: p.stat().st_mtime_ns for p in output.glob("astronaut-*/*")} == before
-    with pytest.raises(SystemExit) as exit_info:
-        _predict(photos, output, checkpoints, "--refine", "0")
-    assert exit_info.value.code == 1
+    for other in (["--refine", "0"], ["--mesh_coarse_stride", "4"]):  # coarse to fine is a setting of its own
+        with pytest.raises(SystemExit) as exit_info:
+            _predict(photos, output, checkpoints, *other)
+        assert exit_info.value.code == 1
 
 
 @pytest.mark.parametrize(
@@ -151,6 +152,7 @@ def test_a_rerun_skips_finished_photos_and_other_settings_are_refused(predicted,
     [
         (["--images", "missing-folder", "--latent_checkpoint", "x.ckpt"], 1),
         (["--images", ".", "--mesh_format", "stl"], 2),
+        (["--images", ".", "--latent_checkpoint", "x.ckpt", "--mesh_coarse_stride", "0"], 1),
     ],
 )
 def test_bad_command_lines_exit_with_one_line(args, status, capsys, tmp_path):
@@ -190,6 +192,9 @@ def test_render_orbits_a_predicted_face_and_walks_between_two_shard_samples(pred
     middle = read_mesh((tmp_path / "walk" / "mesh_middle.ply").read_bytes(), "ply")
     expected = generator_meshes(GENERATOR.build(), (samples["w"][:1] + samples["w"][1:]) / 2, density_grid(GENERATOR.build(), (samples["w"][:1] + samples["w"][1:]) / 2, 32))[0]
     np.testing.assert_allclose(middle.vertices, expected.vertices, atol=1e-5)
+    coarse = render.main(["--w", f"{tmp_path / 'shards'}:1", "--to", f"{tmp_path / 'shards'}:2", "--output", str(tmp_path / "coarse"), "--mesh_format", "ply",
+                          "--mesh_coarse_stride", "4", *options])  # fmt: skip
+    assert len(coarse["files"]) == 5 and all((tmp_path / "coarse" / f).read_bytes() == (tmp_path / "walk" / f).read_bytes() for f in coarse["files"] if f.endswith(".ply"))
 
 
 def test_render_refuses_a_latent_of_another_generator_and_a_folder_it_did_not_write(tmp_path, capsys):

@@ -30,9 +30,17 @@ class RenderedBatch:
 
 
 def render_batches(
-    generator: Generator, layout: ShardLayout, shards: list[int], mixture: ViewMixture, settings: dict[str, Any], batch_size: int, clock: StageClock
+    generator: Generator,
+    layout: ShardLayout,
+    shards: list[int],
+    mixture: ViewMixture,
+    settings: dict[str, Any],
+    batch_size: int,
+    grids_at_once: int,
+    clock: StageClock,
 ) -> Iterator[RenderedBatch]:
-    """Every batch of the given shards in order; meshes are marched on the device (PLY files laid out there too).
+    """Every batch of the given shards in order; meshes are marched on the device (PLY files laid out there too),
+    `grids_at_once` density grids at a time (each mesh is the same whatever their number).
 
     One batch ahead: batch k+1 is queued on the device before batch k's arrays are waited for, so the
     host's share of a batch (seeded draws, cameras, launches) runs while the device renders.
@@ -46,10 +54,10 @@ def render_batches(
                 batch = generator.sample(batch_seeds, mixture, psi=settings["psi"], cutoff=settings["cutoff"], jitter=settings["jitter"])
                 copies, copied = _copy_to_host({k: batch[k] for k in ARRAY_FIELDS if k in batch})
             if pending is not None:
-                yield _finish(generator, pending, settings["mesh"], clock)
+                yield _finish(generator, pending, settings["mesh"], grids_at_once, clock)
             pending = _QueuedBatch(index, batch_seeds, batch, copies, copied)
     if pending is not None:
-        yield _finish(generator, pending, settings["mesh"], clock)
+        yield _finish(generator, pending, settings["mesh"], grids_at_once, clock)
 
 
 @dataclasses.dataclass
@@ -73,16 +81,18 @@ def _copy_to_host(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
     return copies, copied
 
 
-def _finish(generator: Generator, queued: _QueuedBatch, mesh: dict[str, Any] | None, clock: StageClock) -> RenderedBatch:
+def _finish(generator: Generator, queued: _QueuedBatch, mesh: dict[str, Any] | None, grids_at_once: int, clock: StageClock) -> RenderedBatch:
     """A queued batch's meshes (marched now) and its arrays on the host (waited for)."""
     meshes: list[bytes | memoryview | None] = [None] * len(queued.seeds)
     with torch.inference_mode():
         if mesh:
-            with clock("render: density grids"):
-                grids = density_grid(generator, queued.batch["w"], mesh["resolution"])
-            with clock("render: meshes (march, piece, file)"):
-                meshes = grid_files(grids, mesh["level"], mesh["box_size"], mesh["keep_largest"], mesh.get("format", "ply"))
-            del grids
+            meshes, coarse_stride = [], mesh.get("coarse_to_fine", {}).get("stride")
+            for w in queued.batch["w"].split(grids_at_once):
+                with clock("render: density grids"):
+                    grids = density_grid(generator, w, mesh["resolution"], coarse_stride=coarse_stride, level=mesh["level"])
+                with clock("render: meshes (march, piece, file)"):
+                    meshes += grid_files(grids, mesh["level"], mesh["box_size"], mesh["keep_largest"], mesh.get("format", "ply"))
+                del grids
         with clock("render: arrays to CPU"):
             if queued.copied is not None:
                 queued.copied.synchronize()

@@ -65,6 +65,7 @@ class PairBuilder:
     image_format: str = "png"
     progress: bool = False
     encoder: Callable[[torch.Tensor], torch.Tensor] | None = None
+    mesh_coarse_stride: int | None = None
     untrusted: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -125,7 +126,7 @@ class PairBuilder:
         members = encode_sample(batch, 0, self.image_format)
         meta_json = members.pop("meta.json")
         if self.with_mesh:
-            grids = density_grid(renderer, result.w, self.mesh_resolution)
+            grids = density_grid(renderer, result.w, self.mesh_resolution, coarse_stride=self.mesh_coarse_stride)
             members[f"mesh.{self.mesh_format}"] = bytes(grid_files(grids, renderer.surface_level, renderer.box_size, True, self.mesh_format)[0])
         members["real.png"] = encode_image(real, "png")
         members["landmarks.npy"] = npy_bytes(landmarks)

@@ -43,6 +43,8 @@ class PredictionChoices:
         projection: the refinement's options (its `steps` are replaced by `refine`).
         mesh_resolution: density grid points per axis of the generator's mesh.
         mesh_keep_largest: keep only the largest connected piece of the generator's mesh.
+        mesh_coarse_stride: None: the density at every grid point; k: coarse to fine from every k-th point
+            (`geometry.grids.refine_grid`), the same mesh from a small share of the points.
         mrc: keep the density grid itself too (for `.mrc` files).
         video_frames: frames of the orbit video (0: no video); video_fps its frame rate.
         orbit_yaw_deg, orbit_pitch_deg: the orbit's swing either side of frontal.
@@ -52,6 +54,7 @@ class PredictionChoices:
     projection: ProjectionConfig = REFINE
     mesh_resolution: int = 128
     mesh_keep_largest: bool = True
+    mesh_coarse_stride: int | None = None
     mrc: bool = False
     video_frames: int = 48
     video_fps: int = 24
@@ -137,7 +140,7 @@ class PhotoPredictor(L.LightningModule):
         with self._stage(clock, "render"):
             rendered = g.synthesis(w, cameras)
         with self._stage(clock, "generator mesh"):
-            grids = density_grid(g, w, c.mesh_resolution)
+            grids = density_grid(g, w, c.mesh_resolution, coarse_stride=c.mesh_coarse_stride)
             meshes = generator_meshes(g, w, grids, c.mesh_keep_largest)
             kept = grids.cpu().numpy() if c.mrc else None
             del grids
