@@ -131,7 +131,7 @@ def test_the_orbit_video_and_the_meta_record_the_run(predicted, checkpoints):
     assert set(meta["seconds"]) == STAGES and all(v >= 0 for v in meta["seconds"].values())
     assert meta["checkpoints"]["latent"]["sha256"] == __import__("hashlib").sha256(checkpoints["latent"].read_bytes()).hexdigest()
     assert meta["generator"]["generator"]["checksum"] == GENERATOR.build().identity()["checksum"]
-    assert meta["camera"]["kind"] == "fitted" and meta["refine_final_loss"] > 0 and meta["source"].endswith("astronaut.png")
+    assert meta["camera"]["kind"] == "fitted" and meta["refine_final_loss_batch"] > 0 and meta["source"].endswith("astronaut.png")
     assert 0 < meta["camera"]["confidence"] <= 1
 
 

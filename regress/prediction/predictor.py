@@ -69,6 +69,7 @@ class FacePrediction:
     item: PhotoItem
     face: FaceCrop
     depth: np.ndarray | None = None  # (R, R) float32, world units along each pixel ray
+    depth_mask: np.ndarray | None = None  # (R, R): the generator's opacity at the depth's side (None: no latent model)
     depth_mesh: trimesh.Trimesh | None = None
     w: np.ndarray | None = None  # (num_ws, w_dim)
     render: np.ndarray | None = None  # (S, S, 3) uint8
@@ -77,7 +78,7 @@ class FacePrediction:
     mesh: trimesh.Trimesh | None = None
     grid: np.ndarray | None = None  # the density grid [x, y, z] of the mesh, with `mrc`
     video: np.ndarray | None = None  # (F, S, 2S, 3) uint8: render | depth
-    refine_losses: list[dict] = field(default_factory=list)
+    refine_losses: list[dict] = field(default_factory=list)  # per step, means over the face's batch
     seconds: dict[str, float] = field(default_factory=dict)  # per stage, this face's share of its batch
 
     @property
@@ -170,11 +171,10 @@ class PhotoPredictor(L.LightningModule):
         colours = F.interpolate(crops.float(), size=side, mode="area").round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         depth_cpu, cameras_cpu = depth.cpu(), cameras.cpu()
         for i, prediction in enumerate(out):
-            mask = None
             if prediction.render_mask is not None:
-                mask = F.interpolate(torch.from_numpy(prediction.render_mask)[None, None], size=side, mode="area")[0, 0]
+                prediction.depth_mask = F.interpolate(torch.from_numpy(prediction.render_mask)[None, None], size=side, mode="area")[0, 0].numpy()
             prediction.depth = depth_cpu[i, 0].numpy()
-            prediction.depth_mesh = depth_to_mesh(depth_cpu[i, 0], cameras_cpu[i], mask, MASK_THRESHOLD, colours[i])
+            prediction.depth_mesh = depth_to_mesh(depth_cpu[i, 0], cameras_cpu[i], prediction.depth_mask, MASK_THRESHOLD, colours[i])
 
     @contextlib.contextmanager
     def _stage(self, clock: dict[str, float], name: str) -> Iterator[None]:

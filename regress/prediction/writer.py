@@ -14,8 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from regress.geometry.mesh_files import SURFACE_FORMATS, density_mrc_bytes, mesh_file_bytes
@@ -23,7 +21,7 @@ from regress.gallery import GalleryItem, write_gallery
 from regress.gallery.depth import depth_figure_png, depth_png_bytes
 from regress.prediction.predictor import FacePrediction
 from regress.prediction.photos import PhotoItem
-from regress.sample import MASK_THRESHOLD, encode_image, npy_bytes
+from regress.sample import encode_image, npy_bytes
 from regress.store.files import file_sha256, resolved, write_folder, write_json
 from regress.store.pairs import record_key
 from regress.store.shard_set import setting_differences
@@ -89,10 +87,9 @@ class PredictionWriter(BasePredictionWriter):
         }
         panels = []  # the depths side by side on one scale, with a colour bar in world units
         if p.depth is not None:
-            mask = None if p.render_mask is None else _resized(p.render_mask, p.depth.shape[-1])
-            files["depth.npy"], files["depth.png"] = npy_bytes(p.depth), depth_png_bytes(p.depth, mask)[0]
+            files["depth.npy"], files["depth.png"] = npy_bytes(p.depth), depth_png_bytes(p.depth, p.depth_mask)[0]
             files.update({f"depth_mesh.{f}": mesh_file_bytes(p.depth_mesh, f) for f in self.mesh_formats if f in SURFACE_FORMATS})
-            panels.append(("depth regressor", p.depth, mask))
+            panels.append(("depth regressor", p.depth, p.depth_mask))
         if p.w is not None:
             files["w.npy"] = npy_bytes(p.w)
             files["render.png"] = encode_image(p.render, "png")
@@ -115,17 +112,11 @@ class PredictionWriter(BasePredictionWriter):
             "face_index": face.index,
             "crop": face.aligned.as_meta(),
             "camera": face.camera_meta,
-            "refine_final_loss": p.refine_losses[-1]["loss"] if p.refine_losses else None,
+            "refine_final_loss_batch": p.refine_losses[-1]["loss"] if p.refine_losses else None,  # projection losses are batch means
             "mesh_faces": len(p.mesh.faces) if p.mesh is not None else None,
             "depth_mesh_faces": len(p.depth_mesh.faces) if p.depth_mesh is not None else None,
             "seconds": seconds,
         }
-
-
-def _resized(mask: np.ndarray, side: int) -> np.ndarray:
-    """A mask at another side (area average), thresholded as masks are."""
-    resized = torch.nn.functional.interpolate(torch.from_numpy(mask)[None, None], size=side, mode="area")[0, 0]
-    return (resized > MASK_THRESHOLD).float().numpy()
 
 
 def gather_errors(output: Path) -> dict[str, str]:
