@@ -21,7 +21,7 @@ from regress.configs import run_job
 from regress.faces.landmarks import generator_template
 from regress.generators import GeneratorSpec
 from regress.geometry.grids import check_coarse_stride
-from regress.geometry.mesh_files import MeshFormat, check_mesh_format
+from regress.geometry.mesh_files import MeshFormat, mesh_formats
 from regress.inversion.align import FaceAligner
 from regress.inversion.front_end import PhotoFrontEnd
 from regress.inversion.photos import CameraLabels, list_images
@@ -98,7 +98,7 @@ def predict(
     from regress.prediction.predictor import PhotoPredictor, PredictionChoices
     from regress.prediction.writer import PredictionWriter, gather_errors, photo_done, prepare_output, write_predict_page
 
-    formats = tuple(dict.fromkeys(check_mesh_format(f) for f in ([mesh_format] if isinstance(mesh_format, str) else mesh_format)))
+    formats = mesh_formats(mesh_format)
     if depth_checkpoint is None and latent_checkpoint is None:
         raise ValueError("give --depth_checkpoint, --latent_checkpoint or both (trained with python -m regress.fit): there is nothing to predict with")
     if refine < 0 or video_frames < 0 or batch_size < 1 or mesh_resolution < 2:

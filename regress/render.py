@@ -19,7 +19,7 @@ from typing import Any
 
 from regress.configs import run_job
 from regress.generators import GeneratorSpec
-from regress.geometry.mesh_files import MeshFormat, SURFACE_FORMATS, check_mesh_format, density_mrc_bytes, mesh_file_bytes
+from regress.geometry.mesh_files import MeshFormat, mesh_files, mesh_formats
 from regress.runtime import pick_device
 
 
@@ -74,7 +74,7 @@ def render(
     out = Path(output)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not (out / "meta.json").is_file():
         raise FileExistsError(f"{out} exists and is no regress.render output: it would be replaced; choose another --output")
-    formats = tuple(dict.fromkeys(check_mesh_format(f) for f in ([mesh_format] if isinstance(mesh_format, str) else mesh_format)))
+    formats = mesh_formats(mesh_format)
     if frames < 1 or fps < 1 or batch_size < 1 or mesh_resolution < 2:
         raise ValueError("frames, fps and batch_size are 1 or more, mesh_resolution 2 or more")
     check_coarse_stride(mesh_coarse_stride)
@@ -102,10 +102,8 @@ def render(
         files = {f"{name}.mp4": video_bytes(view_frames(synthesizer, path, cameras, near, far, batch_size), fps)}
         at = torch.stack(list(marks.values()))
         grids = density_grid(synthesizer, at, mesh_resolution, coarse_stride=mesh_coarse_stride)
-        for (suffix, _), mesh, grid in zip(marks.items(), generator_meshes(synthesizer, at, grids), grids):
-            files.update({f"mesh{suffix}.{f}": mesh_file_bytes(mesh, f) for f in formats if f in SURFACE_FORMATS})
-            if "mrc" in formats:
-                files[f"mesh{suffix}.mrc"] = density_mrc_bytes(grid, synthesizer.box_size)
+        for suffix, mesh, grid in zip(marks, generator_meshes(synthesizer, at, grids), grids):
+            files.update(mesh_files(f"mesh{suffix}", mesh, formats, grid, synthesizer.box_size))
     meta = {"sources": [latent.source for latent in latents], "generator": spec.fingerprint(), "frames": frames, "fps": fps,
             "depth_scale": {"near": near, "far": far}, "orbit": {"yaw_deg": yaw_deg, "pitch_deg": pitch_deg} if to is None else None}  # fmt: skip
     files["meta.json"] = (json.dumps(meta, sort_keys=True, indent=1) + "\n").encode()

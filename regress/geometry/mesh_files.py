@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import trimesh
 
-from regress.geometry.meshes import extract_meshes, grids_to_ply, mesh_from_ply, mesh_to_ply
+from regress.geometry.meshes import grids_to_ply, marched_meshes, mesh_from_ply, mesh_to_ply
 
 MeshFormat = Literal["ply", "obj", "glb", "mrc"]
 MESH_FORMATS: tuple[str, ...] = ("ply", "obj", "glb", "mrc")
@@ -28,6 +28,21 @@ def check_mesh_format(name: str) -> str:
     if name not in MESH_FORMATS:
         raise ValueError(f"mesh format {name!r} is not one of {', '.join(MESH_FORMATS)} (mrc: the density grid, for ChimeraX)")
     return name
+
+
+def mesh_formats(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The formats asked for, one or a list, each checked, in order, without repeats."""
+    return tuple(dict.fromkeys(check_mesh_format(name) for name in ([value] if isinstance(value, str) else value)))
+
+
+def mesh_files(stem: str, mesh: trimesh.Trimesh, formats: tuple[str, ...], grid: torch.Tensor | np.ndarray | None = None,
+               box_size: float = 1.0) -> dict[str, bytes]:  # fmt: skip
+    """`STEM.FORMAT` file bytes of a mesh in each surface format asked for, and `STEM.mrc` of its density grid when
+    mrc is asked for and the mesh has one."""
+    files = {f"{stem}.{f}": mesh_file_bytes(mesh, f) for f in formats if f in SURFACE_FORMATS}
+    if "mrc" in formats and grid is not None:
+        files[f"{stem}.mrc"] = density_mrc_bytes(grid, box_size)
+    return files
 
 
 def mesh_file_bytes(mesh: trimesh.Trimesh, file_format: str) -> bytes:
@@ -86,6 +101,5 @@ def grid_files(grids: torch.Tensor, level: float, box_size: float, keep_largest:
         return grids_to_ply(grids, level, box_size, keep_largest)
     if file_format == "mrc":
         return [density_mrc_bytes(grid, box_size) for grid in grids]
-    vertices, faces, vertex_counts, face_counts = (t.cpu() for t in extract_meshes(grids, level, box_size, keep_largest))
-    pieces = zip(vertices.split(vertex_counts.tolist()), faces.split(face_counts.tolist()))
-    return [mesh_file_bytes(trimesh.Trimesh(v.numpy(), f.numpy(), process=False), file_format) for v, f in pieces]
+    pieces = marched_meshes(grids, level, box_size, keep_largest)
+    return [mesh_file_bytes(trimesh.Trimesh(v.cpu().numpy(), f.cpu().numpy(), process=False), file_format) for v, f in pieces]

@@ -76,10 +76,16 @@ def _ply_face_records(faces: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.full((len(faces), 1), 3, dtype=torch.uint8, device=faces.device), indices], 1)
 
 
+def marched_meshes(grids: torch.Tensor, level: float, box_size: float, keep_largest: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`extract_meshes` split into one (vertices, faces) pair per grid, where the grids live."""
+    vertices, faces, vertex_counts, face_counts = extract_meshes(grids, level, box_size, keep_largest)
+    return list(zip(vertices.split(vertex_counts.tolist()), faces.split(face_counts.tolist())))
+
+
 def grid_to_mesh(values: torch.Tensor | np.ndarray, level: float, box_size: float, keep_largest: bool = True) -> trimesh.Trimesh:
     """Marching cubes of one cube grid [x, y, z] (where it lives), as a trimesh on the CPU."""
-    vertices, faces, _, _ = (t.cpu() for t in extract_meshes(torch.as_tensor(values)[None], level, box_size, keep_largest))
-    return trimesh.Trimesh(vertices.numpy(), faces.numpy(), process=False)
+    [(vertices, faces)] = marched_meshes(torch.as_tensor(values)[None], level, box_size, keep_largest)
+    return trimesh.Trimesh(vertices.cpu().numpy(), faces.cpu().numpy(), process=False)
 
 
 def depth_to_mesh(
@@ -115,10 +121,9 @@ def generator_meshes(generator: Generator, w: torch.Tensor, grids: torch.Tensor,
     """The surfaces of latents w (N, num_ws, w_dim) in their density grids (N, R, R, R) (`grids.density_grid`) at the
     generator's level, marched where the grids live, vertices coloured by the generator's own colour
     (`Generator.point_colours`) when it has one."""
-    vertices, faces, vertex_counts, face_counts = extract_meshes(grids, generator.surface_level, generator.box_size, keep_largest)
     meshes = []
-    pieces = zip(vertices.split(vertex_counts.tolist()), faces.split(face_counts.tolist()), generator.colour_fns(w))
-    for points, triangles, colour_of in pieces:
+    pieces = marched_meshes(grids, generator.surface_level, generator.box_size, keep_largest)
+    for (points, triangles), colour_of in zip(pieces, generator.colour_fns(w)):
         colours = colour_of(points[None]) if len(points) else None
         rgba = None if colours is None else (colours[0].float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
         meshes.append(trimesh.Trimesh(points.cpu().numpy(), triangles.cpu().numpy(), vertex_colors=rgba, process=False))

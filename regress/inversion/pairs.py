@@ -30,15 +30,16 @@ from regress.faces.quality import psnr, ssim
 from regress.inversion.align import FaceError
 from regress.inversion.camera_fit import axis_angle
 from regress.inversion.front_end import FaceCrop, PhotoFrontEnd
+from regress.inversion.photos import failure_reason
 from regress.inversion.project import ProjectionConfig, project
 from regress.sample import SCHEMA_VERSION, encode_image, encode_sample, image_to_float, image_to_uint8, npy_bytes
 from regress.store.files import resolved
 from regress.store.pairs import (
     prepare_pairs_folder,
-    read_pair_errors,
+    read_errors,
     record_key,
     record_keys,
-    write_pair_errors,
+    write_errors,
     write_pair_record,
     write_pair_shards,
     write_pairs_manifest,
@@ -175,7 +176,7 @@ def build_pairs(
     output, g = Path(output), builder.generator
     fingerprint = {"generator": g.identity(), "projection": builder.projection.record(), "settings": settings or {}}
     prepare_pairs_folder(output, json.loads(json.dumps(fingerprint)), resume)
-    errors = read_pair_errors(output) if resume else {}
+    errors = read_errors(output) if resume else {}
     done = set(record_keys(output))
     built, skipped, start = 0, 0, time.perf_counter()
     bar = tqdm(images, desc="pairs", unit="photo", disable=not progress, dynamic_ncols=True)
@@ -193,13 +194,10 @@ def build_pairs(
                 built += 1
             errors.pop(source, None)
             done.add(record_key(path))  # a photo listed twice is paired once
-        except FaceError as error:
-            errors[source] = str(error)
-            tqdm.write(f"regress.evaluate pairs: skipped {error}")
         except Exception as error:  # noqa: BLE001 - one photo's failure must not stop the set; it is listed
-            errors[source] = f"{path}: {type(error).__name__}: {error}"
-            tqdm.write(f"regress.evaluate pairs: failed on {path}: {type(error).__name__}: {error}")
-        write_pair_errors(output, errors)
+            errors[source] = failure_reason(path, error)
+            tqdm.write(f"regress.evaluate pairs: {'skipped' if isinstance(error, FaceError) else 'failed on'} {errors[source]}")
+        write_errors(output, errors)
     bar.close()
     keys = record_keys(output)
     manifest = {

@@ -34,6 +34,12 @@ def list_images(source: str | Path | list) -> list[Path]:
     raise FileNotFoundError(f"{source} is not a folder, a .txt list of photos or an image file")
 
 
+def failure_reason(path: Path, error: Exception) -> str:
+    """One line on why a photo could not be used: a FaceError's own words (they name the photo and the fix), or the
+    photo, the error's type and its message."""
+    return str(error) if isinstance(error, FaceError) else f"{path}: {type(error).__name__}: {error}"
+
+
 class CameraLabels:
     """Given EG3D camera labels by photo: an EG3D `dataset.json` ({"labels": [[name, [25 numbers]], ...]}, names
     relative to its folder or bare file names), or `npy` for a `NAME.npy` beside each photo."""

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from regress.inversion.align import FaceError
 from regress.inversion.front_end import FaceCrop, PhotoFrontEnd
+from regress.inversion.photos import failure_reason
 from regress.store.pairs import record_key
 
 
@@ -44,10 +44,8 @@ class PhotoDataset(Dataset):
         try:
             with torch.inference_mode():
                 return PhotoItem(path, faces=self.front_end(path), seconds=time.perf_counter() - start)
-        except FaceError as error:
-            return PhotoItem(path, error=str(error), seconds=time.perf_counter() - start)
         except Exception as error:  # noqa: BLE001 - one photo's failure must not stop the others; it is listed
-            return PhotoItem(path, error=f"{path}: {type(error).__name__}: {error}", seconds=time.perf_counter() - start)
+            return PhotoItem(path, error=failure_reason(path, error), seconds=time.perf_counter() - start)
 
 
 def collate_photos(items: list[PhotoItem]) -> list[PhotoItem]:

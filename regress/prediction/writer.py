@@ -16,20 +16,19 @@ from typing import Any
 
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from regress.geometry.mesh_files import SURFACE_FORMATS, density_mrc_bytes, mesh_file_bytes
+from regress.geometry.mesh_files import SURFACE_FORMATS, mesh_files
 from regress.gallery import GalleryItem, write_gallery
 from regress.gallery.depth import depth_figure_png, depth_png_bytes
 from regress.prediction.predictor import FacePrediction
 from regress.prediction.photos import PhotoItem
 from regress.sample import encode_image, npy_bytes
 from regress.store.files import file_sha256, resolved, write_folder, write_json
-from regress.store.pairs import record_key
+from regress.store.pairs import record_key, write_errors
 from regress.store.shard_set import setting_differences
 from regress.store.video import video_bytes
 
 FAILED = "failed"
 SETTINGS = "settings.json"
-ERRORS = "errors.json"
 
 
 def photo_done(output: Path, photo: Path) -> bool:
@@ -60,13 +59,11 @@ class PredictionWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.output, self.mesh_formats, self.facts, self.video_fps = Path(output), mesh_formats, facts, video_fps
         self.written: list[str] = []
-        self.failed: list[str] = []
 
     def write_on_batch_end(self, trainer, pl_module, prediction: list, batch_indices, batch, batch_idx: int, dataloader_idx: int) -> None:
         for result in sorted(prediction, key=lambda r: -r.face.index if isinstance(r, FacePrediction) else 0):  # face 0 last: it marks the photo done
             if isinstance(result, PhotoItem):
                 write_json(self.output / FAILED / f"{record_key(result.path)}.json", {"source": str(resolved(result.path)), "error": result.error})
-                self.failed.append(result.error)
                 print(f"regress.predict: skipped {result.error}", flush=True)
                 continue
             start = time.perf_counter()
@@ -88,16 +85,14 @@ class PredictionWriter(BasePredictionWriter):
         panels = []  # the depths side by side on one scale, with a colour bar in world units
         if p.depth is not None:
             files["depth.npy"], files["depth.png"] = npy_bytes(p.depth), depth_png_bytes(p.depth, p.depth_mask)[0]
-            files.update({f"depth_mesh.{f}": mesh_file_bytes(p.depth_mesh, f) for f in self.mesh_formats if f in SURFACE_FORMATS})
+            files.update(mesh_files("depth_mesh", p.depth_mesh, self.mesh_formats))
             panels.append(("depth regressor", p.depth, p.depth_mask))
         if p.w is not None:
             files["w.npy"] = npy_bytes(p.w)
             files["render.png"] = encode_image(p.render, "png")
             files["render_depth.npy"], files["render_depth.png"] = npy_bytes(p.render_depth), depth_png_bytes(p.render_depth, p.render_mask)[0]
             panels.append(("generator at the photo's camera", p.render_depth, p.render_mask))
-            files.update({f"mesh.{f}": mesh_file_bytes(p.mesh, f) for f in self.mesh_formats if f in SURFACE_FORMATS})
-            if p.grid is not None:
-                files["mesh.mrc"] = density_mrc_bytes(p.grid, self.facts["generator"]["box_size"])
+            files.update(mesh_files("mesh", p.mesh, self.mesh_formats, p.grid, self.facts["generator"]["box_size"]))
             if p.video is not None:
                 files["orbit.mp4"] = video_bytes(p.video, self.video_fps)
         files["depth_color.png"] = depth_figure_png(panels)
@@ -124,7 +119,7 @@ def gather_errors(output: Path) -> dict[str, str]:
     folder = Path(output) / FAILED
     entries = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))] if folder.is_dir() else []
     errors = {e["source"]: e["error"] for e in entries}
-    write_json(Path(output) / ERRORS, {"errors": [{"source": s, "error": e} for s, e in sorted(errors.items())]})
+    write_errors(output, errors)
     return errors
 
 

@@ -78,13 +78,14 @@ def record_keys(root: str | Path) -> list[str]:
     return sorted(p.name for p in records.iterdir() if p.is_dir() and not p.name.endswith(PARTIAL))
 
 
-def read_pair_errors(root: Path) -> dict[str, str]:
-    """The photos that failed (source -> why), empty when none are listed."""
+def read_errors(root: Path) -> dict[str, str]:
+    """The photos that failed (source -> why) in the errors.json of a pairs folder or a predict output, empty when none are listed."""
     path = Path(root) / ERRORS
     return {e["source"]: e["error"] for e in json.loads(path.read_text())["errors"]} if path.is_file() else {}
 
 
-def write_pair_errors(root: Path, errors: dict[str, str]) -> None:
+def write_errors(root: Path, errors: dict[str, str]) -> None:
+    """errors.json of a pairs folder or a predict output: the photos that failed, sorted by source."""
     write_json(Path(root) / ERRORS, {"errors": [{"source": s, "error": e} for s, e in sorted(errors.items())]})
 
 
