@@ -74,8 +74,11 @@ def synthesis_seconds(data: SynthOnlineDataModule, device: torch.device, batches
     return (time.perf_counter() - start) / max(len(moved) - 1, 1)
 
 
-def fit_seconds(name: str, args: argparse.Namespace, cached: bool) -> tuple[float, float, SynthOnlineDataModule, torch.device]:
-    """Wall and CPU seconds per timed training step, online or on cached batches (the first `warmup` steps render them)."""
+def fit_seconds(
+    name: str, args: argparse.Namespace, cached: bool, callbacks: tuple[L.Callback, ...] = ()
+) -> tuple[float, float, SynthOnlineDataModule, torch.device]:
+    """Wall and CPU seconds per timed training step, online or on cached batches (the first `warmup` steps render
+    them), with the given callbacks beside the step clock."""
     L.seed_everything(0, verbose=False)
     options = dict(
         generator=args.generator, checkpoint=args.checkpoint, generator_options=args.generator_options,
@@ -88,7 +91,7 @@ def fit_seconds(name: str, args: argparse.Namespace, cached: bool) -> tuple[floa
     clock = StepClock()
     trainer = L.Trainer(
         accelerator=args.device, devices=1, precision=args.precision, max_epochs=1, limit_val_batches=0,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[*callbacks, clock],
     )  # fmt: skip
     trainer.fit(model, data)
     steps = len(clock.wall) - args.warmup
@@ -104,8 +107,9 @@ def bench(name: str, args: argparse.Namespace) -> dict:
     return {"model": name, "step_s": wall, "cpu_s": cpu, "synthesis_s": synthesis, "cached_s": cached}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(description: str) -> argparse.ArgumentParser:
+    """The options of a fit benchmark: device, models, backbone, sizes, steps, precision, generator."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--encoder", default="resnet18", help="the regressors' timm backbone (their encoder option)")
@@ -121,6 +125,11 @@ def main() -> None:
     parser.add_argument("--generator-options", type=json.loads, default={"image_resolution": 128},
                         help="JSON backend options (default: the CPU demo's analytic head); null for none")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    return parser
+
+
+def main() -> None:
+    parser = arguments(__doc__)
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda needs a CUDA device")
