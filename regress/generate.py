@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
@@ -24,7 +26,7 @@ from regress.camera import ViewMixture
 from regress.configs import expand_config_arguments, verify_arguments
 from regress.errors import importing_for_a_worker, run_command
 from regress.generation.background import consume_in_background, short_switch_interval
-from regress.generation.compress import compression_pool, write_shard
+from regress.generation.compress import SHARDS_IN_FLIGHT, ShardInFlight, compression_pool, write_shard
 from regress.generation.render import RenderedBatch, render_batches
 from regress.generation.timing import StageClock
 from regress.generators import Generator, GeneratorSpec
@@ -191,13 +193,29 @@ def _render_and_write(
     warmup: list[tuple[float, int]] = []
 
     def write_all(batches: Iterator[RenderedBatch]) -> int:
-        written = 0
-        for index in todo:
-            bar.set_postfix_str(layout.filename(index))
-            record = write_shard(shards, index, batches, settings["image_format"], png_level, batch_size + 2 * workers, pool, bar, clock)
-            shards.send(index, record)
-            written += record["bytes"]
+        """Each shard's samples compressed here and handed to a writer thread of its own, SHARDS_IN_FLIGHT at once;
+        finished shards sent on in order."""
+        written, in_flight = 0, deque()
+        with ThreadPoolExecutor(SHARDS_IN_FLIGHT, thread_name_prefix="regress-shard") as threads:
+            try:
+                for index in todo:
+                    bar.set_postfix_str(layout.filename(index))
+                    while len(in_flight) >= SHARDS_IN_FLIGHT:
+                        written += finish(*in_flight.popleft())
+                    in_flight.append((index, write_shard(shards, index, batches, settings["image_format"], png_level, batch_size + 2 * workers, pool, threads, bar, clock)))
+                while in_flight:
+                    written += finish(*in_flight.popleft())
+            except BaseException:
+                for _, shard in in_flight:
+                    shard.abort()
+                raise
         return written
+
+    def finish(index: int, shard: ShardInFlight) -> int:
+        with clock("write: waiting for shard writers"):
+            record = shard.record(clock)
+        shards.send(index, record)
+        return record["bytes"]
 
     def rendered() -> Iterator[RenderedBatch]:
         for batch in render_batches(generator, layout, todo, mixture, settings, batch_size, grids_at_once, clock):

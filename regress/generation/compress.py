@@ -1,14 +1,17 @@
-"""Compressing rendered samples into shard members (PNG/JPEG/WebP images, in worker processes) and writing one shard."""
+"""Compressing rendered samples into shard members (PNG/JPEG/WebP images, in worker processes) and writing shards, a few at once."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import multiprocessing
 import os
+import queue
 import threading
 import time
 from collections import deque
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from pathlib import Path
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator
 
@@ -92,6 +95,68 @@ def _done(function: Callable[..., Any], *args: Any) -> Future:
     return future
 
 
+SHARDS_IN_FLIGHT = 2  # shards written at once: hashing one (sha256 is a single stream) is as slow as rendering its samples
+
+
+class ShardInFlight:
+    """One shard written on a thread of its own from the samples handed to it in order (`add`), so that the tar
+    writing and hashing of several shards overlap each other and the compression of the next; `record` waits for it.
+    Its thread keeps its own stage clock (`write: tar + hash (summed)`), added to the caller's when it ends."""
+
+    def __init__(self, path: Path, record: dict[str, Any], threads: ThreadPoolExecutor, depth: int) -> None:
+        self.path, self.items, self.clock = path, queue.Queue(maxsize=depth), StageClock()
+        self.future = threads.submit(self._write, record)
+
+    def _write(self, record: dict[str, Any]) -> dict[str, Any]:
+        try:
+            with ShardWriter(self.path) as writer:
+                while (item := self.items.get()) is not _END:
+                    if item is _ABORT:
+                        raise _Aborted
+                    with self.clock("write: tar + hash (summed)"):
+                        writer.add(*item)
+                return writer.commit(record)
+        except OSError as error:
+            raise write_failed(self.path, error) from error
+
+    def add(self, key: str, members: dict[str, bytes | memoryview]) -> None:
+        """Queue one sample for the shard's thread; its error, if it stopped."""
+        self._put((key, members))
+
+    def _put(self, item: Any) -> None:
+        while True:
+            if self.future.done():
+                self.future.result()  # raises the thread's error
+                raise RuntimeError(f"the writer of {self.path.name} stopped before its last sample")
+            with contextlib.suppress(queue.Full):
+                return self.items.put(item, timeout=0.1)
+
+    def close(self) -> None:
+        """No more samples: the thread finishes the tar and writes its record."""
+        self._put(_END)
+
+    def abort(self) -> None:
+        """Stop the thread without finishing: its partial file is removed. Quiet, as it runs while another error is raised."""
+        with contextlib.suppress(Exception):
+            self._put(_ABORT)
+        with contextlib.suppress(BaseException):
+            self.future.result()
+
+    def record(self, clock: StageClock) -> dict[str, Any]:
+        """The finished shard's record, once its thread is done; its stage times added to `clock`."""
+        record = self.future.result()
+        for stage, seconds in self.clock.seconds.items():
+            clock.add(stage, seconds)
+        return record
+
+
+_END, _ABORT = object(), object()
+
+
+class _Aborted(Exception):
+    """The shard's writer was told to stop (an error elsewhere): its partial file goes."""
+
+
 def write_shard(
     shards: ShardSet,
     index: int,
@@ -100,46 +165,51 @@ def write_shard(
     png_level: int,
     max_pending: int,
     pool: Executor | None,
+    threads: ThreadPoolExecutor,
     bar: tqdm,
     clock: StageClock,
-) -> dict[str, Any]:
-    """Compress and write one shard from the rendered batches, at most `max_pending` samples in the compression processes
-    at once; its record. On a write error or a dead compression process the partial file is removed and the error says why."""
+) -> ShardInFlight:
+    """Compress one shard's samples from the rendered batches, at most `max_pending` in the compression processes at
+    once, handing each in order to the shard's writer thread; the shard in flight, all its samples handed over. On a
+    write error or a dead compression process its partial file is removed and the error says why."""
     seeds, path = shards.layout.seeds(index), shards.path(index)
     pending: deque[tuple[str, Future, tuple[str, bytes | memoryview] | None]] = deque()
+    shard = ShardInFlight(path, {"index": index, "seed_start": seeds.start, "fingerprint": shards.fingerprint}, threads, max_pending)
 
-    def write_first() -> None:
+    def hand_over_first() -> None:
         key, future, mesh = pending.popleft()
         with clock("write: waiting for workers"):
             members, seconds = future.result()
         clock.add("workers: compress (summed)", seconds)
-        with clock("write: tar + hash"):
-            writer.add(key, members_with_mesh(members, mesh))
+        with clock("write: waiting for shard writers"):
+            shard.add(key, members_with_mesh(members, mesh))
         bar.update(1)
 
     try:
-        with ShardWriter(path) as writer:
-            done = 0
-            while done < len(seeds):
-                batch = next(batches)
-                assert batch.shard == index and batch.seeds.start == seeds.start + done, "batches out of order"
-                done += len(batch.seeds)
-                with clock("write: submit"):
-                    for i, seed in enumerate(batch.seeds):
-                        sample = {k: v[i] for k, v in batch.arrays.items()}
-                        job = (timed_call, record_members, sample, batch.meta[i], image_format, png_level)
-                        mesh = (batch.mesh_member, batch.meshes[i]) if batch.meshes[i] is not None else None
-                        pending.append((sample_key(seed), pool.submit(*job) if pool else _done(*job), mesh))
-                while len(pending) > max_pending or (pending and pending[0][1].done()):
-                    write_first()
-            while pending:
-                write_first()
-            return writer.commit({"index": index, "seed_start": seeds.start, "fingerprint": shards.fingerprint})
+        done = 0
+        while done < len(seeds):
+            batch = next(batches)
+            assert batch.shard == index and batch.seeds.start == seeds.start + done, "batches out of order"
+            done += len(batch.seeds)
+            with clock("write: submit"):
+                for i, seed in enumerate(batch.seeds):
+                    sample = {k: v[i] for k, v in batch.arrays.items()}
+                    job = (timed_call, record_members, sample, batch.meta[i], image_format, png_level)
+                    mesh = (batch.mesh_member, batch.meshes[i]) if batch.meshes[i] is not None else None
+                    pending.append((sample_key(seed), pool.submit(*job) if pool else _done(*job), mesh))
+            while len(pending) > max_pending or (pending and pending[0][1].done()):
+                hand_over_first()
+        while pending:
+            hand_over_first()
+        shard.close()
+        return shard
     except BrokenProcessPool as error:
+        shard.abort()
         raise ChildProcessError(
             f"an image-compression process stopped while {path.name} was written: killed (out of memory?), or started by a "
             "script that calls regress.generate without `if __name__ == \"__main__\":` (the compression processes import that script); "
             "complete shards are kept: fix the cause and rerun the same command, or pass --workers 0 to compress in this process"
         ) from error
-    except OSError as error:
-        raise write_failed(path, error) from error
+    except BaseException:
+        shard.abort()
+        raise
