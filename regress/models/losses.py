@@ -36,7 +36,7 @@ def scale_shift_aligned(pred: torch.Tensor, target: torch.Tensor, mask: torch.Te
     n = m.sum(1)
     sp, sy, spp, spy = (m * p).sum(1), (m * y).sum(1), (m * p * p).sum(1), (m * p * y).sum(1)
     det = n * spp - sp * sp
-    flat = det.abs() <= EPS * n.clamp_min(1) ** 2
+    flat = det <= 1e-12 * n * spp  # no spread left above float64 cancellation: a flat prediction
     scale = torch.where(flat, torch.zeros_like(det), (n * spy - sp * sy) / torch.where(flat, torch.ones_like(det), det))
     shift = (sy - scale * sp) / n.clamp_min(EPS)
     return (scale[:, None, None, None] * pred.double() + shift[:, None, None, None]).to(pred.dtype)
