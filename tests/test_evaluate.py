@@ -24,7 +24,9 @@ from test_align import _huge_png  # noqa: E402
 
 from regress import evaluate, fit  # noqa: E402
 from regress.camera import make_cameras  # noqa: E402
+from regress.datamodules.folder import FolderDataModule  # noqa: E402
 from regress.datamodules.pairs import PairDataModule, PairDataset, validation_keys  # noqa: E402
+from regress.export import export  # noqa: E402
 from regress.generators import GeneratorSpec  # noqa: E402
 from regress.evaluation.report import plot_examples  # noqa: E402
 from regress.faces.landmarks import generator_template  # noqa: E402
@@ -377,6 +379,22 @@ def test_a_latent_regressor_trained_on_pairs_names_the_generator_that_inverted_t
     assert record == {"name": "analytic", "checkpoint": None, "options": json.loads(GENERATOR), "checksum": identity["checksum"]}
 
 
+def test_a_pairs_set_exports_to_the_folder_layout_with_its_real_photos(pair_set, tmp_path):
+    output, _ = pair_set
+    summary = export(str(output), str(tmp_path / "folder"), progress=False)
+    keys = sorted(p.name for p in (output / RECORDS).iterdir())
+    assert summary["written"] == len(keys) == len(GOOD)
+    folder = tmp_path / "folder"
+    for key in keys:
+        assert (folder / "images" / f"{key}.png").read_bytes() == (output / RECORDS / key / "real.png").read_bytes()
+        assert (folder / "latent" / f"{key}.npy").read_bytes() == (output / RECORDS / key / "w.npy").read_bytes()
+    data = FolderDataModule(str(folder), depth="depth", num_workers=0, image_size=None, val_fraction=0.0)
+    pairs = PairDataModule(output)
+    assert data.keys == keys and data.depth_units == "world"
+    assert data.latent_space.shape == pairs.latent_space.shape and torch.equal(data.latent_space.mean, pairs.latent_space.mean)
+    assert data.latent_space.made_by == pairs.latent_space.made_by is not None  # the generator that inverted them, kept
+
+
 def test_benchmark_reports_on_lightning_checkpoints(pair_set, latent_checkpoint, tmp_path):
     output, _ = pair_set
     depth = _fit(output, "depth", tmp_path / "depth", "--model.decoder_width", "8")
@@ -396,6 +414,7 @@ def test_benchmark_reports_on_lightning_checkpoints(pair_set, latent_checkpoint,
         assert (report_dir / name).is_file() and (report_dir / name).stat().st_size > 100
     saved = json.loads((report_dir / "report.json").read_text())
     assert saved["pairs"] == len(GOOD) and len(saved["per_pair"]) == len(GOOD)
+    assert saved["depth"]["units"] == "world"  # the depth the regressor was trained on: scored as it is
     for key in ("depth_absrel", "depth_rmse", "depth_delta1", "depth_absrel_median_scaled"):
         assert math.isfinite(saved["depth"][key]) and saved["depth"][key] >= 0
     assert 0 <= saved["depth"]["depth_delta1"] <= 1
