@@ -243,3 +243,12 @@ def test_fit_on_the_origin_s_folder_links_relative_depth_into_the_checkpoint(tmp
     model = load_regressor(DepthRegressor, tmp_path / "default" / "checkpoints" / "last.ckpt", torch.device("cpu"), "depth")
     assert model.hparams.depth_units == "relative"
     assert depth_units_shown(model.hparams.depth_units).startswith("relative (scored after per-image scale-and-shift alignment)")
+
+
+def test_a_depth_model_on_a_folder_without_depth_says_what_is_missing(tmp_path, capsys):
+    root = origin_folder(tmp_path / "set", range(4), SMALL, "input", depth=False)
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main(["--data", "folder-prosopo", f"--data.root={root}", "--data.batch_size=2", "--data.image_size=32", "--data.num_workers=0",
+                  "--model.encoder=test_resnet", "--trainer.max_steps=1", "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    assert exit_info.value.code == 1
+    assert "regress.fit: error: DepthRegressor trains on image, depth, mask, and the data has no depth, mask" in capsys.readouterr().err

@@ -71,6 +71,8 @@ class DepthRegressor(Regressor):
         lr, weight_decay, lr_schedule: AdamW, and cosine decay over the run or a constant rate.
     """
 
+    fields = ("image", "depth", "mask")
+
     def __init__(
         self,
         encoder: str = "resnet18",
