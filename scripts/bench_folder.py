@@ -11,6 +11,7 @@ per member folder), and samples per second over a whole pass (second pass: the p
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 from pathlib import Path
 
@@ -35,6 +36,8 @@ def one_pass(make) -> tuple[float, float, int]:
         for batch in loader:
             seen += batch["image"].shape[0]
         rates.append(seen / (time.perf_counter() - start))
+    del loader, data  # persistent workers end here, not inside the next module's timing
+    gc.collect()
     return made, rates[-1], seen
 
 
