@@ -137,9 +137,15 @@ class FolderDataModule(ManifestLatents, L.LightningDataModule):
     """Sample batches from a loose-file folder, one folder per member (the origin's names by default); `--data folder`.
 
     Args:
-        root: the set's folder.
-        image, depth, latent, camera, camera_cond, mask, mesh: the folder of each member under `root` (None: not read);
-            only the image's must exist. A member's folder, when it exists, must hold a file for every image.
+        root: the set's folder. Each member's folder below is a name under it (None: not read); only the images'
+            must exist, and a member's folder, when it exists, must hold a file for every image.
+        image: the images' folder (.png, .jpg, .webp).
+        depth: the depth folder: .npy or 16-bit regress PNGs (world units), or the origin's 8-bit PNGs (relative).
+        latent: the w folder (.npy, (num_ws, w_dim)).
+        camera: the render cameras' folder (.npy, 25 numbers).
+        camera_cond: the mapping network's cameras' folder (.npy, 25 numbers).
+        mask: the face masks' folder (.npy, the depth's shape); without one, every pixel with a depth counts.
+        mesh: the meshes' folder (.ply, .obj, .glb), read with `with_mesh`.
         batch_size: samples per batch and rank.
         val_fraction: share of samples held out for validation, split by a hash of the key.
         image_size: side of the images the model sees (resized on device); None keeps the stored size.
