@@ -50,7 +50,7 @@ def source_samples(source: Path, image: str) -> tuple[dict[str, Any], int, Itera
             pairs = ((key, read_pair_record(source, key)) for key in keys)
         else:
             pairs = (pair for s in manifest.get("shards", []) for pair in iter_shard(str(source / s["file"]), s["count"], s.get("bytes"), s.get("sha256")))
-        count = len(manifest.get("record_files") or manifest.get("keys") or []) or sum(s["count"] for s in manifest.get("shards", []))
+        count = len(manifest.get("record_files") or []) or sum(s["count"] for s in manifest.get("shards", []))
         return manifest, count, ((key, {**members, "image.png": members["real.png"] if image == "real" else members["image.png"]}) for key, members in pairs)
     raise FileNotFoundError(f"{source} is neither a shard set nor a pairs set (no manifest.json of either); give the --output of "
                             "python -m regress.generate or python -m regress.evaluate pairs")  # fmt: skip

@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from regress.datamodules.manifest import ManifestLatents
-from regress.datamodules.pairs import validation_keys
+from regress.datamodules.pairs import check_split_options, validation_keys
 from regress.datamodules.shards import CorruptCounter, collate
 from regress.gallery.depth import read_depth_png, relative_depth
 from regress.generators.spec import LatentSpace
@@ -173,10 +173,7 @@ class FolderDataModule(ManifestLatents, L.LightningDataModule):
         with_mesh: bool = False,
     ) -> None:
         super().__init__()
-        if not 0 <= val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        check_split_options(batch_size, val_fraction)
         self.save_hyperparameters()
         folders = {"image": image, "depth": depth, "w": latent, "camera": camera, "camera_cond": camera_cond, "mask": mask, "mesh": mesh}
         self.index = index_folder(root, folders, SUFFIXES)
