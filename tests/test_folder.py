@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from torch.utils.data import DistributedSampler, RandomSampler
 
 import regress.fit as fit
 from regress import configs
@@ -31,6 +32,7 @@ from regress.models import DepthRegressor
 from regress.models.losses import DepthLoss, scale_shift_aligned
 from regress.models.metrics import DepthMetrics
 from regress.sample import collate_samples, decode_sample, encode_image, npy_bytes
+from regress.store.locks import FolderInUse, hold_folder
 from regress.store.shard_set import read_shard_manifest
 from regress.store.shards import iter_shard
 
@@ -95,6 +97,15 @@ def test_round_trip_gives_image_w_and_camera_bit_for_bit_and_depth_within_the_pn
     assert torch.equal(batch["image"], truth["image"]) and torch.equal(batch["w"], truth["w"])
 
 
+def test_ranks_read_disjoint_shares_of_the_index(exported):
+    """Map-style, as the pairs module: Lightning gives each rank a DistributedSampler over the one index."""
+    data = config_module("folder-export", root=exported, batch_size=1, val_fraction=0.0)
+    data.setup()
+    shares = [[data.train_set.keys[i] for i in DistributedSampler(data.train_set, num_replicas=2, rank=rank, seed=0)] for rank in range(2)]
+    assert len(shares[0]) == len(shares[1]) == 3 and sorted(shares[0] + shares[1]) == data.keys
+    assert isinstance(data.train_dataloader().sampler, RandomSampler)  # what Lightning replaces under DDP
+
+
 def test_export_lists_every_file_resumes_and_gives_the_same_bytes(shards, exported, tmp_path, capsys):
     manifest = json.loads((exported / "manifest.json").read_text())
     listed = manifest["files"]
@@ -108,6 +119,9 @@ def test_export_lists_every_file_resumes_and_gives_the_same_bytes(shards, export
     summary = export(str(shards), str(again), relative_depth=True, progress=False)
     assert (summary["written"], summary["skipped"]) == (1, 5)
     assert (again / "manifest.json").read_bytes() == (exported / "manifest.json").read_bytes()
+    with hold_folder(again, "python -m regress.export", f"exporting {shards}", "let it finish"):  # as a second export would find it
+        with pytest.raises(FolderInUse, match=f"another python -m regress.export is exporting {shards} in {again}"):
+            export(str(shards), str(again), relative_depth=True, progress=False)
     with pytest.raises(SystemExit) as exit_info:
         export_main(["--source", str(shards), "--output", str(again), "--mesh_format", "ply", "--relative_depth", "true", "--progress", "false"])
     assert exit_info.value.code == 1
