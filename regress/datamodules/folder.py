@@ -55,8 +55,9 @@ def depth_file_units(path: Path) -> DepthUnits:
 def read_depth(path: Path, units: DepthUnits) -> tuple[torch.Tensor, torch.Tensor]:
     """A depth file as (depth (1, R, R) float32, the pixels that have one (1, R, R) float32); ValueError naming the
     file when it is not of the set's `units`."""
-    if depth_file_units(path) != units:
-        raise ValueError(f"{path}: {depth_file_units(path)} depth in a set of {units} depth; {SKIP_HINT}")
+    found = depth_file_units(path)
+    if found != units:
+        raise ValueError(f"{path}: {found} depth in a set of {units} depth; {SKIP_HINT}")
     if path.suffix == ".npy":
         depth = np.load(path, allow_pickle=False).astype(np.float32)
     elif units == "relative":
@@ -64,7 +65,7 @@ def read_depth(path: Path, units: DepthUnits) -> tuple[torch.Tensor, torch.Tenso
             depth = relative_depth(np.asarray(image))
     else:
         depth = read_depth_png(path)[0]
-    depth = depth.reshape(depth.shape[-2:]) if depth.ndim >= 2 and depth.size == depth.shape[-2] * depth.shape[-1] else depth
+    depth = depth[0] if depth.ndim == 3 and depth.shape[0] == 1 else depth  # (1, R, R), as the Sample holds it
     if depth.ndim != 2:
         raise ValueError(f"{path}: depth of shape {depth.shape}, not a map (R, R); {SKIP_HINT}")
     has = np.isfinite(depth)

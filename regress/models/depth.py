@@ -114,4 +114,5 @@ class DepthRegressor(Regressor):
         self.metrics.update(self.scored(pred, batch["depth"], batch["mask"]), batch["depth"], batch["mask"])
 
     def preview_columns(self, batch: Batch, pred: torch.Tensor) -> list[torch.Tensor]:
-        return [batch["image"].cpu(), *depth_columns([batch["depth"], pred.detach()], [batch["mask"], batch["mask"]])]
+        shown = self.scored(pred.detach(), batch["depth"], batch["mask"])  # relative depth: on the target's scale
+        return [batch["image"].cpu(), *depth_columns([batch["depth"], shown], [batch["mask"], batch["mask"]])]
