@@ -200,20 +200,23 @@ def test_files_that_disagree_are_errors_naming_the_file_or_skipped_and_counted(t
         FolderDataModule(root, num_workers=0)
     np.save(root / "latent" / "seed0003.npy", np.zeros((2, 32), np.float32))  # the wrong shape
     (root / "images" / "seed0004.png").write_bytes(b"not a png")
+    np.save(root / "depth128x128" / "seed0002.npy", np.full((16, 16), 2.5, np.float32))  # world depth, read before the PNG
     data = FolderDataModule(root, batch_size=6, val_fraction=0.0, image_size=None, num_workers=0)
     data.setup()
     with pytest.raises(ValueError, match=r"latent/seed0003\.npy: shape \(2, 32\), the set's are \(14, 32\)"):
         data.train_set.read("seed0003")
     with pytest.raises(ValueError, match=r"images/seed0004\.png: unreadable image"):
         data.train_set.read("seed0004")
+    with pytest.raises(ValueError, match=r"depth128x128/seed0002\.npy: world depth in a set of relative depth"):
+        data.train_set.read("seed0002")
     (root / "cam_poses" / "seed0005.npy").unlink()
     skipping = FolderDataModule(root, batch_size=6, val_fraction=0.0, image_size=None, num_workers=0, skip_corrupt=True)
     assert skipping.keys == ["seed0000", "seed0001", "seed0002", "seed0003", "seed0004"]  # seed0005 lacks its camera
     skipping.setup()
     with caplog.at_level(logging.WARNING):
         batch = collate_present([skipping.train_set[i] for i in range(len(skipping.train_set))])
-    assert [m["key"] for m in batch["meta"]] == ["seed0000", "seed0001", "seed0002"] and skipping.corrupt.count == 2
-    assert "skipped corrupt shard data (2 so far" in caplog.text
+    assert [m["key"] for m in batch["meta"]] == ["seed0000", "seed0001"] and skipping.corrupt.count == 3
+    assert "skipped corrupt data (3 so far" in caplog.text
 
 
 def relative_scores(model: DepthRegressor, data: FolderDataModule) -> dict[str, float]:
