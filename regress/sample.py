@@ -132,6 +132,18 @@ def encode_sample(batch: Batch, index: int, image_format: str = "png", png_level
     return members
 
 
+def decode_image(data: bytes) -> torch.Tensor:
+    """An encoded image (PNG, JPEG, WebP; grey or RGBA too) as uint8 RGB (3, H, W)."""
+    with Image.open(io.BytesIO(data)) as pil:
+        array = np.asarray(pil.convert("RGB"))
+    return torch.from_numpy(array.transpose(2, 0, 1).copy())
+
+
+def decode_npy(data: bytes) -> torch.Tensor:
+    """.npy bytes as a tensor (no pickles)."""
+    return torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False))
+
+
 def decode_sample(members: dict[str, bytes], source: str = "<memory>") -> dict[str, Any]:
     """One sample's tensors (no batch axis) and meta from its members; errors name the source."""
     sample: dict[str, Any] = {}
@@ -139,11 +151,9 @@ def decode_sample(members: dict[str, bytes], source: str = "<memory>") -> dict[s
         name, _, ext = member.partition(".")
         try:
             if name == "image" and ext in IMAGE_FORMATS:
-                with Image.open(io.BytesIO(data)) as pil:
-                    array = np.asarray(pil.convert("RGB"))
-                sample["image"] = torch.from_numpy(array.transpose(2, 0, 1).copy())
+                sample["image"] = decode_image(data)
             elif ext == "npy" and name in FIELDS:
-                sample[name] = torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False))
+                sample[name] = decode_npy(data)
             elif member == "meta.json":
                 sample["meta"] = json.loads(data)
         except Exception as error:  # noqa: BLE001 - re-raised with the place it happened

@@ -1,4 +1,4 @@
-"""One exit-status rule for the three commands: 2 when the command line cannot be used, 1 when the job stops on an
+"""One exit-status rule for the commands: 2 when the command line cannot be used, 1 when the job stops on an
 error, 130 on Ctrl-C where the job says what it kept; each error one line, `REGRESS_DEBUG=1` its traceback."""
 
 from __future__ import annotations
@@ -6,39 +6,42 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from regress import evaluate, fit, generate, predict
+from regress import evaluate, export, fit, generate, predict
 from regress.errors import DEBUG_VARIABLE, UsageError, run_command
 
-MAINS = {"fit": fit.main, "generate": generate.main, "evaluate": evaluate.main}
-SUBCOMMAND = {"fit": [], "generate": [], "evaluate": ["benchmark"]}
+MAINS = {"fit": fit.main, "generate": generate.main, "evaluate": evaluate.main, "export": export.main}
+SUBCOMMAND = {"fit": [], "generate": [], "evaluate": ["benchmark"], "export": []}
 # Per job: arguments (`{tmp}` is a fresh folder), the exit status, and the error line after `regress.JOB: error: `
 # (one text for every job, or one per job).
 CASES = {
     "unknown option": ({job: ["--bogus", "1"] for job in MAINS}, 2, "unrecognized arguments: --bogus 1"),
     "abbreviated option": (
-        {"fit": ["--trainer.max_epoch", "3"], "generate": ["--num_sampl", "3"], "evaluate": ["--pair", "{tmp}"]},
+        {"fit": ["--trainer.max_epoch", "3"], "generate": ["--num_sampl", "3"], "evaluate": ["--pair", "{tmp}"], "export": ["--sourc", "{tmp}"]},
         2,
         {"fit": "unrecognized arguments: --trainer.max_epoch 3", "generate": "unrecognized arguments: --num_sampl 3",
-         "evaluate": "unrecognized arguments: --pair {tmp}"},
+         "evaluate": "unrecognized arguments: --pair {tmp}", "export": "unrecognized arguments: --sourc {tmp}"},
     ),  # fmt: skip
     "missing config file": ({job: ["--config", "{tmp}/missing.yaml"] for job in MAINS}, 2, "config file {tmp}/missing.yaml does not exist"),
     "value of the wrong type": (
-        {"fit": ["--trainer.max_epochs", "many"], "generate": ["--batch_size", "many"], "evaluate": ["--batch_size", "many"]},
+        {"fit": ["--trainer.max_epochs", "many"], "generate": ["--batch_size", "many"], "evaluate": ["--batch_size", "many"],
+         "export": ["--relative_depth", "many"]},
         2,
         {"fit": "--trainer.max_epochs: Expected a <class 'int'>. Got value: many", "generate": "--batch_size: Expected a <class 'int'>. Got value: many",
-         "evaluate": "--batch_size: Expected a <class 'int'>. Got value: many"},
+         "evaluate": "--batch_size: Expected a <class 'int'>. Got value: many", "export": "--relative_depth: Expected a <class 'bool'>. Got value: many"},
     ),  # fmt: skip
     "runtime error": (
         {
             "fit": ["--ckpt_path", "{tmp}/missing.ckpt", "--trainer.logger=false", "--trainer.default_root_dir={tmp}"],
             "generate": ["--output", "{tmp}/out", "--batch_size", "0", "--progress", "false"],  # parses; generate() refuses it
             "evaluate": ["--pairs", "{tmp}/pairs", "--encoder_seeds", "2"],
+            "export": ["--source", "{tmp}", "--output", "{tmp}/out"],
         },
         1,
         {
             "fit": "checkpoint {tmp}/missing.ckpt does not exist; give a .ckpt written by python -m regress.fit, or last",
             "generate": "batch_size must be >= 1 and workers >= 0, got 0 and 0",
             "evaluate": "encoder_seeds scores a latent regressor as an encoder: give its latent_checkpoint, or set encoder_seeds: 0",
+            "export": "{tmp} is neither a shard set nor a pairs set",
         },
     ),
 }

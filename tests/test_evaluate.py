@@ -24,7 +24,11 @@ from test_align import _huge_png  # noqa: E402
 
 from regress import evaluate, fit  # noqa: E402
 from regress.camera import make_cameras  # noqa: E402
-from regress.datamodules.pairs import PairDataModule, PairDataset, validation_keys  # noqa: E402
+from regress.datamodules.folder import FolderDataModule  # noqa: E402
+from regress.datamodules.pairs import PairDataModule, PairDataset, collate_pairs, validation_keys  # noqa: E402
+from regress.evaluation.benchmark import run_benchmark  # noqa: E402
+from regress.evaluation.encoder import model_input  # noqa: E402
+from regress.export import export  # noqa: E402
 from regress.generators import GeneratorSpec  # noqa: E402
 from regress.evaluation.report import plot_examples  # noqa: E402
 from regress.faces.landmarks import generator_template  # noqa: E402
@@ -36,7 +40,9 @@ from regress.inversion.front_end import PhotoFrontEnd  # noqa: E402
 from regress.inversion.pairs import PairBuilder  # noqa: E402
 from regress.inversion.photos import CameraLabels  # noqa: E402
 from regress.inversion.project import ProjectionConfig  # noqa: E402
-from regress.models import LatentRegressor  # noqa: E402
+from regress.models import DepthRegressor, LatentRegressor  # noqa: E402
+from regress.models.losses import scale_shift_aligned  # noqa: E402
+from regress.models.metrics import DepthMetrics  # noqa: E402
 from regress.sample import resize_images  # noqa: E402
 from regress.store.pairs import RECORD_FILES, RECORDS, record_files, record_key  # noqa: E402
 
@@ -377,6 +383,22 @@ def test_a_latent_regressor_trained_on_pairs_names_the_generator_that_inverted_t
     assert record == {"name": "analytic", "checkpoint": None, "options": json.loads(GENERATOR), "checksum": identity["checksum"]}
 
 
+def test_a_pairs_set_exports_to_the_folder_layout_with_its_real_photos(pair_set, tmp_path):
+    output, _ = pair_set
+    summary = export(str(output), str(tmp_path / "folder"), progress=False)
+    keys = sorted(p.name for p in (output / RECORDS).iterdir())
+    assert summary["written"] == len(keys) == len(GOOD)
+    folder = tmp_path / "folder"
+    for key in keys:
+        assert (folder / "images" / f"{key}.png").read_bytes() == (output / RECORDS / key / "real.png").read_bytes()
+        assert (folder / "latent" / f"{key}.npy").read_bytes() == (output / RECORDS / key / "w.npy").read_bytes()
+    data = FolderDataModule(str(folder), depth="depth", num_workers=0, image_size=None, val_fraction=0.0)
+    pairs = PairDataModule(output)
+    assert data.keys == keys and data.depth_units == "world"
+    assert data.latent_space.shape == pairs.latent_space.shape and torch.equal(data.latent_space.mean, pairs.latent_space.mean)
+    assert data.latent_space.made_by == pairs.latent_space.made_by is not None  # the generator that inverted them, kept
+
+
 def test_benchmark_reports_on_lightning_checkpoints(pair_set, latent_checkpoint, tmp_path):
     output, _ = pair_set
     depth = _fit(output, "depth", tmp_path / "depth", "--model.decoder_width", "8")
@@ -396,6 +418,7 @@ def test_benchmark_reports_on_lightning_checkpoints(pair_set, latent_checkpoint,
         assert (report_dir / name).is_file() and (report_dir / name).stat().st_size > 100
     saved = json.loads((report_dir / "report.json").read_text())
     assert saved["pairs"] == len(GOOD) and len(saved["per_pair"]) == len(GOOD)
+    assert saved["depth"]["units"] == "world"  # the depth the regressor was trained on: scored as it is
     for key in ("depth_absrel", "depth_rmse", "depth_delta1", "depth_absrel_median_scaled"):
         assert math.isfinite(saved["depth"][key]) and saved["depth"][key] >= 0
     assert 0 <= saved["depth"]["depth_delta1"] <= 1
@@ -409,7 +432,7 @@ def test_benchmark_reports_on_lightning_checkpoints(pair_set, latent_checkpoint,
     timing = saved["timing"]
     assert timing["inversion_seconds_per_image"] > timing["latent_seconds_per_image"] > 0
     markdown = (report_dir / "report.md").read_text()
-    assert "| depth_absrel |" in markdown and "| rerender_psnr |" in markdown and record_key(Path("x")).split("-")[0] == "x"
+    assert "| units | world |" in markdown and "| depth_absrel |" in markdown and "| rerender_psnr |" in markdown and record_key(Path("x")).split("-")[0] == "x"
     assert report["outputs"]["examples"].endswith("examples.png")
     with Image.open(report_dir / "plots" / "examples.png") as grid:
         assert grid.width > grid.height  # five columns of examples and a colour bar, four rows
@@ -420,6 +443,23 @@ def test_benchmark_reports_on_lightning_checkpoints(pair_set, latent_checkpoint,
     assert all((report_dir / src).is_file() for src, _ in shown)
     assert all(f"<h2>{r['key']}</h2>" in page for r in saved["per_pair"][:4]) and "depth · depth_absrel" in page
     assert "encoder" not in saved and "## encoder" not in markdown  # encoder_seeds: 0 in the config
+
+
+def test_a_relative_depth_regressor_is_scored_after_its_own_alignment(pair_set):
+    output, _ = pair_set
+    torch.manual_seed(0)
+    model = DepthRegressor(encoder="test_resnet", decoder_width=8, depth_units="relative").eval()
+    dataset = PairDataset(output)
+    report, _ = run_benchmark(dataset, model, None, None, torch.device("cpu"), progress=False)
+    assert report["depth"]["units"] == "relative (scored after per-image scale-and-shift alignment)"
+    batch = collate_pairs([dataset[i] for i in range(len(dataset))])
+    with torch.no_grad():
+        pred = model(model_input(model, batch["image"]), batch["depth"].shape[-1])
+    aligned, raw = DepthMetrics(), DepthMetrics()
+    aligned.update(scale_shift_aligned(pred, batch["depth"], batch["mask"]), batch["depth"], batch["mask"])
+    raw.update(pred, batch["depth"], batch["mask"])
+    assert report["depth"]["depth_absrel"] == pytest.approx(aligned.compute()["depth_absrel"].item(), rel=1e-5)
+    assert report["depth"]["depth_absrel"] < raw.compute()["depth_absrel"].item()  # an untrained model, forgiven its scale and shift
 
 
 def test_example_pairs_colour_each_rows_depths_on_one_scale(tmp_path):

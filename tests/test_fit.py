@@ -74,10 +74,10 @@ def test_short_names_pick_config_files():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--data", "nope"], "unknown --data 'nope'; choose one of pairs, shards, synth-online"),
+        (["--data", "nope"], "unknown --data 'nope'; choose one of folder, folder-export, folder-prosopo, pairs, shards, synth-online"),
         (["--data", "synth-online", "--model", "resnet"], "unknown --model 'resnet'; choose one of depth, latent"),
         (["--model"], "--model needs a value: one of depth, latent"),
-        (["--data.help", "nope"], "unknown --data 'nope'; choose one of pairs, shards, synth-online"),
+        (["--data.help", "nope"], "unknown --data 'nope'; choose one of folder, folder-export, folder-prosopo, pairs, shards, synth-online"),
     ],
 )
 def test_unknown_names_are_usage_errors(args, message, capsys):

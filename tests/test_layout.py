@@ -21,7 +21,7 @@ LAYERS = [
     {"generation", "inversion", "datamodules", "models"},  # four pipelines that meet only on disk and in faces/
     {"training", "evaluation"},
     {"prediction"},  # photos -> 3D faces: the regressors as evaluation loads them
-    {"fit", "generate", "evaluate", "predict", "render"},
+    {"fit", "generate", "evaluate", "predict", "render", "export"},
 ]
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 

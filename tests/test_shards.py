@@ -183,7 +183,7 @@ def test_flipped_bytes_in_a_member_never_reach_the_model(copy, caplog):
     with caplog.at_level(logging.WARNING, logger="regress.datamodules.shards"):
         assert val_seeds(module) == [14, 15]  # seed 12, before the damage in its shard, is held back too
     assert module.corrupt.count == 1
-    assert "skipped corrupt shard data (1 so far in this process)" in caplog.text and "synth-000001.tar: SHA-256" in caplog.text
+    assert "skipped corrupt data (1 so far in this process)" in caplog.text and "synth-000001.tar: SHA-256" in caplog.text
 
 
 def test_a_pipe_shard_is_verified_before_use_too(copy):

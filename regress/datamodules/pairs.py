@@ -112,6 +112,14 @@ def validation_keys(keys: list[str], fraction: float) -> list[str]:
     return held
 
 
+def check_split_options(batch_size: int, val_fraction: float) -> None:
+    """A ValueError for a batch size below 1 or a validation share outside [0, 1)."""
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+
+
 class PairDataModule(ManifestLatents, L.LightningDataModule):
     """Sample batches of real-versus-inverted pairs built by `python -m regress.evaluate pairs`; `--data pairs`.
 
@@ -137,10 +145,7 @@ class PairDataModule(ManifestLatents, L.LightningDataModule):
         skip_corrupt: bool = False,
     ) -> None:
         super().__init__()
-        if not 0 <= val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        check_split_options(batch_size, val_fraction)
         self.save_hyperparameters()
         self.root, self.manifest = Path(root), read_pairs_manifest(root)
         self.batch_size, self.image_size, self.image, self.num_workers = batch_size, image_size, image, num_workers

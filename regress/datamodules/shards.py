@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 class CorruptCounter:
-    """Counts corrupt data skipped in this process and logs each skip with the running count.
+    """Counts corrupt data (of shards or loose files) skipped in this process and logs each skip with the running count.
 
     Once every one of the `shards` it watches has been skipped whole, nothing is left to train on: it
     raises then, instead of drawing corrupt shards forever.
@@ -41,7 +41,7 @@ class CorruptCounter:
 
     def skip(self, error: Exception, shard: str | None = None) -> None:
         self.count += 1
-        log.warning("skipped corrupt shard data (%d so far in this process): %s", self.count, error)
+        log.warning("skipped corrupt data (%d so far in this process): %s", self.count, error)
         if shard is not None:
             self.bad.add(shard)
             if self.shards and self.shards <= self.bad:

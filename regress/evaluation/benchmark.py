@@ -1,7 +1,9 @@
 """Regressors scored on real-versus-inverted pairs: the numbers behind `python -m regress.evaluate benchmark`.
 
 The depth regressor sees the real photo and is compared with the inversion's depth on the face
-mask (abs-rel, RMSE, delta < 1.25; also after median scaling, which forgives a global scale).
+mask (abs-rel, RMSE, delta < 1.25; also after median scaling, which forgives a global scale). A depth regressor trained
+on relative depth (`depth_units: relative`, kept in its checkpoint) is scored after its own per-image scale-and-shift
+alignment, and the report says so.
 The latent regressor's w is compared with the inverted w (L1, cosine of offsets from the mean
 latent) and rendered at the pair's camera to compare with the real photo (PSNR, SSIM, identity),
 beside the inversion's own quality. Timing sets a regressor's forward pass against the inversion.
@@ -38,6 +40,11 @@ def median_scaled(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) 
         factor = t[on].median() / p[on].median().clamp_min(1e-6) if on.any() else torch.ones((), device=p.device)
         scaled.append(p * factor)
     return torch.stack(scaled)
+
+
+def depth_units_shown(units: str) -> str:
+    """How the report names the depth a regressor was trained on, and so how it was scored."""
+    return "world" if units == "world" else "relative (scored after per-image scale-and-shift alignment)"
 
 
 def _finite_or_none(metric: DepthMetrics) -> dict[str, float | None]:
@@ -93,7 +100,7 @@ def run_benchmark(
         pred_depth = rendered = None
         if depth_model is not None:
             image = model_input(depth_model, seen)
-            pred_depth = depth_model(image, depth.shape[-1])
+            pred_depth = depth_model.scored(depth_model(image, depth.shape[-1]), depth, mask)
             scaled = median_scaled(pred_depth, depth, mask)
             depth_all.update(pred_depth, depth, mask)
             depth_scaled_all.update(scaled, depth, mask)
@@ -124,6 +131,8 @@ def run_benchmark(
         _collect_examples(shown, examples, batch, pred_depth, rendered)
     report = _summarize(rows, timing, depth_all if depth_model else None, depth_scaled_all if depth_model else None,
                         latent_all if latent_model else None)  # fmt: skip
+    if depth_model is not None:
+        report["depth"] = {"units": depth_units_shown(depth_model.hparams.depth_units), **report["depth"]}
     tensors = {name: torch.cat(items) for name, items in shown.items() if items}
     return report, tensors
 

@@ -175,3 +175,25 @@ def read_depth_png(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     mask = codes > 0
     depth = np.where(mask, near + (codes - 1) * ((far - near) / (PNG_LEVELS - 1)), np.nan).astype(np.float32)
     return depth, mask
+
+
+RELATIVE_LEVELS = 255  # the origin's 8-bit depth PNGs
+RELATIVE_NEAR, RELATIVE_FAR = 1.0, 2.0  # relative depth read from them: 1 at an image's nearest pixel, 2 at its farthest
+
+
+def relative_depth_png_bytes(depth: np.ndarray | torch.Tensor) -> bytes:
+    """Depth (H, W) as the origin's 8-bit depth PNG: negated and min-max normalised per image to [-1, 1] (near is +1,
+    bright), then to 0..255. Relative depth: the scale and the shift are gone."""
+    depth = as_map(depth).astype(np.float64)
+    near, far = float(depth.min()), float(depth.max())
+    value = 1.0 - 2.0 * (depth - near) / ((far - near) or 1.0)  # -depth min-max normalised to [-1, 1]
+    codes = np.round((value + 1.0) * (RELATIVE_LEVELS / 2.0)).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(codes).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def relative_depth(codes: np.ndarray) -> np.ndarray:
+    """The relative depth (H, W) float32 of an origin depth PNG's 8-bit codes: RELATIVE_NEAR at code 255 (the nearest)
+    to RELATIVE_FAR at code 0, linear between; positive and growing with distance, as world depth is."""
+    return (RELATIVE_FAR - (RELATIVE_FAR - RELATIVE_NEAR) * codes.astype(np.float32) / RELATIVE_LEVELS).astype(np.float32)

@@ -33,6 +33,7 @@ class Regressor(L.LightningModule, abc.ABC):
     """
 
     metrics: Metric
+    fields: tuple[str, ...] = ("image",)  # the Sample fields every batch must hold for this model
 
     def __init__(
         self,
@@ -62,7 +63,15 @@ class Regressor(L.LightningModule, abc.ABC):
     def preview_columns(self, batch: Batch, pred: torch.Tensor) -> list[torch.Tensor]:
         """uint8 image columns (N, 3, H, W) for the preview grid; empty for none."""
 
+    def check_fields(self, batch: Batch) -> None:
+        """A ValueError in one line when the data lacks a field this model trains on (a folder without depth)."""
+        missing = [name for name in self.fields if name not in batch]
+        if missing:
+            raise ValueError(f"{type(self).__name__} trains on {', '.join(self.fields)}, and the data has no {', '.join(missing)}; "
+                             "give data that holds them (for --data folder, the member's folder option, e.g. --data.depth NAME)")  # fmt: skip
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        self.check_fields(batch)
         parts, _ = self.losses(batch)
         n = batch["image"].shape[0]
         for name, value in parts.items():
@@ -71,6 +80,7 @@ class Regressor(L.LightningModule, abc.ABC):
         return parts["loss"]
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self.check_fields(batch)
         parts, pred = self.losses(batch)
         n = batch["image"].shape[0]
         for name, value in parts.items():

@@ -1,5 +1,8 @@
 """DepthRegressor: one face image -> its depth map (expected ray depth, world units) at 128 x 128.
 
+Trained on relative depth (the origin's 8-bit PNGs: `depth_units: relative`, linked from the data), its loss and its
+metrics see each prediction after the scale and shift that best align it to the target (`losses.scale_shift_aligned`).
+
 A timm feature pyramid feeds a small top-down decoder (FPN-style lateral convs, upsample and add)
 that predicts at a quarter of the input size, refines once at half, and resamples to the target.
 """
@@ -14,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from regress.models.base import Regressor
-from regress.models.losses import DepthLoss
+from regress.models.losses import DepthLoss, scale_shift_aligned
 from regress.models.metrics import DepthMetrics
 from regress.models.previews import depth_columns
 from regress.sample import Batch
@@ -63,8 +66,12 @@ class DepthRegressor(Regressor):
         depth_offset, depth_scale: depth = depth_offset + depth_scale * decoder output, so the
             untrained model starts near the face's distance from the camera.
         l1_weight, scale_invariant_weight, gradient_weight: loss term weights.
+        depth_units: the targets' units: `world` (the renderer's depth) or `relative` (known up to each image's scale
+            and shift: loss and metrics align first); the CLI links the data's, and checkpoints keep it.
         lr, weight_decay, lr_schedule: AdamW, and cosine decay over the run or a constant rate.
     """
+
+    fields = ("image", "depth", "mask")
 
     def __init__(
         self,
@@ -78,6 +85,7 @@ class DepthRegressor(Regressor):
         l1_weight: float = 1.0,
         scale_invariant_weight: float = 0.0,
         gradient_weight: float = 0.0,
+        depth_units: Literal["world", "relative"] = "world",
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         lr_schedule: Literal["cosine", "constant"] = "cosine",
@@ -85,7 +93,7 @@ class DepthRegressor(Regressor):
         super().__init__(encoder, encoder_weights, image_size, lr, weight_decay, lr_schedule)
         self.levels = [k for k, r in enumerate(self.encoder.reductions) if r >= FINEST_REDUCTION]
         self.decoder = PyramidDecoder([self.encoder.channels[k] for k in self.levels], decoder_width)
-        self.loss = DepthLoss(l1_weight, scale_invariant_weight, gradient_weight)
+        self.loss = DepthLoss(l1_weight, scale_invariant_weight, gradient_weight, aligned=depth_units == "relative")
         self.metrics = DepthMetrics()
 
     def forward(self, image: torch.Tensor, resolution: int | None = None) -> torch.Tensor:
@@ -98,8 +106,13 @@ class DepthRegressor(Regressor):
         pred = self(batch["image"], batch["depth"].shape[-1])
         return self.loss(pred, batch["depth"], batch["mask"]), pred
 
+    def scored(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The prediction as metrics score it: aligned to the target per image for relative depth, else as it is."""
+        return scale_shift_aligned(pred, target, mask) if self.hparams.depth_units == "relative" else pred
+
     def update_metrics(self, batch: Batch, pred: torch.Tensor) -> None:
-        self.metrics.update(pred, batch["depth"], batch["mask"])
+        self.metrics.update(self.scored(pred, batch["depth"], batch["mask"]), batch["depth"], batch["mask"])
 
     def preview_columns(self, batch: Batch, pred: torch.Tensor) -> list[torch.Tensor]:
-        return [batch["image"].cpu(), *depth_columns([batch["depth"], pred.detach()], [batch["mask"], batch["mask"]])]
+        shown = self.scored(pred.detach(), batch["depth"], batch["mask"])  # relative depth: on the target's scale
+        return [batch["image"].cpu(), *depth_columns([batch["depth"], shown], [batch["mask"], batch["mask"]])]

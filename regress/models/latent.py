@@ -88,6 +88,8 @@ class LatentRegressor(Regressor):
             whose data names another generator says so.
     """
 
+    fields = ("image", "w")
+
     def __init__(
         self,
         encoder: str = "resnet18",

@@ -25,6 +25,23 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp_min(EPS)
 
 
+def scale_shift_aligned(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Predictions (N, 1, R, R) mapped per image by the scale s and shift t that minimise the mask-weighted squared
+    error sum m (s p + t - y)^2 to the target (MiDaS's alignment): what is left is the error of the depth's shape.
+
+    The normal equations of the 2x2 least-squares problem, solved in closed form (differentiable, so a loss on the
+    aligned prediction is invariant to each image's scale and shift); an image whose prediction is flat on the mask
+    gets s = 0 and t its masked target mean."""
+    p, y, m = pred.flatten(1).double(), target.flatten(1).double(), mask.expand_as(pred).flatten(1).double()
+    n = m.sum(1)
+    sp, sy, spp, spy = (m * p).sum(1), (m * y).sum(1), (m * p * p).sum(1), (m * p * y).sum(1)
+    det = n * spp - sp * sp
+    flat = det <= 1e-12 * n * spp  # no spread left above float64 cancellation: a flat prediction
+    scale = torch.where(flat, torch.zeros_like(det), (n * spy - sp * sy) / torch.where(flat, torch.ones_like(det), det))
+    shift = (sy - scale * sp) / n.clamp_min(EPS)
+    return (scale[:, None, None, None] * pred.double() + shift[:, None, None, None]).to(pred.dtype)
+
+
 def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean absolute depth error on the mask (world units)."""
     return masked_mean((pred - target).abs(), mask)
@@ -56,17 +73,23 @@ def gradient_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) ->
 
 
 class DepthLoss(nn.Module):
-    """Weighted sum of masked L1, scale-invariant log and gradient terms; a weight of 0 skips a term."""
+    """Weighted sum of masked L1, scale-invariant log and gradient terms; a weight of 0 skips a term.
 
-    def __init__(self, l1: float = 1.0, scale_invariant: float = 0.0, gradient: float = 0.0, variance_focus: float = 0.85) -> None:
+    With `aligned` (relative depth targets) every term sees the prediction after `scale_shift_aligned`: the loss is
+    invariant to each image's scale and shift, as MiDaS's scale-and-shift-invariant training is."""
+
+    def __init__(self, l1: float = 1.0, scale_invariant: float = 0.0, gradient: float = 0.0, variance_focus: float = 0.85,
+                 aligned: bool = False) -> None:  # fmt: skip
         super().__init__()
         self.weights = {"l1": l1, "scale_invariant": scale_invariant, "gradient": gradient}
-        self.variance_focus = variance_focus
+        self.variance_focus, self.aligned = variance_focus, aligned
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each active term and their weighted sum under `loss`."""
         if pred.shape != target.shape or mask.shape != target.shape:
             raise ValueError(f"depth shapes differ: pred {tuple(pred.shape)}, target {tuple(target.shape)}, mask {tuple(mask.shape)}")
+        if self.aligned:
+            pred = scale_shift_aligned(pred, target, mask)
         terms = {
             "l1": lambda: masked_l1(pred, target, mask),
             "scale_invariant": lambda: scale_invariant_log(pred, target, mask, self.variance_focus),

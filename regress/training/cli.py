@@ -110,6 +110,7 @@ class RegressCLI(LightningCLI):
         # lacks the attribute or whose model lacks the parameter (DepthRegressor: no latent_space).
         parser.link_arguments("data.image_size", "model.init_args.image_size", apply_on="instantiate")
         parser.link_arguments("data.latent_space", "model.init_args.latent_space", apply_on="instantiate")
+        parser.link_arguments("data.depth_units", "model.init_args.depth_units", apply_on="instantiate")  # `--data folder` only
 
     def parse_arguments(self, parser: LightningArgumentParser, args: list[str] | None) -> None:
         super().parse_arguments(parser, args)
