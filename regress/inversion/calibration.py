@@ -159,7 +159,7 @@ def label_template(uvs: list[np.ndarray], labels: list[np.ndarray]) -> tuple[Lan
 def mesh_label_template(meshes: list[np.ndarray], labels: list[np.ndarray], weights: list[float]) -> LandmarkTemplate:
     """The face mesh's template in the face-model frame: each mesh (468, 3) seen through its label, averaged by weight.
 
-    A mesh is a weak-perspective view (see camera_fit.mesh_camera): its points lie at the distance of the
+    A mesh is a weak-perspective view (see camera_fit.mesh_similarity_camera): its points lie at the distance of the
     face-model origin along the label's axis, offset by their relative depth, in units of that distance over the focal.
     """
     points = []
