@@ -60,7 +60,7 @@ def dlib_share(yaw: float, disagreement: float) -> float:
 
     dlib's points slide on some faces well before they collapse (a man 7-10 degrees off at 20-40 degrees of
     yaw, where the mesh is 1-5 off and the two disagree by 7-11; on the single photos they never disagree by
-    more than 5): a disagreement of DISAGREEMENT_SCALE takes dlib's share to exp(-1) of what the yaw gives it.
+    more than 5.2): a disagreement of DISAGREEMENT_SCALE takes dlib's share to exp(-1) of what the yaw gives it.
     """
     return (1 - mesh_weight(yaw)) * math.exp(-((disagreement / DISAGREEMENT_SCALE) ** 2))
 
