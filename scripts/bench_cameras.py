@@ -12,7 +12,8 @@ through the whole front end: detection, the EG3D crop, both landmark sources, th
 confidence. Per photo: the re-crop against the identity (our crop's side over the photo's, its
 centre's shift in photo pixels), the angle between our camera's optical axis and the label's, yaw
 and pitch of both, the confidence. Prints Markdown tables: the single photos, then the multi-view
-frames, with totals (mean, worst, yaw and pitch bias) for the photos, their mirrors and both.
+frames, with totals (mean, worst, yaw and pitch bias) for the photos, their mirrors and both, then
+the Spearman correlation of the confidence with the axis error over all of them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from regress.inversion.align import crop_face, detect_faces
 from regress.inversion.calibration import MULTIVIEW, Labelled, calibrate, load_labelled
@@ -105,6 +107,13 @@ def yaw_bands(rows: list[dict], name: str) -> list[dict]:
             for band, test in (("<= 45", lambda y: y <= 45), ("> 45", lambda y: y > 45))]  # fmt: skip
 
 
+def confidence_spearman(rows: list[dict]) -> float:
+    """Spearman's rank correlation of the confidence with the axis error over the found faces: an honest confidence
+    falls as the error grows (negative)."""
+    found = [r for r in rows if r["detected"]]
+    return float(spearmanr([r["confidence"] for r in found], [r["axis_deg"] for r in found])[0])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--photos", type=Path, required=True, help="EG3D crops, each beside its label NAME.npy; multiview/ for one person's frames")
@@ -129,6 +138,7 @@ def main() -> None:
             totals[name] += yaw_bands(part, "both")
         print(f"\n{name}, cross-validated ({'dlib + face mesh' if mesh else 'dlib alone'}):\n")
         print(table(part, totals[name]))
+    print(f"\nconfidence against axis error, all photos and frames: Spearman {confidence_spearman(rows):+.2f}")
     print(f"\n{len(rows)} photos and mirrors in {time.perf_counter() - start:.0f} s")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "totals": totals}, indent=1))

@@ -18,7 +18,7 @@ skimage_data = pytest.importorskip("skimage.data")
 from regress.camera import camera_rays, make_cameras  # noqa: E402
 from regress.faces.landmarks import generator_template, packaged_template, project_points  # noqa: E402
 from regress.generators import GeneratorSpec  # noqa: E402
-from regress.inversion.align import FaceAligner, FaceError, detect_faces, load_image  # noqa: E402
+from regress.inversion.align import MIRROR_68, FaceAligner, FaceError, detect_faces, load_image  # noqa: E402
 from regress.inversion.camera_fit import LABEL_FOCAL, LABEL_RADIUS, CameraFitter, axis_angle, axis_angles, mirror_camera  # noqa: E402
 from regress.inversion.crop import eg3d_quad, ffhq_quad, quad_coordinates  # noqa: E402
 from tests.eg3d_tiny import TINY_EG3D  # noqa: E402
@@ -122,6 +122,15 @@ def test_mean_face_template_is_calibrated_to_the_ffhq_crop():
     fit = CameraFitter()(uv, template, focal=float(frontal[16]))
     np.testing.assert_allclose(fit.camera.numpy(), frontal, atol=1e-5)
     assert fit.distance == pytest.approx(2.7, abs=1e-6) and fit.rms < 1e-6
+
+
+def test_label_template_deforms_alike_on_both_sides():
+    """The label template's shape modes are mirror-symmetric: an asymmetric mode would move the landmarks as a turn
+    of the head does and trade against yaw in the fit (docs/benchmarks.md, issue 25)."""
+    template = packaged_template("label")
+    assert len(template.modes) == 2 and np.all(template.mode_sd > 0)
+    mirrored = template.modes[:, MIRROR_68] * np.array([-1.0, 1.0, 1.0])
+    np.testing.assert_allclose(mirrored, template.modes, atol=0.01 * np.abs(template.modes).max())  # the template turned by its calibration, rounded
 
 
 def _axis_errors(template, framing: str | None) -> np.ndarray:

@@ -10,7 +10,7 @@ import torch
 
 from regress.camera import adjust_cameras, make_cameras
 from regress.faces.landmarks import LABEL_OFFSET, mesh_template
-from regress.inversion.camera_estimate import MESH_BLEND, TRUSTED, combine_cameras, confidence_parts, mesh_weight
+from regress.inversion.camera_estimate import DISAGREEMENT_SCALE, MESH_BLEND, TRUSTED, combine_cameras, confidence_parts, dlib_share, mesh_weight
 from regress.inversion.camera_fit import LABEL_FOCAL, LABEL_RADIUS, CameraFit, axis_angle, axis_angles, blend_cameras, mesh_camera
 
 
@@ -22,12 +22,13 @@ def _label(yaw_deg: float, pitch_deg: float) -> torch.Tensor:
 
 
 def _mesh_seen_by(camera: torch.Tensor, points: np.ndarray) -> np.ndarray:
-    """The weak-perspective mesh (P, 3) a camera sees: x, y about the image centre, z relative depth, in focal / distance units."""
+    """The mesh (P, 3) a camera sees, as MediaPipe gives it: x, y where each point projects, z its depth relative to
+    the face's, in focal / distance units."""
     cam2world = camera[:16].reshape(4, 4).numpy()
     local = (points - cam2world[:3, 3]) @ cam2world[:3, :3]
     depth = (np.asarray(LABEL_OFFSET) - cam2world[:3, 3]) @ cam2world[:3, 2]
-    scale = LABEL_FOCAL / depth
-    return np.column_stack([local[:, 0] * scale + 0.5, local[:, 1] * scale + 0.5, (local[:, 2] - depth) * scale])
+    projected = LABEL_FOCAL * local[:, :2] / local[:, 2:] + 0.5
+    return np.column_stack([projected, (local[:, 2] - depth) * LABEL_FOCAL / depth])
 
 
 @pytest.mark.parametrize("yaw, pitch", [(0.0, 0.0), (35.0, -10.0), (-62.0, 8.0)])
@@ -57,13 +58,27 @@ def test_the_mesh_takes_over_as_the_head_turns():
     assert mesh_weight(-(start + end) / 2) == pytest.approx(0.5)
 
 
+def test_where_the_sources_disagree_near_frontal_the_mesh_takes_over():
+    """dlib's points slide on some faces before the head is turned far (docs/benchmarks.md): a disagreement takes
+    dlib's share down, by exp(-1) at DISAGREEMENT_SCALE, while the confidence falls as before."""
+    assert dlib_share(20.0, 0.0) == pytest.approx(1 - mesh_weight(20.0))
+    assert dlib_share(20.0, DISAGREEMENT_SCALE) == pytest.approx((1 - mesh_weight(20.0)) / math.e)
+    assert dlib_share(60.0, 0.0) == 0.0
+    dlib, mesh = _label(26.0, -4.0), _label(18.0, 3.0)  # 10.6 degrees apart at a yaw where dlib alone would weigh 90 %
+    estimate = combine_cameras(_fit(dlib), _fit(mesh))
+    share = 1 - estimate.meta["mesh_weight"]
+    assert share == pytest.approx(dlib_share(axis_angles(mesh)[0], axis_angle(dlib, mesh))) and share < 0.35
+    assert axis_angle(estimate.camera, mesh) < axis_angle(estimate.camera, dlib)
+    assert estimate.confidence < combine_cameras(_fit(dlib), _fit(_label(25.0, -3.5))).confidence
+
+
 def _fit(camera: torch.Tensor, rms_px: float = 5.0) -> CameraFit:
     return CameraFit(camera=camera.float(), distance=2.7, shape=(), rms=rms_px / 512, template="label")
 
 
 def test_confidence_is_high_where_the_sources_agree_and_falls_with_disagreement_and_turn():
     frontal = combine_cameras(_fit(_label(2.0, -5.0)), _fit(_label(3.0, -4.0)))
-    assert frontal.meta["sources"] == "dlib+mesh" and frontal.meta["mesh_weight"] == 0.0
+    assert frontal.meta["sources"] == "dlib+mesh" and frontal.meta["mesh_weight"] < 0.05  # 1.4 degrees apart: dlib's
     assert frontal.confidence > 0.95 and frontal.reason is None
     dlib, mesh = _label(2.0, -5.0), _label(14.0, 8.0)
     disagreeing = combine_cameras(_fit(dlib), _fit(mesh))

@@ -8,7 +8,9 @@ a folder of labelled photos (and its multiview/ person) with their mirror images
 2. refined by bundle adjustment against the labels: the 68 points and each photo's camera
    position are free, each camera's rotation is its label's, a ridge holds the points to step 1;
 3. two deformation modes (principal components of how each face's landmarks differ from the
-   refined template under its label), fitted per face with a Gaussian prior;
+   refined template under its label, each difference made mirror-symmetric: a left-right asymmetry
+   of the face moves its landmarks as a turn of the head does, so a mode that holds one trades
+   against yaw in the fit), fitted per face with a Gaussian prior;
 4. per-landmark weights 1 / sd of each landmark's error in the fits (noisy landmarks count less);
 5. turned by the small rotation that removes the fit's mean yaw and pitch error on these photos;
 6. a yaw correction, ridge regression of the remaining yaw error on (y, K tanh(y / K)) of the fitted yaw y.
@@ -26,7 +28,7 @@ from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation
 
 from regress.faces.landmarks import LABEL_OFFSET, LABEL_SCALE, TEMPLATES, YAW_KNEE, LandmarkTemplate, load_template, project_points
-from regress.inversion.align import detect_faces, load_image, mirror_landmarks
+from regress.inversion.align import MIRROR_68, detect_faces, load_image, mirror_landmarks
 from regress.inversion.camera_fit import LABEL_FOCAL, CameraFitter, axis_angles, mirror_camera, similarity_3d
 from regress.inversion.crop import EG3D_SIDE, STANDARD_POINTS, eg3d_frame, five_points
 from regress.inversion.mesh import face_mesh
@@ -35,6 +37,7 @@ from regress.inversion.photos import IMAGE_SUFFIXES
 RIDGE = 10.0  # weight of the pull towards the mean face in the bundle adjustment (world units against normalized pixels)
 MODES = 2
 YAW_RIDGE = 10.0  # ridge of the yaw correction's regression (degrees squared)
+MIRROR_X = np.array([-1.0, 1.0, 1.0])  # a mirror image negates x, in the world as in the face-model frame
 MULTIVIEW = "multiview"  # the folder (and the group) of one person's frames: one photo on one side of every split
 
 
@@ -67,7 +70,8 @@ def bundle_adjust(prior: np.ndarray, uvs: list[np.ndarray], labels: list[np.ndar
 
 
 def deformation_modes(points: np.ndarray, uvs: list[np.ndarray], labels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-face world displacements of the landmarks across the view, under each label: mean (68, 3), modes, spreads."""
+    """Per-face world displacements of the landmarks across the view, under each label, each averaged with its mirror
+    image (see the module docstring, step 3): mean (68, 3), modes, spreads."""
     displacements = []
     for uv, label in zip(uvs, labels):
         def residuals(position: np.ndarray, label: np.ndarray = label, uv: np.ndarray = uv) -> np.ndarray:
@@ -81,7 +85,8 @@ def deformation_modes(points: np.ndarray, uvs: list[np.ndarray], labels: list[np
         depth = ((points - camera[[3, 7, 11]]) @ rotation)[:, 2:]
         offset = (uv - project_points(points, camera)) / LABEL_FOCAL * depth  # camera-plane displacement at each point's depth
         displacements.append(np.concatenate([offset, np.zeros((68, 1))], axis=1) @ rotation.T)
-    flat = np.stack(displacements).reshape(len(uvs), -1)
+    shifts = np.stack(displacements)
+    flat = ((shifts + shifts[:, MIRROR_68] * MIRROR_X) / 2).reshape(len(uvs), -1)
     mean = flat.mean(0)
     _, singular, vt = np.linalg.svd(flat - mean, full_matrices=False)
     return mean.reshape(68, 3), vt[:MODES].reshape(MODES, 68, 3), singular[:MODES] / np.sqrt(len(uvs) - 1)
@@ -154,7 +159,7 @@ def label_template(uvs: list[np.ndarray], labels: list[np.ndarray]) -> tuple[Lan
 def mesh_label_template(meshes: list[np.ndarray], labels: list[np.ndarray], weights: list[float]) -> LandmarkTemplate:
     """The face mesh's template in the face-model frame: each mesh (468, 3) seen through its label, averaged by weight.
 
-    A mesh is a weak-perspective view (see camera_fit.mesh_camera): its points lie at the distance of the
+    A mesh is a weak-perspective view (see camera_fit.mesh_similarity_camera): its points lie at the distance of the
     face-model origin along the label's axis, offset by their relative depth, in units of that distance over the focal.
     """
     points = []

@@ -3,8 +3,9 @@
 dlib's 68 landmarks give the better camera while the head faces the camera; its points collapse as
 the head turns, while MediaPipe's face mesh keeps its points in place. The camera is dlib's fit up
 to MESH_BLEND[0] degrees of yaw, the mesh's from MESH_BLEND[1], and turns from one to the other in
-between (the range chosen by cross-validation: scripts/bench_cameras.py). The confidence, in [0, 1],
-multiplies three parts: how far the two sources disagree where dlib's fit counts, how far the head is
+between (the range chosen by cross-validation: scripts/bench_cameras.py); where the two disagree,
+dlib's share falls further (`dlib_share`). The confidence, in [0, 1],
+multiplies three parts: how far the two sources disagree where the yaw gives dlib's fit a say, how far the head is
 turned (both sources err more as it turns, and beyond the labelled photos' 65 degrees nothing was
 measured), and how well dlib's landmarks fit the label template where dlib counts. Its constants are
 round numbers set so that it falls as the cross-validated error grows (docs/benchmarks.md).
@@ -54,6 +55,16 @@ def mesh_weight(yaw: float) -> float:
     return float(np.clip((abs(yaw) - start) / (end - start), 0.0, 1.0))
 
 
+def dlib_share(yaw: float, disagreement: float) -> float:
+    """How much of the camera is dlib's fit: 1 - `mesh_weight(yaw)`, less where the two sources disagree (degrees).
+
+    dlib's points slide on some faces well before they collapse (a man 7-10 degrees off at 20-40 degrees of
+    yaw, where the mesh is 1-5 off and the two disagree by 7-11; on the single photos they never disagree by
+    more than 5.2): a disagreement of DISAGREEMENT_SCALE takes dlib's share to exp(-1) of what the yaw gives it.
+    """
+    return (1 - mesh_weight(yaw)) * math.exp(-((disagreement / DISAGREEMENT_SCALE) ** 2))
+
+
 def confidence_parts(yaw: float, disagreement: float | None, dlib_share: float, rms_px: float | None) -> dict[str, float]:
     """The confidence's three parts in [0, 1] (see the module docstring); `disagreement` None: dlib alone,
     `rms_px` None: a template the confidence was not measured for (its fit residual says nothing)."""
@@ -86,9 +97,10 @@ def combine_cameras(fit: CameraFit, mesh_fit: CameraFit | None, label_frame: boo
     meta = {"kind": "fitted", **fit.as_meta(), "landmark_rms_px": fit.rms * 512, "sources": "dlib"}
     camera, disagreement, share = fit.camera, None, 1.0
     if mesh_fit is not None:
-        mesh_yaw = axis_angles(mesh_fit.camera)[0]
-        weight = mesh_weight(mesh_yaw)
-        camera, disagreement, share = blend_cameras(fit.camera, mesh_fit.camera, weight), axis_angle(fit.camera, mesh_fit.camera), 1 - weight
+        mesh_yaw, disagreement = axis_angles(mesh_fit.camera)[0], axis_angle(fit.camera, mesh_fit.camera)
+        weight = 1 - dlib_share(mesh_yaw, disagreement)
+        camera = blend_cameras(fit.camera, mesh_fit.camera, weight)
+        share = 1 - mesh_weight(mesh_yaw)  # the confidence doubts a disagreement where the yaw alone would give dlib a say
         yaw, pitch = axis_angles(camera)
         meta.update(axis_yaw_deg=yaw, axis_pitch_deg=pitch, roll_deg=math.degrees(math.asin(float(camera[4]))), sources="dlib+mesh",
                     dlib_yaw_deg=fit.as_meta()["axis_yaw_deg"], mesh_yaw_deg=mesh_yaw, mesh_weight=weight,

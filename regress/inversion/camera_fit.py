@@ -1,5 +1,6 @@
 """Cameras from landmarks: a perspective fit of a 3D template to 68 landmarks, as an EG3D label or in a generator's
-frame; a 3D similarity of the face mesh's template to MediaPipe's mesh (its points keep their place at large yaw).
+frame; the same fit of the face mesh's template to MediaPipe's mesh (its points keep their place at large yaw),
+started from the 3D similarity of the two.
 
 A template in the face-model frame (the frame of the five standard points, see
 eg3d-photo-preprocessing.md section 4) gives EG3D labels: its points go to EG3D's world by
@@ -97,8 +98,9 @@ class CameraFitter:
     robust_scale: float = 0.05
     landmark_noise: float = 0.003
 
-    def __call__(self, landmarks_uv: np.ndarray, template: LandmarkTemplate, focal: float | None = None) -> CameraFit:
-        """The camera (label for face-model templates, else the fit itself) whose projection matches the landmarks."""
+    def __call__(self, landmarks_uv: np.ndarray, template: LandmarkTemplate, focal: float | None = None, start: CameraFit | None = None) -> CameraFit:
+        """The camera (label for face-model templates, else the fit itself) whose projection matches the landmarks;
+        the fit starts from `start`'s rotation and position when given, else from a frontal camera."""
         target = np.asarray(landmarks_uv, dtype=np.float64).reshape(len(template.points), 2)
         label = template.frame == "face_model"
         focal = (LABEL_FOCAL if label else fov_to_focal(DEFAULT_FOV_DEG)) if focal is None else focal
@@ -110,8 +112,8 @@ class CameraFitter:
             prior = self.landmark_noise * params[6:] / np.maximum(template.mode_sd, 1e-12)
             return np.concatenate([((uv - target) * sqrt_weights).ravel(), prior])
 
-        start = np.concatenate([np.zeros(3), _frontal_position(template.world_points(), target, focal), np.zeros(k)])
-        result = least_squares(residuals, start, loss="soft_l1", f_scale=self.robust_scale, x_scale="jac")
+        pose = _frontal_pose(template.world_points(), target, focal) if start is None else _pose(start)
+        result = least_squares(residuals, np.concatenate([pose, np.zeros(k)]), loss="soft_l1", f_scale=self.robust_scale, x_scale="jac")
         cam2world = _cam2world(result.x)
         distance = float(np.linalg.norm(cam2world[:3, 3]))
         if label:
@@ -139,7 +141,18 @@ def similarity_3d(source: np.ndarray, target: np.ndarray) -> tuple[float, np.nda
 
 
 def mesh_camera(mesh: np.ndarray, template: LandmarkTemplate, focal: float = LABEL_FOCAL) -> CameraFit:
-    """The label camera of a face mesh (468, 3): the rotation of the 3D similarity that carries the template onto it.
+    """The label camera of a face mesh (468, 3): the perspective fit of the template to the mesh's image points,
+    started from the mesh's 3D similarity (`mesh_similarity_camera`).
+
+    MediaPipe's x, y are where it sees each point; its z is a network's guess of depth, biased on some
+    faces (a man's pitch 5 degrees off near frontal, docs/benchmarks.md), so it only starts the fit.
+    """
+    return CameraFitter()(np.asarray(mesh, dtype=np.float64)[:, :2], template, focal, start=mesh_similarity_camera(mesh, template, focal))
+
+
+def mesh_similarity_camera(mesh: np.ndarray, template: LandmarkTemplate, focal: float = LABEL_FOCAL) -> CameraFit:
+    """The label camera of a face mesh (468, 3) from its depth too: the rotation of the 3D similarity that carries
+    the template onto it.
 
     The mesh is read as a weak-perspective view (x, y about the image centre, z in the same units), so
     the similarity's scale k is `focal` over the face's distance; the camera is placed at that distance
@@ -194,9 +207,17 @@ def _cam2world(params: np.ndarray) -> np.ndarray:
     return cam2world
 
 
-def _frontal_position(points: np.ndarray, target: np.ndarray, focal: float) -> np.ndarray:
-    """A frontal camera position that sees the template as large as the landmarks: the fit's start."""
+def _frontal_pose(points: np.ndarray, target: np.ndarray, focal: float) -> np.ndarray:
+    """A frontal camera (rotation vector, position) that sees the template as large as the landmarks: the fit's start."""
     spread_3d = np.sqrt(((points[:, :2] - points[:, :2].mean(0)) ** 2).sum(1).mean())
     spread_2d = np.sqrt(((target - target.mean(0)) ** 2).sum(1).mean())
     centre = points.mean(0)
-    return centre + np.array([0.0, 0.0, focal * spread_3d / spread_2d])
+    return np.concatenate([np.zeros(3), centre + np.array([0.0, 0.0, focal * spread_3d / spread_2d])])
+
+
+def _pose(fit: CameraFit) -> np.ndarray:
+    """The rotation vector and position (6,) of a fitted camera, at its fitted distance: the parameters of `_cam2world`."""
+    cam2world = fit.camera.double().numpy()[:16].reshape(4, 4)
+    rotvec = Rotation.from_matrix(cam2world[:3, :3] @ OPENCV_FROM_OPENGL).as_rotvec()
+    position = cam2world[:3, 3] * fit.distance / np.linalg.norm(cam2world[:3, 3])
+    return np.concatenate([rotvec, position])
