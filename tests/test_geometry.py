@@ -257,17 +257,18 @@ def test_coarse_to_fine_grids_of_eg3d_differ_only_by_small_pieces_off_the_refine
 
 @pytest.mark.gpu
 def test_coarse_to_fine_grids_on_the_gpu_give_the_dense_largest_piece_and_the_cpu_mesh():
+    """On the GPU a chunk's shape may change the field's float rounding, so meshes are compared within float tolerance."""
     generator, w = eg3d_tiny("cuda")
     dense = density_grid(generator, w, 64)
     level = float(torch.quantile(dense[0].flatten(), 0.8))
     refined = coarse_to_fine_grid(generator, w, 64, 8, level)
     assert refined.values.shape == dense.shape and max(refined.points_evaluated) < 64**3 / 2
-    ours, theirs = ([bytes(f) for f in grids_to_ply(grids, level, generator.box_size)] for grids in (refined.values, dense))
-    assert ours == theirs
-    cpu = grids_to_ply(coarse_to_fine_grid(*eg3d_tiny(), 64, 8, level).values, level, generator.box_size)
-    for gpu_mesh, cpu_mesh in zip(map(mesh_from_ply, ours), map(mesh_from_ply, map(bytes, cpu))):
-        assert gpu_mesh.faces.shape == cpu_mesh.faces.shape
-        np.testing.assert_allclose(gpu_mesh.vertices, cpu_mesh.vertices, atol=1e-4)
+    cpu = coarse_to_fine_grid(*eg3d_tiny(), 64, 8, level).values
+    meshes = [[mesh_from_ply(bytes(f)) for f in grids_to_ply(grids, level, generator.box_size)] for grids in (refined.values, dense, cpu)]
+    for ours, *others in zip(*meshes):
+        for other in others:
+            assert abs(len(ours.faces) - len(other.faces)) <= len(other.faces) // 1000
+            assert cKDTree(other.vertices).query(ours.vertices)[0].max() < 1e-4
 
 
 def test_grids_are_meshed_as_many_at_once_as_fit_and_an_impossible_grid_is_refused():
