@@ -31,6 +31,7 @@ VERSION = "analytic-v1"  # bump when the head or renderer changes what a latent 
 MEAN_LATENT_SAMPLES = 4096
 DENSITY_MAX = 20.0  # density = DENSITY_MAX * sigmoid(-sdf / DENSITY_SCALE): surface at level 10,
 DENSITY_SCALE = 0.01  # the level EG3D meshes use
+HEAD_FRONT, HEAD_BACK = 0.43, 0.3  # the head reaches at most this far from the origin towards (away from) a camera
 
 
 @register("analytic")
@@ -142,8 +143,9 @@ class AnalyticGenerator(Generator):
         p = self.params(w)
         n, r = w.shape[0], self.render_resolution
         make_field = lambda samples: head.HeadField(p, samples, self.compile)  # noqa: E731
+        shift = self.window_shift(camera.float())
         origins, directions, start = ray_starts(
-            make_field, camera.float(), r, self.ray_start, self.ray_end, self.trace
+            make_field, camera.float(), r, self.ray_start, self.ray_end, self.trace, shift
         )  # fmt: skip
         samples = torch.arange(n, device=w.device).repeat_interleave(r * r)
         background = self._background(p, r).reshape(-1, 3)
@@ -151,13 +153,26 @@ class AnalyticGenerator(Generator):
             make_field(samples), origins, directions, start, background, self.ray_start, self.ray_end, self.trace,
             self._shade,
         )  # fmt: skip
-        image, depth, mask = layers.colour, layers.expected_depth(self.ray_end), layers.alpha
+        image, mask = layers.colour, layers.alpha
+        depth = layers.expected_depth(self.ray_end) + shift.repeat_interleave(r * r)
         image = image.reshape(n, r, r, 3).permute(0, 3, 1, 2) * 2 - 1
         return {
             "image": self._resize(image, self.image_resolution),
             "depth": self._resize(depth.reshape(n, 1, r, r), self.depth_resolution),
             "mask": self._resize(mask.reshape(n, 1, r, r), self.depth_resolution),
         }
+
+    def window_shift(self, camera: torch.Tensor) -> torch.Tensor:
+        """How far (N,) each camera's depth window moves from EG3D's [ray_start, ray_end].
+
+        That window holds the head for cameras 2.68 to 3.0 from the origin (EG3D's are 2.7 from their
+        pivot): there it stays, so their renders keep their bytes. A closer camera (a photo's fitted
+        one, 2.42 away) would start its rays inside the face, a farther one stop them before the
+        head: their windows move with them.
+        """
+        distance = camera[:, [3, 7, 11]].norm(dim=1)
+        closer = (distance - (self.ray_start + HEAD_FRONT)).clamp(max=0)
+        return closer + (distance - (self.ray_end - HEAD_BACK)).clamp(min=0)
 
     @staticmethod
     def _shade(surface: Surface) -> torch.Tensor:
