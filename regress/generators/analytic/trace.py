@@ -43,6 +43,7 @@ class TraceSettings:
     softness: float = 0.0015  # ... through sigmoid(-sdf / softness)
     hit_tolerance: float = 0.005  # |sdf(t_c)| below this gives the depth its Newton step
     normal_step: float = 0.0015
+    gradient_blur: float = 0.0  # gradients see edges, normals and textures this wide (render.py); 0: as drawn
 
 
 def _compact(live: torch.Tensor) -> torch.Tensor | None:
