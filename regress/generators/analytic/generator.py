@@ -145,7 +145,7 @@ class AnalyticGenerator(Generator):
         p = self.params(w)
         n, r = w.shape[0], self.render_resolution
         make_field = lambda samples: head.HeadField(p, samples, self.compile)  # noqa: E731
-        shift = self.window_shift(camera.float())
+        shift = self.window_shift(camera.float()).detach()  # where tracing looks, not a function of the camera to differentiate
         origins, directions, start = ray_starts(
             make_field, camera.float(), r, self.ray_start, self.ray_end, self.trace, shift
         )  # fmt: skip

@@ -6,7 +6,9 @@ slope along the ray. Opacity is NeuS's logistic one between far outside and a po
 parts) or, for grazing rays, probed further in (right for rays that run along the surface). The
 depth gets a Newton step whose gradient is the implicit one, -(d sdf / d theta) / (d sdf / d t).
 Partly covered rays composite a second surface behind the first. All of it is differentiable
-w.r.t. the field's parameters.
+w.r.t. the field's parameters. Edges narrower than a pixel give gradients that are point samples
+of spikes; with `gradient_blur` and gradients on, the same drawing carries the gradients of one
+whose edges, normals and layers are about a pixel wide (`blur_gradient`), so a camera can be fitted.
 """
 
 from __future__ import annotations
@@ -152,7 +154,11 @@ def render_layers(
     if edge is None:
         colour, depth, alpha = _composite(mask, shaded, surface.depth, behind)
     else:  # the image as drawn (nothing behind opaque rays), with the gradients of pixel-wide edges over what lies behind
-        shown = (torch.where(drawn[:, None], behind_colour, background[index]), torch.where(drawn, behind_depth, 0.0), torch.where(drawn, behind_alpha, 0.0))
+        shown = (
+            torch.where(drawn[:, None], behind_colour, background[index]),
+            torch.where(drawn, behind_depth, 0.0),
+            torch.where(drawn, behind_alpha, 0.0),
+        )
         drawn_layers, soft_layers = _composite(mask, shaded, surface.depth, shown), _composite(edge, shaded, surface.depth, behind)
         colour, depth, alpha = (blur_gradient(value, wide) for value, wide in zip(drawn_layers, soft_layers))
     nothing = torch.zeros_like(start)
