@@ -22,7 +22,7 @@ import torch
 from regress.camera import adjust_cameras, frontal_camera, make_cameras
 from regress.faces.quality import psnr
 from regress.generators import GeneratorSpec
-from regress.generators.base import seeded_normal
+from regress.generators.base import Generator, seeded_normal
 from regress.inversion.project import ProjectionConfig, project
 
 
@@ -33,7 +33,7 @@ def rotation_angle_deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.rad2deg(torch.acos(cosine.clamp(-1, 1)))
 
 
-def scene(generator, seeds: range, offset_deg: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def scene(generator: Generator, seeds: range, offset_deg: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Targets (N, 3, H, W) of the seeds' heads, their true cameras, the cameras `offset_deg` off (N, 25), their latents."""
     n = len(seeds)
     rng = torch.Generator().manual_seed(seeds[0])
