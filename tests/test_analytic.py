@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from scipy.ndimage import binary_erosion, binary_fill_holes
 
-from regress.camera import ViewMixture, frontal_camera, make_cameras
+from regress.camera import ViewMixture, adjust_cameras, camera_rays, frontal_camera, make_cameras
 from regress.generators import GeneratorSpec
 from regress.generators.analytic import AnalyticGenerator
 from regress.generators.analytic.head import HeadField
+from regress.generators.analytic.head import sdf as head_sdf
 from regress.sample import validate_batch
 
 SIZE = 64
@@ -227,3 +230,54 @@ def test_compiled_field_renders_and_differentiates_like_the_eager_one():
         generator.synthesis(w, a["camera"])["image"].square().mean().backward()
         grads.append(w.grad)
     torch.testing.assert_close(grads[1], grads[0], atol=1e-3 * float(grads[0].abs().max()), rtol=0)
+
+
+@pytest.mark.parametrize("radius", [2.1, 2.3, 3.3])  # from the pivot: 2.3 is as close as a photo's fitted camera came (2.42 from the origin)
+def test_heads_stay_closed_from_cameras_closer_or_farther_than_eg3d_s(generator, radius):
+    """Issue 30, item 8: from a camera closer than EG3D's near plane allows, rays started inside the face and the
+    mask had holes (background depth in the face). Any latent, mean, random or saturating every parameter,
+    renders a closed head whose depth inside lies on the surface."""
+    count = 4
+    spread = torch.randn(count, 1, generator.w_dim, generator=torch.Generator().manual_seed(3))
+    w = generator.mean_latent()[None] + torch.tensor([0.0, 1.0, 10.0, -10.0])[:, None, None] * spread
+    camera = make_cameras(torch.tensor([0.0, 0.3, -0.3, 0.1]), torch.tensor([0.0, -0.15, 0.1, 0.2]), radius=radius)
+    with torch.no_grad():
+        out = generator.synthesis(w.expand(-1, generator.num_ws, -1), camera)
+    solid = (out["mask"][:, 0] > 0.5).numpy()
+    for view in solid:
+        assert view.mean() > 0.05 and (binary_fill_holes(view) == view).all()
+    inner = torch.from_numpy(binary_erosion(solid, np.ones((1, 3, 3)))) & (out["mask"][:, 0] > 0.999)
+    origins, directions = camera_rays(camera, SIZE)
+    points = origins + out["depth"].reshape(count, -1, 1) * directions
+    params = {name: value[:, None] for name, value in generator.params(w.expand(-1, generator.num_ws, -1)).items()}
+    on_surface = head_sdf(points, params).reshape(count, SIZE, SIZE)[inner]
+    assert on_surface.abs().quantile(0.99) < 1e-3 and on_surface.abs().max() < 0.02  # a few blend two layers' depths
+
+
+def test_camera_gradients_see_silhouettes_move_and_change_no_pixel(generator):
+    """Issue 25: the surface renderer's camera gradients come from pixel-wide edges (TraceSettings.gradient_blur), so
+    the head's area shrinks under autograd as the camera backs away, as it does drawn (its sub-pixel edge and
+    opacity read at a fixed depth gave the wrong sign), and the lateral shift of a yaw matches; the drawing with
+    gradients on is the drawing without them, to the bit."""
+    w = generator.mapping(torch.randn(2, generator.z_dim, generator=torch.Generator().manual_seed(5)), frontal_camera(2), psi=0.7)
+    camera = make_cameras(torch.tensor([0.3, -0.2]), torch.tensor([-0.1, 0.15]))
+    column = (torch.arange(SIZE) + 0.5) / SIZE
+
+    def area_and_moment(correction: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        out = generator.synthesis(w, adjust_cameras(camera, correction))
+        mask = out["mask"][:, 0]
+        return out, torch.stack([mask.sum((1, 2)), (mask * column).sum((1, 2))], dim=1)
+
+    correction = torch.zeros(2, 4, requires_grad=True)
+    drawn, measures = area_and_moment(correction)
+    area_by_distance = torch.autograd.grad(measures[:, 0].sum(), correction, retain_graph=True)[0][:, 3]
+    moment_by_yaw = torch.autograd.grad(measures[:, 1].sum(), correction)[0][:, 0]
+    step = torch.zeros(2, 4)
+    with torch.no_grad():
+        assert all(torch.equal(drawn[k], area_and_moment(torch.zeros(2, 4))[0][k]) for k in ("image", "depth", "mask"))
+        step[:, 3] = 0.01
+        area_fd = (area_and_moment(step)[1] - area_and_moment(-step)[1])[:, 0] / 0.02
+        step[:, 3], step[:, 0] = 0.0, 0.01
+        moment_fd = (area_and_moment(step)[1] - area_and_moment(-step)[1])[:, 1] / 0.02
+    assert (area_fd < -1000).all() and (area_by_distance < area_fd / 4).all() and (area_by_distance > area_fd * 2).all()
+    torch.testing.assert_close(moment_by_yaw, moment_fd, rtol=0.25, atol=0)

@@ -206,3 +206,26 @@ def test_camera_refinement_recovers_a_camera_five_degrees_off(tiny_eg3d):
     assert "camera_prior" in result.losses[0] and ProjectionConfig().record() == {
         k: v for k, v in dataclasses.asdict(ProjectionConfig()).items() if not k.startswith(("optimize_camera", "camera_"))
     }
+
+
+@pytest.mark.slow
+def test_camera_refinement_brings_analytic_cameras_five_degrees_off_back():
+    """Issue 25 on the analytic head, whose camera gradients come from pixel-wide edges: from its own latents and
+    cameras 5 degrees off (in yaw, in pitch and yaw), 80 steps bring them back to under a degree, 0.5 on average, and
+    the re-render far closer to the target than from the camera it started at. Seeds 1000-1007 tuned the settings."""
+    size = 64
+    generator = GeneratorSpec("analytic", options={"image_resolution": size, "render_resolution": size, "depth_resolution": size}).create()
+    true = make_cameras(torch.tensor([0.25, -0.1]), torch.tensor([0.05, -0.12]))
+    off = torch.tensor([[math.radians(5.0), 0.0, 0.0, 0.0], [math.radians(3.5), math.radians(-3.5), 0.0, 0.0]])
+    start = adjust_cameras(true, off)
+    w = generator.mapping(seeded_normal(range(3000, 3002), generator.z_dim), frontal_camera(2), psi=0.7)
+    with torch.no_grad():
+        target = generator.synthesis(w, true)["image"]
+    config = ProjectionConfig(steps=80, lr=0.005, noise=0.0, spread_samples=50, optimize_camera=True, camera_lr=0.004)
+    result = project(generator, target, start, config, init=w)
+    assert [axis_angle(start[i], true[i]) for i in range(2)] == pytest.approx([5.0, 5.0], abs=0.1)
+    angles = [axis_angle(result.camera[i], true[i]) for i in range(2)]
+    assert max(angles) < 0.75 and sum(angles) / 2 < 0.5  # 0.48 and 0.15 on the 2-core CPU machine
+    with torch.no_grad():
+        refined, unrefined = (psnr(generator.synthesis(result.w, c)["image"], target) for c in (result.camera, start))
+    assert (refined > unrefined + 5).all()

@@ -19,11 +19,11 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from regress.camera import frontal_camera
+from regress.camera import DEFAULT_FOV_DEG, fov_to_focal, frontal_camera
 from regress.generators.registry import register
 from regress.generators.analytic import head, landmarks
 from regress.generators.analytic.params import GROUPS, group_rows, read_params, readout_matrices
-from regress.generators.analytic.render import Surface, lambert, render_layers
+from regress.generators.analytic.render import Surface, blur_gradient, lambert, render_layers
 from regress.generators.analytic.trace import TraceSettings, ray_starts
 from regress.generators.base import Generator
 
@@ -31,6 +31,8 @@ VERSION = "analytic-v1"  # bump when the head or renderer changes what a latent 
 MEAN_LATENT_SAMPLES = 4096
 DENSITY_MAX = 20.0  # density = DENSITY_MAX * sigmoid(-sdf / DENSITY_SCALE): surface at level 10,
 DENSITY_SCALE = 0.01  # the level EG3D meshes use
+GRADIENT_BLUR_PIXELS = 0.5  # gradients see edges, normals and textures about this many pixels wide
+HEAD_FRONT, HEAD_BACK = 0.43, 0.3  # the head reaches at most this far from the origin towards (away from) a camera
 
 
 @register("analytic")
@@ -76,7 +78,8 @@ class AnalyticGenerator(Generator):
         self.ray_start, self.ray_end, self.box_size, self.surface_level = 2.25, 3.3, 1.0, DENSITY_MAX / 2
         self.readout_gain = readout_gain
         self.compile = compile  # how it runs, not what it draws: not part of the config or checksum
-        self.trace = TraceSettings(steps=march_steps)
+        pixel = (self.ray_start + self.ray_end) / 2 / (fov_to_focal(DEFAULT_FOV_DEG) * render_resolution)  # world units
+        self.trace = TraceSettings(steps=march_steps, gradient_blur=GRADIENT_BLUR_PIXELS * pixel)
         group_rows(num_ws)  # checks that every row group gets a row
         rng = torch.Generator().manual_seed(seed)
         self.register_buffer("z_weight", torch.randn(z_dim, w_dim, generator=rng, dtype=torch.float64) / z_dim**0.5)
@@ -142,8 +145,9 @@ class AnalyticGenerator(Generator):
         p = self.params(w)
         n, r = w.shape[0], self.render_resolution
         make_field = lambda samples: head.HeadField(p, samples, self.compile)  # noqa: E731
+        shift = self.window_shift(camera.float()).detach()  # where tracing looks, not a function of the camera to differentiate
         origins, directions, start = ray_starts(
-            make_field, camera.float(), r, self.ray_start, self.ray_end, self.trace
+            make_field, camera.float(), r, self.ray_start, self.ray_end, self.trace, shift
         )  # fmt: skip
         samples = torch.arange(n, device=w.device).repeat_interleave(r * r)
         background = self._background(p, r).reshape(-1, 3)
@@ -151,7 +155,8 @@ class AnalyticGenerator(Generator):
             make_field(samples), origins, directions, start, background, self.ray_start, self.ray_end, self.trace,
             self._shade,
         )  # fmt: skip
-        image, depth, mask = layers.colour, layers.expected_depth(self.ray_end), layers.alpha
+        image, mask = layers.colour, layers.alpha
+        depth = layers.expected_depth(self.ray_end) + shift.repeat_interleave(r * r)
         image = image.reshape(n, r, r, 3).permute(0, 3, 1, 2) * 2 - 1
         return {
             "image": self._resize(image, self.image_resolution),
@@ -159,13 +164,27 @@ class AnalyticGenerator(Generator):
             "mask": self._resize(mask.reshape(n, 1, r, r), self.depth_resolution),
         }
 
-    @staticmethod
-    def _shade(surface: Surface) -> torch.Tensor:
+    def window_shift(self, camera: torch.Tensor) -> torch.Tensor:
+        """How far (N,) each camera's depth window moves from EG3D's [ray_start, ray_end].
+
+        That window holds the head for cameras 2.68 to 3.0 from the origin (EG3D's are 2.7 from their
+        pivot): there it stays, so their renders keep their bytes. A closer camera (a photo's fitted
+        one, 2.42 away) would start its rays inside the face, a farther one stop them before the
+        head: their windows move with them.
+        """
+        distance = camera[:, [3, 7, 11]].norm(dim=1)
+        closer = (distance - (self.ray_start + HEAD_FRONT)).clamp(max=0)
+        return closer + (distance - (self.ray_end - HEAD_BACK)).clamp(min=0)
+
+    def _shade(self, surface: Surface) -> torch.Tensor:
         """Lambertian colours (K, 3) of a traced surface, lit from the direction its scene rows set."""
         q = surface.field.gather(list(surface.field.per_sample))
         el, az = q["light_elevation"], q["light_azimuth"]
         light = torch.stack([az.sin() * el.cos(), el.sin(), az.cos() * el.cos()], dim=-1)
-        return lambert(head.albedo(surface.points, q), surface.normals, light, q["ambient"], q["diffuse"])
+        albedo = head.albedo(surface.points, q)
+        if self.trace.gradient_blur > 0 and torch.is_grad_enabled():
+            albedo = blur_gradient(albedo, head.albedo(surface.points, q, self.trace.gradient_blur))
+        return lambert(albedo, surface.normals, light, q["ambient"], q["diffuse"])
 
     @staticmethod
     def _background(p: head.Params, r: int) -> torch.Tensor:

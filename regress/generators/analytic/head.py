@@ -7,6 +7,7 @@ nose tip at z = `nose_z` (0.385..0.415). Mirrored parts are evaluated once on |x
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -165,28 +166,33 @@ def palette(p: Params) -> dict[str, torch.Tensor]:
     return {k: v.clamp(0, 1) for k, v in dict(skin=skin, hair=hair, iris=iris, lips=lips, brows=brows).items()}
 
 
-def albedo(points: torch.Tensor, p: Params) -> torch.Tensor:
-    """Surface colour (..., 3) in 0..1 at world points (..., 3) on the heads of parameters p."""
+def albedo(points: torch.Tensor, p: Params, blur: float = 0.0) -> torch.Tensor:
+    """Surface colour (..., 3) in 0..1 at world points (..., 3) on the heads of parameters p.
+
+    `blur` (world units) widens the pattern's sharp edges (pupils, eyelids, brows) to at least about
+    that: a pixel's footprint, for gradients that see an edge wherever it lies in the pixel.
+    """
+    step = lambda x, width: torch.sigmoid(x / math.hypot(width, blur))  # noqa: E731 - a logistic edge of that width
     x, y, z = points.unbind(-1)
     ax = x.abs()
     colours = palette(p)
     eye_x, eye_y = p["eye_x"], p["eye_y"]
     out = colours["skin"].expand(*x.shape, 3)
     lip_shape = (x / p["mouth_w"]) ** 2 + ((y - p["mouth_y"]) / (1.7 * p["lip"])) ** 2
-    lips = torch.sigmoid((1 - lip_shape) / 0.15) * torch.sigmoid((z - 0.27) / 0.01)
+    lips = torch.sigmoid((1 - lip_shape) / 0.15) * step(z - 0.27, 0.01)
     out = mix(out, colours["lips"], lips.unsqueeze(-1))
-    slit = torch.sigmoid((0.0025 - (y - p["mouth_y"]).abs()) / 0.0008) * torch.sigmoid((0.92 - lip_shape) / 0.1)
+    slit = step(0.0025 - (y - p["mouth_y"]).abs(), 0.0008) * torch.sigmoid((0.92 - lip_shape) / 0.1)
     out = mix(out, 0.35 * colours["lips"], (slit * lips).unsqueeze(-1))
     brow_a, brow_b = (0.02, eye_y + 0.04, 0.34), (0.1, eye_y + 0.035, 0.3)
     brow_line = round_cone(ax, y, z, brow_a, brow_b, 0.0, 0.0)
-    brows = torch.sigmoid((0.011 - brow_line) / 0.002)
+    brows = step(0.011 - brow_line, 0.002)
     out = mix(out, colours["brows"], brows.unsqueeze(-1))
-    hair = torch.sigmoid(hair_region(x, y, z, p) / 0.006)
+    hair = step(hair_region(x, y, z, p), 0.006)
     out = mix(out, colours["hair"], hair.unsqueeze(-1))
-    on_eye = torch.sigmoid((0.0015 - sphere(ax, y, z, eye_x, eye_y, EYEBALL_Z, EYEBALL_RADIUS)) / 0.0008)
+    on_eye = step(0.0015 - sphere(ax, y, z, eye_x, eye_y, EYEBALL_Z, EYEBALL_RADIUS), 0.0008)
     radial = ((ax - eye_x) ** 2 + (y - eye_y) ** 2).sqrt()
-    iris = torch.sigmoid((0.011 - radial) / 0.001)
-    pupil = torch.sigmoid((0.0045 - radial) / 0.0008)
+    iris = step(0.011 - radial, 0.001)
+    pupil = step(0.0045 - radial, 0.0008)
     eye = mix(colour((0.92, 0.9, 0.86), x), colours["iris"], iris.unsqueeze(-1))
     eye = mix(eye, colour((0.03, 0.03, 0.03), x), pupil.unsqueeze(-1))
     return mix(out, eye, on_eye.unsqueeze(-1))

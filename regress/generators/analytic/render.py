@@ -6,7 +6,9 @@ slope along the ray. Opacity is NeuS's logistic one between far outside and a po
 parts) or, for grazing rays, probed further in (right for rays that run along the surface). The
 depth gets a Newton step whose gradient is the implicit one, -(d sdf / d theta) / (d sdf / d t).
 Partly covered rays composite a second surface behind the first. All of it is differentiable
-w.r.t. the field's parameters.
+w.r.t. the field's parameters. Edges narrower than a pixel give gradients that are point samples
+of spikes; with `gradient_blur` and gradients on, the same drawing carries the gradients of one
+whose edges, normals and layers are about a pixel wide (`blur_gradient`), so a camera can be fitted.
 """
 
 from __future__ import annotations
@@ -33,6 +35,24 @@ class Surface:
     points: torch.Tensor  # (K, 3) at the surface depth
     normals: torch.Tensor  # (K, 3) at the traced depth
     trace: Trace  # of every ray, no gradient
+    edge: torch.Tensor | None = None  # (K,) opacity of pixel-wide edges, for gradients (TraceSettings.gradient_blur)
+
+
+def _tetrahedron(field: DistanceField, points: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The field at points (K, 3), as its mean over the tetrahedron `offsets` (4, 3) around them (f at the centre up
+    to O(h^2)), and sum of k f(x + k) over its corners (K, 3): 4 h^2 times the field's gradient."""
+    a, b, c, d = (field(points + k) for k in offsets)
+    return (a + b + c + d) / 4, torch.stack([a - b - c + d, -a - b + c + d, -a + b - c + d], dim=-1)
+
+
+def blur_gradient(value: torch.Tensor, blurred: torch.Tensor) -> torch.Tensor:
+    """`value` as it is, with the gradient of `blurred` (its anti-aliased version): the drawing stays, gradients
+    see edges wherever they lie in a pixel (a sharp edge narrower than a pixel only moves the pixels it crosses)."""
+    return value.detach() + (blurred - blurred.detach())
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    return v * (v.square().sum(-1, keepdim=True) + 1e-20).rsqrt()
 
 
 def render_surface(
@@ -46,10 +66,8 @@ def render_surface(
     origins, directions, t_c = origins[index], directions[index], trace.depth[index]
     traced = origins + t_c.unsqueeze(-1) * directions
     offsets = torch.tensor(TETRAHEDRON, dtype=traced.dtype, device=traced.device)
-    a, b, c, d = (field(traced + settings.normal_step * k) for k in offsets)
-    f_c = (a + b + c + d) / 4  # the tetrahedron's mean is f at its centre up to O(normal_step^2)
-    gradient = torch.stack([a - b - c + d, -a - b + c + d, -a + b - c + d], dim=-1)  # sum of k f(x + h k)
-    normals = gradient * (gradient.square().sum(-1, keepdim=True) + 1e-20).rsqrt()
+    f_c, gradient = _tetrahedron(field, traced, settings.normal_step * offsets)
+    normals = _unit(gradient)
     along = (gradient * directions).sum(-1) / (4 * settings.normal_step)  # d sdf / d t
     inside = f_c + settings.inside_offset * along
     opaque_level = -settings.softness * math.log(settings.opaque / (1 - settings.opaque))
@@ -64,7 +82,17 @@ def render_surface(
     hit = (f_c.detach().abs() < settings.hit_tolerance).to(f_c.dtype)
     depth = (t_c - hit * f_c / along.detach().clamp(max=-0.1)).clamp(t_near, t_far)
     points = origins + depth.unsqueeze(-1) * directions
-    return Surface(index, field, mask, depth, points, normals, trace)
+    edge = None
+    if settings.gradient_blur > 0 and torch.is_grad_enabled():  # for gradients only (their values are not drawn):
+        # how deep a ray runs inside (< 0) or how close it passes (> 0), read from the surface point, which (unlike
+        # t_c) stays on the surface as the ray moves: a pixel-wide edge's opacity
+        along_ray = torch.tensor([0.0, 1.5, 3.0], dtype=t_c.dtype, device=t_c.device) * settings.inside_offset
+        probes = points[:, None] + along_ray[:, None] * directions[:, None]
+        probed = field.take(torch.arange(len(index), device=index.device).repeat_interleave(3))(probes.reshape(-1, 3))
+        edge = torch.sigmoid(-probed.reshape(-1, 3).amin(dim=1) / settings.gradient_blur)
+        # normals averaged over a pixel's footprint around the surface point
+        normals = blur_gradient(normals, _unit(_tetrahedron(field, points, settings.gradient_blur * offsets)[1]))
+    return Surface(index, field, mask, depth, points, normals, trace, edge)
 
 
 Shader = Callable[[Surface], torch.Tensor]  # a surface's K rays -> colours (K, 3)
@@ -83,6 +111,19 @@ class Layers:
         return (self.depth_sum + eps * t_far) / (self.alpha + eps)
 
 
+def _composite(
+    cover: torch.Tensor, colour: torch.Tensor, depth: torch.Tensor, behind: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A surface of opacity `cover` (K,), colour (K, 3) and depth (K,) over what lies `behind` it (its colour, depth sum
+    and opacity): the colour, depth sum and opacity of both."""
+    behind_colour, behind_depth, behind_alpha = behind
+    return (
+        cover.unsqueeze(-1) * colour + (1 - cover.unsqueeze(-1)) * behind_colour,
+        cover * depth + (1 - cover) * behind_depth,
+        cover + (1 - cover) * behind_alpha,
+    )
+
+
 def render_layers(
     field: DistanceField, origins: torch.Tensor, directions: torch.Tensor, start: torch.Tensor, background: torch.Tensor,
     t_near: float, t_far: float, settings: TraceSettings, shade: Shader, layers: int = 2,
@@ -94,9 +135,12 @@ def render_layers(
     behind it, not the background.
     """  # fmt: skip
     surface = render_surface(field, origins, directions, start, t_near, t_far, settings)
-    index, mask = surface.index, surface.mask
+    index, mask, edge = surface.index, surface.mask, surface.edge
     behind_colour, behind_depth, behind_alpha = background[index], torch.zeros_like(mask), torch.zeros_like(mask)
-    partial = ((mask.detach() < settings.opaque) & ~surface.trace.exited[index]).nonzero().squeeze(1)
+    seen = ~surface.trace.exited[index]
+    drawn = (mask.detach() < settings.opaque) & seen  # what the image shows behind the first surface
+    needed = drawn if edge is None else drawn | (edge.detach() < settings.opaque) & seen  # and gradients
+    partial = needed.nonzero().squeeze(1)
     if layers > 1 and len(partial):
         rays = index[partial]
         deeper = render_layers(
@@ -106,10 +150,17 @@ def render_layers(
         behind_colour = behind_colour.index_copy(0, partial, deeper.colour)
         behind_depth = behind_depth.index_copy(0, partial, deeper.depth_sum)
         behind_alpha = behind_alpha.index_copy(0, partial, deeper.alpha)
-    cover = mask.unsqueeze(-1)
-    colour = cover * shade(surface) + (1 - cover) * behind_colour
-    depth = mask * surface.depth + (1 - mask) * behind_depth
-    alpha = mask + (1 - mask) * behind_alpha
+    shaded, behind = shade(surface), (behind_colour, behind_depth, behind_alpha)
+    if edge is None:
+        colour, depth, alpha = _composite(mask, shaded, surface.depth, behind)
+    else:  # the image as drawn (nothing behind opaque rays), with the gradients of pixel-wide edges over what lies behind
+        shown = (
+            torch.where(drawn[:, None], behind_colour, background[index]),
+            torch.where(drawn, behind_depth, 0.0),
+            torch.where(drawn, behind_alpha, 0.0),
+        )
+        drawn_layers, soft_layers = _composite(mask, shaded, surface.depth, shown), _composite(edge, shaded, surface.depth, behind)
+        colour, depth, alpha = (blur_gradient(value, wide) for value, wide in zip(drawn_layers, soft_layers))
     nothing = torch.zeros_like(start)
     return Layers(
         colour=background.index_copy(0, index, colour),

@@ -43,6 +43,7 @@ class TraceSettings:
     softness: float = 0.0015  # ... through sigmoid(-sdf / softness)
     hit_tolerance: float = 0.005  # |sdf(t_c)| below this gives the depth its Newton step
     normal_step: float = 0.0015
+    gradient_blur: float = 0.0  # gradients see edges, normals and textures this wide (render.py); 0: as drawn
 
 
 def _compact(live: torch.Tensor) -> torch.Tensor | None:
@@ -152,25 +153,31 @@ def sphere_trace(
 
 def ray_starts(
     make_field: Callable[[torch.Tensor], DistanceField], camera: torch.Tensor, resolution: int,
-    t_near: float, t_far: float, settings: TraceSettings,
+    t_near: float, t_far: float, settings: TraceSettings, shift: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rays (N*R*R, 3) of cameras (N, 25) at R x R, row-major per sample, and where tracing each may start.
 
     With R a multiple of `cone_block`, one cone per pixel block skips the empty space in front of
     the surface and whole blocks of background; `make_field(samples)` builds the field for rays
-    belonging to those samples.
+    belonging to those samples. `shift` (N,) moves each camera's depth window [t_near, t_far] by
+    that much: its rays' origins move along them by it, so depths along them read `shift` less.
     """
     n, block = camera.shape[0], settings.cone_block
     origins, directions = camera_rays(camera, resolution)
+    shift = torch.zeros(n, dtype=origins.dtype, device=origins.device) if shift is None else shift.to(origins)
     if block <= 1 or resolution % block:
         start = torch.full((n * resolution * resolution,), t_near, dtype=origins.dtype, device=origins.device)
+        origins = origins + shift[:, None, None] * directions
         return origins.reshape(-1, 3), directions.reshape(-1, 3), start
     coarse = resolution // block
     fine = directions.reshape(n, coarse, block, coarse, block, 3)
     axis = torch.nn.functional.normalize(fine.mean(dim=(2, 4), keepdim=True), dim=-1)
-    cone_origins, cone_directions = origins[:, :: block * block], axis.reshape(n, -1, 3)
+    cone_directions = axis.reshape(n, -1, 3)
+    cone_origins = origins[:, :: block * block] + shift[:, None, None] * cone_directions
     cosine = (fine * axis).sum(-1).amin(dim=(1, 2, 3, 4)).clamp(max=1.0)
-    spread = 1.05 * (1 - cosine.square()).sqrt() / cosine
+    # a cone whose apex moved forward by shift > 0 must widen to hold the rays' cone at every depth past t_near
+    spread = 1.05 * (1 - cosine.square()).sqrt() / cosine * (1 + shift.clamp(min=0) / t_near)
+    origins = origins + shift[:, None, None] * directions
     samples = torch.arange(n, device=origins.device).repeat_interleave(coarse * coarse)
     start = cone_trace(
         make_field(samples), cone_origins.reshape(-1, 3), cone_directions.reshape(-1, 3), spread[samples],
