@@ -58,12 +58,16 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=ProjectionConfig.noise)
     parser.add_argument("--camera_lr", type=float, default=ProjectionConfig.camera_lr)
     parser.add_argument("--camera_prior_weight", type=float, default=ProjectionConfig.camera_prior_weight)
+    parser.add_argument("--camera_first_steps", type=int, default=ProjectionConfig.camera_first_steps, help="camera-only steps first")
     parser.add_argument("--from_true_latent", action="store_true", help="start both projections from the heads' own latents")
     args = parser.parse_args()
     size = args.resolution
     generator = GeneratorSpec("analytic", options={"image_resolution": size, "render_resolution": size, "depth_resolution": size}).create()
     fixed = ProjectionConfig(steps=args.steps, lr=args.lr, noise=args.noise, spread_samples=200)
-    refine = dataclasses.replace(fixed, optimize_camera=True, camera_lr=args.camera_lr, camera_prior_weight=args.camera_prior_weight)
+    refine = dataclasses.replace(
+        fixed, optimize_camera=True, camera_lr=args.camera_lr, camera_prior_weight=args.camera_prior_weight,
+        camera_first_steps=args.camera_first_steps,
+    )
     start_time = time.perf_counter()
     angles, refined_psnr, fixed_psnr, start_angles = [], [], [], []
     for first in range(args.seeds, args.seeds + args.count, args.batch):
@@ -80,7 +84,8 @@ def main() -> None:
     angle, before = torch.cat(angles), torch.cat(start_angles)
     refined_db, fixed_db = torch.cat(refined_psnr), torch.cat(fixed_psnr)
     from_latent = "their own latents" if args.from_true_latent else "the mean latent"
-    print(f"\n{len(angle)} seeds from {args.seeds} (from {from_latent}), {size}px, {args.steps} steps, lr {args.lr}, camera_lr {args.camera_lr}: "
+    print(f"\n{len(angle)} seeds from {args.seeds} (from {from_latent}), {size}px, {args.camera_first_steps} camera-first + {args.steps} steps, lr {args.lr}, "
+          f"camera_lr {args.camera_lr}: "
           f"{time.perf_counter() - start_time:.0f} s")  # fmt: skip
     print(f"start: mean {before.mean():.2f}°")
     print(f"within 0.5°: {(angle < 0.5).float().mean():.1%}; mean {angle.mean():.2f}°, median {angle.median():.2f}°, worst {angle.max():.2f}°")

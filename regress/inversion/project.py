@@ -46,6 +46,9 @@ class ProjectionConfig:
         camera_lr: Adam learning rate of the correction (radians; same schedule as the latent's).
         camera_prior_deg, camera_prior_distance: the correction's expected size (degrees; relative distance):
             a Gaussian prior of weight `camera_prior_weight` (per image, in units of the image loss) holds it there.
+        camera_first_steps: with `optimize_camera`, steps before the projection's in which only the correction moves
+            (the latent held at its start, no noise; the same schedule over these steps), so the latent cannot
+            absorb the camera's error; 0 optimizes both together from the start.
     """
 
     space: Literal["w", "w+"] = "w"
@@ -68,13 +71,16 @@ class ProjectionConfig:
     camera_prior_deg: float = 5.0
     camera_prior_distance: float = 0.05
     camera_prior_weight: float = 1e-3
+    camera_first_steps: int = 0
 
     def record(self) -> dict:
         """The settings as a pairs set records them: the camera correction's only when it is on (older sets still resume)."""
         settings = asdict(self)
-        if not self.optimize_camera:
-            for name in ("optimize_camera", "camera_lr", "camera_prior_deg", "camera_prior_distance", "camera_prior_weight"):
-                del settings[name]
+        camera = ("optimize_camera", "camera_lr", "camera_prior_deg", "camera_prior_distance", "camera_prior_weight")
+        for name in camera if not self.optimize_camera else ():
+            del settings[name]
+        if not (self.optimize_camera and self.camera_first_steps):
+            del settings["camera_first_steps"]
         return settings
 
 
@@ -193,7 +199,29 @@ def project(
     optimizer = torch.optim.Adam(groups, lr=config.lr, betas=(0.9, 0.999))
     prior = torch.tensor([math.radians(config.camera_prior_deg)] * 3 + [config.camera_prior_distance], device=device)
     noise_rng = torch.Generator(device="cpu").manual_seed(config.seed)
+
+    def render_loss(w: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cameras = adjust_cameras(camera, correction) if config.optimize_camera else camera
+        loss, parts = loss_fn(generator.synthesis(w.expand(-1, generator.num_ws, -1), cameras)["image"], target)
+        if config.optimize_camera:
+            parts["camera_prior"] = config.camera_prior_weight * (correction / prior).square().sum(1)
+            loss = loss + parts["camera_prior"]
+        return loss, parts
+
+    def record(step: int, lr: float, loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> dict[str, float]:
+        return {"step": step, "lr": lr, "loss": float(loss.detach().mean()), **{k: float(v.detach().mean()) for k, v in parts.items()}}
+
     losses = []
+    first_steps = config.camera_first_steps if config.optimize_camera else 0
+    camera_optimizer = torch.optim.Adam([correction], lr=config.camera_lr, betas=(0.9, 0.999))
+    for step in tqdm(range(first_steps), desc="camera first", disable=not progress, leave=False):
+        lr = learning_rate(config, step / first_steps)
+        camera_optimizer.param_groups[0]["lr"] = lr * config.camera_lr / config.lr
+        loss, parts = render_loss(latent.detach())
+        camera_optimizer.zero_grad(set_to_none=True)
+        loss.sum().backward(inputs=[correction])
+        camera_optimizer.step()
+        losses.append(record(step, lr, loss, parts))
     for step in tqdm(range(config.steps), desc="project", disable=not progress, leave=False):
         t = step / config.steps
         lr = learning_rate(config, t)
@@ -201,16 +229,11 @@ def project(
             group["lr"] = lr * group["scale"]
         noise_scale = spread * config.noise * max(0.0, 1.0 - t / config.noise_ramp) ** 2
         noise = torch.randn(latent.shape, generator=noise_rng).to(device) * noise_scale
-        w = (latent + noise).expand(-1, generator.num_ws, -1)
-        cameras = adjust_cameras(camera, correction) if config.optimize_camera else camera
-        loss, parts = loss_fn(generator.synthesis(w, cameras)["image"], target)
-        if config.optimize_camera:
-            parts["camera_prior"] = config.camera_prior_weight * (correction / prior).square().sum(1)
-            loss = loss + parts["camera_prior"]
+        loss, parts = render_loss(latent + noise)
         optimizer.zero_grad(set_to_none=True)
         loss.sum().backward(inputs=[latent, correction] if config.optimize_camera else [latent])
         optimizer.step()
-        losses.append({"step": step, "lr": lr, "loss": float(loss.detach().mean()), **{k: float(v.detach().mean()) for k, v in parts.items()}})
+        losses.append(record(first_steps + step, lr, loss, parts))
     w = latent.detach().expand(-1, generator.num_ws, -1).clone()
     camera = adjust_cameras(camera, correction.detach()) if config.optimize_camera else camera
     result = ProjectionResult(w=w, camera=camera, losses=losses)
