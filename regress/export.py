@@ -14,6 +14,7 @@ with status 2, other bad input with 1, in one line (`regress.errors`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -126,6 +127,7 @@ def export(
         write_json(out / SETTINGS, settings)
         (out / MANIFEST).unlink(missing_ok=True)  # a manifest means complete
         written = skipped = 0
+        hashed: dict[str, list] = {}  # the files written now, hashed from memory: only those of an earlier run are read back
         for key, members in tqdm(samples, total=count, desc="export", unit="sample", disable=not progress, dynamic_ncols=True):
             if (out / EXPORTED["image"] / f"{key}.png").is_file():
                 skipped += 1
@@ -133,9 +135,11 @@ def export(
             for name, data in sample_files(key, members, mesh_format, relative_depth).items():
                 (out / name).parent.mkdir(exist_ok=True)
                 write_atomic(out / name, data)
+                hashed[name] = [len(data), hashlib.sha256(data).hexdigest()]
             written += 1
         folders = sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
-        listed = {f"{p.relative_to(out)}": [p.stat().st_size, file_sha256(p)] for folder in folders for p in sorted(folder.iterdir()) if p.is_file()}
+        files = (f"{p.relative_to(out)}" for folder in folders for p in sorted(folder.iterdir()) if p.is_file())
+        listed = {name: hashed.get(name) or [(out / name).stat().st_size, file_sha256(out / name)] for name in files}
         facts = {k: manifest[k] for k in ("latent_shape", "mean_latent", "generator", "settings") if k in manifest}
         write_json(out / MANIFEST, {"format": FORMAT, "export": settings, "samples": written + skipped, "regress_version": __version__, **facts, FILES: listed})
     print(f"regress.export: {written} samples written to {out} ({skipped} already there), {len(listed)} files in {MANIFEST}", file=sys.stderr)

@@ -11,6 +11,7 @@ DistributedSampler and the loader splits each rank's batches over its workers.
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -27,7 +28,7 @@ from regress.datamodules.shards import CorruptCounter, collate
 from regress.gallery.depth import read_depth_png, relative_depth
 from regress.generators.spec import LatentSpace
 from regress.geometry.mesh_files import read_mesh
-from regress.sample import Batch, IMAGE_FORMATS, decode_image, decode_npy, resize_images
+from regress.sample import Batch, IMAGE_FORMATS, decode_image, resize_images
 from regress.store.loose_files import FolderIndex, index_folder, read_folder_manifest
 
 SUFFIXES = {
@@ -204,10 +205,10 @@ class FolderDataModule(ManifestLatents, L.LightningDataModule):
             raise ValueError(f"no sample of {self.index.root} has all its files")
         return keys
 
-    @property
+    @functools.cached_property
     def latent_space(self) -> LatentSpace | None:
         """The latents' shape and mean: the manifest's for a set `regress.export` wrote, else the mean of up to
-        LATENT_MEAN_SAMPLES latents spread over the set; None without latents."""
+        LATENT_MEAN_SAMPLES latents spread over the set (read once); None without latents."""
         if self._latent_shape is None:
             return None
         if "mean_latent" in self.manifest:

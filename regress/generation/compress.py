@@ -10,9 +10,9 @@ import queue
 import threading
 import time
 from collections import deque
-from pathlib import Path
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -95,7 +95,7 @@ def _done(function: Callable[..., Any], *args: Any) -> Future:
     return future
 
 
-SHARDS_IN_FLIGHT = 2  # shards written at once: hashing one (sha256 is a single stream) is as slow as rendering its samples
+SHARDS_IN_FLIGHT = 2  # shards written at once: a shard's SHA-256 is one stream, so two shards hash side by side
 
 
 class ShardInFlight:
