@@ -83,7 +83,7 @@ def pairs(
         with_mesh: add a mesh (marching cubes of the inverted density, `mesh_format`) to each record
         mesh_resolution: density grid points per axis for meshes
         mesh_coarse_stride: None evaluates the density at every grid point; k coarse to fine from every k-th point, the
-            same meshes from a small share of the points (`regress.geometry.grids.refine_grid`)
+            same meshes from a small share of the points (`regress.geometry.grids.refine_grids`)
         mesh_format: the mesh file: ply, obj, glb (the surface) or mrc (the density grid)
         image_format: encoding of the inverted image (real.png is always PNG)
         resume: keep records already in `output` and skip their photos

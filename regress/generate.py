@@ -95,7 +95,7 @@ def generate(
         mesh_format: `mesh.ply` (binary), `mesh.obj` or `mesh.glb` (the surface), or `mesh.mrc` (the density grid itself,
             for ChimeraX, as EG3D's scripts write shapes)
         mesh_coarse_stride: None evaluates the density at every grid point; k evaluates every k-th point first, then only
-            the blocks of k^3 cells the surface passes through (`geometry.grids.refine_grid`): the same meshes (all but
+            the blocks of k^3 cells the surface passes through (`geometry.grids.refine_grids`): the same meshes (all but
             pieces no such block touches, none of them the largest) from a small share of the points, as 512^3 needs;
             an mrc grid holds the coarse grid's interpolation away from the surface
         batch_size: samples per generator call

@@ -56,7 +56,7 @@ def render(
         mesh_format: ply, obj, glb (surfaces, vertex-coloured) and/or mrc (the density grid), one or a list
         mesh_resolution: density grid points per axis for meshes
         mesh_coarse_stride: None evaluates the density at every grid point; k coarse to fine from every k-th point, the
-            same meshes from a small share of the points (`regress.geometry.grids.refine_grid`)
+            same meshes from a small share of the points (`regress.geometry.grids.refine_grids`)
         batch_size: frames per generator call
         device: torch device, or auto
     """

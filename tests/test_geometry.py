@@ -12,7 +12,7 @@ from skimage import measure
 
 from regress.camera import camera_rays, frontal_camera, make_cameras
 from regress.generators import GeneratorSpec
-from regress.geometry.grids import available_memory_bytes, coarse_to_fine_grid, density_grid, grid_axis, grid_memory_bytes, grids_that_fit, refine_grid
+from regress.geometry.grids import available_memory_bytes, coarse_to_fine_grid, density_grid, grid_axis, grid_memory_bytes, grids_that_fit, refine_grids
 from regress.geometry.marching_cubes import EDGES, case_table, marching_cubes
 from regress.geometry.meshes import depth_to_mesh, extract_meshes, grid_to_mesh, grids_to_ply, mesh_from_ply, mesh_to_ply
 from tests.eg3d_tiny import TINY_EG3D
@@ -237,10 +237,10 @@ def test_coarse_to_fine_follows_the_surface_and_misses_only_pieces_away_from_it(
     grid = torch.cartesian_prod(axis, axis, axis)[None]
     dense, no_droplet = (field(grid, droplet).reshape(1, 33, 33, 33) for droplet in (True, False))
     ply = lambda grids, keep_largest=False: [bytes(f) for f in grids_to_ply(grids, 0.0, 2.0, keep_largest)]  # noqa: E731
-    followed, points = refine_grid(field, axis, 0.0, stride=8, margin=0)
-    assert ply(followed[None]) == ply(no_droplet) != ply(dense)  # the rod in full, the droplet missed
-    assert ply(followed[None], keep_largest=True) == ply(dense, keep_largest=True) and points < 33**3 / 2
-    assert ply(refine_grid(field, axis, 0.0, stride=8, margin=1)[0][None]) == ply(dense)  # the droplet's block is next to the sphere's
+    followed, [points] = refine_grids([field], axis, 0.0, stride=8, margin=0)
+    assert ply(followed) == ply(no_droplet) != ply(dense)  # the rod in full, the droplet missed
+    assert ply(followed, keep_largest=True) == ply(dense, keep_largest=True) and points < 33**3 / 2
+    assert ply(refine_grids([field], axis, 0.0, stride=8, margin=1)[0]) == ply(dense)  # the droplet's block is next to the sphere's
 
 
 def test_coarse_to_fine_grids_of_eg3d_differ_only_by_small_pieces_off_the_refined_blocks():

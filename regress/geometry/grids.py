@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from regress.generators.base import Generator
+from regress.generators.base import DensityFn, Generator
+from regress.geometry.marching_cubes import CORNERS
 
 
 def grid_axis(resolution: int, box_size: float) -> np.ndarray:
@@ -120,59 +121,69 @@ def coarse_to_fine_grid(
     chunk_points: int = 2**20,
 ) -> RefinedGrids:
     """`density_grid`'s grids, evaluated point by point only in the blocks of `stride`^3 cells the surface at `level`
-    passes through (`refine_grid`); their marching cubes at `level` are the dense grids' but for pieces the coarse grid
-    never sees (see there). Each latent alone, in chunks, as `density_grid`."""
+    passes through (`refine_grids`); their marching cubes at `level` are the dense grids' but for pieces the coarse grid
+    never sees (see there). Each latent's field alone, in chunks, as `density_grid`."""
     box_size = generator.box_size if box_size is None else box_size
     axis = torch.as_tensor(grid_axis(resolution, box_size), dtype=torch.float32, device=w.device)
-    refined = [refine_grid(density, axis, level, stride, margin, chunk_points) for density in generator.density_fns(w)]
-    return RefinedGrids(torch.stack([values for values, _ in refined]), [count for _, count in refined])
+    return RefinedGrids(*refine_grids(generator.density_fns(w), axis, level, stride, margin, chunk_points))
 
 
-def refine_grid(
-    density: Callable[[torch.Tensor], torch.Tensor], axis: torch.Tensor, level: float, stride: int, margin: int = COARSE_MARGIN, chunk_points: int = 2**20
-) -> tuple[torch.Tensor, int]:
-    """One density function (1, P, 3) -> (1, P, 1) on the grid axis^3, evaluated coarse to fine; (R, R, R) and the points evaluated.
+UNTOUCHED, NEW, DONE = 0, 1, 2  # a block's state while refining: not (yet) evaluated, evaluated now, evaluated before
+BLOCK_CHUNK_POINTS = 2**24  # block points handled at once by the bookkeeping (a few bytes each)
+
+
+def refine_grids(
+    densities: Sequence[DensityFn], axis: torch.Tensor, level: float, stride: int, margin: int = COARSE_MARGIN, chunk_points: int = 2**20
+) -> tuple[torch.Tensor, list[int]]:
+    """Density functions (1, P, 3) -> (1, P, 1), one per head, on the grid axis^3, evaluated coarse to fine; the grids
+    (N, R, R, R) and the points each function was evaluated at.
 
     The grid's cells are cut into blocks of `stride` cells a side (the last ones shorter), whose corners form a coarse
     grid evaluated first. Blocks whose corners straddle `level`, and `margin` blocks around them, are evaluated at every
-    point; then any block not yet evaluated whose points (those it shares with evaluated blocks, and stand-ins) straddle
-    the level is evaluated too, until none does. Every point not evaluated holds the coarse grid's trilinear
-    interpolation, on the side of the level of its block's corners.
+    point; then any block not yet evaluated whose points shared with evaluated blocks lie on the other side of the level
+    from its corners is evaluated too, until none is. Every point not evaluated holds the coarse grid's trilinear
+    interpolation, on the side of the level of its block's corners; every point is evaluated at most once.
 
     So every grid cell the surface crosses lies in an evaluated block, with its exact values, except in surface pieces
     wholly inside blocks none of whose corners is on the other side (a piece crossing into an evaluated block would
     make its neighbour straddle the level): marching cubes gives the dense grid's vertices and faces less those pieces,
     and with only the largest piece kept the same mesh, unless that piece is one of them.
+
+    All heads' blocks are handled together, a few launches a round of the surface-following, whatever their number.
     """
-    resolution, device = len(axis), axis.device
+    resolution, device, count = len(axis), axis.device, len(densities)
     check_coarse_stride(stride)
-    corners = torch.arange(0, resolution - 1 + stride, stride, device=device).clamp(max=resolution - 1)  # fine index of each coarse point
-    blocks = len(corners) - 1
-    fine = torch.arange(resolution, device=device)
-    block = (fine // stride).clamp(max=blocks - 1)  # the block holding each fine index (the lower one at a block's end)
-    previous_block = ((fine - 1).clamp(min=0) // stride).clamp(max=blocks - 1)  # the block ending at it, where one does
-    coarse = _evaluate(density, axis, torch.cartesian_prod(corners, corners, corners), chunk_points).reshape(blocks + 1, blocks + 1, blocks + 1)
-    weight = (fine - corners[block]) / (corners[block + 1] - corners[block])
-    values = coarse
-    for dim in range(3):  # trilinear interpolation, one axis at a time (indexing: far faster than index_select on a CPU)
-        along = (slice(None),) * dim
-        shape = [1, 1, 1]
-        shape[dim] = resolution
-        values = values[(*along, block)] * (1 - weight).reshape(shape) + values[(*along, block + 1)] * weight.reshape(shape)
-    evaluated = torch.zeros((resolution,) * 3, dtype=torch.bool, device=device)
-    evaluated[corners[:, None, None], corners[None, :, None], corners[None, None, :]] = True
-    done = torch.zeros((blocks,) * 3, dtype=torch.bool, device=device)
-    todo = _straddling(coarse > level, 1)
+    blocks = _BlockGrid(resolution, stride, device)
+    coarse_points = torch.cartesian_prod(blocks.corners, blocks.corners, blocks.corners)
+    coarse = torch.stack([_evaluate(density, axis, coarse_points, chunk_points) for density in densities]).reshape(count, *(blocks.count + 1,) * 3)
+    values = blocks.interpolate(coarse)
+    inside = coarse > level
+    corner_sides = torch.stack([inside[:, dx : blocks.count + dx, dy : blocks.count + dy, dz : blocks.count + dz] for dx, dy, dz in CORNERS])
+    todo = corner_sides.any(0) & ~corner_sides.all(0)
     if margin > 0:
-        todo = torch.nn.functional.max_pool3d(todo[None, None].float(), 2 * margin + 1, 1, margin)[0, 0].bool()
-    while todo.any():
-        points = _block_points(todo, block, previous_block) & ~evaluated
-        index = points.nonzero()
-        values[tuple(index.T)] = _evaluate(density, axis, index, chunk_points)
-        evaluated |= points
-        done |= todo
-        todo = _straddling(values > level, stride, blocks) & ~done
-    return values, int(evaluated.sum())
+        todo = torch.nn.functional.max_pool3d(todo[:, None].float(), 2 * margin + 1, 1, margin)[:, 0].bool()
+    side = inside[:, :-1, :-1, :-1].contiguous()  # a block's corners' side of the level, where they agree
+    state = torch.full(todo.shape, UNTOUCHED, dtype=torch.uint8, device=device)
+    evaluated = torch.full((count,), len(coarse_points), dtype=torch.int64, device=device)
+    per_chunk = max(1, BLOCK_CHUNK_POINTS // len(blocks.local))
+    cube = resolution**3
+    while (chosen := todo.nonzero()).numel():
+        state[todo] = NEW
+        for part in chosen.split(per_chunk):
+            flat = blocks.points_to_evaluate(part, state)
+            per_head = torch.bincount(flat // cube, minlength=count)
+            evaluated += per_head
+            for n, points in enumerate(flat.split(per_head.tolist())):
+                if len(points):
+                    within = points - n * cube  # flat index i -> (x, y, z) = (i // R^2, i // R % R, i % R)
+                    index = torch.stack([within // resolution**2, within // resolution % resolution, within % resolution], 1)
+                    values.view(-1)[points] = _evaluate(densities[n], axis, index, chunk_points)
+        reached = torch.zeros_like(todo)
+        for part in chosen.split(per_chunk):
+            blocks.mark_reached(part, values, level, side, state, reached)
+        state[state == NEW] = DONE
+        todo = reached & (state == UNTOUCHED)
+    return values, evaluated.tolist()
 
 
 def _evaluate(density: Callable[[torch.Tensor], torch.Tensor], axis: torch.Tensor, index: torch.Tensor, chunk_points: int) -> torch.Tensor:
@@ -181,21 +192,78 @@ def _evaluate(density: Callable[[torch.Tensor], torch.Tensor], axis: torch.Tenso
     return torch.cat(parts).float() if parts else torch.empty(0, device=axis.device)
 
 
-def _straddling(inside: torch.Tensor, stride: int, blocks: int | None = None) -> torch.Tensor:
-    """Which blocks (B, B, B) of `stride` cells a side hold points on both sides of the level, of `inside` (R, R, R) bool."""
-    blocks = len(inside) - 1 if blocks is None else blocks
-    end = torch.arange(blocks * stride + 1, device=inside.device).clamp(max=len(inside) - 1)  # the last point repeated: any and all keep
-    some = every = inside[end][:, end][:, :, end].to(torch.uint8)
-    for dim in range(3):  # a block's window of points: stride + 1 of them, sharing the ends with its neighbours
-        some, every = some.unfold(dim, stride + 1, stride).amax(-1), every.unfold(dim, stride + 1, stride).amin(-1)
-    return some != every
+class _BlockGrid:
+    """The blocks of `stride` cells a side a grid of `resolution` points per axis is cut into, and the bookkeeping of
+    refining them, for any number of heads at once: blocks are rows (head, bx, by, bz), their points (the block's
+    closure, (stride + 1)^3, shared with neighbours) are sorted into 27 kinds by where they sit on each axis (the low
+    end, inside, the high end; 27 for none: beyond a shorter last block), which says the neighbours that share them."""
 
+    def __init__(self, resolution: int, stride: int, device: torch.device) -> None:
+        self.resolution, self.stride = resolution, stride
+        self.corners = torch.arange(0, resolution - 1 + stride, stride, device=device).clamp(max=resolution - 1)  # fine index of each coarse point
+        self.count = len(self.corners) - 1
+        self.lengths = self.corners[1:] - self.corners[:-1]
+        span = torch.arange(stride + 1, device=device)
+        self.local = torch.cartesian_prod(span, span, span)  # (L, 3) offsets of a block's points from its low corner
+        steps = torch.tensor([-1, 0, 1], device=device)
+        self.offsets = torch.cartesian_prod(steps, steps, steps)  # (27, 3) neighbours, (0, 0, 0) the block itself
+        first_step = self.offsets.gather(1, (self.offsets != 0).int().argmax(1, keepdim=True))[:, 0]
+        self.before = first_step < 0  # neighbours that come before the block in row-major order
+        kinds = torch.cartesian_prod(steps + 1, steps + 1, steps + 1)  # per axis 0: low end, 1: inside, 2: high end
+        on_axis = (self.offsets[None] == 0) | ((self.offsets[None] == -1) & (kinds[:, None] == 0)) | ((self.offsets[None] == 1) & (kinds[:, None] == 2))
+        self.shared = (on_axis.all(-1) & self.offsets.any(-1)[None]).float()  # (27 kinds, 27 neighbours): whose closure holds them
+        self.coarse_kind = torch.cat([(kinds != 1).all(-1), torch.ones(1, dtype=torch.bool, device=device)])  # corners (and none)
 
-def _block_points(chosen: torch.Tensor, block: torch.Tensor, previous_block: torch.Tensor) -> torch.Tensor:
-    """Which grid points (R, R, R) lie in a chosen block (B, B, B): those whose block, or the block ending at them, is chosen
-    along every axis (taken one axis at a time)."""
-    points = chosen
-    for dim in range(3):
-        along = (slice(None),) * dim
-        points = points[(*along, block)] | points[(*along, previous_block)]
-    return points
+    def interpolate(self, coarse: torch.Tensor) -> torch.Tensor:
+        """The coarse grids (N, B + 1, B + 1, B + 1) trilinearly interpolated to every grid point (N, R, R, R)."""
+        fine = torch.arange(self.resolution, device=coarse.device)
+        block = (fine // self.stride).clamp(max=self.count - 1)
+        weight = (fine - self.corners[block]) / self.lengths[block]
+        values = coarse
+        for dim in range(1, 4):  # one axis at a time (indexing: far faster than index_select on a CPU)
+            along = (slice(None),) * dim
+            shape = [1, 1, 1, 1]
+            shape[dim] = self.resolution
+            values = values[(*along, block)] * (1 - weight).reshape(shape) + values[(*along, block + 1)] * weight.reshape(shape)
+        return values
+
+    def closure(self, part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each block's (K, 4) points: their kind (K, L) and flat index into the heads' grids (N, R, R, R) (0 for none)."""
+        r = self.resolution
+        kind = torch.zeros(len(part), len(self.local), dtype=torch.int64, device=part.device)
+        flat, beyond = part[:, :1], torch.zeros_like(kind, dtype=torch.bool)
+        for dim in range(3):
+            offset, length = self.local[:, dim], self.lengths[part[:, 1 + dim]][:, None]
+            kind = kind * 3 + (offset > 0) + (offset >= length)
+            beyond |= offset > length
+            flat = flat * r + self.corners[part[:, 1 + dim]][:, None] + offset
+        return kind.masked_fill_(beyond, 27), flat.masked_fill_(beyond, 0)
+
+    def neighbours(self, part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each block's (K, 4) 27 neighbours: flat index into the heads' blocks (N, B, B, B) and whether they exist (K, 27)."""
+        b = self.count
+        at = part[:, None, 1:] + self.offsets[None]
+        exists = ((at >= 0) & (at < b)).all(-1)
+        flat = ((part[:, None, 0] * b + at[..., 0]) * b + at[..., 1]) * b + at[..., 2]
+        return flat.masked_fill_(~exists, 0), exists
+
+    def points_to_evaluate(self, part: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """Flat indices (P,), in the blocks' order, of the points of new blocks (K, 4) not evaluated yet: each point once,
+        by the first new block that holds it, and none that a block evaluated before holds (nor the coarse points)."""
+        kind, flat = self.closure(part)
+        where, exists = self.neighbours(part)
+        neighbour = state.view(-1)[where].masked_fill_(~exists, UNTOUCHED)
+        taken = (neighbour == DONE) | ((neighbour == NEW) & self.before)
+        skipped = torch.cat([(taken.float() @ self.shared.T) > 0, torch.ones(len(part), 1, dtype=torch.bool, device=part.device)], 1) | self.coarse_kind
+        return flat[~skipped.gather(1, kind)]
+
+    def mark_reached(self, part: torch.Tensor, values: torch.Tensor, level: float, side: torch.Tensor, state: torch.Tensor, reached: torch.Tensor) -> None:
+        """Mark in `reached` (N, B, B, B) the untouched neighbours of evaluated blocks (K, 4) whose shared points lie on the
+        other side of the level from the neighbour's corners (`side`, (N, B, B, B))."""
+        kind, flat = self.closure(part)
+        inside = (values.view(-1)[flat] > level).float()
+        some = [torch.zeros(len(part), 28, device=part.device).scatter_reduce_(1, kind, sides, "amax") for sides in (inside, 1 - inside)]
+        shared_inside, shared_outside = ((s[:, :27] @ self.shared) > 0 for s in some)
+        where, exists = self.neighbours(part)
+        crossed = torch.where(side.view(-1)[where], shared_outside, shared_inside)
+        reached.view(-1)[where[exists & crossed & (state.view(-1)[where] == UNTOUCHED)]] = True

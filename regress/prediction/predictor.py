@@ -44,7 +44,7 @@ class PredictionChoices:
         mesh_resolution: density grid points per axis of the generator's mesh.
         mesh_keep_largest: keep only the largest connected piece of the generator's mesh.
         mesh_coarse_stride: None: the density at every grid point; k: coarse to fine from every k-th point
-            (`geometry.grids.refine_grid`), the same mesh from a small share of the points.
+            (`geometry.grids.refine_grids`), the same mesh from a small share of the points.
         mrc: keep the density grid itself too (for `.mrc` files).
         video_frames: frames of the orbit video (0: no video); video_fps its frame rate.
         orbit_yaw_deg, orbit_pitch_deg: the orbit's swing either side of frontal.
