@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from regress.generators.base import DensityFn, Generator
-from regress.geometry.marching_cubes import CORNERS
+from regress.geometry.marching_cubes import CORNERS, group_sizes
 
 
 def grid_axis(resolution: int, box_size: float) -> np.ndarray:
@@ -171,7 +171,7 @@ def refine_grids(
         state[todo] = NEW
         for part in chosen.split(per_chunk):
             flat = blocks.points_to_evaluate(part, state)
-            per_head = torch.bincount(flat // cube, minlength=count)
+            per_head = group_sizes(flat // cube, count)
             evaluated += per_head
             for n, points in enumerate(flat.split(per_head.tolist())):
                 if len(points):
@@ -215,29 +215,53 @@ class _BlockGrid:
         self.coarse_kind = torch.cat([(kinds != 1).all(-1), torch.ones(1, dtype=torch.bool, device=device)])  # corners (and none)
 
     def interpolate(self, coarse: torch.Tensor) -> torch.Tensor:
-        """The coarse grids (N, B + 1, B + 1, B + 1) trilinearly interpolated to every grid point (N, R, R, R)."""
+        """The coarse grids (N, B + 1, B + 1, B + 1) trilinearly interpolated to every grid point (N, R, R, R), a head at a time."""
         fine = torch.arange(self.resolution, device=coarse.device)
         block = (fine // self.stride).clamp(max=self.count - 1)
         weight = (fine - self.corners[block]) / self.lengths[block]
-        values = coarse
-        for dim in range(1, 4):  # one axis at a time (indexing: far faster than index_select on a CPU)
-            along = (slice(None),) * dim
-            shape = [1, 1, 1, 1]
-            shape[dim] = self.resolution
-            values = values[(*along, block)] * (1 - weight).reshape(shape) + values[(*along, block + 1)] * weight.reshape(shape)
-        return values
+        grids = torch.empty((len(coarse), *(self.resolution,) * 3), dtype=torch.float32, device=coarse.device)
+        for values, grid in zip(coarse, grids):
+            for dim in range(3):  # one axis at a time (indexing: far faster than index_select on a CPU)
+                along = (slice(None),) * dim
+                shape = [1, 1, 1]
+                shape[dim] = self.resolution
+                values = values[(*along, block)] * (1 - weight).reshape(shape) + values[(*along, block + 1)] * weight.reshape(shape)
+            grid.copy_(values)
+        return grids
 
-    def closure(self, part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each block's (K, 4) points: their kind (K, L) and flat index into the heads' grids (N, R, R, R) (0 for none)."""
+    def closure(self, part: torch.Tensor) -> torch.Tensor:
+        """Flat indices (K, L) into the heads' grids (N, R, R, R) of each block's (K, 4) points (0 for those beyond the grid)."""
         r = self.resolution
+        flat, beyond = part[:, :1], torch.zeros(len(part), len(self.local), dtype=torch.bool, device=part.device)
+        for dim in range(3):
+            offset = self.local[:, dim]
+            beyond |= offset > self.lengths[part[:, 1 + dim]][:, None]
+            flat = flat * r + self.corners[part[:, 1 + dim]][:, None] + offset
+        return flat.masked_fill_(beyond, 0)
+
+    def kinds(self, part: torch.Tensor) -> torch.Tensor:
+        """The kind (K, L) of each block's (K, 4) points: per axis 0 at the low end, 1 inside, 2 at the high end; 27 beyond."""
         kind = torch.zeros(len(part), len(self.local), dtype=torch.int64, device=part.device)
-        flat, beyond = part[:, :1], torch.zeros_like(kind, dtype=torch.bool)
+        beyond = torch.zeros_like(kind, dtype=torch.bool)
         for dim in range(3):
             offset, length = self.local[:, dim], self.lengths[part[:, 1 + dim]][:, None]
             kind = kind * 3 + (offset > 0) + (offset >= length)
             beyond |= offset > length
-            flat = flat * r + self.corners[part[:, 1 + dim]][:, None] + offset
-        return kind.masked_fill_(beyond, 27), flat.masked_fill_(beyond, 0)
+        return kind.masked_fill_(beyond, 27)
+
+    def by_kind(self, part: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """Whether any of each block's (K, 4) points (K, L) bool of each kind is set (K, 27), one axis at a time."""
+        span = self.stride + 1
+        points = points.reshape(len(part), span, span, span)
+        for dim in range(1, 4):
+            length = self.lengths[part[:, dim]]
+            at_length = length.reshape(-1, *([1] * 3)).expand(-1, *points.shape[1:]).narrow(dim, 0, 1)
+            inner = (torch.arange(span, device=part.device) > 0) & (torch.arange(span, device=part.device) < length[:, None])
+            shape = [len(part), 1, 1, 1]
+            shape[dim] = span
+            sides = [points.narrow(dim, 0, 1), (points & inner.reshape(shape)).any(dim, keepdim=True), points.gather(dim, at_length)]
+            points = torch.cat(sides, dim)
+        return points.reshape(len(part), 27)
 
     def neighbours(self, part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each block's (K, 4) 27 neighbours: flat index into the heads' blocks (N, B, B, B) and whether they exist (K, 27)."""
@@ -250,7 +274,7 @@ class _BlockGrid:
     def points_to_evaluate(self, part: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """Flat indices (P,), in the blocks' order, of the points of new blocks (K, 4) not evaluated yet: each point once,
         by the first new block that holds it, and none that a block evaluated before holds (nor the coarse points)."""
-        kind, flat = self.closure(part)
+        kind, flat = self.kinds(part), self.closure(part)
         where, exists = self.neighbours(part)
         neighbour = state.view(-1)[where].masked_fill_(~exists, UNTOUCHED)
         taken = (neighbour == DONE) | ((neighbour == NEW) & self.before)
@@ -260,10 +284,8 @@ class _BlockGrid:
     def mark_reached(self, part: torch.Tensor, values: torch.Tensor, level: float, side: torch.Tensor, state: torch.Tensor, reached: torch.Tensor) -> None:
         """Mark in `reached` (N, B, B, B) the untouched neighbours of evaluated blocks (K, 4) whose shared points lie on the
         other side of the level from the neighbour's corners (`side`, (N, B, B, B))."""
-        kind, flat = self.closure(part)
-        inside = (values.view(-1)[flat] > level).float()
-        some = [torch.zeros(len(part), 28, device=part.device).scatter_reduce_(1, kind, sides, "amax") for sides in (inside, 1 - inside)]
-        shared_inside, shared_outside = ((s[:, :27] @ self.shared) > 0 for s in some)
+        inside = values.view(-1)[self.closure(part)] > level
+        shared_inside, shared_outside = ((self.by_kind(part, sides).float() @ self.shared) > 0 for sides in (inside, ~inside))
         where, exists = self.neighbours(part)
         crossed = torch.where(side.view(-1)[where], shared_outside, shared_inside)
         reached.view(-1)[where[exists & crossed & (state.view(-1)[where] == UNTOUCHED)]] = True

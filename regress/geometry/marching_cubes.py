@@ -83,19 +83,18 @@ def marching_cubes(grids: torch.Tensor, level: float) -> tuple[torch.Tensor, tor
     if grids.ndim != 4 or min(grids.shape[1:]) < 2:
         raise ValueError(f"grids must be (N, X, Y, Z) with at least 2 points per axis, got shape {tuple(grids.shape)}")
     n, x, y, z = grids.shape
-    device, inside = grids.device, grids > level
-    codes = torch.zeros((n, x - 1, y - 1, z - 1), dtype=torch.uint8, device=device)
-    for c, (dx, dy, dz) in enumerate(CORNERS):
-        codes |= inside[:, dx : x - 1 + dx, dy : y - 1 + dy, dz : z - 1 + dz].to(torch.uint8) << c
+    device, bits = grids.device, (grids > level).to(torch.uint8)
+    bits = bits[:, :-1] | bits[:, 1:] << 1  # bit c of a cell's code: its corner CORNERS[c] is inside; x, then y, then z
+    bits = bits[:, :, :-1] | bits[:, :, 1:] << 2
+    codes = bits[..., :-1] | bits[..., 1:] << 4
+    del bits
     cells = ((codes != 0) & (codes != 255)).nonzero()  # (K, 4): grid, i, j, k in C order
     table = case_table().to(device)[codes[tuple(cells.T)].long()]  # (K, slots)
     cell, slot = (table >= 0).nonzero(as_tuple=True)  # row-major: triangle corners in order, three by three
-    edge = table[cell, slot]
-    low = torch.tensor([CORNERS[a] for a, _ in EDGES], device=device)[edge]
-    axis = torch.tensor([axis for _, axis in EDGES], device=device)[edge]
-    point = cells[cell, 1:] + low
-    # an edge's id: its low grid point (flat index over all grids) and its axis
-    ids = (((cells[cell, 0] * x + point[:, 0]) * y + point[:, 1]) * z + point[:, 2]) * 3 + axis
+    # an edge's id: its low grid point (flat index over all grids) and its axis; the cell's low corner's, plus the edge's offset
+    cell_ids = (((cells[:, 0] * x + cells[:, 1]) * y + cells[:, 2]) * z + cells[:, 3]) * 3
+    offsets = torch.tensor([((dx * y + dy) * z + dz) * 3 + axis for (dx, dy, dz), axis in ((CORNERS[a], axis) for a, axis in EDGES)], device=device)
+    ids = cell_ids[cell] + offsets[table[cell, slot]]
     ids, faces = torch.unique(ids, sorted=True, return_inverse=True)
     point, axis = ids // 3, ids % 3
     stride = torch.tensor([y * z, z, 1], device=device)[axis]
@@ -107,28 +106,39 @@ def marching_cubes(grids: torch.Tensor, level: float) -> tuple[torch.Tensor, tor
     return vertices, faces.reshape(-1, 3), point // (x * y * z)
 
 
+def group_sizes(groups: torch.Tensor, count: int) -> torch.Tensor:
+    """How many of the sorted group numbers (P,) are each of 0 .. count - 1: a bincount without a GPU's atomic contention."""
+    ends = torch.searchsorted(groups, torch.arange(count + 1, device=groups.device), side="left")
+    return ends[1:] - ends[:-1]
+
+
 def largest_pieces(faces: torch.Tensor, vertex_grid: torch.Tensor, num_grids: int) -> torch.Tensor:
     """Which faces (F,) belong to the piece with the most faces of their grid (vertex-connected; ties: the piece
     with the lowest vertex index), found where the faces live.
 
     Connected components by hooking and pointer jumping: every edge hooks the larger of its two
     roots under the smaller, then every vertex jumps to its root, until no edge joins two roots.
-    Pointers only ever decrease, so each piece ends labelled by its lowest vertex.
+    Pointers only ever decrease, so each piece ends labelled by its lowest vertex. An edge within one
+    piece stays there, so it is dropped (on a GPU, the atomics of a piece's edges on its root would queue).
     """
     num_vertices = len(vertex_grid)
     root = torch.arange(num_vertices, device=faces.device)
-    ends = faces[:, [0, 1]].reshape(-1), faces[:, [1, 2]].reshape(-1)  # two edges per face join its three vertices
+    ends = torch.stack([faces[:, [0, 1]].reshape(-1), faces[:, [1, 2]].reshape(-1)])  # two edges per face join its three vertices
     while True:
-        a, b = root[ends[0]], root[ends[1]]
-        hooked = root.scatter_reduce(0, torch.maximum(a, b), torch.minimum(a, b), reduce="amin")
-        while not torch.equal(jumped := hooked[hooked], hooked):
-            hooked = jumped
-        if torch.equal(hooked, root):
+        a, b = root[ends]
+        joins = a != b
+        if not joins.any():
             break
-        root = hooked
+        ends, a, b = ends[:, joins], a[joins], b[joins]
+        root = root.scatter_reduce(0, torch.maximum(a, b), torch.minimum(a, b), reduce="amin")
+        while not torch.equal(jumped := root[root], root):
+            root = jumped
     face_root = root[faces[:, 0]]
-    sizes = torch.bincount(face_root, minlength=num_vertices)
-    best = torch.zeros(num_grids, dtype=sizes.dtype, device=faces.device).scatter_reduce(0, vertex_grid, sizes, reduce="amax")
-    candidates = torch.where((sizes == best[vertex_grid]) & (sizes > 0), torch.arange(num_vertices, device=faces.device), num_vertices)
-    chosen = torch.full((num_grids,), num_vertices, device=faces.device).scatter_reduce(0, vertex_grid, candidates, reduce="amin")
+    pieces, sizes = torch.unique(face_root, return_counts=True)  # each piece's root (its lowest vertex) and faces
+    grid = vertex_grid[pieces]
+    # per grid the most faces, then the lowest root: the first piece in the order of (grid, fewest missing faces, root)
+    order = torch.argsort((grid * (len(faces) + 1) + len(faces) - sizes) * num_vertices + pieces)
+    grids = torch.arange(num_grids, device=faces.device)
+    first = order[torch.searchsorted(grid[order], grids).clamp(max=len(pieces) - 1)]
+    chosen = torch.where(grid[first] == grids, pieces[first], num_vertices)  # none for a grid without faces
     return face_root == chosen[vertex_grid[faces[:, 0]]]

@@ -12,7 +12,7 @@ import trimesh
 
 from regress.camera import camera_rays
 from regress.generators.base import Generator
-from regress.geometry.marching_cubes import largest_pieces, marching_cubes
+from regress.geometry.marching_cubes import group_sizes, largest_pieces, marching_cubes
 
 
 def extract_meshes(
@@ -35,11 +35,11 @@ def extract_meshes(
         used[faces.reshape(-1)] = True
         renumber = torch.cumsum(used, 0) - 1  # kept vertices keep their order
         vertices, vertex_grid, faces = vertices[used], vertex_grid[used], renumber[faces]
-    vertex_counts = torch.bincount(vertex_grid, minlength=count)
+    vertex_counts = group_sizes(vertex_grid, count)
     face_grid = vertex_grid[faces[:, 0]]
     faces = faces - (torch.cumsum(vertex_counts, 0) - vertex_counts)[face_grid][:, None]
     spacing = box_size / (grids.shape[1] - 1)
-    return vertices * spacing - box_size / 2, faces, vertex_counts, torch.bincount(face_grid, minlength=count)
+    return vertices * spacing - box_size / 2, faces, vertex_counts, group_sizes(face_grid, count)
 
 
 def grids_to_ply(grids: torch.Tensor, level: float, box_size: float, keep_largest: bool = True) -> list[memoryview]:
