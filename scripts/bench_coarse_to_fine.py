@@ -61,7 +61,7 @@ def measure(generator: Generator, w: torch.Tensor, level: float, resolutions: li
             rows.append((resolution, "dense", resolution**3, grid_seconds, mesh_seconds, "–"))
         for stride in strides:
             refined, grid_seconds = timed(device, lambda: coarse_to_fine_grid(generator, w, resolution, stride, level))
-            files, mesh_seconds = timed(device, lambda: grids_to_ply(refined.values, level, generator.box_size))
+            files, mesh_seconds = timed(device, lambda grids=refined.values: grids_to_ply(grids, level, generator.box_size))
             agreement = _agreement([bytes(f) for f in files], dense_files, generator.box_size / (resolution - 1))
             rows.append((resolution, f"coarse to fine, stride {stride}", float(np.mean(refined.points_evaluated)), grid_seconds, mesh_seconds, agreement))
             del refined

@@ -12,7 +12,7 @@ from skimage import measure
 
 from regress.camera import camera_rays, frontal_camera, make_cameras
 from regress.generators import GeneratorSpec
-from regress.geometry.grids import available_memory_bytes, coarse_to_fine_grid, density_grid, grid_axis, grid_memory_bytes, grids_that_fit, refine_grids
+from regress.geometry.grids import available_memory_bytes, coarse_to_fine_grid, density_grid, grid_axis, grid_memory_bytes, grids_that_fit, heads_alone, heads_together, refine_grids
 from regress.geometry.marching_cubes import EDGES, case_table, marching_cubes
 from regress.geometry.meshes import depth_to_mesh, extract_meshes, grid_to_mesh, grids_to_ply, mesh_from_ply, mesh_to_ply
 from tests.eg3d_tiny import TINY_EG3D
@@ -237,10 +237,25 @@ def test_coarse_to_fine_follows_the_surface_and_misses_only_pieces_away_from_it(
     grid = torch.cartesian_prod(axis, axis, axis)[None]
     dense, no_droplet = (field(grid, droplet).reshape(1, 33, 33, 33) for droplet in (True, False))
     ply = lambda grids, keep_largest=False: [bytes(f) for f in grids_to_ply(grids, 0.0, 2.0, keep_largest)]  # noqa: E731
-    followed, [points] = refine_grids([field], axis, 0.0, stride=8, margin=0)
+    followed, [points] = refine_grids(heads_alone([field], axis), 1, axis, 0.0, stride=8, margin=0)
     assert ply(followed) == ply(no_droplet) != ply(dense)  # the rod in full, the droplet missed
     assert ply(followed, keep_largest=True) == ply(dense, keep_largest=True) and points < 33**3 / 2
-    assert ply(refine_grids([field], axis, 0.0, stride=8, margin=1)[0]) == ply(dense)  # the droplet's block is next to the sphere's
+    assert ply(refine_grids(heads_alone([field], axis), 1, axis, 0.0, stride=8, margin=1)[0]) == ply(dense)  # the droplet's block is next to the sphere's
+
+
+def test_heads_refined_in_one_call_give_each_head_its_own_grid():
+    """Spheres of three sizes (so the heads' point counts differ and the shorter ones are padded), in one call of a
+    field that computes each point alone, against each head alone, in chunks small enough to take several calls."""
+    axis = torch.as_tensor(grid_axis(41, 2.0), dtype=torch.float32)
+    radii = torch.tensor([0.3, 0.55, 0.8])
+    field = lambda points: (radii[:, None] - points.norm(dim=-1))[..., None]  # noqa: E731  (N, P, 3) -> (N, P, 1)
+    alone = [lambda points, r=r: (r - points.norm(dim=-1))[..., None] for r in radii]
+    (together, together_points), (each, each_points) = (
+        refine_grids(densities, 3, axis, 0.0, stride=4) for densities in (heads_together(field, axis, chunk_points=3000), heads_alone(alone, axis))
+    )
+    assert torch.equal(together, each) and together_points == each_points
+    assert together_points[0] < together_points[1] < together_points[2] < 41**3 / 2
+    assert [bytes(f) for f in grids_to_ply(together, 0.0, 2.0)] == [bytes(f) for f in grids_to_ply(field(torch.cartesian_prod(axis, axis, axis)[None]).reshape(3, 41, 41, 41), 0.0, 2.0)]
 
 
 def test_coarse_to_fine_grids_of_eg3d_differ_only_by_small_pieces_off_the_refined_blocks():
@@ -269,6 +284,22 @@ def test_coarse_to_fine_grids_on_the_gpu_give_the_dense_largest_piece_and_the_cp
         for other in others:
             assert abs(len(ours.faces) - len(other.faces)) <= len(other.faces) // 1000
             assert cKDTree(other.vertices).query(ours.vertices)[0].max() < 1e-4
+
+
+@pytest.mark.gpu
+def test_coarse_to_fine_grids_of_the_fused_field_take_all_heads_at_once_and_give_the_dense_meshes():
+    """Where the fused float16 kernel runs (each point alone), the heads are refined in one call each round: the same
+    bytes as the dense grid's meshes."""
+    torch.manual_seed(0)
+    generator = GeneratorSpec("eg3d", options={**TINY_EG3D, "triplane_channels": 16, "render_precision": "float16"}).create().to("cuda")
+    with torch.inference_mode():
+        w = generator.mapping(torch.randn(3, 32).cuda(), frontal_camera(3).cuda())
+        assert generator.batched_density_fn(w) is not None
+        dense = density_grid(generator, w, 64)
+        level = float(torch.quantile(dense[0].flatten(), 0.8))
+        refined = coarse_to_fine_grid(generator, w, 64, 8, level)
+    assert max(refined.points_evaluated) < 64**3 / 2
+    assert [bytes(f) for f in grids_to_ply(refined.values, level, generator.box_size)] == [bytes(f) for f in grids_to_ply(dense, level, generator.box_size)]
 
 
 def test_grids_are_meshed_as_many_at_once_as_fit_and_an_impossible_grid_is_refused():

@@ -69,7 +69,8 @@ def in_own_precision(method: Callable) -> Callable:
 class Generator(nn.Module, abc.ABC):
     """A 3D-aware face generator: z + camera -> w -> image, depth, mask; density for meshes.
 
-    Optional capabilities have defaults: `density_fns` (density per latent, for meshes), `point_colours` (None:
+    Optional capabilities have defaults: `density_fns` (density per latent, for meshes), `batched_density_fn` (None:
+    no density of all latents in one call that is the same per point whatever the batch), `point_colours` (None:
     no colour of its own; `colour_fns` per latent) and
     `landmarks_3d` (None: the backend has no 3D landmarks, camera fits use a template).
     `mapping`, `synthesis`, `density` and `landmarks_3d` of every backend run in the backend's own
@@ -158,6 +159,12 @@ class Generator(nn.Module, abc.ABC):
         Backends whose density has a per-latent part worth computing once (EG3D's tri-planes) override this.
         """
         return [lambda points, i=i: self.density(points, w[i : i + 1]) for i in range(len(w))]
+
+    def batched_density_fn(self, w: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """One density function of world points (N, P, 3) -> (N, P, 1) for all latents of w at once, where each point's
+        value is computed alone (whatever else is in the batch, the same bits), so density grids take one call for all
+        heads and still do not depend on their batch; None (the default) where that does not hold: `density_fns`."""
+        return None
 
     def point_colours(self, points: torch.Tensor, w: torch.Tensor) -> torch.Tensor | None:
         """The generator's own colour (N, P, 3) in [0, 1] at world points (N, P, 3), before any lighting or

@@ -122,10 +122,50 @@ def coarse_to_fine_grid(
 ) -> RefinedGrids:
     """`density_grid`'s grids, evaluated point by point only in the blocks of `stride`^3 cells the surface at `level`
     passes through (`refine_grids`); their marching cubes at `level` are the dense grids' but for pieces the coarse grid
-    never sees (see there). Each latent's field alone, in chunks, as `density_grid`."""
+    never sees (see there). Each latent's field alone, in chunks of `chunk_points`, as `density_grid`; or all at once
+    where the generator has a density that computes each point alone (`Generator.batched_density_fn`)."""
     box_size = generator.box_size if box_size is None else box_size
     axis = torch.as_tensor(grid_axis(resolution, box_size), dtype=torch.float32, device=w.device)
-    return RefinedGrids(*refine_grids(generator.density_fns(w), axis, level, stride, margin, chunk_points))
+    together = generator.batched_density_fn(w)
+    densities = heads_alone(generator.density_fns(w), axis, chunk_points) if together is None else heads_together(together, axis, chunk_points * len(w))
+    return RefinedGrids(*refine_grids(densities, len(w), axis, level, stride, margin))
+
+
+HeadDensities = Callable[[torch.Tensor, list[int]], torch.Tensor]
+"""Densities (P,) at grid points (P, 3) given head after head, sizes[n] of head n: how refinement evaluates the heads."""
+
+
+def heads_alone(densities: Sequence[DensityFn], axis: torch.Tensor, chunk_points: int = 2**20) -> HeadDensities:
+    """Each head's density function (1, P, 3) -> (1, P, 1) on its own points, in chunks: a head's grid does not
+    depend on the others."""
+
+    def evaluate(index: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        parts = [_evaluate(density, axis, points, chunk_points) for density, points in zip(densities, index.split(sizes)) if len(points)]
+        return torch.cat(parts) if parts else torch.empty(0, device=axis.device)
+
+    return evaluate
+
+
+def heads_together(density: Callable[[torch.Tensor], torch.Tensor], axis: torch.Tensor, chunk_points: int = 2**20) -> HeadDensities:
+    """One density function of all heads (N, P, 3) -> (N, P, 1), each point's value its own (so a grid still does not
+    depend on the others), called on the heads' points side by side, padded to the longest: a call for all heads."""
+
+    def evaluate(index: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        count, longest, device = len(sizes), max(sizes, default=0), index.device
+        counts = torch.tensor(sizes, device=device)
+        head = torch.repeat_interleave(torch.arange(count, device=device), counts, output_size=len(index))
+        position = torch.arange(len(index), device=device) - (torch.cumsum(counts, 0) - counts)[head]
+        values = torch.empty(len(index), device=device)
+        step = max(1, chunk_points // max(count, 1))
+        for start in range(0, longest, step):
+            chosen = ((position >= start) & (position < start + step)).nonzero()[:, 0] if longest > step else slice(None)
+            at = (head[chosen], position[chosen] - start)
+            padded = torch.zeros(count, min(step, longest - start), 3, dtype=index.dtype, device=device)
+            padded[at] = index[chosen]
+            values[chosen] = density(axis[padded]).reshape(padded.shape[:2])[at].float()
+        return values
+
+    return evaluate
 
 
 UNTOUCHED, NEW, DONE = 0, 1, 2  # a block's state while refining: not (yet) evaluated, evaluated now, evaluated before
@@ -133,10 +173,10 @@ BLOCK_CHUNK_POINTS = 2**24  # block points handled at once by the bookkeeping (a
 
 
 def refine_grids(
-    densities: Sequence[DensityFn], axis: torch.Tensor, level: float, stride: int, margin: int = COARSE_MARGIN, chunk_points: int = 2**20
+    densities: HeadDensities, count: int, axis: torch.Tensor, level: float, stride: int, margin: int = COARSE_MARGIN
 ) -> tuple[torch.Tensor, list[int]]:
-    """Density functions (1, P, 3) -> (1, P, 1), one per head, on the grid axis^3, evaluated coarse to fine; the grids
-    (N, R, R, R) and the points each function was evaluated at.
+    """`count` heads' densities (`heads_alone` or `heads_together`) on the grid axis^3, evaluated coarse to fine; the
+    grids (N, R, R, R) and the points each head was evaluated at.
 
     The grid's cells are cut into blocks of `stride` cells a side (the last ones shorter), whose corners form a coarse
     grid evaluated first. Blocks whose corners straddle `level`, and `margin` blocks around them, are evaluated at every
@@ -151,11 +191,11 @@ def refine_grids(
 
     All heads' blocks are handled together, a few launches a round of the surface-following, whatever their number.
     """
-    resolution, device, count = len(axis), axis.device, len(densities)
+    resolution, device = len(axis), axis.device
     check_coarse_stride(stride)
     blocks = _BlockGrid(resolution, stride, device)
     coarse_points = torch.cartesian_prod(blocks.corners, blocks.corners, blocks.corners)
-    coarse = torch.stack([_evaluate(density, axis, coarse_points, chunk_points) for density in densities]).reshape(count, *(blocks.count + 1,) * 3)
+    coarse = densities(coarse_points.repeat(count, 1), [len(coarse_points)] * count).reshape(count, *(blocks.count + 1,) * 3)
     values = blocks.interpolate(coarse)
     inside = coarse > level
     corner_sides = torch.stack([inside[:, dx : blocks.count + dx, dy : blocks.count + dy, dz : blocks.count + dz] for dx, dy, dz in CORNERS])
@@ -173,11 +213,9 @@ def refine_grids(
             flat = blocks.points_to_evaluate(part, state)
             per_head = group_sizes(flat // cube, count)
             evaluated += per_head
-            for n, points in enumerate(flat.split(per_head.tolist())):
-                if len(points):
-                    within = points - n * cube  # flat index i -> (x, y, z) = (i // R^2, i // R % R, i % R)
-                    index = torch.stack([within // resolution**2, within // resolution % resolution, within % resolution], 1)
-                    values.view(-1)[points] = _evaluate(densities[n], axis, index, chunk_points)
+            within = flat % cube  # flat index i -> (x, y, z) = (i // R^2, i // R % R, i % R)
+            index = torch.stack([within // resolution**2, within // resolution % resolution, within % resolution], 1)
+            values.view(-1)[flat] = densities(index, per_head.tolist())
         reached = torch.zeros_like(todo)
         for part in chosen.split(per_chunk):
             blocks.mark_reached(part, values, level, side, state, reached)

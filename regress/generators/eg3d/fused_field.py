@@ -28,13 +28,19 @@ SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus: x itself above it
 
 
 def supported(planes: torch.Tensor, decoder: OSGDecoder) -> bool:
-    """Whether the fused kernel can run: Triton present, float16 planes on a GPU, widths that tl.dot takes, and no
-    gradient wanted through the planes (the kernel has no backward: projection and pivotal tuning, whose planes
-    come from a latent or weights being optimized, take the differentiable path)."""
+    """Whether the fused kernel can run: on these planes (`kernel_runs`), with no gradient wanted through them (the
+    kernel has no backward: projection and pivotal tuning, whose planes come from a latent or weights being optimized,
+    take the differentiable path)."""
+    wants_grad = torch.is_grad_enabled() and planes.requires_grad
+    return kernel_runs(planes.dtype, planes.device, decoder) and not wants_grad
+
+
+def kernel_runs(dtype: torch.dtype, device: torch.device, decoder: OSGDecoder) -> bool:
+    """Whether the fused kernel takes planes of this dtype on this device: Triton present, float16 on a GPU, widths that
+    tl.dot takes. It computes each point alone, in registers: a point's value does not depend on its batch."""
     channels, hidden = decoder.net[0].weight.shape[1], decoder.net[0].weight.shape[0]
     powers = all(k >= 16 and k & (k - 1) == 0 for k in (channels, hidden))
-    wants_grad = torch.is_grad_enabled() and planes.requires_grad
-    return triton is not None and planes.is_cuda and planes.dtype == torch.float16 and powers and not wants_grad
+    return triton is not None and torch.device(device).type == "cuda" and dtype == torch.float16 and powers
 
 
 def fused_field(

@@ -26,7 +26,7 @@ from regress.generators.eg3d.checkpoint import (
     save_converted,
 )
 from regress.generators.eg3d.config import EG3DConfig
-from regress.generators.eg3d.fused_field import fused_field, supported
+from regress.generators.eg3d.fused_field import fused_field, kernel_runs, supported
 from regress.generators.eg3d.jitter import keyed_uniform, seed_keys
 from regress.generators.eg3d.renderer import ImportanceRenderer, OSGDecoder, sample_triplanes
 from regress.generators.eg3d.superresolution import SuperResolution
@@ -159,6 +159,13 @@ class EG3DGenerator(Generator):
         """The tri-planes of all of w computed once, then queried per latent."""
         planes = self.planes(w)
         return [lambda points, i=i: self.density_from_planes(planes[i : i + 1], points) for i in range(len(w))]
+
+    def batched_density_fn(self, w: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """All latents' densities in one call where the fused kernel runs (it computes each point alone); else None."""
+        if torch.is_grad_enabled() or not kernel_runs(self.field_dtype, w.device, self.decoder):
+            return None
+        planes = self.planes(w)
+        return lambda points: self.density_from_planes(planes, points)
 
     def point_colours(self, points: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """The tri-plane decoder's RGB (N, P, 3) in [0, 1]: the first three feature channels, which composite to `image_raw`."""
