@@ -270,7 +270,7 @@ def test_central_differences_are_exact_on_a_quadratic():
 def test_camera_gradient_by_differences_brings_back_a_camera_autograd_loses():
     """`camera_gradient="differences"`: on an analytic head whose autograd camera gradient points away from the
     true camera (seed 3006, yaw -0.11, pitch 0.04, 5 degrees off at 12 degrees: autograd's camera-only phase ends
-    2.4 degrees off), the same phase with central differences comes back within half a degree; the setting is
+    2.5 degrees off), the same phase with central differences comes back within half a degree; the setting is
     recorded only when it is on."""
     generator = GeneratorSpec("analytic", options={"image_resolution": 64, "render_resolution": 64, "depth_resolution": 64}).create()
     true = make_cameras(torch.tensor([-0.11]), torch.tensor([0.04]))
@@ -280,11 +280,11 @@ def test_camera_gradient_by_differences_brings_back_a_camera_autograd_loses():
     with torch.no_grad():
         target = generator.synthesis(w, true)["image"]
     config = ProjectionConfig(
-        space="w+", steps=0, spread_samples=50, optimize_camera=True, camera_lr=0.004, camera_first_steps=60, camera_gradient="differences"
+        space="w+", steps=0, spread_samples=50, optimize_camera=True, camera_lr=0.006, camera_first_steps=40, camera_gradient="differences"
     )
     result = project(generator, target, start, config, init=w)
     assert axis_angle(start[0], true[0]) == pytest.approx(5.0, abs=0.1)
-    assert axis_angle(result.camera[0], true[0]) < 0.5  # 0.07 on the 2-core CPU machine (autograd: 2.4)
+    assert axis_angle(result.camera[0], true[0]) < 0.5  # 0.28 on the 2-core CPU machine (autograd: 2.5)
     assert config.record()["camera_gradient"] == "differences" and config.record()["camera_difference_step"] == 0.002
     assert "camera_gradient" not in dataclasses.replace(config, camera_gradient="autograd").record()
     assert "camera_gradient" not in dataclasses.replace(config, optimize_camera=False).record()
