@@ -266,6 +266,12 @@ def test_central_differences_are_exact_on_a_quadratic():
     assert torch.allclose(central_differences(loss, x, 0.1), expected, atol=1e-12)
 
 
+def test_an_unknown_camera_gradient_is_refused(analytic):
+    _, camera, target = _known_target(analytic, 3, 0.0, 0.0)
+    with pytest.raises(ValueError, match="camera_gradient must be 'autograd' or 'differences', got 'finite'"):
+        project(analytic, target, camera, ProjectionConfig(steps=1, spread_samples=10, optimize_camera=True, camera_gradient="finite"))
+
+
 @pytest.mark.slow
 def test_camera_gradient_by_differences_brings_back_a_camera_autograd_loses():
     """`camera_gradient="differences"`: on an analytic head whose autograd camera gradient points away from the

@@ -212,6 +212,8 @@ def project(
     rows = 1 if config.space == "w" else generator.num_ws
     if config.space not in ("w", "w+"):
         raise ValueError(f"projection space must be 'w' or 'w+', got {config.space!r}")
+    if config.camera_gradient not in ("autograd", "differences"):
+        raise ValueError(f"camera_gradient must be 'autograd' or 'differences', got {config.camera_gradient!r}")
     latent = start_latent(generator, rows, target.shape[0], init).requires_grad_(True)
     correction = torch.zeros(target.shape[0], 4, device=device, requires_grad=config.optimize_camera)
     groups = [{"params": [latent], "scale": 1.0}]
@@ -220,7 +222,6 @@ def project(
     optimizer = torch.optim.Adam(groups, lr=config.lr, betas=(0.9, 0.999))
     prior = torch.tensor([math.radians(config.camera_prior_deg)] * 3 + [config.camera_prior_distance], device=device)
     noise_rng = torch.Generator(device="cpu").manual_seed(config.seed)
-
     by_differences = config.optimize_camera and config.camera_gradient == "differences"
 
     def image_loss(w: torch.Tensor, turn: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -237,8 +238,8 @@ def project(
     def backward(loss: torch.Tensor, w: torch.Tensor, inputs: list[torch.Tensor]) -> None:
         loss.sum().backward(inputs=inputs)
         if by_differences:
-            differences = central_differences(lambda turn: image_loss(w.detach(), turn)[0], correction.detach(), config.camera_difference_step)
-            correction.grad += differences
+            step = config.camera_difference_step
+            correction.grad += central_differences(lambda turn: image_loss(w.detach(), turn)[0], correction.detach(), step)
 
     def record(step: int, lr: float, loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> dict[str, float]:
         return {"step": step, "lr": lr, "loss": float(loss.detach().mean()), **{k: float(v.detach().mean()) for k, v in parts.items()}}
