@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--camera_lr", type=float, default=ProjectionConfig.camera_lr)
     parser.add_argument("--camera_prior_weight", type=float, default=ProjectionConfig.camera_prior_weight)
     parser.add_argument("--camera_first_steps", type=int, default=ProjectionConfig.camera_first_steps, help="camera-only steps first")
+    parser.add_argument("--camera_gradient", choices=["autograd", "differences"], default=ProjectionConfig.camera_gradient)
+    parser.add_argument("--camera_difference_step", type=float, default=ProjectionConfig.camera_difference_step)
     parser.add_argument("--from_true_latent", action="store_true", help="start both projections from the heads' own latents")
     args = parser.parse_args()
     size = args.resolution
@@ -66,7 +68,8 @@ def main() -> None:
     fixed = ProjectionConfig(steps=args.steps, lr=args.lr, noise=args.noise, spread_samples=200)
     refine = dataclasses.replace(
         fixed, optimize_camera=True, camera_lr=args.camera_lr, camera_prior_weight=args.camera_prior_weight,
-        camera_first_steps=args.camera_first_steps,
+        camera_first_steps=args.camera_first_steps, camera_gradient=args.camera_gradient,
+        camera_difference_step=args.camera_difference_step,
     )
     start_time = time.perf_counter()
     angles, refined_psnr, fixed_psnr, start_angles = [], [], [], []
@@ -80,12 +83,13 @@ def main() -> None:
             fixed_psnr.append(psnr(generator.synthesis(reference.w, true)["image"], target))
         angles.append(rotation_angle_deg(refined.camera, true))
         start_angles.append(rotation_angle_deg(start, true))
-        print(f"seeds {seeds.start}-{seeds.stop - 1}: angles {[round(a, 2) for a in angles[-1].tolist()]}", flush=True)
+        print(f"seeds {seeds.start}-{seeds.stop - 1}: angles {[round(a, 2) for a in angles[-1].tolist()]}, "
+              f"PSNR refined {[round(d, 1) for d in refined_psnr[-1].tolist()]}, fixed {[round(d, 1) for d in fixed_psnr[-1].tolist()]}", flush=True)  # fmt: skip
     angle, before = torch.cat(angles), torch.cat(start_angles)
     refined_db, fixed_db = torch.cat(refined_psnr), torch.cat(fixed_psnr)
     from_latent = "their own latents" if args.from_true_latent else "the mean latent"
     print(f"\n{len(angle)} seeds from {args.seeds} (from {from_latent}), {size}px, {args.camera_first_steps} camera-first + {args.steps} steps, lr {args.lr}, "
-          f"camera_lr {args.camera_lr}: "
+          f"camera_lr {args.camera_lr}, camera gradient by {args.camera_gradient}: "
           f"{time.perf_counter() - start_time:.0f} s")  # fmt: skip
     print(f"start: mean {before.mean():.2f}°")
     print(f"within 0.5°: {(angle < 0.5).float().mean():.1%}; mean {angle.mean():.2f}°, median {angle.median():.2f}°, worst {angle.max():.2f}°")

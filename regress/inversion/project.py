@@ -6,7 +6,8 @@ ramp up and cosine ramp down, and latent noise that fades out early. The image l
 plus (1 - MS-SSIM), plus an LPIPS-style VGG distance when its weights are given. Pivotal tuning
 (PTI) then fits a copy of the generator's weights around the found latent. With `optimize_camera`, a
 small correction of each camera (yaw, pitch, roll, distance; camera.adjust_cameras) is optimized with
-the latent under a Gaussian prior, for cameras fitted to landmarks that are a few degrees off.
+the latent under a Gaussian prior, for cameras fitted to landmarks that are a few degrees off; its gradient
+comes from autograd or, for renderers whose camera gradient is only approximate, from central differences.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -49,6 +51,10 @@ class ProjectionConfig:
         camera_first_steps: with `optimize_camera`, steps before the projection's in which only the correction moves
             (the latent held at its start, no noise; the same schedule over these steps), so the latent cannot
             absorb the camera's error; 0 optimizes both together from the start.
+        camera_gradient: how the image loss's gradient in the correction is found: `autograd`, or `differences`
+            (central differences, `camera_difference_step` apart in each of the four numbers: eight more renders
+            without backward per image and step), for renderers whose camera gradient is only approximate (the
+            analytic head's comes from pixel-wide edges and points the wrong way on some heads).
     """
 
     space: Literal["w", "w+"] = "w"
@@ -72,6 +78,8 @@ class ProjectionConfig:
     camera_prior_distance: float = 0.05
     camera_prior_weight: float = 1e-3
     camera_first_steps: int = 0
+    camera_gradient: Literal["autograd", "differences"] = "autograd"
+    camera_difference_step: float = 0.002
 
     def record(self) -> dict:
         """The settings as a pairs set records them: the camera correction's only when it is on (older sets still resume)."""
@@ -81,6 +89,8 @@ class ProjectionConfig:
             del settings[name]
         if not (self.optimize_camera and self.camera_first_steps):
             del settings["camera_first_steps"]
+        if not (self.optimize_camera and self.camera_gradient != "autograd"):
+            del settings["camera_gradient"], settings["camera_difference_step"]
         return settings
 
 
@@ -167,6 +177,17 @@ def start_latent(generator: Generator, rows: int, count: int, init: torch.Tensor
     return init.mean(1, keepdim=True) if rows == 1 else init.clone()
 
 
+@torch.no_grad()
+def central_differences(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, step: float) -> torch.Tensor:
+    """The gradient (N, K) of a per-row loss (N, K) -> (N,) at x (N, K), by central differences `step` apart."""
+    columns = []
+    for k in range(x.shape[1]):
+        shift = torch.zeros_like(x)
+        shift[:, k] = step
+        columns.append((loss(x + shift) - loss(x - shift)) / (2 * step))
+    return torch.stack(columns, dim=1)
+
+
 def project(
     generator: Generator,
     target: torch.Tensor,
@@ -191,6 +212,8 @@ def project(
     rows = 1 if config.space == "w" else generator.num_ws
     if config.space not in ("w", "w+"):
         raise ValueError(f"projection space must be 'w' or 'w+', got {config.space!r}")
+    if config.camera_gradient not in ("autograd", "differences"):
+        raise ValueError(f"camera_gradient must be 'autograd' or 'differences', got {config.camera_gradient!r}")
     latent = start_latent(generator, rows, target.shape[0], init).requires_grad_(True)
     correction = torch.zeros(target.shape[0], 4, device=device, requires_grad=config.optimize_camera)
     groups = [{"params": [latent], "scale": 1.0}]
@@ -199,14 +222,24 @@ def project(
     optimizer = torch.optim.Adam(groups, lr=config.lr, betas=(0.9, 0.999))
     prior = torch.tensor([math.radians(config.camera_prior_deg)] * 3 + [config.camera_prior_distance], device=device)
     noise_rng = torch.Generator(device="cpu").manual_seed(config.seed)
+    by_differences = config.optimize_camera and config.camera_gradient == "differences"
+
+    def image_loss(w: torch.Tensor, turn: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cameras = adjust_cameras(camera, turn) if config.optimize_camera else camera
+        return loss_fn(generator.synthesis(w.expand(-1, generator.num_ws, -1), cameras)["image"], target)
 
     def render_loss(w: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        cameras = adjust_cameras(camera, correction) if config.optimize_camera else camera
-        loss, parts = loss_fn(generator.synthesis(w.expand(-1, generator.num_ws, -1), cameras)["image"], target)
+        loss, parts = image_loss(w, correction.detach() if by_differences else correction)
         if config.optimize_camera:
             parts["camera_prior"] = config.camera_prior_weight * (correction / prior).square().sum(1)
             loss = loss + parts["camera_prior"]
         return loss, parts
+
+    def backward(loss: torch.Tensor, w: torch.Tensor, inputs: list[torch.Tensor]) -> None:
+        loss.sum().backward(inputs=inputs)
+        if by_differences:
+            step = config.camera_difference_step
+            correction.grad += central_differences(lambda turn: image_loss(w.detach(), turn)[0], correction.detach(), step)
 
     def record(step: int, lr: float, loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> dict[str, float]:
         return {"step": step, "lr": lr, "loss": float(loss.detach().mean()), **{k: float(v.detach().mean()) for k, v in parts.items()}}
@@ -219,7 +252,7 @@ def project(
         camera_optimizer.param_groups[0]["lr"] = lr * config.camera_lr / config.lr
         loss, parts = render_loss(latent.detach())
         camera_optimizer.zero_grad(set_to_none=True)
-        loss.sum().backward(inputs=[correction])
+        backward(loss, latent, [correction])
         camera_optimizer.step()
         losses.append(record(step, lr, loss, parts))
     for step in tqdm(range(config.steps), desc="project", disable=not progress, leave=False):
@@ -229,9 +262,10 @@ def project(
             group["lr"] = lr * group["scale"]
         noise_scale = spread * config.noise * max(0.0, 1.0 - t / config.noise_ramp) ** 2
         noise = torch.randn(latent.shape, generator=noise_rng).to(device) * noise_scale
-        loss, parts = render_loss(latent + noise)
+        noisy = latent + noise
+        loss, parts = render_loss(noisy)
         optimizer.zero_grad(set_to_none=True)
-        loss.sum().backward(inputs=[latent, correction] if config.optimize_camera else [latent])
+        backward(loss, noisy, [latent, correction] if config.optimize_camera else [latent])
         optimizer.step()
         losses.append(record(first_steps + step, lr, loss, parts))
     w = latent.detach().expand(-1, generator.num_ws, -1).clone()
