@@ -27,7 +27,8 @@ def grid_axis(resolution: int, box_size: float) -> np.ndarray:
 
 def grid_memory_bytes(resolution: int, grids_in_flight: int = 1, coarse_to_fine: bool = False) -> int:
     """Memory for meshing: the float32 grids held at once and marching cubes' masks and cube codes (about 6 bytes a point);
-    coarse to fine, the one grid under refinement's masks and interpolation (about 12 bytes a point) besides."""
+    coarse to fine, besides, the stand-ins of the one grid being interpolated (about 12 bytes a point). The refinement's
+    bookkeeping, a chunk of blocks at a time (`BLOCK_CHUNK_POINTS`), is left to the 20 % that `grids_that_fit` keeps."""
     return 10 * resolution**3 * grids_in_flight + 12 * resolution**3 * coarse_to_fine
 
 
