@@ -209,7 +209,7 @@ def refine_grids(
     per_chunk = max(1, BLOCK_CHUNK_POINTS // len(blocks.local))
     cube = resolution**3
     while (chosen := todo.nonzero()).numel():
-        state[todo] = NEW
+        state.masked_fill_(todo, NEW)
         for part in chosen.split(per_chunk):
             flat = blocks.points_to_evaluate(part, state)
             per_head = group_sizes(flat // cube, count)
@@ -217,11 +217,11 @@ def refine_grids(
             within = flat % cube  # flat index i -> (x, y, z) = (i // R^2, i // R % R, i % R)
             index = torch.stack([within // resolution**2, within // resolution % resolution, within % resolution], 1)
             values.view(-1)[flat] = densities(index, per_head.tolist())
-        reached = torch.zeros_like(todo)
+        reached = torch.zeros(todo.numel() + 1, dtype=torch.bool, device=device)  # the last: where the unreached go
         for part in chosen.split(per_chunk):
             blocks.mark_reached(part, values, level, side, state, reached)
-        state[state == NEW] = DONE
-        todo = reached & (state == UNTOUCHED)
+        state.masked_fill_(state == NEW, DONE)
+        todo = reached[:-1].view(todo.shape) & (state == UNTOUCHED)
     return values, evaluated.tolist()
 
 
@@ -321,10 +321,12 @@ class _BlockGrid:
         return flat[~skipped.gather(1, kind)]
 
     def mark_reached(self, part: torch.Tensor, values: torch.Tensor, level: float, side: torch.Tensor, state: torch.Tensor, reached: torch.Tensor) -> None:
-        """Mark in `reached` (N, B, B, B) the untouched neighbours of evaluated blocks (K, 4) whose shared points lie on the
-        other side of the level from the neighbour's corners (`side`, (N, B, B, B))."""
+        """Mark in `reached` (N·B³ + 1,) the untouched neighbours (flat index into (N, B, B, B)) of evaluated blocks
+        (K, 4) whose shared points lie on the other side of the level from the neighbour's corners (`side`, (N, B, B, B));
+        the last element takes the marks of the others, so that no count of them is waited for."""
         inside = values.view(-1)[self.closure(part)] > level
         shared_inside, shared_outside = ((self.by_kind(part, sides).float() @ self.shared) > 0 for sides in (inside, ~inside))
         where, exists = self.neighbours(part)
         crossed = torch.where(side.view(-1)[where], shared_outside, shared_inside)
-        reached.view(-1)[where[exists & crossed & (state.view(-1)[where] == UNTOUCHED)]] = True
+        marked = exists & crossed & (state.view(-1)[where] == UNTOUCHED)
+        reached[where.masked_fill_(~marked, len(reached) - 1)] = True
