@@ -51,7 +51,8 @@ def render_batches(
         for first in range(0, len(seeds), batch_size):
             batch_seeds = seeds[first : first + batch_size]
             with torch.inference_mode(), clock("render: sample"):
-                batch = generator.sample(batch_seeds, mixture, psi=settings["psi"], cutoff=settings["cutoff"], jitter=settings["jitter"])
+                batch = generator.sample(batch_seeds, mixture, psi=settings["psi"], cutoff=settings["cutoff"], jitter=settings["jitter"],
+                                         keep_density_state=bool(settings["mesh"]))  # fmt: skip
                 copies, copied = _copy_to_host({k: batch[k] for k in ARRAY_FIELDS if k in batch})
             if pending is not None:
                 yield _finish(generator, pending, settings["mesh"], grids_at_once, clock)
@@ -87,9 +88,12 @@ def _finish(generator: Generator, queued: _QueuedBatch, mesh: dict[str, Any] | N
     with torch.inference_mode():
         if mesh:
             meshes, coarse_stride = [], mesh.get("coarse_to_fine", {}).get("stride")
-            for w in queued.batch["w"].split(grids_at_once):
+            w, state = queued.batch["w"], queued.batch.pop("density_state")
+            for first in range(0, len(w), grids_at_once):
+                part = slice(first, first + grids_at_once)
                 with clock("render: density grids"):
-                    grids = density_grid(generator, w, mesh["resolution"], coarse_stride=coarse_stride, level=mesh["level"])
+                    grids = density_grid(generator, w[part], mesh["resolution"], coarse_stride=coarse_stride, level=mesh["level"],
+                                         state=None if state is None else state[part])  # fmt: skip
                 with clock("render: meshes (march, piece, file)"):
                     meshes += grid_files(grids, mesh["level"], mesh["box_size"], mesh["keep_largest"], mesh.get("format", "ply"))
                 del grids

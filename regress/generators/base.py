@@ -143,7 +143,8 @@ class Generator(nn.Module, abc.ABC):
     def synthesis(
         self, w: torch.Tensor, camera: torch.Tensor, noise_seeds: Sequence[int] | None = None
     ) -> dict[str, torch.Tensor]:
-        """w and render cameras -> `image` (N, 3, H, W) in [-1, 1], `depth` and `mask` (N, 1, R, R).
+        """w and render cameras -> `image` (N, 3, H, W) in [-1, 1], `depth` and `mask` (N, 1, R, R); optionally
+        `density_state` (N, ...), the per-latent part of the density it computed on the way (`density_fns`).
 
         `noise_seeds` (one per sample) turns on the renderer's training-style jitter, drawn per
         seed; None renders deterministically.
@@ -153,17 +154,19 @@ class Generator(nn.Module, abc.ABC):
     def density(self, points: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """Density at world points (N, P, 3) for latents (N, num_ws, w_dim) -> (N, P, 1)."""
 
-    def density_fns(self, w: torch.Tensor) -> list[DensityFn]:
+    def density_fns(self, w: torch.Tensor, state: torch.Tensor | None = None) -> list[DensityFn]:
         """One density function of world points per latent of w (N, num_ws, w_dim), for density grids and meshes.
 
-        Backends whose density has a per-latent part worth computing once (EG3D's tri-planes) override this.
+        Backends whose density has a per-latent part worth computing once (EG3D's tri-planes) override this; `state`
+        (N, ...) is that part as `synthesis` already computed it (its `density_state`), or None: computed here.
         """
         return [lambda points, i=i: self.density(points, w[i : i + 1]) for i in range(len(w))]
 
-    def batched_density_fn(self, w: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    def batched_density_fn(self, w: torch.Tensor, state: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """One density function of world points (N, P, 3) -> (N, P, 1) for all latents of w at once, where each point's
         value is computed alone (whatever else is in the batch, the same bits), so density grids take one call for all
-        heads and still do not depend on their batch; None (the default) where that does not hold: `density_fns`."""
+        heads and still do not depend on their batch; None (the default) where that does not hold: `density_fns`.
+        `state` as there."""
         return None
 
     def point_colours(self, points: torch.Tensor, w: torch.Tensor) -> torch.Tensor | None:
@@ -203,8 +206,10 @@ class Generator(nn.Module, abc.ABC):
         psi: float = 0.7,
         cutoff: int | None = None,
         jitter: bool = True,
+        keep_density_state: bool = False,
     ) -> Batch:
-        """Sample records for seeds, on this module's device, deterministic per seed."""
+        """Sample records for seeds, on this module's device, deterministic per seed; with `keep_density_state`, also
+        `density_state`: what the density of these latents would compute again (`density_fns`), or None."""
         seeds = [int(s) for s in seeds]
         if isinstance(views, ViewMixture) or views is None:
             views = ViewMixture.load(views).draw_many(seeds)
@@ -239,4 +244,5 @@ class Generator(nn.Module, abc.ABC):
             "camera": camera,
             "camera_cond": camera_cond,
             "meta": meta,
+            **({"density_state": out.get("density_state")} if keep_density_state else {}),
         }

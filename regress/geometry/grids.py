@@ -78,21 +78,22 @@ def density_grid(
     chunk_points: int = 2**20,
     coarse_stride: int | None = None,
     level: float | None = None,
+    state: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Density (N, R, R, R) float32 on the cube grid for latents w (N, num_ws, w_dim), on w's device.
 
     Each latent is evaluated alone in fixed chunks, so a grid does not depend on the batch it came in.
     With `coarse_stride`, the grid is `coarse_to_fine_grid`'s at `level` (default: the generator's surface level):
-    exact near that surface, stand-ins elsewhere.
+    exact near that surface, stand-ins elsewhere. `state`: the latents' `density_state` from `Generator.sample`, if kept.
     """
     if coarse_stride is not None:
         level = generator.surface_level if level is None else level
-        return coarse_to_fine_grid(generator, w, resolution, coarse_stride, level, box_size=box_size, chunk_points=chunk_points).values
+        return coarse_to_fine_grid(generator, w, resolution, coarse_stride, level, box_size=box_size, chunk_points=chunk_points, state=state).values
     box_size = generator.box_size if box_size is None else box_size
     device, total = w.device, resolution**3
     axis = torch.as_tensor(grid_axis(resolution, box_size), dtype=torch.float32, device=device)
     values = torch.empty((len(w), total), dtype=torch.float32, device=device)
-    densities = generator.density_fns(w)
+    densities = generator.density_fns(w, state)
     for start in range(0, total, chunk_points):
         index = torch.arange(start, min(start + chunk_points, total), device=device)
         # flat index i -> (x, y, z) = (i // R^2, i // R % R, i % R), the C order of an [x, y, z] array
@@ -120,15 +121,16 @@ def coarse_to_fine_grid(
     margin: int = COARSE_MARGIN,
     box_size: float | None = None,
     chunk_points: int = 2**20,
+    state: torch.Tensor | None = None,
 ) -> RefinedGrids:
     """`density_grid`'s grids, evaluated point by point only in the blocks of `stride`^3 cells the surface at `level`
     passes through (`refine_grids`); their marching cubes at `level` are the dense grids' but for pieces the coarse grid
     never sees (see there). Each latent's field alone, in chunks of `chunk_points`, as `density_grid`; or all at once
-    where the generator has a density that computes each point alone (`Generator.batched_density_fn`)."""
+    where the generator has a density that computes each point alone (`Generator.batched_density_fn`). `state` as there."""
     box_size = generator.box_size if box_size is None else box_size
     axis = torch.as_tensor(grid_axis(resolution, box_size), dtype=torch.float32, device=w.device)
-    together = generator.batched_density_fn(w)
-    densities = heads_alone(generator.density_fns(w), axis, chunk_points) if together is None else heads_together(together, axis, chunk_points * len(w))
+    together = generator.batched_density_fn(w, state)
+    densities = heads_alone(generator.density_fns(w, state), axis, chunk_points) if together is None else heads_together(together, axis, chunk_points * len(w))
     return RefinedGrids(*refine_grids(densities, len(w), axis, level, stride, margin))
 
 

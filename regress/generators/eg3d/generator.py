@@ -155,16 +155,16 @@ class EG3DGenerator(Generator):
     def density(self, points: torch.Tensor, w: torch.Tensor, chunk: int = DENSITY_CHUNK) -> torch.Tensor:
         return self.density_from_planes(self.planes(w), points, chunk)
 
-    def density_fns(self, w: torch.Tensor) -> list[DensityFn]:
-        """The tri-planes of all of w computed once, then queried per latent."""
-        planes = self.planes(w)
+    def density_fns(self, w: torch.Tensor, state: torch.Tensor | None = None) -> list[DensityFn]:
+        """The tri-planes of all of w computed once (or `state`, those `synthesis` computed), then queried per latent."""
+        planes = self.planes(w) if state is None else state
         return [lambda points, i=i: self.density_from_planes(planes[i : i + 1], points) for i in range(len(w))]
 
-    def batched_density_fn(self, w: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    def batched_density_fn(self, w: torch.Tensor, state: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """All latents' densities in one call where the fused kernel runs (it computes each point alone); else None."""
         if torch.is_grad_enabled() or not kernel_runs(self.field_dtype, w.device, self.decoder):
             return None
-        planes = self.planes(w)
+        planes = self.planes(w) if state is None else state
         return lambda points: self.density_from_planes(planes, points)
 
     def point_colours(self, points: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -188,7 +188,8 @@ class EG3DGenerator(Generator):
     def synthesis(
         self, w: torch.Tensor, camera: torch.Tensor, noise_seeds: Sequence[int] | None = None
     ) -> dict[str, torch.Tensor]:
-        """Also returns `image_raw` (N, 3, R, R), the neural render before super-resolution.
+        """Also returns `image_raw` (N, 3, R, R), the neural render before super-resolution, and `density_state`, the
+        tri-planes (for `density_fns`).
 
         The jitter of `noise_seeds` is a hash of (seed, sample index) made on w's device.
         """
@@ -224,6 +225,7 @@ class EG3DGenerator(Generator):
             "image_raw": image_raw,
             "depth": out.depth.reshape(n, 1, r, r),
             "mask": out.opacity.reshape(n, 1, r, r),
+            "density_state": planes,
         }
 
     def mean_latent(self) -> torch.Tensor:
