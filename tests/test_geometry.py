@@ -310,6 +310,9 @@ def test_coarse_to_fine_grids_of_the_fused_field_take_all_heads_at_once_and_give
         dense = density_grid(generator, w, 64)
         level = float(torch.quantile(dense[0].flatten(), 0.8))
         refined = coarse_to_fine_grid(generator, w, 64, 8, level)
+        points = torch.cartesian_prod(*[torch.as_tensor(grid_axis(64, generator.box_size), dtype=torch.float32, device="cuda")] * 3)
+        alone = torch.stack([density(points[None]).reshape(64, 64, 64) for density in generator.density_fns(w)])
+    assert torch.equal(dense, alone)  # all heads in one call: each head's own values
     assert max(refined.points_evaluated) < 64**3  # this tiny random field crosses its level in most blocks
     assert [bytes(f) for f in grids_to_ply(refined.values, level, generator.box_size)] == [bytes(f) for f in grids_to_ply(dense, level, generator.box_size)]
 

@@ -82,7 +82,8 @@ def density_grid(
 ) -> torch.Tensor:
     """Density (N, R, R, R) float32 on the cube grid for latents w (N, num_ws, w_dim), on w's device.
 
-    Each latent is evaluated alone in fixed chunks, so a grid does not depend on the batch it came in.
+    Each latent is evaluated alone in fixed chunks, or all at once where the generator's density computes each point
+    alone (`Generator.batched_density_fn`), so a grid does not depend on the batch it came in.
     With `coarse_stride`, the grid is `coarse_to_fine_grid`'s at `level` (default: the generator's surface level):
     exact near that surface, stand-ins elsewhere. `state`: the latents' `density_state` from `Generator.sample`, if kept.
     """
@@ -93,11 +94,14 @@ def density_grid(
     device, total = w.device, resolution**3
     axis = torch.as_tensor(grid_axis(resolution, box_size), dtype=torch.float32, device=device)
     values = torch.empty((len(w), total), dtype=torch.float32, device=device)
-    densities = generator.density_fns(w, state)
+    together = generator.batched_density_fn(w, state)
+    densities = generator.density_fns(w, state) if together is None else []
     for start in range(0, total, chunk_points):
         index = torch.arange(start, min(start + chunk_points, total), device=device)
         # flat index i -> (x, y, z) = (i // R^2, i // R % R, i % R), the C order of an [x, y, z] array
         points = torch.stack([axis[index // resolution**2], axis[index // resolution % resolution], axis[index % resolution]], -1)
+        if together is not None:  # each point's value its own: all heads in one call
+            values[:, start : start + len(index)] = together(points.expand(len(w), -1, -1))[..., 0]
         for i, density in enumerate(densities):
             values[i, start : start + len(index)] = density(points[None]).reshape(-1)
     return values.reshape(-1, resolution, resolution, resolution)
@@ -151,22 +155,22 @@ def heads_alone(densities: Sequence[DensityFn], axis: torch.Tensor, chunk_points
 
 def heads_together(density: Callable[[torch.Tensor], torch.Tensor], axis: torch.Tensor, chunk_points: int = 2**20) -> HeadDensities:
     """One density function of all heads (N, P, 3) -> (N, P, 1), each point's value its own (so a grid still does not
-    depend on the others), called on the heads' points side by side, padded to the longest: a call for all heads."""
+    depend on the others), called on the heads' points side by side, `chunk_points` at a time: a call for all heads."""
 
     def evaluate(index: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-        count, longest, device = len(sizes), max(sizes, default=0), index.device
-        counts = torch.tensor(sizes, device=device)
-        head = torch.repeat_interleave(torch.arange(count, device=device), counts, output_size=len(index))
-        position = torch.arange(len(index), device=device) - (torch.cumsum(counts, 0) - counts)[head]
-        values = torch.empty(len(index), device=device)
-        step = max(1, chunk_points // max(count, 1))
+        total, longest, device = len(index), max(sizes, default=0), index.device
+        if total == 0:
+            return torch.empty(0, device=device)
+        firsts = torch.tensor(np.cumsum([0, *sizes[:-1]]), device=device)
+        ends = firsts + torch.tensor(sizes, device=device)
+        values = torch.empty(total + 1, device=device)  # the last takes what the padding gives
+        step = max(1, chunk_points // max(len(sizes), 1))
         for start in range(0, longest, step):
-            chosen = ((position >= start) & (position < start + step)).nonzero()[:, 0] if longest > step else slice(None)
-            at = (head[chosen], position[chosen] - start)
-            padded = torch.zeros(count, min(step, longest - start), 3, dtype=index.dtype, device=device)
-            padded[at] = index[chosen]
-            values[chosen] = density(axis[padded]).reshape(padded.shape[:2])[at].float()
-        return values
+            at = firsts[:, None] + start + torch.arange(min(step, longest - start), device=device)  # (N, S) head after head
+            # past a head's end a row reads any point (another head's) and writes into the spare last value
+            found = density(axis[index[at.clamp(max=total - 1)]])[..., 0]
+            values[torch.where(at < ends[:, None], at, total)] = found.float()
+        return values[:-1]
 
     return evaluate
 
