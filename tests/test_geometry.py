@@ -12,6 +12,7 @@ from skimage import measure
 
 from regress.camera import camera_rays, frontal_camera, make_cameras
 from regress.generators import GeneratorSpec
+from regress.generators.analytic import AnalyticGenerator
 from regress.geometry.grids import available_memory_bytes, coarse_to_fine_grid, density_grid, grid_axis, grid_memory_bytes, grids_that_fit, heads_alone, heads_together, refine_grids
 from regress.geometry.marching_cubes import EDGES, case_table, marching_cubes
 from regress.geometry.meshes import depth_to_mesh, extract_meshes, grid_to_mesh, grids_to_ply, mesh_from_ply, mesh_to_ply
@@ -191,6 +192,22 @@ def test_density_grid_of_eg3d_reads_its_tri_planes_like_density():
     with torch.no_grad():
         direct = generator.density(points.expand(2, -1, -1), w)[..., 0].numpy()
     np.testing.assert_allclose(grid[:, [p[0] for p in ijk], [p[1] for p in ijk], [p[2] for p in ijk]], direct, rtol=1e-5, atol=1e-5)
+
+
+class AnalyticHeadsTogether(AnalyticGenerator):
+    """The analytic head declaring its density point by point, as EG3D's fused field is: the path of one call for all heads."""
+
+    def batched_density_fn(self, w: torch.Tensor, state: torch.Tensor | None = None):
+        return lambda points: self.density(points, w)
+
+
+def test_density_grids_of_all_heads_in_one_call_are_each_heads_own():
+    together, alone = AnalyticHeadsTogether(), GeneratorSpec("analytic").create()
+    w = alone.mapping(torch.randn(3, alone.z_dim, generator=torch.Generator().manual_seed(1)), frontal_camera(3))
+    for stride in (None, 4):
+        grids = density_grid(together, w, 25, chunk_points=4000, coarse_stride=stride)
+        torch.testing.assert_close(grids, density_grid(alone, w, 25, chunk_points=4000, coarse_stride=stride), rtol=1e-6, atol=1e-6)
+        assert grids.shape == (3, 25, 25, 25) and not torch.equal(grids[0], grids[1])
 
 
 def test_density_grids_from_the_tri_planes_sample_kept_are_the_grids_from_the_latents():
