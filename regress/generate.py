@@ -26,7 +26,7 @@ from regress.camera import ViewMixture
 from regress.configs import expand_config_arguments, verify_arguments
 from regress.errors import importing_for_a_worker, run_command
 from regress.generation.background import consume_in_background, short_switch_interval
-from regress.generation.compress import SHARDS_IN_FLIGHT, ShardInFlight, compression_pool, write_shard
+from regress.generation.compress import SHARDS_IN_FLIGHT, ShardCompression, ShardInFlight, compression_pool
 from regress.generation.render import RenderedBatch, render_batches
 from regress.generation.timing import StageClock
 from regress.generators import Generator, GeneratorSpec
@@ -193,20 +193,26 @@ def _render_and_write(
     warmup: list[tuple[float, int]] = []
 
     def write_all(batches: Iterator[RenderedBatch]) -> int:
-        """Each shard's samples compressed here and handed to a writer thread of its own, SHARDS_IN_FLIGHT at once;
-        finished shards sent on in order."""
-        written, in_flight = 0, deque()
-        with ThreadPoolExecutor(SHARDS_IN_FLIGHT, thread_name_prefix="regress-shard") as threads:
+        """Each shard's samples compressed here and handed to a writer thread of its own: SHARDS_IN_FLIGHT shards
+        rendered side by side, and as many more finishing; finished shards sent on in order."""
+        written, open_, finishing = 0, {}, deque()
+        with ThreadPoolExecutor(2 * SHARDS_IN_FLIGHT, thread_name_prefix="regress-shard") as threads:
             try:
-                for index in todo:
-                    bar.set_postfix_str(layout.filename(index))
-                    while len(in_flight) >= SHARDS_IN_FLIGHT:
-                        written += finish(*in_flight.popleft())
-                    in_flight.append((index, write_shard(shards, index, batches, settings["image_format"], png_level, batch_size + 2 * workers, pool, threads, bar, clock)))
-                while in_flight:
-                    written += finish(*in_flight.popleft())
+                for batch in batches:
+                    if batch.shard not in open_:
+                        while finishing and (len(open_) + len(finishing) >= 2 * SHARDS_IN_FLIGHT or finishing[0][1].future.done()):
+                            written += finish(*finishing.popleft())
+                        bar.set_postfix_str(layout.filename(batch.shard))
+                        open_[batch.shard] = ShardCompression(shards, batch.shard, settings["image_format"], png_level, batch_size + 2 * workers, pool, threads, bar, clock)
+                    open_[batch.shard].add(batch)
+                    if open_[batch.shard].complete:
+                        finishing.append((batch.shard, open_.pop(batch.shard).close()))
+                while finishing:
+                    written += finish(*finishing.popleft())
             except BaseException:
-                for _, shard in in_flight:
+                for compression in open_.values():
+                    compression.abort()
+                for _, shard in finishing:
                     shard.abort()
                 raise
         return written
@@ -218,7 +224,7 @@ def _render_and_write(
         return record["bytes"]
 
     def rendered() -> Iterator[RenderedBatch]:
-        for batch in render_batches(generator, layout, todo, mixture, settings, batch_size, grids_at_once, clock):
+        for batch in render_batches(generator, layout, todo, mixture, settings, batch_size, grids_at_once, clock, SHARDS_IN_FLIGHT):
             if not warmup:
                 warmup.append((time.perf_counter() - start, min(samples, len(batch.seeds) + batch_size)))
             yield batch

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from regress.store.files import AtomicFile, file_sha256, tree_sha256, write_atomic, write_folder, write_json
+from regress.store.files import AtomicFile, file_sha256, stale_partials, tree_sha256, write_atomic, write_folder, write_json
 
 
 def test_write_atomic_replaces_the_file_and_leaves_no_temporary(tmp_path):
@@ -30,6 +30,14 @@ def test_an_atomic_file_appears_on_commit_and_never_when_discarded(tmp_path):
     kept.commit()
     dropped.discard()
     assert [p.name for p in tmp_path.iterdir()] == ["kept"] and (tmp_path / "kept").read_bytes() == b"bytes"
+
+
+def test_stale_partials_are_a_files_own_temporaries_and_no_others(tmp_path):
+    names = ["a.tar", "a.tar.partial", "a.tar.12.partial", "a.tar.json.12.partial", "a.tar.json.partial", "a.tarx.partial", "a.tar.x1.partial"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in stale_partials(tmp_path / "a.tar")] == ["a.tar.12.partial", "a.tar.partial"]
+    assert [p.name for p in stale_partials(tmp_path / "a.tar.json")] == ["a.tar.json.12.partial", "a.tar.json.partial"]
 
 
 def test_write_folder_renames_a_complete_folder_into_place(tmp_path):

@@ -157,59 +157,73 @@ class _Aborted(Exception):
     """The shard's writer was told to stop (an error elsewhere): its partial file goes."""
 
 
-def write_shard(
-    shards: ShardSet,
-    index: int,
-    batches: Iterator[RenderedBatch],
-    image_format: str,
-    png_level: int,
-    max_pending: int,
-    pool: Executor | None,
-    threads: ThreadPoolExecutor,
-    bar: tqdm,
-    clock: StageClock,
-) -> ShardInFlight:
-    """Compress one shard's samples from the rendered batches, at most `max_pending` in the compression processes at
-    once, handing each in order to the shard's writer thread; the shard in flight, all its samples handed over. On a
-    write error or a dead compression process its partial file is removed and the error says why."""
-    seeds, path = shards.layout.seeds(index), shards.path(index)
-    pending: deque[tuple[str, Future, tuple[str, bytes | memoryview] | None]] = deque()
-    shard = ShardInFlight(path, {"index": index, "seed_start": seeds.start, "fingerprint": shards.fingerprint}, threads, max_pending)
+class ShardCompression:
+    """One shard's samples compressed from its rendered batches (`add`, in seed order; other shards' batches may come
+    between them), at most `max_pending` in the compression processes at once, and handed in order to the shard's
+    writer thread; `close` once `complete` gives the shard in flight. On a write error or a dead compression process
+    its partial file is removed and the error says why."""
 
-    def hand_over_first() -> None:
-        key, future, mesh = pending.popleft()
-        with clock("write: waiting for workers"):
+    def __init__(
+        self, shards: ShardSet, index: int, image_format: str, png_level: int, max_pending: int, pool: Executor | None,
+        threads: ThreadPoolExecutor, bar: tqdm, clock: StageClock,
+    ) -> None:  # fmt: skip
+        self.seeds, self.path = shards.layout.seeds(index), shards.path(index)
+        self.image_format, self.png_level, self.max_pending = image_format, png_level, max_pending
+        self.pool, self.bar, self.clock, self.done = pool, bar, clock, 0
+        self.pending: deque[tuple[str, Future, tuple[str, bytes | memoryview] | None]] = deque()
+        self.shard = ShardInFlight(self.path, {"index": index, "seed_start": self.seeds.start, "fingerprint": shards.fingerprint}, threads, max_pending)
+
+    @property
+    def complete(self) -> bool:
+        """Whether every batch of the shard has been added."""
+        return self.done == len(self.seeds)
+
+    def add(self, batch: RenderedBatch) -> None:
+        """Submit the batch's samples for compression; hand over those finished, in order."""
+        assert batch.seeds.start == self.seeds.start + self.done, "batches out of order"
+        self.done += len(batch.seeds)
+        with self._failing_safely(), self.clock("write: submit"):
+            for i, seed in enumerate(batch.seeds):
+                sample = {k: v[i] for k, v in batch.arrays.items()}
+                job = (timed_call, record_members, sample, batch.meta[i], self.image_format, self.png_level)
+                mesh = (batch.mesh_member, batch.meshes[i]) if batch.meshes[i] is not None else None
+                self.pending.append((sample_key(seed), self.pool.submit(*job) if self.pool else _done(*job), mesh))
+        with self._failing_safely():
+            while len(self.pending) > self.max_pending or (self.pending and self.pending[0][1].done()):
+                self._hand_over_first()
+
+    def close(self) -> ShardInFlight:
+        """Hand over the rest; the shard in flight, its thread finishing the tar."""
+        with self._failing_safely():
+            while self.pending:
+                self._hand_over_first()
+            self.shard.close()
+        return self.shard
+
+    def abort(self) -> None:
+        """Stop the shard's thread without finishing: its partial file is removed."""
+        self.shard.abort()
+
+    def _hand_over_first(self) -> None:
+        key, future, mesh = self.pending.popleft()
+        with self.clock("write: waiting for workers"):
             members, seconds = future.result()
-        clock.add("workers: compress (summed)", seconds)
-        with clock("write: waiting for shard writers"):
-            shard.add(key, members_with_mesh(members, mesh))
-        bar.update(1)
+        self.clock.add("workers: compress (summed)", seconds)
+        with self.clock("write: waiting for shard writers"):
+            self.shard.add(key, members_with_mesh(members, mesh))
+        self.bar.update(1)
 
-    try:
-        done = 0
-        while done < len(seeds):
-            batch = next(batches)
-            assert batch.shard == index and batch.seeds.start == seeds.start + done, "batches out of order"
-            done += len(batch.seeds)
-            with clock("write: submit"):
-                for i, seed in enumerate(batch.seeds):
-                    sample = {k: v[i] for k, v in batch.arrays.items()}
-                    job = (timed_call, record_members, sample, batch.meta[i], image_format, png_level)
-                    mesh = (batch.mesh_member, batch.meshes[i]) if batch.meshes[i] is not None else None
-                    pending.append((sample_key(seed), pool.submit(*job) if pool else _done(*job), mesh))
-            while len(pending) > max_pending or (pending and pending[0][1].done()):
-                hand_over_first()
-        while pending:
-            hand_over_first()
-        shard.close()
-        return shard
-    except BrokenProcessPool as error:
-        shard.abort()
-        raise ChildProcessError(
-            f"an image-compression process stopped while {path.name} was written: killed (out of memory?), or started by a "
-            "script that calls regress.generate without `if __name__ == \"__main__\":` (the compression processes import that script); "
-            "complete shards are kept: fix the cause and rerun the same command, or pass --workers 0 to compress in this process"
-        ) from error
-    except BaseException:
-        shard.abort()
-        raise
+    @contextlib.contextmanager
+    def _failing_safely(self) -> Iterator[None]:
+        try:
+            yield
+        except BrokenProcessPool as error:
+            self.abort()
+            raise ChildProcessError(
+                f"an image-compression process stopped while {self.path.name} was written: killed (out of memory?), or started by a "
+                "script that calls regress.generate without `if __name__ == \"__main__\":` (the compression processes import that script); "
+                "complete shards are kept: fix the cause and rerun the same command, or pass --workers 0 to compress in this process"
+            ) from error
+        except BaseException:
+            self.abort()
+            raise

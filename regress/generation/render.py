@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Any, Iterator
 
 import numpy as np
@@ -29,6 +30,16 @@ class RenderedBatch:
     mesh_member: str = "mesh.ply"
 
 
+def batch_order(layout: ShardLayout, shards: list[int], batch_size: int, side_by_side: int = 1) -> Iterator[tuple[int, range]]:
+    """(shard, seeds) of every batch of the given shards: `side_by_side` shards at a time, a batch of each in turn, so
+    that their writers (each shard one SHA-256 stream) run side by side; each shard's batches in seed order."""
+    for first in range(0, len(shards), side_by_side):
+        group = [[(index, layout.seeds(index)[s : s + batch_size]) for s in range(0, len(layout.seeds(index)), batch_size)]
+                 for index in shards[first : first + side_by_side]]  # fmt: skip
+        for turn in itertools.zip_longest(*group):
+            yield from (batch for batch in turn if batch is not None)
+
+
 def render_batches(
     generator: Generator,
     layout: ShardLayout,
@@ -38,25 +49,23 @@ def render_batches(
     batch_size: int,
     grids_at_once: int,
     clock: StageClock,
+    side_by_side: int = 1,
 ) -> Iterator[RenderedBatch]:
-    """Every batch of the given shards in order; meshes are marched on the device (PLY files laid out there too),
+    """Every batch of the given shards in `batch_order`; meshes are marched on the device (PLY files laid out there too),
     `grids_at_once` density grids at a time (each mesh is the same whatever their number).
 
     One batch ahead: batch k+1 is queued on the device before batch k's arrays are waited for, so the
     host's share of a batch (seeded draws, cameras, launches) runs while the device renders.
     """
     pending: _QueuedBatch | None = None
-    for index in shards:
-        seeds = layout.seeds(index)
-        for first in range(0, len(seeds), batch_size):
-            batch_seeds = seeds[first : first + batch_size]
-            with torch.inference_mode(), clock("render: sample"):
-                batch = generator.sample(batch_seeds, mixture, psi=settings["psi"], cutoff=settings["cutoff"], jitter=settings["jitter"],
-                                         keep_density_state=bool(settings["mesh"]))  # fmt: skip
-                copies, copied = _copy_to_host({k: batch[k] for k in ARRAY_FIELDS if k in batch})
-            if pending is not None:
-                yield _finish(generator, pending, settings["mesh"], grids_at_once, clock)
-            pending = _QueuedBatch(index, batch_seeds, batch, copies, copied)
+    for index, batch_seeds in batch_order(layout, shards, batch_size, side_by_side):
+        with torch.inference_mode(), clock("render: sample"):
+            batch = generator.sample(batch_seeds, mixture, psi=settings["psi"], cutoff=settings["cutoff"], jitter=settings["jitter"],
+                                     keep_density_state=bool(settings["mesh"]))  # fmt: skip
+            copies, copied = _copy_to_host({k: batch[k] for k in ARRAY_FIELDS if k in batch})
+        if pending is not None:
+            yield _finish(generator, pending, settings["mesh"], grids_at_once, clock)
+        pending = _QueuedBatch(index, batch_seeds, batch, copies, copied)
     if pending is not None:
         yield _finish(generator, pending, settings["mesh"], grids_at_once, clock)
 

@@ -8,6 +8,7 @@ complete, so a reader or a resumed run never sees half of one.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -21,6 +22,13 @@ PARTIAL = ".partial"
 def partial_path(path: Path, unique: bool = False) -> Path:
     """Where `path` is written before it is renamed into place; `unique` adds this process's id."""
     return path.with_name(f"{path.name}.{os.getpid()}{PARTIAL}" if unique else path.name + PARTIAL)
+
+
+def stale_partials(path: Path) -> list[Path]:
+    """The temporary files of `path` that writers killed outright left behind (`NAME.partial`, `NAME.PID.partial`):
+    to remove where no writer of `path` can be running."""
+    middles = {p: p.name[len(path.name) : -len(PARTIAL)] for p in path.parent.glob(f"{glob.escape(path.name)}*{PARTIAL}")}
+    return sorted(p for p, middle in middles.items() if middle == "" or (middle[:1] == "." and middle[1:].isdigit()))
 
 
 def resolved(path: Path) -> Path:

@@ -22,7 +22,7 @@ from typing import Any
 import webdataset as wds
 from tqdm import tqdm
 
-from regress.store.files import parse_manifest, partial_path, write_failed, write_json
+from regress.store.files import parse_manifest, stale_partials, write_failed, write_json
 from regress.store.locks import hold_folder
 from regress.store.pipes import PipeCommand
 from regress.store.shards import ShardReadError, check_shard, read_shard_record, record_path, shard_is_complete
@@ -119,11 +119,13 @@ class ShardSet:
 
     def plan(self, mine: range) -> tuple[list[int], list[int]]:
         """Split these shards into those to (re)generate and those complete and verified (and, for a pipe: output,
-        taken by its command: complete ones not yet taken are sent now); drop stale partial files."""
+        taken by its command: complete ones not yet taken are sent now); drop stale partial files (this rank's claim on
+        the folder says no other writer of them runs), the shard's and its record's."""
         todo, skipped = [], []
         for index in mine:
             shard = self.path(index)
-            partial_path(shard).unlink(missing_ok=True)
+            for stale in stale_partials(shard) + stale_partials(record_path(shard)):
+                stale.unlink(missing_ok=True)
             record = read_shard_record(shard)
             if record is not None and record.get("fingerprint") != self.fingerprint and (shard.is_file() or record.get("sent_to")):
                 raise ValueError(
