@@ -195,22 +195,22 @@ def _render_and_write(
     def write_all(batches: Iterator[RenderedBatch]) -> int:
         """Each shard's samples compressed here and handed to a writer thread of its own: SHARDS_IN_FLIGHT shards
         rendered side by side, and as many more finishing; finished shards sent on in order."""
-        written, open_, finishing = 0, {}, deque()
+        written, filling, finishing = 0, {}, deque()
         with ThreadPoolExecutor(2 * SHARDS_IN_FLIGHT, thread_name_prefix="regress-shard") as threads:
             try:
                 for batch in batches:
-                    if batch.shard not in open_:
-                        while finishing and (len(open_) + len(finishing) >= 2 * SHARDS_IN_FLIGHT or finishing[0][1].future.done()):
+                    if batch.shard not in filling:
+                        while finishing and (len(filling) + len(finishing) >= 2 * SHARDS_IN_FLIGHT or finishing[0][1].future.done()):
                             written += finish(*finishing.popleft())
                         bar.set_postfix_str(layout.filename(batch.shard))
-                        open_[batch.shard] = ShardCompression(shards, batch.shard, settings["image_format"], png_level, batch_size + 2 * workers, pool, threads, bar, clock)
-                    open_[batch.shard].add(batch)
-                    if open_[batch.shard].complete:
-                        finishing.append((batch.shard, open_.pop(batch.shard).close()))
+                        filling[batch.shard] = ShardCompression(shards, batch.shard, settings["image_format"], png_level, batch_size + 2 * workers, pool, threads, bar, clock)
+                    filling[batch.shard].add(batch)
+                    if filling[batch.shard].complete:
+                        finishing.append((batch.shard, filling.pop(batch.shard).close()))
                 while finishing:
                     written += finish(*finishing.popleft())
             except BaseException:
-                for compression in open_.values():
+                for compression in filling.values():
                     compression.abort()
                 for _, shard in finishing:
                     shard.abort()

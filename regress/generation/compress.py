@@ -215,6 +215,7 @@ class ShardCompression:
 
     @contextlib.contextmanager
     def _failing_safely(self) -> Iterator[None]:
+        """On any error the shard's partial file goes; a dead compression process is said plainly."""
         try:
             yield
         except BrokenProcessPool as error:
