@@ -443,9 +443,16 @@ def test_eg3d_shards_with_meshes_on_the_gpu_are_byte_identical_run_to_run(tmp_pa
     options = dict(generator="eg3d", generator_options=TINY_EG3D, num_samples=4, samples_per_shard=2, batch_size=2, with_mesh=True, mesh_resolution=48, device="cuda", progress=False)
     for run in ("a", "b"):
         torch.manual_seed(0)  # random weights: the same ones for both runs
-        generate(tmp_path / run, **options)
+        summary = generate(tmp_path / run, **options)
     assert digests(tmp_path / "a") == digests(tmp_path / "b")
     assert json.loads((tmp_path / "a" / MANIFEST).read_text())["settings"]["generator"]["generator"] == "eg3d"
+    device_seconds = {stage: seconds for stage, seconds in summary["stage_seconds"].items() if stage.startswith("device: ")}
+    assert set(device_seconds) == {"device: sample", "device: density grids", "device: meshes"} and min(device_seconds.values()) > 0
+
+
+def test_a_run_on_the_cpu_has_no_device_stages(reference, tmp_path):
+    stages = generate(tmp_path, **{**RUN, "with_mesh": True, "mesh_resolution": 16})["stage_seconds"]
+    assert stages["render: density grids"] > 0 and not [stage for stage in stages if stage.startswith("device")]
 
 
 def test_compression_workers_end_when_their_parent_is_killed_outright(tmp_path):

@@ -59,7 +59,7 @@ def render_batches(
     """
     pending: _QueuedBatch | None = None
     for index, batch_seeds in batch_order(layout, shards, batch_size, side_by_side):
-        with torch.inference_mode(), clock("render: sample"):
+        with torch.inference_mode(), clock("render: sample"), clock.on_device("sample", generator.device):
             batch = generator.sample(batch_seeds, mixture, psi=settings["psi"], cutoff=settings["cutoff"], jitter=settings["jitter"],
                                      keep_density_state=bool(settings["mesh"]))  # fmt: skip
             copies, copied = _copy_to_host({k: batch[k] for k in ARRAY_FIELDS if k in batch})
@@ -68,6 +68,7 @@ def render_batches(
         pending = _QueuedBatch(index, batch_seeds, batch, copies, copied)
     if pending is not None:
         yield _finish(generator, pending, settings["mesh"], grids_at_once, clock)
+    clock.collect_device(wait=True)
 
 
 @dataclasses.dataclass
@@ -100,10 +101,10 @@ def _finish(generator: Generator, queued: _QueuedBatch, mesh: dict[str, Any] | N
             w, state = queued.batch["w"], queued.batch.pop("density_state")
             for first in range(0, len(w), grids_at_once):
                 part = slice(first, first + grids_at_once)
-                with clock("render: density grids"):
+                with clock("render: density grids"), clock.on_device("density grids", w.device):
                     grids = density_grid(generator, w[part], mesh["resolution"], coarse_stride=coarse_stride, level=mesh["level"],
                                          state=None if state is None else state[part])  # fmt: skip
-                with clock("render: meshes (march, piece, file)"):
+                with clock("render: meshes (march, piece, file)"), clock.on_device("meshes", w.device):
                     meshes += grid_files(grids, mesh["level"], mesh["box_size"], mesh["keep_largest"], mesh.get("format", "ply"))
                 del grids
         with clock("render: arrays to CPU"):
