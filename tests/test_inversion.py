@@ -16,7 +16,7 @@ from regress.generators import GeneratorSpec
 from regress.generators.base import Generator, seeded_normal
 from regress.generators.eg3d import EG3DGenerator
 from regress.inversion.camera_fit import axis_angle
-from regress.inversion.project import ProjectionConfig, central_differences, latent_distance, latent_spread, learning_rate, project
+from regress.inversion.project import ImageLoss, ProjectionConfig, central_differences, latent_distance, latent_spread, learning_rate, project
 from tests.eg3d_tiny import TINY_EG3D
 
 
@@ -294,3 +294,30 @@ def test_camera_gradient_by_differences_brings_back_a_camera_autograd_loses():
     assert config.record()["camera_gradient"] == "differences" and config.record()["camera_difference_step"] == 0.002
     assert "camera_gradient" not in dataclasses.replace(config, camera_gradient="autograd").record()
     assert "camera_gradient" not in dataclasses.replace(config, optimize_camera=False).record()
+
+
+def test_supersampled_analytic_renders_turn_the_projections_staircase_into_a_slope():
+    """Why the analytic projection stalls at 64², and what smooths it. Where 300 projection steps from the mean latent
+    stopped on two heads (seeds 1002-1003, true cameras held; tests/fixtures), the loss along the straight path to
+    their true latents rises at several of 20 steps and a step down the autograd gradient raises it: one ray a pixel
+    draws thin features and edges in whole pixels, so the loss is a staircase. Rendered at twice the image's
+    resolution and area-averaged (target and fit alike), the same path only falls and the step lowers the loss."""
+    ends = torch.load("tests/fixtures/analytic-projection-ends-1002-1003.pt")[:, None]  # one row each, as W projects
+    camera = make_cameras(torch.tensor([-0.04657864570617676, -0.19356994330883026]), torch.tensor([-0.07141610980033875, -0.009657472372055054]))
+    loss_fn = ImageLoss(ProjectionConfig())
+    for render, staircase in ((64, True), (128, False)):
+        generator = GeneratorSpec("analytic", options={"image_resolution": 64, "render_resolution": render, "depth_resolution": 64}).create()
+        w = generator.mapping(seeded_normal([1002, 1003], generator.z_dim), frontal_camera(2), psi=0.7)
+        with torch.no_grad():
+            target = generator.synthesis(w, camera)["image"]
+            path = torch.stack([loss_fn(generator.synthesis(ends + t * (w - ends), camera)["image"], target)[0] for t in torch.linspace(0, 1, 21)])
+        rises = (path[1:] - path[:-1]).clamp(min=0)
+        start = ends.clone().requires_grad_(True)
+        loss_fn(generator.synthesis(start.expand(-1, 14, -1), camera)["image"], target)[0].sum().backward()
+        down = -start.grad / start.grad.flatten(1).norm(dim=1)[:, None, None]
+        with torch.no_grad():
+            stepped = loss_fn(generator.synthesis((ends + 0.01 * down).expand(-1, 14, -1), camera)["image"], target)[0]
+        if staircase:
+            assert ((rises > 0).sum(0) >= 4).all() and (stepped > path[0]).all()
+        else:
+            assert (rises.max(0).values < 0.02 * path[0]).all() and (stepped < path[0]).all()
