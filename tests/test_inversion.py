@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -302,7 +303,7 @@ def test_supersampled_analytic_renders_turn_the_projections_staircase_into_a_slo
     their true latents rises at several of 20 steps and a step down the autograd gradient raises it: one ray a pixel
     draws thin features and edges in whole pixels, so the loss is a staircase. Rendered at twice the image's
     resolution and area-averaged (target and fit alike), the same path only falls and the step lowers the loss."""
-    ends = torch.load("tests/fixtures/analytic-projection-ends-1002-1003.pt")[:, None]  # one row each, as W projects
+    ends = torch.load(Path(__file__).parent / "fixtures" / "analytic-projection-ends-1002-1003.pt")[:, None]  # one row each, as W projects
     camera = make_cameras(torch.tensor([-0.04657864570617676, -0.19356994330883026]), torch.tensor([-0.07141610980033875, -0.009657472372055054]))
     loss_fn = ImageLoss(ProjectionConfig())
     for render, staircase in ((64, True), (128, False)):
