@@ -36,8 +36,9 @@ def test_stale_partials_are_a_files_own_temporaries_and_no_others(tmp_path):
     names = ["a.tar", "a.tar.partial", "a.tar.12.partial", "a.tar.json.12.partial", "a.tar.json.partial", "a.tarx.partial", "a.tar.x1.partial"]
     for name in names:
         (tmp_path / name).write_bytes(b"")
-    assert [p.name for p in stale_partials(tmp_path / "a.tar")] == ["a.tar.12.partial", "a.tar.partial"]
-    assert [p.name for p in stale_partials(tmp_path / "a.tar.json")] == ["a.tar.json.12.partial", "a.tar.json.partial"]
+    assert [p.name for p in stale_partials(tmp_path, {"a.tar"})] == ["a.tar.12.partial", "a.tar.partial"]
+    assert [p.name for p in stale_partials(tmp_path, {"a.tar.json"})] == ["a.tar.json.12.partial", "a.tar.json.partial"]
+    assert len(stale_partials(tmp_path, {"a.tar", "a.tar.json"})) == 4 and stale_partials(tmp_path, {"b.tar"}) == []
 
 
 def test_write_folder_renames_a_complete_folder_into_place(tmp_path):

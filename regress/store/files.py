@@ -8,7 +8,6 @@ complete, so a reader or a resumed run never sees half of one.
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import json
 import os
@@ -24,11 +23,15 @@ def partial_path(path: Path, unique: bool = False) -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}{PARTIAL}" if unique else path.name + PARTIAL)
 
 
-def stale_partials(path: Path) -> list[Path]:
-    """The temporary files of `path` that writers killed outright left behind (`NAME.partial`, `NAME.PID.partial`):
-    to remove where no writer of `path` can be running."""
-    middles = {p: p.name[len(path.name) : -len(PARTIAL)] for p in path.parent.glob(f"{glob.escape(path.name)}*{PARTIAL}")}
-    return sorted(p for p, middle in middles.items() if middle == "" or (middle[:1] == "." and middle[1:].isdigit()))
+def stale_partials(folder: Path, names: set[str]) -> list[Path]:
+    """The temporary files (`NAME.partial`, `NAME.PID.partial`) of the files `names` in `folder` that writers killed
+    outright left behind, from one listing of the folder: to remove where no writer of those files can be running."""
+    def owner(partial: str) -> str:
+        stem = partial[: -len(PARTIAL)]
+        head, _, pid = stem.rpartition(".")
+        return head if pid.isdigit() else stem
+
+    return sorted(p for p in Path(folder).glob(f"*{PARTIAL}") if owner(p.name) in names)
 
 
 def resolved(path: Path) -> Path:

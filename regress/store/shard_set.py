@@ -122,10 +122,10 @@ class ShardSet:
         taken by its command: complete ones not yet taken are sent now); drop stale partial files (this rank's claim on
         the folder says no other writer of them runs), the shard's and its record's."""
         todo, skipped = [], []
+        for stale in stale_partials(self.folder, {name for i in mine for name in (self.path(i).name, record_path(self.path(i)).name)}):
+            stale.unlink(missing_ok=True)
         for index in mine:
             shard = self.path(index)
-            for stale in stale_partials(shard) + stale_partials(record_path(shard)):
-                stale.unlink(missing_ok=True)
             record = read_shard_record(shard)
             if record is not None and record.get("fingerprint") != self.fingerprint and (shard.is_file() or record.get("sent_to")):
                 raise ValueError(
