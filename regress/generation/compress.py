@@ -182,13 +182,13 @@ class ShardCompression:
         """Submit the batch's samples for compression; hand over those finished, in order."""
         assert batch.seeds.start == self.seeds.start + self.done, "batches out of order"
         self.done += len(batch.seeds)
-        with self._failing_safely(), self.clock("write: submit"):
-            for i, seed in enumerate(batch.seeds):
-                sample = {k: v[i] for k, v in batch.arrays.items()}
-                job = (timed_call, record_members, sample, batch.meta[i], self.image_format, self.png_level)
-                mesh = (batch.mesh_member, batch.meshes[i]) if batch.meshes[i] is not None else None
-                self.pending.append((sample_key(seed), self.pool.submit(*job) if self.pool else _done(*job), mesh))
         with self._failing_safely():
+            with self.clock("write: submit"):
+                for i, seed in enumerate(batch.seeds):
+                    sample = {k: v[i] for k, v in batch.arrays.items()}
+                    job = (timed_call, record_members, sample, batch.meta[i], self.image_format, self.png_level)
+                    mesh = (batch.mesh_member, batch.meshes[i]) if batch.meshes[i] is not None else None
+                    self.pending.append((sample_key(seed), self.pool.submit(*job) if self.pool else _done(*job), mesh))
             while len(self.pending) > self.max_pending or (self.pending and self.pending[0][1].done()):
                 self._hand_over_first()
 
