@@ -220,6 +220,10 @@ def test_density_grids_from_the_tri_planes_sample_kept_are_the_grids_from_the_la
         assert torch.equal(density_grid(generator, batch["w"], 16, coarse_stride=4, state=state), density_grid(generator, batch["w"], 16, coarse_stride=4))
         assert not torch.equal(density_grid(generator, batch["w"], 16, state=state.flip(0)), density_grid(generator, batch["w"], 16))
     assert "density_state" not in generator.sample([3], jitter=False)
+    with torch.no_grad():  # synthesis hands out its tri-planes only when asked (a copy a call under CUDA graphs)
+        w, camera = batch["w"], batch["camera"]
+        assert "density_state" not in generator.synthesis(w, camera)
+        assert torch.equal(generator.synthesis(w, camera, keep_density_state=True)["density_state"], generator.planes(w))
 
 
 @pytest.mark.gpu

@@ -141,10 +141,15 @@ class Generator(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def synthesis(
-        self, w: torch.Tensor, camera: torch.Tensor, noise_seeds: Sequence[int] | None = None
+        self,
+        w: torch.Tensor,
+        camera: torch.Tensor,
+        noise_seeds: Sequence[int] | None = None,
+        keep_density_state: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """w and render cameras -> `image` (N, 3, H, W) in [-1, 1], `depth` and `mask` (N, 1, R, R); optionally
-        `density_state` (N, ...), the per-latent part of the density it computed on the way (`density_fns`).
+        """w and render cameras -> `image` (N, 3, H, W) in [-1, 1], `depth` and `mask` (N, 1, R, R); with
+        `keep_density_state`, also `density_state` (N, ...) where the backend has one: the per-latent part of the
+        density it computed on the way (`density_fns`).
 
         `noise_seeds` (one per sample) turns on the renderer's training-style jitter, drawn per
         seed; None renders deterministically.
@@ -220,7 +225,7 @@ class Generator(nn.Module, abc.ABC):
         camera = to_device(views_to_cameras(views), device)
         camera_cond = to_device(frontal_camera(len(seeds)), device)
         w = self.mapping(z, camera_cond, psi=psi, cutoff=cutoff)
-        out = self.synthesis(w, camera, noise_seeds=seeds if jitter else None)
+        out = self.synthesis(w, camera, noise_seeds=seeds if jitter else None, keep_density_state=keep_density_state)
         identity = self.identity()
         meta = [
             {

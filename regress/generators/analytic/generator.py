@@ -134,11 +134,16 @@ class AnalyticGenerator(Generator):
         return landmarks.landmarks_3d(self.params(w))
 
     def synthesis(
-        self, w: torch.Tensor, camera: torch.Tensor, noise_seeds: Sequence[int] | None = None
+        self,
+        w: torch.Tensor,
+        camera: torch.Tensor,
+        noise_seeds: Sequence[int] | None = None,
+        keep_density_state: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Render the heads of w from cameras (N, 25); differentiable w.r.t. w.
 
-        The renderer has no sampling noise, so `noise_seeds` are accepted and ignored.
+        The renderer has no sampling noise, so `noise_seeds` are accepted and ignored; its density has no per-latent
+        state worth keeping, so neither is `keep_density_state`.
         """
         if camera.shape != (w.shape[0], 25):
             raise ValueError(f"camera must have shape ({w.shape[0]}, 25) to match w, got {tuple(camera.shape)}")

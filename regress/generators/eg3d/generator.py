@@ -186,10 +186,14 @@ class EG3DGenerator(Generator):
         return self.decoder(sample_triplanes(planes.float(), points, self.config.box_warp).to(planes.dtype), with_features)
 
     def synthesis(
-        self, w: torch.Tensor, camera: torch.Tensor, noise_seeds: Sequence[int] | None = None
+        self,
+        w: torch.Tensor,
+        camera: torch.Tensor,
+        noise_seeds: Sequence[int] | None = None,
+        keep_density_state: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Also returns `image_raw` (N, 3, R, R), the neural render before super-resolution, and `density_state`, the
-        tri-planes (for `density_fns`).
+        """Also returns `image_raw` (N, 3, R, R), the neural render before super-resolution, and with
+        `keep_density_state`, `density_state`: the tri-planes (for `density_fns`).
 
         The jitter of `noise_seeds` is a hash of (seed, sample index) made on w's device.
         """
@@ -202,11 +206,14 @@ class EG3DGenerator(Generator):
             keys = to_device(seed_keys(noise_seeds, RENDER_STREAM), w.device)
         mode = self.config.compile
         if mode is None:
-            return self._synthesis(w, camera, keys)
-        if self._compiled_synthesis is None:
-            self._compiled_synthesis = torch.compile(self._synthesis, mode=mode, dynamic=False)
-        out = self._compiled_synthesis(w, camera, keys)
-        # CUDA graphs reuse their output buffers on the next call: hand out copies
+            out = self._synthesis(w, camera, keys)
+        else:
+            if self._compiled_synthesis is None:
+                self._compiled_synthesis = torch.compile(self._synthesis, mode=mode, dynamic=False)
+            out = self._compiled_synthesis(w, camera, keys)
+        if not keep_density_state:
+            out = {k: v for k, v in out.items() if k != "density_state"}
+        # CUDA graphs reuse their output buffers on the next call: hand out copies (of the tri-planes only when asked)
         return {k: v.clone() for k, v in out.items()} if mode in ("reduce-overhead", "max-autotune") else out
 
     def _synthesis(self, w: torch.Tensor, camera: torch.Tensor, jitter_keys: torch.Tensor | None) -> dict[str, torch.Tensor]:
