@@ -1,6 +1,6 @@
 """Camera refinement on analytic renders (issue 25): from cameras 5° off, how close does projection bring them back?
 
-    PYTHONPATH=. python scripts/bench_camera_refinement.py --seeds 2000 --count 32
+    PYTHONPATH=. python scripts/bench_camera_refinement.py --seeds 2000 --count 32 [--device cuda]
 
 Each seed's head (psi 0.7) is rendered from a random camera (yaw ±0.4, pitch ±0.25 rad); the projection starts
 from the mean latent at that camera turned 5° (yaw and pitch, a random direction) and optimizes the latent and the
@@ -37,12 +37,13 @@ def rotation_angle_deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def scene(generator: Generator, seeds: range, offset_deg: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Targets (N, 3, H, W) of the seeds' heads, their true cameras, the cameras `offset_deg` off (N, 25), their latents."""
-    n = len(seeds)
-    rng = torch.Generator().manual_seed(seeds[0])
+    n, device = len(seeds), generator.device
+    rng = torch.Generator().manual_seed(seeds[0])  # drawn on the CPU: the same scenes on any device
     true = make_cameras((torch.rand(n, generator=rng) - 0.5) * 0.8, (torch.rand(n, generator=rng) - 0.5) * 0.5)
     turn = torch.rand(n, generator=rng) * 2 * math.pi
     off = torch.stack([turn.cos(), turn.sin(), torch.zeros(n), torch.zeros(n)], dim=1) * math.radians(offset_deg)
-    w = generator.mapping(seeded_normal(seeds, generator.z_dim), frontal_camera(n), psi=0.7)
+    true, off = true.to(device), off.to(device)
+    w = generator.mapping(seeded_normal(seeds, generator.z_dim).to(device), frontal_camera(n).to(device), psi=0.7)
     with torch.no_grad():
         target = generator.synthesis(w, true)["image"]
     return target, true, adjust_cameras(true, off), w
@@ -65,10 +66,11 @@ def main() -> None:
     parser.add_argument("--camera_gradient", choices=["autograd", "differences"], default=ProjectionConfig.camera_gradient)
     parser.add_argument("--camera_difference_step", type=float, default=ProjectionConfig.camera_difference_step)
     parser.add_argument("--from_true_latent", action="store_true", help="start both projections from the heads' own latents")
+    parser.add_argument("--device", default="cpu", help="torch device of the renders (the scenes are the same on any)")
     args = parser.parse_args()
     size = args.resolution
     render = size * args.supersample
-    generator = GeneratorSpec("analytic", options={"image_resolution": size, "render_resolution": render, "depth_resolution": size}).create()
+    generator = GeneratorSpec("analytic", options={"image_resolution": size, "render_resolution": render, "depth_resolution": size}).create().to(args.device)
     fixed = ProjectionConfig(steps=args.steps, lr=args.lr, noise=args.noise, spread_samples=200)
     refine = dataclasses.replace(
         fixed, optimize_camera=True, camera_lr=args.camera_lr, camera_prior_weight=args.camera_prior_weight,
