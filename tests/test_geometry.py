@@ -198,7 +198,7 @@ class AnalyticHeadsTogether(AnalyticGenerator):
     """The analytic head declaring its density point by point, as EG3D's fused field is: the path of one call for all heads."""
 
     def batched_density_fn(self, w: torch.Tensor, state: torch.Tensor | None = None):
-        return lambda points: self.density(points, w)
+        return lambda points, heads: self.density(points, w if heads is None else w[heads])
 
 
 def test_density_grids_of_all_heads_in_one_call_are_each_heads_own():
@@ -277,16 +277,24 @@ def test_coarse_to_fine_follows_the_surface_and_misses_only_pieces_away_from_it(
 
 
 def test_heads_refined_in_one_call_give_each_head_its_own_grid():
-    """Spheres of three sizes (so the heads' point counts differ and the shorter ones are padded), in one call of a
-    field that computes each point alone, against each head alone, in chunks small enough to take several calls."""
+    """Spheres of three sizes (so the heads' point counts differ), in calls of a field that computes each point alone
+    for any of the heads, against each head alone, in chunks small enough to take several calls: no point evaluated
+    twice, and no row padded (a round's chunk may hold one head's millions of points and another's none)."""
     axis = torch.as_tensor(grid_axis(41, 2.0), dtype=torch.float32)
     radii = torch.tensor([0.3, 0.55, 0.8])
-    field = lambda points: (radii[:, None] - points.norm(dim=-1))[..., None]  # noqa: E731  (N, P, 3) -> (N, P, 1)
+    field = lambda points, heads=None: ((radii if heads is None else radii[heads])[:, None] - points.norm(dim=-1))[..., None]  # noqa: E731
     alone = [lambda points, r=r: (r - points.norm(dim=-1))[..., None] for r in radii]
+    through_field = []
+
+    def counted(points: torch.Tensor, heads: torch.Tensor | None) -> torch.Tensor:
+        through_field.append(points.shape[0] * points.shape[1])
+        return field(points, heads)
+
     (together, together_points), (each, each_points) = (
-        refine_grids(densities, 3, axis, 0.0, stride=4) for densities in (heads_together(field, axis, chunk_points=3000), heads_alone(alone, axis))
+        refine_grids(densities, 3, axis, 0.0, stride=4) for densities in (heads_together(counted, axis, chunk_points=3000), heads_alone(alone, axis))
     )
     assert torch.equal(together, each) and together_points == each_points
+    assert sum(through_field) == sum(together_points) and len(through_field) > 3
     assert together_points[0] < together_points[1] < together_points[2] < 41**3 / 2
     assert [bytes(f) for f in grids_to_ply(together, 0.0, 2.0)] == [bytes(f) for f in grids_to_ply(field(torch.cartesian_prod(axis, axis, axis)[None]).reshape(3, 41, 41, 41), 0.0, 2.0)]
 

@@ -167,11 +167,13 @@ class Generator(nn.Module, abc.ABC):
         """
         return [lambda points, i=i: self.density(points, w[i : i + 1]) for i in range(len(w))]
 
-    def batched_density_fn(self, w: torch.Tensor, state: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        """One density function of world points (N, P, 3) -> (N, P, 1) for all latents of w at once, where each point's
-        value is computed alone (whatever else is in the batch, the same bits), so density grids take one call for all
-        heads and still do not depend on their batch; None (the default) where that does not hold: `density_fns`.
-        `state` as there."""
+    def batched_density_fn(
+        self, w: torch.Tensor, state: torch.Tensor | None = None
+    ) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None:
+        """One density function of world points (M, P, 3) and which latents of w they belong to (M,) (None: all of
+        them, in order) -> (M, P, 1), where each point's value is computed alone (whatever else is in the batch, the
+        same bits), so density grids take one call for many heads and still do not depend on their batch; None (the
+        default) where that does not hold: `density_fns`. `state` as there."""
         return None
 
     def point_colours(self, points: torch.Tensor, w: torch.Tensor) -> torch.Tensor | None:

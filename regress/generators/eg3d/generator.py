@@ -160,12 +160,14 @@ class EG3DGenerator(Generator):
         planes = self.planes(w) if state is None else state
         return [lambda points, i=i: self.density_from_planes(planes[i : i + 1], points) for i in range(len(w))]
 
-    def batched_density_fn(self, w: torch.Tensor, state: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        """All latents' densities in one call where the fused kernel runs (it computes each point alone); else None."""
+    def batched_density_fn(
+        self, w: torch.Tensor, state: torch.Tensor | None = None
+    ) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None:
+        """Any latents' densities in one call where the fused kernel runs (it computes each point alone); else None."""
         if torch.is_grad_enabled() or not kernel_runs(self.field_dtype, w.device, self.decoder):
             return None
         planes = self.planes(w) if state is None else state
-        return lambda points: self.density_from_planes(planes, points)
+        return lambda points, heads: self.density_from_planes(planes if heads is None else planes[heads], points)
 
     def point_colours(self, points: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """The tri-plane decoder's RGB (N, P, 3) in [0, 1]: the first three feature channels, which composite to `image_raw`."""
