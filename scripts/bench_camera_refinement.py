@@ -63,7 +63,6 @@ def main() -> None:
     parser.add_argument("--camera_lr", type=float, default=ProjectionConfig.camera_lr)
     parser.add_argument("--camera_prior_weight", type=float, default=ProjectionConfig.camera_prior_weight)
     parser.add_argument("--camera_first_steps", type=int, default=ProjectionConfig.camera_first_steps, help="camera-only steps first")
-    parser.add_argument("--camera_rounds", type=int, default=ProjectionConfig.camera_rounds, help="projection runs, each after the first from a fresh latent at the camera found")
     parser.add_argument("--camera_gradient", choices=["autograd", "differences"], default=ProjectionConfig.camera_gradient)
     parser.add_argument("--camera_difference_step", type=float, default=ProjectionConfig.camera_difference_step)
     parser.add_argument("--from_true_latent", action="store_true", help="start both projections from the heads' own latents")
@@ -75,7 +74,7 @@ def main() -> None:
     fixed = ProjectionConfig(steps=args.steps, lr=args.lr, noise=args.noise, spread_samples=200)
     refine = dataclasses.replace(
         fixed, optimize_camera=True, camera_lr=args.camera_lr, camera_prior_weight=args.camera_prior_weight,
-        camera_first_steps=args.camera_first_steps, camera_rounds=args.camera_rounds, camera_gradient=args.camera_gradient,
+        camera_first_steps=args.camera_first_steps, camera_gradient=args.camera_gradient,
         camera_difference_step=args.camera_difference_step,
     )
     start_time = time.perf_counter()
@@ -95,7 +94,7 @@ def main() -> None:
     angle, before = torch.cat(angles), torch.cat(start_angles)
     refined_db, fixed_db = torch.cat(refined_psnr), torch.cat(fixed_psnr)
     from_latent = "their own latents" if args.from_true_latent else "the mean latent"
-    print(f"\n{len(angle)} seeds from {args.seeds} (from {from_latent}), {size}px (rendered at {render}), {args.camera_first_steps} camera-first + {args.camera_rounds} × {args.steps} steps, lr {args.lr}, "
+    print(f"\n{len(angle)} seeds from {args.seeds} (from {from_latent}), {size}px (rendered at {render}), {args.camera_first_steps} camera-first + {args.steps} steps, lr {args.lr}, "
           f"camera_lr {args.camera_lr}, camera gradient by {args.camera_gradient} "
           f"(step {args.camera_difference_step}): "
           f"{time.perf_counter() - start_time:.0f} s")  # fmt: skip

@@ -255,27 +255,6 @@ def test_camera_first_phase_moves_only_the_camera():
     assert "camera_first_steps" not in dataclasses.replace(config, optimize_camera=False).record()
 
 
-def test_camera_rounds_start_the_latent_afresh_at_the_camera_found(analytic):
-    """`camera_rounds`: after the first round (the single round's run, step for step) the projection runs again from
-    the mean latent, rendered from the camera the first round found, not the given one; recorded only when on."""
-    _, true, target = _known_target(analytic, 3, 0.2, 0.0)
-    start = adjust_cameras(true, torch.tensor([[math.radians(3.0), 0.0, 0.0, 0.0]]))
-    config = ProjectionConfig(steps=6, noise=0.0, spread_samples=10, optimize_camera=True, camera_lr=0.01, camera_rounds=2)
-    one, two = (project(analytic, target, start, c) for c in (dataclasses.replace(config, camera_rounds=1), config))
-    assert [entry["step"] for entry in two.losses] == list(range(12))
-    assert [entry["loss"] for entry in two.losses[:6]] == [entry["loss"] for entry in one.losses]
-    with torch.no_grad():
-        _, fresh = ImageLoss(config)(analytic.synthesis(analytic.mean_latent()[None], one.camera)["image"], target)
-        _, given = ImageLoss(config)(analytic.synthesis(analytic.mean_latent()[None], start)["image"], target)
-    assert two.losses[6]["pixel"] == pytest.approx(float(fresh["pixel"]), rel=1e-5)
-    assert two.losses[6]["pixel"] != pytest.approx(float(given["pixel"]), rel=1e-3)
-    assert two.losses[6]["loss"] > two.losses[5]["loss"]  # the latent starts over
-    assert config.record()["camera_rounds"] == 2
-    assert all("camera_rounds" not in dataclasses.replace(config, **change).record() for change in ({"camera_rounds": 1}, {"optimize_camera": False}))
-    with pytest.raises(ValueError, match="camera_rounds counts the projection's runs, 1 or more, got 0"):
-        project(analytic, target, start, dataclasses.replace(config, camera_rounds=0))
-
-
 def test_central_differences_are_exact_on_a_quadratic():
     """`central_differences`: per-row gradients of a per-row loss, exact (to rounding) on a quadratic whatever the step."""
     x = torch.tensor([[0.3, -1.0, 2.0], [1.5, 0.0, -0.5]], dtype=torch.float64)

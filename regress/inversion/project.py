@@ -51,9 +51,6 @@ class ProjectionConfig:
         camera_first_steps: with `optimize_camera`, steps before the projection's in which only the correction moves
             (the latent held at its start, no noise; the same schedule over these steps), so the latent cannot
             absorb the camera's error; 0 optimizes both together from the start.
-        camera_rounds: with `optimize_camera`, how many times the projection runs (`steps` each): every round after
-            the first starts the latent afresh (from the mean latent, or `init`) at the camera the last one found, so
-            that it does not keep what it absorbed of the starting camera's error; 1: once.
         camera_gradient: how the image loss's gradient in the correction is found: `autograd`, or `differences`
             (central differences, `camera_difference_step` apart in each of the four numbers: eight more renders
             without backward per image and step), for renderers whose camera gradient is only approximate (the
@@ -81,7 +78,6 @@ class ProjectionConfig:
     camera_prior_distance: float = 0.05
     camera_prior_weight: float = 1e-3
     camera_first_steps: int = 0
-    camera_rounds: int = 1
     camera_gradient: Literal["autograd", "differences"] = "autograd"
     camera_difference_step: float = 0.002
 
@@ -93,8 +89,6 @@ class ProjectionConfig:
             del settings[name]
         if not (self.optimize_camera and self.camera_first_steps):
             del settings["camera_first_steps"]
-        if not (self.optimize_camera and self.camera_rounds != 1):
-            del settings["camera_rounds"]
         if not (self.optimize_camera and self.camera_gradient != "autograd"):
             del settings["camera_gradient"], settings["camera_difference_step"]
         return settings
@@ -220,11 +214,14 @@ def project(
         raise ValueError(f"projection space must be 'w' or 'w+', got {config.space!r}")
     if config.camera_gradient not in ("autograd", "differences"):
         raise ValueError(f"camera_gradient must be 'autograd' or 'differences', got {config.camera_gradient!r}")
-    if config.camera_rounds < 1:
-        raise ValueError(f"camera_rounds counts the projection's runs, 1 or more, got {config.camera_rounds}")
     latent = start_latent(generator, rows, target.shape[0], init).requires_grad_(True)
     correction = torch.zeros(target.shape[0], 4, device=device, requires_grad=config.optimize_camera)
+    groups = [{"params": [latent], "scale": 1.0}]
+    if config.optimize_camera:
+        groups.append({"params": [correction], "scale": config.camera_lr / config.lr})
+    optimizer = torch.optim.Adam(groups, lr=config.lr, betas=(0.9, 0.999))
     prior = torch.tensor([math.radians(config.camera_prior_deg)] * 3 + [config.camera_prior_distance], device=device)
+    noise_rng = torch.Generator(device="cpu").manual_seed(config.seed)
     by_differences = config.optimize_camera and config.camera_gradient == "differences"
 
     def image_loss(w: torch.Tensor, turn: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -258,27 +255,19 @@ def project(
         backward(loss, latent, [correction])
         camera_optimizer.step()
         losses.append(record(step, lr, loss, parts))
-    for round_index in range(config.camera_rounds if config.optimize_camera else 1):
-        if round_index:  # a fresh latent at the camera found so far
-            latent = start_latent(generator, rows, target.shape[0], init).requires_grad_(True)
-        groups = [{"params": [latent], "scale": 1.0}]
-        if config.optimize_camera:
-            groups.append({"params": [correction], "scale": config.camera_lr / config.lr})
-        optimizer = torch.optim.Adam(groups, lr=config.lr, betas=(0.9, 0.999))
-        noise_rng = torch.Generator(device="cpu").manual_seed(config.seed)
-        for step in tqdm(range(config.steps), desc="project", disable=not progress, leave=False):
-            t = step / config.steps
-            lr = learning_rate(config, t)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group["scale"]
-            noise_scale = spread * config.noise * max(0.0, 1.0 - t / config.noise_ramp) ** 2
-            noise = torch.randn(latent.shape, generator=noise_rng).to(device) * noise_scale
-            noisy = latent + noise
-            loss, parts = render_loss(noisy)
-            optimizer.zero_grad(set_to_none=True)
-            backward(loss, noisy, [latent, correction] if config.optimize_camera else [latent])
-            optimizer.step()
-            losses.append(record(first_steps + round_index * config.steps + step, lr, loss, parts))
+    for step in tqdm(range(config.steps), desc="project", disable=not progress, leave=False):
+        t = step / config.steps
+        lr = learning_rate(config, t)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group["scale"]
+        noise_scale = spread * config.noise * max(0.0, 1.0 - t / config.noise_ramp) ** 2
+        noise = torch.randn(latent.shape, generator=noise_rng).to(device) * noise_scale
+        noisy = latent + noise
+        loss, parts = render_loss(noisy)
+        optimizer.zero_grad(set_to_none=True)
+        backward(loss, noisy, [latent, correction] if config.optimize_camera else [latent])
+        optimizer.step()
+        losses.append(record(first_steps + step, lr, loss, parts))
     w = latent.detach().expand(-1, generator.num_ws, -1).clone()
     camera = adjust_cameras(camera, correction.detach()) if config.optimize_camera else camera
     result = ProjectionResult(w=w, camera=camera, losses=losses)
