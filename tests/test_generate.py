@@ -450,7 +450,7 @@ def test_eg3d_shards_with_meshes_on_the_gpu_are_byte_identical_run_to_run(tmp_pa
     assert set(device_seconds) == {"device: sample", "device: density grids", "device: meshes"} and min(device_seconds.values()) > 0
 
 
-def test_a_run_on_the_cpu_has_no_device_stages(reference, tmp_path):
+def test_a_run_on_the_cpu_has_no_device_stages(tmp_path):
     stages = generate(tmp_path, **{**RUN, "with_mesh": True, "mesh_resolution": 16})["stage_seconds"]
     assert stages["render: density grids"] > 0 and not [stage for stage in stages if stage.startswith("device")]
 
