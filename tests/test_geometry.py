@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -247,13 +248,15 @@ def test_coarse_to_fine_grids_of_the_analytic_head_give_the_dense_meshes_from_a_
     generator = GeneratorSpec("analytic").create()
     w = generator.mapping(torch.randn(2, generator.z_dim, generator=torch.Generator().manual_seed(0)), frontal_camera(2))
     level, dense = generator.surface_level, density_grid(generator, w, 49)
-    for stride in (4, 5):  # 5 leaves a shorter last block
-        refined = coarse_to_fine_grid(generator, w, 49, stride, level)
+    for stride, stand_ins in itertools.product((4, 5), ("trilinear", "sides")):  # 5 leaves a shorter last block
+        refined = coarse_to_fine_grid(generator, w, 49, stride, level, stand_ins=stand_ins)
         for keep_largest in (False, True):
             expected = [bytes(f) for f in grids_to_ply(dense, level, generator.box_size, keep_largest)]
             assert [bytes(f) for f in grids_to_ply(refined.values, level, generator.box_size, keep_largest)] == expected
         assert all(points < 0.3 * 49**3 for points in refined.points_evaluated)
         assert torch.equal(refined.values > level, dense > level)  # stand-ins keep their side of the surface
+        if stand_ins == "sides":  # level ± 1 wherever the field was not evaluated
+            assert ((refined.values - level).abs() != 1.0).sum().item() < 0.4 * 2 * 49**3
     assert torch.equal(density_grid(generator, w, 49, coarse_stride=4), coarse_to_fine_grid(generator, w, 49, 4, level).values)
 
 

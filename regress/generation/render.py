@@ -13,7 +13,7 @@ from regress.camera import ViewMixture
 from regress.generation.timing import StageClock
 from regress.generators.base import Generator
 from regress.geometry.grids import density_grid
-from regress.geometry.mesh_files import grid_files
+from regress.geometry.mesh_files import grid_files, stand_ins_for
 from regress.sample import ARRAY_FIELDS
 from regress.store.shard_set import ShardLayout
 
@@ -97,15 +97,15 @@ def _finish(generator: Generator, queued: _QueuedBatch, mesh: dict[str, Any] | N
     meshes: list[bytes | memoryview | None] = [None] * len(queued.seeds)
     with torch.inference_mode():
         if mesh:
-            meshes, coarse_stride = [], mesh.get("coarse_to_fine", {}).get("stride")
+            meshes, coarse_stride, file_format = [], mesh.get("coarse_to_fine", {}).get("stride"), mesh.get("format", "ply")
             w, state = queued.batch["w"], queued.batch.pop("density_state")
             for first in range(0, len(w), grids_at_once):
                 part = slice(first, first + grids_at_once)
                 with clock("render: density grids"), clock.on_device("density grids", w.device):
                     grids = density_grid(generator, w[part], mesh["resolution"], coarse_stride=coarse_stride, level=mesh["level"],
-                                         state=None if state is None else state[part])  # fmt: skip
+                                         state=None if state is None else state[part], stand_ins=stand_ins_for(file_format))  # fmt: skip
                 with clock("render: meshes (march, piece, file)"), clock.on_device("meshes", w.device):
-                    meshes += grid_files(grids, mesh["level"], mesh["box_size"], mesh["keep_largest"], mesh.get("format", "ply"))
+                    meshes += grid_files(grids, mesh["level"], mesh["box_size"], mesh["keep_largest"], file_format)
                 del grids
         with clock("render: arrays to CPU"):
             if queued.copied is not None:

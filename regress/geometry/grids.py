@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -79,17 +79,19 @@ def density_grid(
     coarse_stride: int | None = None,
     level: float | None = None,
     state: torch.Tensor | None = None,
+    stand_ins: StandIns = "trilinear",
 ) -> torch.Tensor:
     """Density (N, R, R, R) float32 on the cube grid for latents w (N, num_ws, w_dim), on w's device.
 
     Each latent is evaluated alone in fixed chunks, or all at once where the generator's density computes each point
     alone (`Generator.batched_density_fn`), so a grid does not depend on the batch it came in.
     With `coarse_stride`, the grid is `coarse_to_fine_grid`'s at `level` (default: the generator's surface level):
-    exact near that surface, stand-ins elsewhere. `state`: the latents' `density_state` from `Generator.sample`, if kept.
+    exact near that surface, `stand_ins` elsewhere. `state`: the latents' `density_state` from `Generator.sample`, if kept.
     """
     if coarse_stride is not None:
         level = generator.surface_level if level is None else level
-        return coarse_to_fine_grid(generator, w, resolution, coarse_stride, level, box_size=box_size, chunk_points=chunk_points, state=state).values
+        refined = coarse_to_fine_grid(generator, w, resolution, coarse_stride, level, box_size=box_size, chunk_points=chunk_points, state=state, stand_ins=stand_ins)
+        return refined.values
     box_size = generator.box_size if box_size is None else box_size
     device, total = w.device, resolution**3
     axis = torch.as_tensor(grid_axis(resolution, box_size), dtype=torch.float32, device=device)
@@ -126,18 +128,24 @@ def coarse_to_fine_grid(
     box_size: float | None = None,
     chunk_points: int = 2**20,
     state: torch.Tensor | None = None,
+    stand_ins: StandIns = "trilinear",
 ) -> RefinedGrids:
     """`density_grid`'s grids, evaluated point by point only in the blocks of `stride`^3 cells the surface at `level`
     passes through (`refine_grids`); their marching cubes at `level` are the dense grids' but for pieces the coarse grid
     never sees (see there). Each latent's field alone, in chunks of `chunk_points`, as `density_grid`; or all at once
-    where the generator has a density that computes each point alone (`Generator.batched_density_fn`). `state` as there."""
+    where the generator has a density that computes each point alone (`Generator.batched_density_fn`). `state` as there;
+    `stand_ins` as `refine_grids`."""
     box_size = generator.box_size if box_size is None else box_size
     axis = torch.as_tensor(grid_axis(resolution, box_size), dtype=torch.float32, device=w.device)
     together = generator.batched_density_fn(w, state)
     densities = heads_alone(generator.density_fns(w, state), axis, chunk_points) if together is None else heads_together(together, axis, chunk_points * len(w))
-    return RefinedGrids(*refine_grids(densities, len(w), axis, level, stride, margin))
+    return RefinedGrids(*refine_grids(densities, len(w), axis, level, stride, margin, stand_ins))
 
 
+StandIns = Literal["trilinear", "sides"]
+"""What coarse-to-fine grids hold where they were not evaluated: the coarse grid's trilinear interpolation (a smooth
+volume, e.g. for `.mrc` files), or level ± 1 on the side of the level of their block's corners (`sides`: the same
+marching cubes for one write of the grid, where only the meshes are wanted)."""
 HeadDensities = Callable[[torch.Tensor, list[int]], torch.Tensor]
 """Densities (P,) at grid points (P, 3) given head after head, sizes[n] of head n: how refinement evaluates the heads."""
 BatchedDensity = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -183,7 +191,8 @@ BLOCK_CHUNK_POINTS = 2**24  # block points handled at once by the bookkeeping (a
 
 
 def refine_grids(
-    densities: HeadDensities, count: int, axis: torch.Tensor, level: float, stride: int, margin: int = COARSE_MARGIN
+    densities: HeadDensities, count: int, axis: torch.Tensor, level: float, stride: int, margin: int = COARSE_MARGIN,
+    stand_ins: StandIns = "trilinear",
 ) -> tuple[torch.Tensor, list[int]]:
     """`count` heads' densities (`heads_alone` or `heads_together`) on the grid axis^3, evaluated coarse to fine; the
     grids (N, R, R, R) and the points each head was evaluated at.
@@ -191,8 +200,9 @@ def refine_grids(
     The grid's cells are cut into blocks of `stride` cells a side (the last ones shorter), whose corners form a coarse
     grid evaluated first. Blocks whose corners straddle `level`, and `margin` blocks around them, are evaluated at every
     point; then any block not yet evaluated whose points shared with evaluated blocks lie on the other side of the level
-    from its corners is evaluated too, until none is. Every point not evaluated holds the coarse grid's trilinear
-    interpolation, on the side of the level of its block's corners; every point is evaluated at most once.
+    from its corners is evaluated too, until none is. Every point not evaluated holds a stand-in on the side of the level
+    of its block's corners (`StandIns`: the coarse grid's trilinear interpolation, or level ± 1); every point is
+    evaluated at most once.
 
     So every grid cell the surface crosses lies in an evaluated block, with its exact values, except in surface pieces
     wholly inside blocks none of whose corners is on the other side (a piece crossing into an evaluated block would
@@ -206,7 +216,9 @@ def refine_grids(
     blocks = _BlockGrid(resolution, stride, device)
     coarse_points = torch.cartesian_prod(blocks.corners, blocks.corners, blocks.corners)
     coarse = densities(coarse_points.repeat(count, 1), [len(coarse_points)] * count).reshape(count, *(blocks.count + 1,) * 3)
-    values = blocks.interpolate(coarse)
+    if stand_ins not in ("trilinear", "sides"):
+        raise ValueError(f"stand_ins must be 'trilinear' or 'sides', got {stand_ins!r}")
+    values = blocks.interpolate(coarse) if stand_ins == "trilinear" else blocks.sides(coarse, level)
     inside = coarse > level
     corner_sides = torch.stack([inside[:, dx : blocks.count + dx, dy : blocks.count + dy, dz : blocks.count + dz] for dx, dy, dz in CORNERS])
     todo = corner_sides.any(0) & ~corner_sides.all(0)
@@ -261,6 +273,15 @@ class _BlockGrid:
         on_axis = (self.offsets[None] == 0) | ((self.offsets[None] == -1) & (kinds[:, None] == 0)) | ((self.offsets[None] == 1) & (kinds[:, None] == 2))
         self.shared = (on_axis.all(-1) & self.offsets.any(-1)[None]).float()  # (27 kinds, 27 neighbours): whose closure holds them
         self.coarse_kind = torch.cat([(kinds != 1).all(-1), torch.ones(1, dtype=torch.bool, device=device)])  # corners (and none)
+        self.local_flat = (self.local[:, 0] * resolution + self.local[:, 1]) * resolution + self.local[:, 2]
+        # a block's shape: bit d set where it is the shorter last block along axis d; per shape its points' kinds (L,)
+        lengths = torch.tensor([[int(self.lengths[-1]) if shape >> d & 1 else stride for d in range(3)] for shape in range(8)], device=device)
+        kind, beyond = torch.zeros(8, len(self.local), dtype=torch.int64, device=device), torch.zeros(8, len(self.local), dtype=torch.bool, device=device)
+        for dim in range(3):
+            offset, length = self.local[:, dim], lengths[:, dim, None]
+            kind = kind * 3 + (offset > 0) + (offset >= length)
+            beyond |= offset > length
+        self.shape_kinds, self.shape_beyond = kind.masked_fill_(beyond, 27), beyond
 
     def interpolate(self, coarse: torch.Tensor) -> torch.Tensor:
         """The coarse grids (N, B + 1, B + 1, B + 1) trilinearly interpolated to every grid point (N, R, R, R), a head at a time."""
@@ -277,25 +298,31 @@ class _BlockGrid:
             grid.copy_(values)
         return grids
 
+    def sides(self, coarse: torch.Tensor, level: float) -> torch.Tensor:
+        """Grids (N, R, R, R) holding the coarse grids (N, B + 1, B + 1, B + 1) at their points and elsewhere level ± 1 on
+        the side of the level of the low corner of the block they start: in a block never evaluated all corners agree,
+        and its points shared with evaluated blocks get their exact values, so marching cubes crosses the same cells."""
+        fine = torch.arange(self.resolution, device=coarse.device)
+        block = (fine // self.stride).clamp(max=self.count - 1)
+        low = coarse[:, :-1, :-1, :-1]
+        grids = torch.where(low > level, level + 1.0, level - 1.0).float()[:, block][:, :, block][:, :, :, block]
+        corners = self.corners
+        grids[:, corners[:, None, None], corners[None, :, None], corners[None, None, :]] = coarse.float()
+        return grids
+
+    def shapes(self, part: torch.Tensor) -> torch.Tensor:
+        """The shape (K,) of each block (K, 4): bit d set where it is the shorter last block along axis d."""
+        return sum((self.lengths[part[:, 1 + d]] != self.stride).long() << d for d in range(3))
+
     def closure(self, part: torch.Tensor) -> torch.Tensor:
         """Flat indices (K, L) into the heads' grids (N, R, R, R) of each block's (K, 4) points (0 for those beyond the grid)."""
-        r = self.resolution
-        flat, beyond = part[:, :1], torch.zeros(len(part), len(self.local), dtype=torch.bool, device=part.device)
-        for dim in range(3):
-            offset = self.local[:, dim]
-            beyond |= offset > self.lengths[part[:, 1 + dim]][:, None]
-            flat = flat * r + self.corners[part[:, 1 + dim]][:, None] + offset
-        return flat.masked_fill_(beyond, 0)
+        r, corners = self.resolution, self.corners
+        low = ((part[:, 0] * r + corners[part[:, 1]]) * r + corners[part[:, 2]]) * r + corners[part[:, 3]]
+        return (low[:, None] + self.local_flat).masked_fill_(self.shape_beyond[self.shapes(part)], 0)
 
     def kinds(self, part: torch.Tensor) -> torch.Tensor:
         """The kind (K, L) of each block's (K, 4) points: per axis 0 at the low end, 1 inside, 2 at the high end; 27 beyond."""
-        kind = torch.zeros(len(part), len(self.local), dtype=torch.int64, device=part.device)
-        beyond = torch.zeros_like(kind, dtype=torch.bool)
-        for dim in range(3):
-            offset, length = self.local[:, dim], self.lengths[part[:, 1 + dim]][:, None]
-            kind = kind * 3 + (offset > 0) + (offset >= length)
-            beyond |= offset > length
-        return kind.masked_fill_(beyond, 27)
+        return self.shape_kinds[self.shapes(part)]
 
     def by_kind(self, part: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """Whether any of each block's (K, 4) points (K, L) bool of each kind is set (K, 27), one axis at a time."""

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import trimesh
 
+from regress.geometry.grids import StandIns
 from regress.geometry.meshes import grids_to_ply, marched_meshes, mesh_from_ply, mesh_to_ply
 
 MeshFormat = Literal["ply", "obj", "glb", "mrc"]
@@ -92,6 +93,11 @@ def read_density_mrc(data: bytes) -> tuple[np.ndarray, float]:
             values = np.array(mrc.data).transpose(2, 1, 0)
             box_size = float(mrc.voxel_size.x) * (values.shape[0] - 1)
     return values, box_size
+
+
+def stand_ins_for(file_format: str) -> StandIns:
+    """The coarse-to-fine stand-ins a file format wants: the smooth volume for MRC, the cheaper sides for surfaces."""
+    return "trilinear" if file_format == "mrc" else "sides"
 
 
 def grid_files(grids: torch.Tensor, level: float, box_size: float, keep_largest: bool, file_format: str) -> list[bytes | memoryview]:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from regress.camera import camera_to_pose, frontal_camera
 from regress.generators.base import Generator
 from regress.geometry.grids import density_grid
-from regress.geometry.mesh_files import grid_files
+from regress.geometry.mesh_files import grid_files, stand_ins_for
 from regress.faces.identity import identity_scores
 from regress.faces.landmarks import generator_template
 from regress.faces.perceptual import PerceptualDistance
@@ -127,7 +127,7 @@ class PairBuilder:
         members = encode_sample(batch, 0, self.image_format)
         meta_json = members.pop("meta.json")
         if self.with_mesh:
-            grids = density_grid(renderer, result.w, self.mesh_resolution, coarse_stride=self.mesh_coarse_stride)
+            grids = density_grid(renderer, result.w, self.mesh_resolution, coarse_stride=self.mesh_coarse_stride, stand_ins=stand_ins_for(self.mesh_format))
             members[f"mesh.{self.mesh_format}"] = bytes(grid_files(grids, renderer.surface_level, renderer.box_size, True, self.mesh_format)[0])
         members["real.png"] = encode_image(real, "png")
         members["landmarks.npy"] = npy_bytes(landmarks)

@@ -141,7 +141,7 @@ class PhotoPredictor(L.LightningModule):
         with self._stage(clock, "render"):
             rendered = g.synthesis(w, cameras)
         with self._stage(clock, "generator mesh"):
-            grids = density_grid(g, w, c.mesh_resolution, coarse_stride=c.mesh_coarse_stride)
+            grids = density_grid(g, w, c.mesh_resolution, coarse_stride=c.mesh_coarse_stride, stand_ins="trilinear" if c.mrc else "sides")
             meshes = generator_meshes(g, w, grids, c.mesh_keep_largest)
             kept = grids.cpu().numpy() if c.mrc else None
             del grids
