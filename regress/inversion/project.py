@@ -179,13 +179,12 @@ def start_latent(generator: Generator, rows: int, count: int, init: torch.Tensor
 
 @torch.no_grad()
 def central_differences(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, step: float) -> torch.Tensor:
-    """The gradient (N, K) of a per-row loss (N, K) -> (N,) at x (N, K), by central differences `step` apart."""
-    columns = []
-    for k in range(x.shape[1]):
-        shift = torch.zeros_like(x)
-        shift[:, k] = step
-        columns.append((loss(x + shift) - loss(x - shift)) / (2 * step))
-    return torch.stack(columns, dim=1)
+    """The gradient (N, K) of a per-row loss (M, K) -> (M,) at x (N, K), by central differences `step` apart: one call
+    of the loss on all 2K shifted copies of x (2K·N rows, copy after copy), so a renderer's fixed costs come once."""
+    k = x.shape[1]
+    shifts = torch.cat([torch.eye(k, dtype=x.dtype, device=x.device), -torch.eye(k, dtype=x.dtype, device=x.device)]) * step
+    values = loss((x[None] + shifts[:, None]).reshape(-1, k)).reshape(2, k, -1)  # (sign, coordinate, row)
+    return ((values[0] - values[1]) / (2 * step)).T
 
 
 def project(
@@ -225,8 +224,11 @@ def project(
     by_differences = config.optimize_camera and config.camera_gradient == "differences"
 
     def image_loss(w: torch.Tensor, turn: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        cameras = adjust_cameras(camera, turn) if config.optimize_camera else camera
-        return loss_fn(generator.synthesis(w.expand(-1, generator.num_ws, -1), cameras)["image"], target)
+        """The loss of the latents w (N, rows, w_dim) at the cameras corrected by `turn` (C·N, 4): C copies of the batch."""
+        copies = len(turn) // len(w)
+        cameras = adjust_cameras(camera.repeat(copies, 1), turn) if config.optimize_camera else camera
+        image = generator.synthesis(w.expand(-1, generator.num_ws, -1).repeat(copies, 1, 1), cameras)["image"]
+        return loss_fn(image, target.repeat(copies, 1, 1, 1))
 
     def render_loss(w: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss, parts = image_loss(w, correction.detach() if by_differences else correction)
