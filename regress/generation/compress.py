@@ -95,7 +95,7 @@ def _done(function: Callable[..., Any], *args: Any) -> Future:
     return future
 
 
-SHARDS_IN_FLIGHT = 4  # shards written at once: a shard's SHA-256 is one stream (about 1.3 GB/s), so 512³ meshes want four
+SHARDS_IN_FLIGHT = 2  # shards written at once: a shard's SHA-256 is one stream, so two shards hash side by side (four: no faster, docs/benchmarks.md)
 
 
 class ShardInFlight:
