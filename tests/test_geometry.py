@@ -258,6 +258,8 @@ def test_coarse_to_fine_grids_of_the_analytic_head_give_the_dense_meshes_from_a_
         if stand_ins == "sides":  # level ± 1 wherever the field was not evaluated
             assert ((refined.values - level).abs() != 1.0).sum().item() < 0.4 * 2 * 49**3
     assert torch.equal(density_grid(generator, w, 49, coarse_stride=4), coarse_to_fine_grid(generator, w, 49, 4, level).values)
+    with pytest.raises(ValueError, match="stand_ins must be 'trilinear' or 'sides', got 'nearest'"):
+        density_grid(generator, w, 49, coarse_stride=4, stand_ins="nearest")
 
 
 def test_coarse_to_fine_follows_the_surface_and_misses_only_pieces_away_from_it():

@@ -213,11 +213,11 @@ def refine_grids(
     """
     resolution, device = len(axis), axis.device
     check_coarse_stride(stride)
+    if stand_ins not in ("trilinear", "sides"):
+        raise ValueError(f"stand_ins must be 'trilinear' or 'sides', got {stand_ins!r}")
     blocks = _BlockGrid(resolution, stride, device)
     coarse_points = torch.cartesian_prod(blocks.corners, blocks.corners, blocks.corners)
     coarse = densities(coarse_points.repeat(count, 1), [len(coarse_points)] * count).reshape(count, *(blocks.count + 1,) * 3)
-    if stand_ins not in ("trilinear", "sides"):
-        raise ValueError(f"stand_ins must be 'trilinear' or 'sides', got {stand_ins!r}")
     values = blocks.interpolate(coarse) if stand_ins == "trilinear" else blocks.sides(coarse, level)
     inside = coarse > level
     corner_sides = torch.stack([inside[:, dx : blocks.count + dx, dy : blocks.count + dy, dz : blocks.count + dz] for dx, dy, dz in CORNERS])
