@@ -1,5 +1,6 @@
-"""Where a batch's mesh time goes on the GPU: each phase of coarse-to-fine meshing timed with a sync around it, and
-optionally torch.profiler's table of one batch (on a GPU; it runs on a CPU too). EG3D with random full-size weights, float16 field.
+"""Where a batch's mesh time goes on the GPU: each phase of coarse-to-fine meshing (with `sides` stand-ins, as shards
+are made) timed with a sync around it, and optionally torch.profiler's table of one batch, kernels by their own device
+time (on a GPU; it runs on a CPU too). EG3D with random full-size weights, float16 field.
 
     python scripts/bench_mesh_phases.py --resolution 256 --stride 8 --heads 32 [--profile]
     PYTHONPATH=OLD_CHECKOUT python scripts/bench_mesh_phases.py ...      # another commit's regress, same script
@@ -48,7 +49,7 @@ def main() -> None:
             print(f"--- {r}^3, stride {args.stride}, {n} heads, repeat {repeat}")
             if r <= 256:
                 timed("dense grid", lambda: density_grid(generator, w, r))
-            refined = timed("coarse-to-fine grid", lambda: coarse_to_fine_grid(generator, w, r, args.stride, level))
+            refined = timed("coarse-to-fine grid", lambda: coarse_to_fine_grid(generator, w, r, args.stride, level, stand_ins="sides"))
             grids = refined.values
             _, faces, vertex_grid = timed("marching cubes", lambda: marching_cubes(grids, level))
             timed("largest pieces", lambda: largest_pieces(faces, vertex_grid, n))
@@ -61,9 +62,9 @@ def main() -> None:
             from torch.profiler import ProfilerActivity, profile
 
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                grids_to_ply(coarse_to_fine_grid(generator, w, r, args.stride, level).values, level, generator.box_size)
+                grids_to_ply(coarse_to_fine_grid(generator, w, r, args.stride, level, stand_ins="sides").values, level, generator.box_size)
                 synchronize(device)
-            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=45))
+            print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=45, max_name_column_width=60))
 
 
 if __name__ == "__main__":
