@@ -281,3 +281,46 @@ def test_camera_gradients_see_silhouettes_move_and_change_no_pixel(generator):
         moment_fd = (area_and_moment(step)[1] - area_and_moment(-step)[1])[:, 1] / 0.02
     assert (area_fd < -1000).all() and (area_by_distance < area_fd / 4).all() and (area_by_distance > area_fd * 2).all()
     torch.testing.assert_close(moment_by_yaw, moment_fd, rtol=0.25, atol=0)
+
+
+class _Spheres:
+    """A union of spheres as a distance field of render_layers (every ray sees the same spheres)."""
+
+    def __init__(self, centres: torch.Tensor, radii: torch.Tensor) -> None:
+        self.centres, self.radii = centres, radii
+
+    def __call__(self, points: torch.Tensor) -> torch.Tensor:
+        return ((points[:, None] - self.centres).norm(dim=-1) - self.radii).amin(1)
+
+    def take(self, index: torch.Tensor) -> "_Spheres":
+        return self
+
+
+def test_occlusion_edges_inside_the_silhouette_reach_the_gradients_and_change_no_pixel():
+    """Issue 25: a ray that passes just under a small sphere and hits a large one behind it records the pass
+    (`Trace.pass_closest`), and the small sphere's pixel-wide edge gives its colour a gradient in the small sphere's
+    position (before, only the rays that hit it had one: the nose's tip over the lip pulled fits the wrong way); the
+    drawing is unchanged, and a ray far from the small sphere gets no gradient from it."""
+    from regress.generators.analytic.render import render_layers
+    from regress.generators.analytic.trace import TraceSettings, sphere_trace
+
+    blur, gap = 0.005, 0.0075  # the first ray passes 1.5 blur widths under the small sphere
+    small = torch.tensor([0.0, 0.1, 1.2], requires_grad=True)
+    field = _Spheres(torch.stack([small, torch.tensor([0.0, 0.0, 3.0])]), torch.tensor([0.05, 1.0]))
+    heights = torch.tensor([(0.1 - 0.05 - gap) / 1.2, -0.2])  # the ray's slope under the small sphere; one far off
+    directions = torch.nn.functional.normalize(torch.stack([torch.zeros(2), heights, torch.ones(2)], 1), dim=1)
+    origins, start = torch.zeros(2, 3), torch.full((2,), 0.5)
+    settings = TraceSettings(steps=64, gradient_blur=blur)
+    with torch.no_grad():
+        trace = sphere_trace(field, origins, directions, start, 5.0, settings)
+    passed = gap * directions[0, 2]  # the ray's closest distance to the small sphere's surface (to first order)
+    assert passed * 0.9 < trace.pass_closest[0] < passed + 0.003 and trace.pass_depth[0] < trace.depth[0] - 0.5
+    shade = lambda surface: surface.points[:, 2:3].expand(-1, 3)  # noqa: E731 - colour = depth, 1.15 or 2.0
+    colour = render_layers(field, origins, directions, start, torch.zeros(2, 3), 0.5, 5.0, settings, shade).colour
+    with torch.no_grad():
+        drawn = render_layers(field, origins, directions, start, torch.zeros(2, 3), 0.5, 5.0, settings, shade).colour
+    assert torch.equal(colour.detach(), drawn) and drawn[0, 0] > 1.9
+    near = torch.autograd.grad(colour[0, 0], small, retain_graph=True)[0]
+    far = torch.autograd.grad(colour[1, 0], small, allow_unused=True)[0]
+    assert near[1] > 1.0  # the small sphere moving down covers more of the ray: its colour falls towards 1.15
+    assert far is None or far.abs().max() == 0

@@ -8,7 +8,8 @@ depth gets a Newton step whose gradient is the implicit one, -(d sdf / d theta) 
 Partly covered rays composite a second surface behind the first. All of it is differentiable
 w.r.t. the field's parameters. Edges narrower than a pixel give gradients that are point samples
 of spikes; with `gradient_blur` and gradients on, the same drawing carries the gradients of one
-whose edges, normals and layers are about a pixel wide (`blur_gradient`), so a camera can be fitted.
+whose edges, normals and layers are about a pixel wide (`blur_gradient`), so a camera can be fitted; that
+includes the edge of a surface a ray passes close by in front of the one it hits (`Trace.pass_closest`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Surface:
     normals: torch.Tensor  # (K, 3) at the traced depth
     trace: Trace  # of every ray, no gradient
     edge: torch.Tensor | None = None  # (K,) opacity of pixel-wide edges, for gradients (TraceSettings.gradient_blur)
+    front: "Surface | None" = None  # for gradients: surfaces some of the K rays (its `index`) pass close by on their way
 
 
 def _tetrahedron(field: DistanceField, points: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,7 +94,31 @@ def render_surface(
         edge = torch.sigmoid(-probed.reshape(-1, 3).amin(dim=1) / settings.gradient_blur)
         # normals averaged over a pixel's footprint around the surface point
         normals = blur_gradient(normals, _unit(_tetrahedron(field, points, settings.gradient_blur * offsets)[1]))
+        front = _passed_by(field, origins, directions, t_c, trace.pass_depth[index], trace.pass_closest[index], settings, trace)
+        return Surface(index, field, mask, depth, points, normals, trace, edge, front)
     return Surface(index, field, mask, depth, points, normals, trace, edge)
+
+
+PASS_WIDTHS = 4  # a surface passed closer than this many `gradient_blur` widths shows a pixel-wide edge to gradients
+
+
+def _passed_by(
+    field: DistanceField, origins: torch.Tensor, directions: torch.Tensor, t_c: torch.Tensor, pass_depth: torch.Tensor,
+    pass_closest: torch.Tensor, settings: TraceSettings, trace: Trace,
+) -> Surface | None:
+    """The surfaces that rays (K,) with a surface at t_c pass close by in front of it (`Trace.pass_depth`), as a pixel-wide
+    edge for gradients (`edge`: opacity of the sdf there, `points`: the nearest surface point): the gradient of an
+    occlusion edge inside the silhouette (the nose's tip over the lip), which the ray that misses records only behind."""
+    passing = ((pass_closest < PASS_WIDTHS * settings.gradient_blur) & (pass_depth + settings.behind < t_c)).nonzero().squeeze(1)
+    if not len(passing):
+        return None
+    field, depth = field.take(passing), pass_depth[passing]
+    near = origins[passing] + depth.unsqueeze(-1) * directions[passing]
+    offsets = settings.gradient_blur * torch.tensor(TETRAHEDRON, dtype=near.dtype, device=near.device)
+    value, gradient = _tetrahedron(field, near, offsets)
+    normals = _unit(gradient)
+    edge = torch.sigmoid(-value / settings.gradient_blur)
+    return Surface(passing, field, edge, depth, near - value.unsqueeze(-1) * normals, normals, trace, edge)
 
 
 Shader = Callable[[Surface], torch.Tensor]  # a surface's K rays -> colours (K, 3)
@@ -161,6 +187,10 @@ def render_layers(
         )
         drawn_layers, soft_layers = _composite(mask, shaded, surface.depth, shown), _composite(edge, shaded, surface.depth, behind)
         colour, depth, alpha = (blur_gradient(value, wide) for value, wide in zip(drawn_layers, soft_layers))
+        if (front := surface.front) is not None:  # the edges rays pass close by in front, for gradients too
+            i = front.index
+            wide = _composite(front.edge, shade(front), front.depth, (colour[i], depth[i], alpha[i]))
+            colour, depth, alpha = (value.index_copy(0, i, blur_gradient(value[i], w)) for value, w in zip((colour, depth, alpha), wide))
     nothing = torch.zeros_like(start)
     return Layers(
         colour=background.index_copy(0, index, colour),

@@ -96,11 +96,15 @@ def cone_trace(
 @dataclass
 class Trace:
     """Per ray (M,): the depth of the smallest |sdf| seen, that |sdf| (inf if never traced), and
-    whether the ray left through t_far (so nothing lies behind its closest approach)."""
+    whether the ray left through t_far (so nothing lies behind its closest approach); and where it passed closest by a
+    surface on its way (a positive local minimum of the sdf it sampled, before a nearer one: e.g. under the nose's tip,
+    on its way to the lip), and that sdf (inf if none)."""
 
     depth: torch.Tensor
     closest: torch.Tensor
     exited: torch.Tensor
+    pass_depth: torch.Tensor
+    pass_closest: torch.Tensor
 
 
 @torch.no_grad()
@@ -113,22 +117,27 @@ def sphere_trace(
     Each step is f times the secant estimate of 1 / |d sdf / d t| (clamped to [1, max_overstep]):
     sphere tracing's safe step near a face-on surface, and several times it on oblique ones.
     """
-    result = Trace(start.clamp(max=t_far).clone(), torch.full_like(start, float("inf")), start >= t_far)
+    inf = torch.full_like(start, float("inf"))
+    result = Trace(start.clamp(max=t_far).clone(), inf.clone(), start >= t_far, start.clamp(max=t_far).clone(), inf.clone())
     rays = (start < t_far).nonzero().squeeze(1)
     t, origins, directions, field = result.depth[rays], origins[rays], directions[rays], field.take(rays)
     t_near, best_t, best_f = t.clone(), t.clone(), torch.full_like(t, float("inf"))
+    pass_t, pass_f = t.clone(), torch.full_like(t, float("inf"))
     previous_t, previous_f = t.clone(), torch.full_like(t, float("nan"))
     live = torch.ones_like(t, dtype=torch.bool)
 
     def finish(done: torch.Tensor) -> None:
         result.depth[rays[done]], result.closest[rays[done]] = best_t[done], best_f[done]
         result.exited[rays[done]] = t[done] >= t_far
+        result.pass_depth[rays[done]], result.pass_closest[rays[done]] = pass_t[done], pass_f[done]
 
     for _ in range(settings.steps):
         f = field(origins + t.unsqueeze(-1) * directions)
         size = f.abs()
         better = live & (size < best_f)
         best_t, best_f = torch.where(better, t, best_t), torch.where(better, size, best_f)
+        passed = live & (previous_f > 0) & (f > previous_f) & (previous_f < pass_f)  # the sdf rose again: a pass
+        pass_t, pass_f = torch.where(passed, previous_t, pass_t), torch.where(passed, previous_f, pass_f)
         slope = (f - previous_f) / (t - previous_t)
         over = torch.where(slope < -0.05, -1 / slope, 1.0).clamp(1.0, settings.max_overstep)
         step = settings.relax * over * f
@@ -142,7 +151,7 @@ def sphere_trace(
         if keep is not None:
             finish((~live).nonzero().squeeze(1))
             rays, t, t_near, live = rays[keep], t[keep], t_near[keep], live[keep]
-            best_t, best_f = best_t[keep], best_f[keep]
+            best_t, best_f, pass_t, pass_f = best_t[keep], best_f[keep], pass_t[keep], pass_f[keep]
             previous_t, previous_f = previous_t[keep], previous_f[keep]
             origins, directions, field = origins[keep], directions[keep], field.take(keep)
         if len(rays) == 0:
