@@ -83,6 +83,11 @@ def cube_codes(inside: torch.Tensor) -> torch.Tensor:
     return bits[..., :-1] | bits[..., 1:] << 4
 
 
+def _next_block(values: torch.Tensor, dim: int) -> torch.Tensor:
+    """Each block's neighbour's value along `dim` (the next one; the last block's own)."""
+    return torch.cat([values.narrow(dim, 1, values.shape[dim] - 1), values.narrow(dim, values.shape[dim] - 1, 1)], dim)
+
+
 def crossed_cells(inside: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The cells the surface crosses, of inside bits (N, X, Y, Z) uint8: each one's low corner (K,) as a flat index
     into the grids, in C order, and its cube code (K,).
@@ -100,8 +105,7 @@ def crossed_cells(inside: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     blocks = inside.reshape(n, x // s, s, y // s, s, z // s, s)
     some, every = blocks.amax((2, 4, 6)), blocks.amin((2, 4, 6))  # (N, X / s, Y / s, Z / s): any or all points inside
     for dim in (1, 2, 3):  # a block's cells also reach the next block's first points: the last block has none
-        following = lambda t: torch.cat([t.narrow(dim, 1, t.shape[dim] - 1), t.narrow(dim, t.shape[dim] - 1, 1)], dim)  # noqa: E731
-        some, every = torch.maximum(some, following(some)), torch.minimum(every, following(every))
+        some, every = torch.maximum(some, _next_block(some, dim)), torch.minimum(every, _next_block(every, dim))
     searched = ((some > 0) & (every == 0)).nonzero()  # (B, 4): head and block, in C order
     span = torch.arange(s + 1, device=device)
     local = (span[:, None, None] * y + span[None, :, None]) * z + span[None, None, :]  # a block's points (and the next ones' first)
