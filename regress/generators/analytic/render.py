@@ -84,7 +84,7 @@ def render_surface(
     hit = (f_c.detach().abs() < settings.hit_tolerance).to(f_c.dtype)
     depth = (t_c - hit * f_c / along.detach().clamp(max=-0.1)).clamp(t_near, t_far)
     points = origins + depth.unsqueeze(-1) * directions
-    edge = None
+    edge = front = None
     if settings.gradient_blur > 0 and torch.is_grad_enabled():  # for gradients only (their values are not drawn):
         # how deep a ray runs inside (< 0) or how close it passes (> 0), read from the surface point, which (unlike
         # t_c) stays on the surface as the ray moves: a pixel-wide edge's opacity
@@ -95,8 +95,7 @@ def render_surface(
         # normals averaged over a pixel's footprint around the surface point
         normals = blur_gradient(normals, _unit(_tetrahedron(field, points, settings.gradient_blur * offsets)[1]))
         front = _passed_by(field, origins, directions, t_c, trace.pass_depth[index], trace.pass_closest[index], settings, trace)
-        return Surface(index, field, mask, depth, points, normals, trace, edge, front)
-    return Surface(index, field, mask, depth, points, normals, trace, edge)
+    return Surface(index, field, mask, depth, points, normals, trace, edge, front)
 
 
 PASS_WIDTHS = 4  # a surface passed closer than this many `gradient_blur` widths shows a pixel-wide edge to gradients

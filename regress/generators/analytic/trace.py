@@ -117,8 +117,8 @@ def sphere_trace(
     Each step is f times the secant estimate of 1 / |d sdf / d t| (clamped to [1, max_overstep]):
     sphere tracing's safe step near a face-on surface, and several times it on oblique ones.
     """
-    inf = torch.full_like(start, float("inf"))
-    result = Trace(start.clamp(max=t_far).clone(), inf.clone(), start >= t_far, start.clamp(max=t_far).clone(), inf.clone())
+    begin, inf = start.clamp(max=t_far), torch.full_like(start, float("inf"))
+    result = Trace(begin.clone(), inf.clone(), start >= t_far, begin.clone(), inf.clone())
     rays = (start < t_far).nonzero().squeeze(1)
     t, origins, directions, field = result.depth[rays], origins[rays], directions[rays], field.take(rays)
     t_near, best_t, best_f = t.clone(), t.clone(), torch.full_like(t, float("inf"))
