@@ -18,14 +18,12 @@ import argparse
 import math
 
 import torch
-
 from bench_camera_refinement import scene
+
 from regress.camera import adjust_cameras
 from regress.faces.quality import to_unit
 from regress.generators import GeneratorSpec
 from regress.generators.base import Generator
-
-TURNS = ("yaw", "pitch", "roll")
 
 
 @torch.no_grad()
