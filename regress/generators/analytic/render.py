@@ -93,8 +93,9 @@ def render_surface(
         probed = field.take(torch.arange(len(index), device=index.device).repeat_interleave(3))(probes.reshape(-1, 3))
         edge = torch.sigmoid(-probed.reshape(-1, 3).amin(dim=1) / settings.gradient_blur)
         # normals averaged over a pixel's footprint around the surface point
-        normals = blur_gradient(normals, _unit(_tetrahedron(field, points, settings.gradient_blur * offsets)[1]))
-        front = _passed_by(field, origins, directions, t_c, trace.pass_depth[index], trace.pass_closest[index], settings, trace)
+        footprint = settings.gradient_blur * offsets
+        normals = blur_gradient(normals, _unit(_tetrahedron(field, points, footprint)[1]))
+        front = _passed_by(field, origins, directions, t_c, trace.pass_depth[index], trace.pass_closest[index], footprint, settings, trace)
     return Surface(index, field, mask, depth, points, normals, trace, edge, front)
 
 
@@ -103,18 +104,18 @@ PASS_WIDTHS = 4  # a surface passed closer than this many `gradient_blur` widths
 
 def _passed_by(
     field: DistanceField, origins: torch.Tensor, directions: torch.Tensor, t_c: torch.Tensor, pass_depth: torch.Tensor,
-    pass_closest: torch.Tensor, settings: TraceSettings, trace: Trace,
+    pass_closest: torch.Tensor, footprint: torch.Tensor, settings: TraceSettings, trace: Trace,
 ) -> Surface | None:
     """The surfaces that rays (K,) with a surface at t_c pass close by in front of it (`Trace.pass_depth`), as a pixel-wide
     edge for gradients (`edge`: opacity of the sdf there, `points`: the nearest surface point): the gradient of an
-    occlusion edge inside the silhouette (the nose's tip over the lip), which the ray that misses records only behind."""
+    occlusion edge inside the silhouette (the nose's tip over the lip), which the ray that misses records only behind.
+    `footprint`: the tetrahedron's offsets a pixel wide (TETRAHEDRON times `gradient_blur`)."""
     passing = ((pass_closest < PASS_WIDTHS * settings.gradient_blur) & (pass_depth + settings.behind < t_c)).nonzero().squeeze(1)
     if not len(passing):
         return None
     field, depth = field.take(passing), pass_depth[passing]
     near = origins[passing] + depth.unsqueeze(-1) * directions[passing]
-    offsets = settings.gradient_blur * torch.tensor(TETRAHEDRON, dtype=near.dtype, device=near.device)
-    value, gradient = _tetrahedron(field, near, offsets)
+    value, gradient = _tetrahedron(field, near, footprint)
     normals = _unit(gradient)
     edge = torch.sigmoid(-value / settings.gradient_blur)
     return Surface(passing, field, edge, depth, near - value.unsqueeze(-1) * normals, normals, trace, edge)
