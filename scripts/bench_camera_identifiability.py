@@ -4,12 +4,12 @@
 
 For each head of `bench_camera_refinement.py`'s scenes (the same seeds, targets and true cameras), the render's
 derivatives (central differences, renders supersampled as that benchmark's `--supersample`) in the projection's
-own unknowns: the latent's one row of W and the camera's yaw, pitch, roll and log distance, the camera's turned by
-the weighed turn itself either way. A small turn u of the
-camera, after the best latent and distance make up for it to first order, leaves the residual (I - P) J u; its
-PSNR at half a degree says how well a fit must match the target before that turn can be told apart: a fit whose
-own error is larger cannot pin the camera to half a degree. Prints per head the PSNR at 0.5° along yaw, pitch
-and roll and along the weakest turn, without the latent's help and with it.
+own unknowns: the latent's one row of W, and the camera's yaw, pitch, roll and log distance (turned by the weighed
+turn itself either way). A small turn u of the camera, after the best latent and distance make up for it to first
+order, leaves the residual (I - P) J u; its PSNR at half a degree says how well a fit must match the target before
+that turn can be told apart: a fit whose own error is larger cannot pin the camera to half a degree. Prints per
+head the PSNR at 0.5° along yaw, pitch and roll, with the latent held and after it makes up for what it can, and
+that of the weakest turn after it.
 """
 
 from __future__ import annotations
